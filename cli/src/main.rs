@@ -1,0 +1,76 @@
+//! The `ordermesh` binary. One binary, two modes (the Loki/Mimir model):
+//! `ordermesh up` runs every service in one process, each on its own port
+//! with real gRPC between them, on embedded SQLite; `ordermesh serve
+//! <service>` runs one service per process (one per pod in Kubernetes).
+//!
+//! Configuration is parsed here once (flags, each with an environment
+//! variable) and passed down as plain config structs.
+
+mod cli;
+mod up;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use cli::{Cli, Command, ServeArgs, Target};
+use ordermesh_runtime::telemetry;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format.into());
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Serve(args) => serve(args).await,
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--listen / ORDERMESH_LISTEN)"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => ordermesh_runtime::db::sqlite_url(&args.data_dir, args.target.name())?,
+    };
+    let listener = bind(args.listen).await?;
+    let shutdown = ordermesh_runtime::shutdown::signal();
+    match args.target {
+        Target::Inventory => {
+            let mut config = ordermesh_inventory::Config::new(database_url);
+            config.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
+            if args.seed_demo {
+                config.seed = ordermesh_inventory::demo::catalogue();
+            }
+            ordermesh_inventory::build(config)
+                .await?
+                .serve(listener, shutdown)
+                .await?;
+        }
+        Target::Payment => {
+            let mut config = ordermesh_payment::Config::new(database_url);
+            if args.seed_demo {
+                config.seed = ordermesh_payment::demo::accounts();
+            }
+            ordermesh_payment::build(config)
+                .await?
+                .serve(listener, shutdown)
+                .await?;
+        }
+        Target::Order => {
+            let config = ordermesh_order::Config::new(database_url, args.inventory_url, args.payment_url);
+            ordermesh_order::build(config)
+                .await?
+                .serve(listener, shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! `ordermesh up`: every service in one process, each on its own loopback
+//! port, talking real gRPC to each other, on SQLite files under a data
+//! directory, with the demo catalogue and customers seeded on first start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::FutureExt;
+use futures::future::Shared;
+use tokio::task::JoinSet;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::bind;
+use crate::cli::UpArgs;
+use ordermesh_runtime::db::sqlite_url;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let order_addr = SocketAddr::new(args.host, args.order_port);
+    let inventory_addr = SocketAddr::new(args.host, args.inventory_port);
+    let payment_addr = SocketAddr::new(args.host, args.payment_port);
+    let inventory_listener = bind(inventory_addr).await?;
+    let payment_listener = bind(payment_addr).await?;
+    let order_listener = bind(order_addr).await?;
+
+    let mut inventory = ordermesh_inventory::Config::new(sqlite_url(&args.data_dir, "inventory")?);
+    inventory.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
+    inventory.seed = ordermesh_inventory::demo::catalogue();
+    let mut payment = ordermesh_payment::Config::new(sqlite_url(&args.data_dir, "payment")?);
+    payment.seed = ordermesh_payment::demo::accounts();
+    let order = ordermesh_order::Config::new(
+        sqlite_url(&args.data_dir, "order")?,
+        format!("http://{inventory_addr}"),
+        format!("http://{payment_addr}"),
+    );
+
+    let inventory = ordermesh_inventory::build(inventory)
+        .await
+        .context("starting inventory")?;
+    let payment = ordermesh_payment::build(payment)
+        .await
+        .context("starting payment")?;
+    let order = ordermesh_order::build(order).await.context("starting order")?;
+
+    let shutdown: Shared<_> = ordermesh_runtime::shutdown::signal().boxed().shared();
+    let mut services = JoinSet::new();
+    services.spawn(
+        inventory
+            .serve(inventory_listener, shutdown.clone())
+            .map(|r| ("inventory", r)),
+    );
+    services.spawn(
+        payment
+            .serve(payment_listener, shutdown.clone())
+            .map(|r| ("payment", r)),
+    );
+    services.spawn(
+        order
+            .serve(order_listener, shutdown.clone())
+            .map(|r| ("order", r)),
+    );
+
+    println!("ordermesh is starting (data in {})", args.data_dir.display());
+    println!("  order      {order_addr}   ordermesh.order.v1.OrderService");
+    println!("  inventory  {inventory_addr}   ordermesh.inventory.v1.InventoryService");
+    println!("  payment    {payment_addr}   ordermesh.payment.v1.PaymentService");
+    tokio::select! {
+        ready = wait_until_serving(&[order_addr, inventory_addr, payment_addr]) => {
+            ready?;
+            println!("try: grpcurl -plaintext {order_addr} list");
+            println!("ordermesh is ready: every service reports SERVING");
+        }
+        Some(exited) = services.join_next() => {
+            return report_exit(exited);
+        }
+    }
+    while let Some(exited) = services.join_next().await {
+        report_exit(exited)?;
+    }
+    Ok(())
+}
+
+fn report_exit(
+    exited: Result<(&'static str, Result<(), ordermesh_runtime::Error>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    let (name, result) = exited.context("a service task panicked")?;
+    result.with_context(|| format!("{name} service failed"))
+}
+
+/// Polls each server's `grpc.health.v1` until it reports SERVING.
+async fn wait_until_serving(addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    for addr in addrs {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let serving = async {
+                let channel = endpoint.connect().await.ok()?;
+                let response = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .ok()?;
+                Some(response.into_inner().status() == ServingStatus::Serving)
+            };
+            if serving.await == Some(true) {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("{addr} did not report SERVING within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! `ordermesh up` as a user runs it: the real binary, its ready line, the
+//! README's grpcurl walkthrough through reflection against every service,
+//! and a graceful stop on SIGTERM.
+//!
+//! grpcurl comes from `GRPCURL`, else `target/tools/bin/grpcurl` (installed by
+//! `.ci/tools.sh`), else `PATH`. Without it the test prints a SKIP line,
+//! except under `CI`, where it fails.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn grpcurl() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("GRPCURL") {
+        return Some(path.into());
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/grpcurl");
+    if local.exists() {
+        return Some(local);
+    }
+    let on_path = Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    on_path.then(|| PathBuf::from("grpcurl"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    fn wait_for_line(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => {
+                    panic!("no line containing {needle:?} within {timeout:?}; output so far: {seen:#?}")
+                }
+            }
+        }
+    }
+}
+
+fn run(grpcurl: &PathBuf, args: &[&str]) -> String {
+    let output = Command::new(grpcurl).args(args).output().expect("grpcurl runs");
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn up_serves_every_service_through_reflection_and_stops_on_sigterm() {
+    let Some(grpcurl) = grpcurl() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI needs grpcurl: run .ci/tools.sh");
+        }
+        eprintln!("\n*** SKIP up walkthrough: grpcurl not found (run .ci/tools.sh or set GRPCURL) ***\n");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tempdir");
+    let (order, inventory, payment) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .args(["up", "--data-dir"])
+        .arg(data.path())
+        .args(["--order-port", &order.to_string()])
+        .args(["--inventory-port", &inventory.to_string()])
+        .args(["--payment-port", &payment.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ordermesh up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut up = Up { child, lines };
+    let printed = up.wait_for_line("ready", Duration::from_secs(60)).join("\n");
+    assert!(printed.contains(&format!("127.0.0.1:{order}")), "{printed}");
+    assert!(
+        printed.contains(&format!("grpcurl -plaintext 127.0.0.1:{order} list")),
+        "{printed}"
+    );
+
+    let order_addr = format!("127.0.0.1:{order}");
+    for (port, service) in [
+        (order, "ordermesh.order.v1.OrderService"),
+        (inventory, "ordermesh.inventory.v1.InventoryService"),
+        (payment, "ordermesh.payment.v1.PaymentService"),
+    ] {
+        let addr = format!("127.0.0.1:{port}");
+        let listed = run(&grpcurl, &["-plaintext", &addr, "list"]);
+        assert!(listed.contains(service), "{addr} lists {service}: {listed}");
+        assert!(listed.contains("grpc.health.v1.Health"), "{listed}");
+        let described = run(&grpcurl, &["-plaintext", &addr, "describe", service]);
+        assert!(described.contains("rpc "), "{described}");
+        let health = run(
+            &grpcurl,
+            &[
+                "-plaintext",
+                "-d",
+                &format!(r#"{{"service":"{service}"}}"#),
+                &addr,
+                "grpc.health.v1.Health/Check",
+            ],
+        );
+        assert!(health.contains("SERVING"), "{health}");
+    }
+    let stock = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"sku":"KB-001"}"#,
+            &format!("127.0.0.1:{inventory}"),
+            "ordermesh.inventory.v1.InventoryService/GetStock",
+        ],
+    );
+    assert!(stock.contains("Mechanical keyboard"), "{stock}");
+    let account = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"account_id":"alice"}"#,
+            &format!("127.0.0.1:{payment}"),
+            "ordermesh.payment.v1.PaymentService/GetAccount",
+        ],
+    );
+    assert!(account.contains("alice"), "{account}");
+
+    // The README walkthrough: create, get, watch, cancel.
+    let created = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"request_id":"readme-1","customer_id":"alice","lines":[{"sku":"KB-001","quantity":1}]}"#,
+            &order_addr,
+            "ordermesh.order.v1.OrderService/CreateOrder",
+        ],
+    );
+    let order_id = created
+        .split('"')
+        .skip_while(|part| *part != "orderId")
+        .nth(2)
+        .expect("orderId in CreateOrder output")
+        .to_owned();
+    let watched = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"order_id":"{order_id}"}}"#),
+            &order_addr,
+            "ordermesh.order.v1.OrderService/WatchOrder",
+        ],
+    );
+    assert!(watched.contains("ORDER_STATUS_CONFIRMED"), "{watched}");
+    let got = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"order_id":"{order_id}"}}"#),
+            &order_addr,
+            "ordermesh.order.v1.OrderService/GetOrder",
+        ],
+    );
+    assert!(got.contains("\"amountMinor\": \"8999\""), "{got}");
+    let cancelled = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"order_id":"{order_id}"}}"#),
+            &order_addr,
+            "ordermesh.order.v1.OrderService/CancelOrder",
+        ],
+    );
+    assert!(cancelled.contains("ORDER_STATUS_CANCELLING"), "{cancelled}");
+    let watched = run(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"order_id":"{order_id}"}}"#),
+            &order_addr,
+            "ordermesh.order.v1.OrderService/WatchOrder",
+        ],
+    );
+    assert!(watched.contains("ORDER_STATUS_CANCELLED"), "{watched}");
+
+    // SIGTERM drains and exits cleanly.
+    let pid = up.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ordermesh did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+}

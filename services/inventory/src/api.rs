@@ -1,0 +1,272 @@
+//! The `ordermesh.inventory.v1.InventoryService` gRPC surface: validates
+//! requests, calls the store, converts to protobuf. No SQL here.
+
+use std::collections::HashSet;
+
+use tonic::{Request, Response, Status};
+
+use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::inventory::v1 as pb;
+use ordermesh_proto::inventory::v1::inventory_service_server::InventoryService;
+use ordermesh_runtime::validate::Violations;
+use ordermesh_runtime::{clock, paging};
+
+use crate::store::{self, Store};
+
+/// Longest accepted SKU, order id or request id.
+const MAX_ID_LEN: usize = 128;
+/// Most lines one reservation may hold.
+const MAX_LINES: usize = 100;
+/// Most units of one SKU per line.
+const MAX_QUANTITY: i64 = 1_000_000;
+
+pub struct InventoryApi {
+    store: Store,
+}
+
+impl InventoryApi {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency_code: currency_code.to_owned(),
+    })
+}
+
+fn item_to_pb(item: store::Item) -> pb::StockItem {
+    pb::StockItem {
+        unit_price: money(item.unit_price_minor, &item.currency_code),
+        sku: item.sku,
+        name: item.name,
+        available: item.available,
+        reserved: item.reserved,
+        sold: item.sold,
+        create_time: Some(clock::timestamp(item.create_time)),
+        update_time: Some(clock::timestamp(item.update_time)),
+    }
+}
+
+fn reservation_status(status: store::ReservationStatus) -> pb::ReservationStatus {
+    use store::ReservationStatus as S;
+    match status {
+        S::Active => pb::ReservationStatus::Active,
+        S::Committed => pb::ReservationStatus::Committed,
+        S::Released => pb::ReservationStatus::Released,
+        S::Expired => pb::ReservationStatus::Expired,
+        S::Returned => pb::ReservationStatus::Returned,
+    }
+}
+
+fn reservation_to_pb(r: store::Reservation) -> pb::Reservation {
+    pb::Reservation {
+        status: reservation_status(r.status).into(),
+        lines: r
+            .lines
+            .into_iter()
+            .map(|l| pb::ReservedLine {
+                unit_price: money(l.unit_price_minor, &r.currency_code),
+                sku: l.sku,
+                quantity: l.quantity,
+            })
+            .collect(),
+        total: money(r.total_minor, &r.currency_code),
+        expire_time: Some(clock::timestamp(r.expire_time)),
+        create_time: Some(clock::timestamp(r.create_time)),
+        update_time: Some(clock::timestamp(r.update_time)),
+        order_id: r.order_id,
+    }
+}
+
+/// Checks a list of lines: present, bounded, positive quantities, no SKU twice.
+fn validate_lines(violations: &mut Violations, lines: &[pb::StockLine]) -> Vec<store::Line> {
+    if lines.is_empty() {
+        violations.add("lines", "must contain at least one line");
+    } else if lines.len() > MAX_LINES {
+        violations.add("lines", format!("must contain at most {MAX_LINES} lines"));
+    }
+    let mut seen = HashSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        violations.require_text(&format!("lines[{i}].sku"), &line.sku, MAX_ID_LEN);
+        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            violations.add(
+                format!("lines[{i}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            );
+        }
+        if !line.sku.is_empty() && !seen.insert(line.sku.as_str()) {
+            violations.add(format!("lines[{i}].sku"), "appears in more than one line");
+        }
+    }
+    lines
+        .iter()
+        .map(|l| store::Line {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+        })
+        .collect()
+}
+
+fn require_order_id(order_id: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.require_text("order_id", order_id, MAX_ID_LEN);
+    v.into_result()
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryApi {
+    async fn check_availability(
+        &self,
+        request: Request<pb::CheckAvailabilityRequest>,
+    ) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        let lines = validate_lines(&mut v, &request.lines);
+        v.into_result()?;
+        let skus: Vec<&str> = lines.iter().map(|l| l.sku.as_str()).collect();
+        let available = self.store.availability(&skus).await?;
+        let mut all = true;
+        let mut out = Vec::with_capacity(lines.len());
+        for line in lines {
+            let Some(&have) = available.get(&line.sku) else {
+                return Err(crate::Error::UnknownSku { sku: line.sku }.into());
+            };
+            let sufficient = have >= line.quantity;
+            all &= sufficient;
+            out.push(pb::LineAvailability {
+                sku: line.sku,
+                requested: line.quantity,
+                available: have,
+                sufficient,
+            });
+        }
+        Ok(Response::new(pb::CheckAvailabilityResponse {
+            available: all,
+            lines: out,
+        }))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<pb::GetStockRequest>,
+    ) -> Result<Response<pb::GetStockResponse>, Status> {
+        let sku = request.into_inner().sku;
+        let mut v = Violations::new();
+        v.require_text("sku", &sku, MAX_ID_LEN);
+        v.into_result()?;
+        let item = self.store.item(&sku).await?;
+        Ok(Response::new(pb::GetStockResponse {
+            item: Some(item_to_pb(item)),
+        }))
+    }
+
+    async fn list_stock(
+        &self,
+        request: Request<pb::ListStockRequest>,
+    ) -> Result<Response<pb::ListStockResponse>, Status> {
+        let request = request.into_inner();
+        let size = paging::page_size(request.page_size)?;
+        let after = paging::decode_token(&request.page_token)?;
+        let mut items = self.store.items_after(after.as_deref(), size + 1).await?;
+        let next_page_token = if items.len() as i64 > size {
+            items.truncate(size as usize);
+            items
+                .last()
+                .map(|i| paging::encode_token(&i.sku))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListStockResponse {
+            items: items.into_iter().map(item_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.require_text("sku", &request.sku, MAX_ID_LEN);
+        v.require_text("request_id", &request.request_id, MAX_ID_LEN);
+        if request.delta == 0 || request.delta.abs() > MAX_QUANTITY {
+            v.add(
+                "delta",
+                format!("must be non-zero and at most {MAX_QUANTITY} in size"),
+            );
+        }
+        if request.reason.len() > 1024 {
+            v.add("reason", "must be at most 1024 characters");
+        }
+        v.into_result()?;
+        let item = self
+            .store
+            .adjust(&request.sku, request.delta, &request.reason, &request.request_id)
+            .await?;
+        tracing::info!(sku = %item.sku, delta = request.delta, reason = %request.reason, "stock adjusted");
+        Ok(Response::new(pb::AdjustStockResponse {
+            item: Some(item_to_pb(item)),
+        }))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.require_text("order_id", &request.order_id, MAX_ID_LEN);
+        let lines = validate_lines(&mut v, &request.lines);
+        v.into_result()?;
+        let reservation = self.store.reserve(&request.order_id, &lines).await?;
+        Ok(Response::new(pb::ReserveStockResponse {
+            reservation: Some(reservation_to_pb(reservation)),
+        }))
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::GetReservationResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        self.store.expire_due().await?;
+        let reservation = self
+            .store
+            .reservation(&order_id)
+            .await?
+            .ok_or_else(|| crate::Error::ReservationNotFound { order_id })?;
+        Ok(Response::new(pb::GetReservationResponse {
+            reservation: Some(reservation_to_pb(reservation)),
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        let reservation = self.store.release(&order_id).await?;
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            reservation: reservation.map(reservation_to_pb),
+        }))
+    }
+
+    async fn commit_reservation(
+        &self,
+        request: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        let reservation = self.store.commit(&order_id).await?;
+        Ok(Response::new(pb::CommitReservationResponse {
+            reservation: Some(reservation_to_pb(reservation)),
+        }))
+    }
+}

@@ -1,0 +1,104 @@
+//! The inventory service: the catalogue, stock on hand and reservations of
+//! stock for orders.
+//!
+//! # Layout
+//! - [`store`]: the database; every stock movement is a conditional update.
+//! - [`api`]: the gRPC surface (validation and conversion).
+//! - [`error`]: domain errors and their mapping to `tonic::Status`.
+//! - [`demo`]: the demo catalogue `ordermesh up` seeds.
+//!
+//! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, seed) ->
+//! [`Service::serve`] on a listener the caller bound.
+
+pub mod api;
+pub mod demo;
+pub mod error;
+pub mod store;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use ordermesh_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
+use ordermesh_runtime::server::{ServeOptions, serve};
+
+pub use error::Error;
+pub use store::{SeedItem, Store};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Everything the inventory service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// How long a reservation may stay uncommitted before its stock returns.
+    pub reservation_ttl: Duration,
+    /// How often expired reservations are swept.
+    pub sweep_interval: Duration,
+    /// Catalogue entries created on start when missing.
+    pub seed: Vec<SeedItem>,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            reservation_ttl: Duration::from_secs(15 * 60),
+            sweep_interval: Duration::from_secs(1),
+            seed: Vec::new(),
+        }
+    }
+}
+
+/// A built inventory service, ready to serve.
+pub struct Service {
+    store: Store,
+    config: Config,
+}
+
+/// Connects to the database, applies migrations and seeds the catalogue.
+pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
+    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(pool, config.reservation_ttl);
+    if let Err(e) = store.seed(&config.seed).await {
+        tracing::error!(error = %e, "seeding the catalogue failed");
+    }
+    Ok(Service { store, config })
+}
+
+impl Service {
+    /// The store, for tests and tools that check invariants.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes, sweeping expired
+    /// reservations in the background meanwhile.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ordermesh_runtime::Error> {
+        let sweeper = tokio::spawn(sweep(self.store.clone(), self.config.sweep_interval));
+        let routes = Routes::new(InventoryServiceServer::new(api::InventoryApi::new(
+            self.store.clone(),
+        )));
+        let pool = self.store.pool().clone();
+        let result = serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await;
+        sweeper.abort();
+        result
+    }
+}
+
+async fn sweep(store: Store, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = store.expire_due().await {
+            tracing::warn!(error = %e, "expiry sweep failed");
+        }
+    }
+}

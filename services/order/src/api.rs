@@ -1,0 +1,306 @@
+//! The `ordermesh.order.v1.OrderService` gRPC surface: validation,
+//! conversion, and handing orders to the saga runner. No SQL here.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::order::v1 as pb;
+use ordermesh_proto::order::v1::order_service_server::OrderService;
+use ordermesh_runtime::validate::{Violations, invalid_field};
+use ordermesh_runtime::{clock, paging};
+
+use crate::saga::SagaRunner;
+use crate::store::{self, Created, NewOrder, Store};
+
+/// Longest accepted id (request, customer, SKU, order).
+const MAX_ID_LEN: usize = 128;
+/// Most lines per order.
+const MAX_LINES: usize = 100;
+/// Most units of one SKU per line.
+const MAX_QUANTITY: i64 = 1_000_000;
+/// A watcher re-reads the order at least this often, so it also sees
+/// changes made by another replica.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+pub struct OrderApi {
+    store: Store,
+    runner: SagaRunner,
+    updates: broadcast::Sender<String>,
+}
+
+impl OrderApi {
+    pub fn new(store: Store, runner: SagaRunner, updates: broadcast::Sender<String>) -> Self {
+        Self {
+            store,
+            runner,
+            updates,
+        }
+    }
+}
+
+fn status_to_pb(status: store::OrderStatus) -> pb::OrderStatus {
+    use store::OrderStatus as S;
+    match status {
+        S::Pending => pb::OrderStatus::Pending,
+        S::StockReserved => pb::OrderStatus::StockReserved,
+        S::PaymentAuthorized => pb::OrderStatus::PaymentAuthorized,
+        S::PaymentCaptured => pb::OrderStatus::PaymentCaptured,
+        S::Confirmed => pb::OrderStatus::Confirmed,
+        S::Compensating => pb::OrderStatus::Compensating,
+        S::Rejected => pb::OrderStatus::Rejected,
+        S::Cancelling => pb::OrderStatus::Cancelling,
+        S::Cancelled => pb::OrderStatus::Cancelled,
+    }
+}
+
+fn reject_reason_to_pb(reason: &str) -> pb::RejectReason {
+    pb::RejectReason::from_str_name(&format!("REJECT_REASON_{reason}"))
+        .unwrap_or(pb::RejectReason::Unspecified)
+}
+
+pub fn order_to_pb(order: store::Order) -> pb::Order {
+    let currency = order.currency_code.clone();
+    let money = |amount_minor: i64| Money {
+        amount_minor,
+        currency_code: currency.clone(),
+    };
+    pb::Order {
+        status: status_to_pb(order.status).into(),
+        lines: order
+            .lines
+            .into_iter()
+            .map(|l| pb::OrderLine {
+                unit_price: l.unit_price_minor.map(money),
+                line_total: l.unit_price_minor.map(|p| money(p.saturating_mul(l.quantity))),
+                sku: l.sku,
+                quantity: l.quantity,
+            })
+            .collect(),
+        total: order.total_minor.map(money),
+        reject_reason: reject_reason_to_pb(&order.reject_reason).into(),
+        reject_detail: order.reject_detail,
+        payment_id: order.payment_id,
+        create_time: Some(clock::timestamp(order.create_time)),
+        update_time: Some(clock::timestamp(order.update_time)),
+        order_id: order.order_id,
+        request_id: order.request_id,
+        customer_id: order.customer_id,
+    }
+}
+
+fn validate_create(request: &pb::CreateOrderRequest) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.require_text("request_id", &request.request_id, MAX_ID_LEN);
+    v.require_text("customer_id", &request.customer_id, MAX_ID_LEN);
+    if request.lines.is_empty() {
+        v.add("lines", "must contain at least one line");
+    } else if request.lines.len() > MAX_LINES {
+        v.add("lines", format!("must contain at most {MAX_LINES} lines"));
+    }
+    let mut seen = HashSet::new();
+    for (i, line) in request.lines.iter().enumerate() {
+        v.require_text(&format!("lines[{i}].sku"), &line.sku, MAX_ID_LEN);
+        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+            v.add(
+                format!("lines[{i}].quantity"),
+                format!("must be between 1 and {MAX_QUANTITY}"),
+            );
+        }
+        if !line.sku.is_empty() && !seen.insert(line.sku.as_str()) {
+            v.add(format!("lines[{i}].sku"), "appears in more than one line");
+        }
+    }
+    v.into_result()
+}
+
+fn require_order_id(order_id: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.require_text("order_id", order_id, MAX_ID_LEN);
+    v.into_result()
+}
+
+/// A list position: "create_time:order_id" of the last order returned.
+fn decode_position(token: &str) -> Result<Option<(i64, String)>, Status> {
+    let Some(key) = paging::decode_token(token)? else {
+        return Ok(None);
+    };
+    key.split_once(':')
+        .and_then(|(time, id)| Some((time.parse::<i64>().ok()?, id.to_owned())))
+        .map(Some)
+        .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchOrderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let request = request.into_inner();
+        validate_create(&request)?;
+        let new = NewOrder {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            request_id: request.request_id,
+            customer_id: request.customer_id,
+            lines: request.lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
+        };
+        let order = match self
+            .store
+            .create_order(&new, self.runner.owner(), self.runner.lease_until())
+            .await?
+        {
+            Created::New(order) => {
+                tracing::info!(order_id = %order.order_id, customer_id = %order.customer_id, "order created");
+                self.runner.spawn(order.order_id.clone());
+                order
+            }
+            Created::Replay(order) => {
+                tracing::info!(order_id = %order.order_id, request_id = %order.request_id, "CreateOrder replayed");
+                order
+            }
+        };
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        let order = self
+            .store
+            .order(&order_id)
+            .await?
+            .ok_or(crate::Error::NotFound { order_id })?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let request = request.into_inner();
+        let size = paging::page_size(request.page_size)?;
+        let position = decode_position(&request.page_token)?;
+        if request.customer_id.len() > MAX_ID_LEN {
+            return Err(invalid_field("customer_id", "is too long"));
+        }
+        let mut orders = self
+            .store
+            .list_orders(&request.customer_id, position, size + 1)
+            .await?;
+        let next_page_token = if orders.len() as i64 > size {
+            orders.truncate(size as usize);
+            orders
+                .last()
+                .map(|o| paging::encode_token(&format!("{}:{}", o.create_time, o.order_id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListOrdersResponse {
+            orders: orders.into_iter().map(order_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        let order = self
+            .store
+            .start_cancel(&order_id, self.runner.owner(), self.runner.lease_until())
+            .await?;
+        if order.status == store::OrderStatus::Cancelling {
+            tracing::info!(%order_id, "cancelling order");
+            let _ = self.updates.send(order_id.clone());
+            self.runner.spawn(order_id);
+        }
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order_to_pb(order)),
+        }))
+    }
+
+    type WatchOrderStream = WatchStream;
+
+    async fn watch_order(
+        &self,
+        request: Request<pb::WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_order_id(&order_id)?;
+        // Subscribe before the first read so no change between them is missed.
+        let mut updates = self.updates.subscribe();
+        let first = self.store.order(&order_id).await?.ok_or(crate::Error::NotFound {
+            order_id: order_id.clone(),
+        })?;
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut last = (first.status, first.update_time);
+            let terminal = first.status.is_terminal();
+            if tx
+                .send(Ok(pb::WatchOrderResponse {
+                    order: Some(order_to_pb(first)),
+                }))
+                .await
+                .is_err()
+                || terminal
+            {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    update = updates.recv() => match update {
+                        Ok(id) if id != order_id => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = tx.closed() => return,
+                }
+                let order = match store.order(&order_id).await {
+                    Ok(Some(order)) => order,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if (order.status, order.update_time) == last {
+                    continue;
+                }
+                last = (order.status, order.update_time);
+                let terminal = order.status.is_terminal();
+                if tx
+                    .send(Ok(pb::WatchOrderResponse {
+                        order: Some(order_to_pb(order)),
+                    }))
+                    .await
+                    .is_err()
+                    || terminal
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

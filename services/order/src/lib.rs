@@ -1,0 +1,137 @@
+//! The order service: takes orders and runs the durable saga that reserves
+//! stock, takes payment and confirms them, or compensates.
+//!
+//! # Layout
+//! - [`store`]: orders, lines and saga rows in the order database.
+//! - [`saga`]: the saga runner and the recovery worker.
+//! - [`api`]: the gRPC surface (validation, conversion, WatchOrder).
+//! - [`error`]: domain errors and their mapping to `tonic::Status`.
+//!
+//! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, clients) ->
+//! [`Service::serve`] on a listener the caller bound.
+
+pub mod api;
+pub mod error;
+pub mod saga;
+pub mod store;
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tonic::service::Routes;
+use tonic::transport::Endpoint;
+
+use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use ordermesh_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
+use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use ordermesh_runtime::server::{ServeOptions, serve};
+
+pub use error::Error;
+pub use saga::{CrashPoint, SagaConfig, SagaRunner};
+pub use store::Store;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Everything the order service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// The inventory service, e.g. `http://127.0.0.1:50052`.
+    pub inventory_url: String,
+    /// The payment service, e.g. `http://127.0.0.1:50053`.
+    pub payment_url: String,
+    pub saga: SagaConfig,
+}
+
+impl Config {
+    pub fn new(
+        database_url: impl Into<String>,
+        inventory_url: impl Into<String>,
+        payment_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            database_url: database_url.into(),
+            inventory_url: inventory_url.into(),
+            payment_url: payment_url.into(),
+            saga: SagaConfig::default(),
+        }
+    }
+}
+
+/// What can stop the order service from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] ordermesh_runtime::Error),
+    #[error("invalid {key} {url:?}: {source}")]
+    PeerUrl {
+        key: &'static str,
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A built order service, ready to serve.
+pub struct Service {
+    store: Store,
+    runner: SagaRunner,
+    updates: broadcast::Sender<String>,
+}
+
+fn lazy_channel(key: &'static str, url: &str) -> Result<tonic::transport::Channel, StartError> {
+    // Lazy: the order service starts (and recovers sagas, which retry) even
+    // while a peer is still starting or down.
+    Endpoint::from_shared(url.to_owned())
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .map_err(|source| StartError::PeerUrl {
+            key,
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// Connects to the database, applies migrations and prepares the clients of
+/// the inventory and payment services.
+pub async fn build(config: Config) -> Result<Service, StartError> {
+    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(pool);
+    let inventory = InventoryServiceClient::new(lazy_channel("inventory url", &config.inventory_url)?);
+    let payment = PaymentServiceClient::new(lazy_channel("payment url", &config.payment_url)?);
+    let (updates, _) = broadcast::channel(1024);
+    let runner = SagaRunner::new(store.clone(), inventory, payment, config.saga, updates.clone());
+    Ok(Service {
+        store,
+        runner,
+        updates,
+    })
+}
+
+impl Service {
+    /// The store, for tests and tools that check invariants.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes; meanwhile the
+    /// recovery worker resumes sagas left unfinished by an earlier process.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ordermesh_runtime::Error> {
+        let recovery = tokio::spawn(self.runner.clone().recover_forever());
+        let api = api::OrderApi::new(self.store.clone(), self.runner.clone(), self.updates.clone());
+        let routes = Routes::new(OrderServiceServer::new(api));
+        let pool = self.store.pool().clone();
+        let result = serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await;
+        recovery.abort();
+        result
+    }
+}

@@ -1,0 +1,353 @@
+//! The `ordermesh.payment.v1.PaymentService` gRPC surface: validates
+//! requests, calls the store, converts to protobuf. No SQL here.
+
+use tonic::{Request, Response, Status};
+
+use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::payment::v1 as pb;
+use ordermesh_proto::payment::v1::payment_service_server::PaymentService;
+use ordermesh_runtime::validate::{Violations, invalid_field, is_currency_code};
+use ordermesh_runtime::{clock, paging};
+
+use crate::store::{self, PaymentCursor, Store};
+
+/// Longest accepted account id, payment id or request id.
+const MAX_ID_LEN: usize = 128;
+/// Longest accepted payment reference.
+const MAX_REFERENCE_LEN: usize = 1024;
+/// Largest single amount, far below where balance arithmetic could
+/// overflow a BIGINT.
+const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
+pub struct PaymentApi {
+    store: Store,
+}
+
+impl PaymentApi {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
+    Some(Money {
+        amount_minor,
+        currency_code: currency_code.to_owned(),
+    })
+}
+
+fn account_to_pb(account: store::Account) -> pb::Account {
+    let currency = account.currency_code.as_str();
+    pb::Account {
+        status: match account.status {
+            store::AccountStatus::Active => pb::AccountStatus::Active,
+            store::AccountStatus::Blocked => pb::AccountStatus::Blocked,
+        }
+        .into(),
+        balance: money(account.balance_minor, currency),
+        credit_limit: money(account.credit_limit_minor, currency),
+        payment_limit: money(account.payment_limit_minor, currency),
+        available: money(account.available_minor(), currency),
+        create_time: Some(clock::timestamp(account.create_time)),
+        update_time: Some(clock::timestamp(account.update_time)),
+        account_id: account.account_id,
+        display_name: account.display_name,
+    }
+}
+
+fn payment_status(status: store::PaymentStatus) -> pb::PaymentStatus {
+    use store::PaymentStatus as S;
+    match status {
+        S::Authorized => pb::PaymentStatus::Authorized,
+        S::Declined => pb::PaymentStatus::Declined,
+        S::Captured => pb::PaymentStatus::Captured,
+        S::Voided => pb::PaymentStatus::Voided,
+        S::Refunded => pb::PaymentStatus::Refunded,
+    }
+}
+
+fn decline_reason(reason: Option<store::DeclineReason>) -> pb::DeclineReason {
+    use store::DeclineReason as R;
+    match reason {
+        None => pb::DeclineReason::Unspecified,
+        Some(R::InsufficientFunds) => pb::DeclineReason::InsufficientFunds,
+        Some(R::AccountBlocked) => pb::DeclineReason::AccountBlocked,
+        Some(R::AmountOverLimit) => pb::DeclineReason::AmountOverLimit,
+    }
+}
+
+fn payment_to_pb(p: store::Payment) -> pb::Payment {
+    pb::Payment {
+        amount: money(p.amount_minor, &p.currency_code),
+        status: payment_status(p.status).into(),
+        decline_reason: decline_reason(p.decline_reason).into(),
+        create_time: Some(clock::timestamp(p.create_time)),
+        update_time: Some(clock::timestamp(p.update_time)),
+        payment_id: p.payment_id,
+        account_id: p.account_id,
+        reference: p.reference,
+    }
+}
+
+/// The sort key a payment listing resumes after, as carried in its token.
+fn encode_cursor(payment: &store::Payment) -> String {
+    paging::encode_token(&format!("{}:{}", payment.create_time, payment.payment_id))
+}
+
+fn decode_cursor(token: &str) -> Result<Option<PaymentCursor>, Status> {
+    let Some(key) = paging::decode_token(token)? else {
+        return Ok(None);
+    };
+    key.split_once(':')
+        .and_then(|(time, id)| {
+            let create_time = time.parse().ok()?;
+            (!id.is_empty()).then(|| PaymentCursor {
+                create_time,
+                payment_id: id.to_owned(),
+            })
+        })
+        .map(Some)
+        .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
+}
+
+/// Checks the ids of a capture, void or refund.
+fn require_operation(payment_id: &str, request_id: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.require_text("payment_id", payment_id, MAX_ID_LEN);
+    v.require_text("request_id", request_id, MAX_ID_LEN);
+    v.into_result()
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let account_id = request.into_inner().account_id;
+        let mut v = Violations::new();
+        v.require_text("account_id", &account_id, MAX_ID_LEN);
+        v.into_result()?;
+        let account = self.store.account(&account_id).await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(account_to_pb(account)),
+        }))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let request = request.into_inner();
+        let size = paging::page_size(request.page_size)?;
+        let after = paging::decode_token(&request.page_token)?;
+        let mut accounts = self.store.accounts_after(after.as_deref(), size + 1).await?;
+        let next_page_token = if accounts.len() as i64 > size {
+            accounts.truncate(size as usize);
+            accounts
+                .last()
+                .map(|a| paging::encode_token(&a.account_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.into_iter().map(account_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn authorize_payment(
+        &self,
+        request: Request<pb::AuthorizePaymentRequest>,
+    ) -> Result<Response<pb::AuthorizePaymentResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.require_text("request_id", &request.request_id, MAX_ID_LEN);
+        v.require_text("account_id", &request.account_id, MAX_ID_LEN);
+        match &request.amount {
+            None => v.add("amount", "is required"),
+            Some(amount) => {
+                if !(1..=MAX_AMOUNT_MINOR).contains(&amount.amount_minor) {
+                    v.add(
+                        "amount.amount_minor",
+                        format!("must be between 1 and {MAX_AMOUNT_MINOR}"),
+                    );
+                }
+                if !is_currency_code(&amount.currency_code) {
+                    v.add(
+                        "amount.currency_code",
+                        "must be an ISO 4217 code of three upper-case letters",
+                    );
+                }
+            }
+        }
+        if request.reference.len() > MAX_REFERENCE_LEN {
+            v.add(
+                "reference",
+                format!("must be at most {MAX_REFERENCE_LEN} characters"),
+            );
+        }
+        v.into_result()?;
+        let Some(amount) = request.amount else {
+            return Err(invalid_field("amount", "is required"));
+        };
+        let payment = self
+            .store
+            .authorize(
+                &request.request_id,
+                &request.account_id,
+                amount.amount_minor,
+                &amount.currency_code,
+                &request.reference,
+            )
+            .await?;
+        match payment.decline_reason {
+            Some(reason) => tracing::info!(
+                payment_id = %payment.payment_id,
+                account_id = %payment.account_id,
+                reason = reason.as_str(),
+                "payment declined"
+            ),
+            None => tracing::info!(
+                payment_id = %payment.payment_id,
+                account_id = %payment.account_id,
+                amount_minor = payment.amount_minor,
+                status = payment.status.as_str(),
+                "payment authorized"
+            ),
+        }
+        Ok(Response::new(pb::AuthorizePaymentResponse {
+            payment: Some(payment_to_pb(payment)),
+        }))
+    }
+
+    async fn capture_payment(
+        &self,
+        request: Request<pb::CapturePaymentRequest>,
+    ) -> Result<Response<pb::CapturePaymentResponse>, Status> {
+        let request = request.into_inner();
+        require_operation(&request.payment_id, &request.request_id)?;
+        let payment = self
+            .store
+            .capture(&request.payment_id, &request.request_id)
+            .await?;
+        Ok(Response::new(pb::CapturePaymentResponse {
+            payment: Some(payment_to_pb(payment)),
+        }))
+    }
+
+    async fn void_authorization(
+        &self,
+        request: Request<pb::VoidAuthorizationRequest>,
+    ) -> Result<Response<pb::VoidAuthorizationResponse>, Status> {
+        let request = request.into_inner();
+        require_operation(&request.payment_id, &request.request_id)?;
+        let payment = self
+            .store
+            .void(&request.payment_id, &request.request_id)
+            .await?;
+        Ok(Response::new(pb::VoidAuthorizationResponse {
+            payment: Some(payment_to_pb(payment)),
+        }))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        let request = request.into_inner();
+        require_operation(&request.payment_id, &request.request_id)?;
+        let payment = self
+            .store
+            .refund(&request.payment_id, &request.request_id)
+            .await?;
+        Ok(Response::new(pb::RefundPaymentResponse {
+            payment: Some(payment_to_pb(payment)),
+        }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let payment_id = request.into_inner().payment_id;
+        let mut v = Violations::new();
+        v.require_text("payment_id", &payment_id, MAX_ID_LEN);
+        v.into_result()?;
+        let payment = self.store.payment(&payment_id).await?;
+        Ok(Response::new(pb::GetPaymentResponse {
+            payment: Some(payment_to_pb(payment)),
+        }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let request = request.into_inner();
+        if request.account_id.len() > MAX_ID_LEN {
+            return Err(invalid_field(
+                "account_id",
+                &format!("must be at most {MAX_ID_LEN} characters"),
+            ));
+        }
+        let size = paging::page_size(request.page_size)?;
+        let after = decode_cursor(&request.page_token)?;
+        let account_id = Some(request.account_id.as_str()).filter(|id| !id.is_empty());
+        let mut payments = self
+            .store
+            .payments_page(account_id, after.as_ref(), size + 1)
+            .await?;
+        let next_page_token = if payments.len() as i64 > size {
+            payments.truncate(size as usize);
+            payments.last().map(encode_cursor).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: payments.into_iter().map(payment_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_cursors_round_trip_and_malformed_tokens_name_page_token() {
+        let token = paging::encode_token("1700000000000000:0190-abc");
+        let cursor = decode_cursor(&token).expect("valid").expect("a cursor");
+        assert_eq!(cursor.create_time, 1_700_000_000_000_000);
+        assert_eq!(cursor.payment_id, "0190-abc");
+        assert_eq!(decode_cursor("").expect("first page"), None);
+        for key in ["no-colon", "soon:0190-abc", "17:"] {
+            let err = decode_cursor(&paging::encode_token(key)).expect_err(key);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}");
+            assert!(err.message().contains("page_token"), "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_authorize_violation_is_reported_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = ordermesh_runtime::db::sqlite_url(dir.path(), "payment").expect("url");
+        let service = crate::build(crate::Config::new(url)).await.expect("build");
+        let api = PaymentApi::new(service.store().clone());
+        let err = api
+            .authorize_payment(Request::new(pb::AuthorizePaymentRequest {
+                request_id: String::new(),
+                account_id: "alice".into(),
+                amount: money(0, "usd"),
+                reference: String::new(),
+            }))
+            .await
+            .expect_err("invalid");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        for field in ["request_id", "amount.amount_minor", "amount.currency_code"] {
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+        }
+    }
+}

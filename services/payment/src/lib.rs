@@ -1,0 +1,81 @@
+//! The payment service: customer accounts, payments (authorize, capture,
+//! void, refund) and the double-entry ledger behind them.
+//!
+//! # Layout
+//! - [`store`]: the database; every movement is a conditional update plus
+//!   two ledger entries that sum to zero, in one transaction.
+//! - [`api`]: the gRPC surface (validation and conversion).
+//! - [`error`]: domain errors and their mapping to `tonic::Status`.
+//! - [`demo`]: the demo customers `ordermesh up` seeds.
+//!
+//! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, seed) ->
+//! [`Service::serve`] on a listener the caller bound.
+
+pub mod api;
+pub mod demo;
+pub mod error;
+pub mod store;
+
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use ordermesh_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
+use ordermesh_runtime::server::{ServeOptions, serve};
+
+pub use error::Error;
+pub use store::{SeedAccount, Store};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Everything the payment service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// Accounts created on start when missing.
+    pub seed: Vec<SeedAccount>,
+}
+
+impl Config {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            seed: Vec::new(),
+        }
+    }
+}
+
+/// A built payment service, ready to serve.
+pub struct Service {
+    store: Store,
+}
+
+/// Connects to the database, applies migrations and seeds the accounts.
+pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
+    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(pool);
+    if let Err(e) = store.seed(&config.seed).await {
+        tracing::error!(error = %e, "seeding the accounts failed");
+    }
+    Ok(Service { store })
+}
+
+impl Service {
+    /// The store, for tests and tools that check invariants.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ordermesh_runtime::Error> {
+        let routes = Routes::new(PaymentServiceServer::new(api::PaymentApi::new(
+            self.store.clone(),
+        )));
+        let pool = self.store.pool().clone();
+        serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await
+    }
+}

@@ -1,0 +1,102 @@
+//! Server bootstrap shared by every service: the service's routes plus
+//! `grpc.health.v1`, reflection v1 and v1alpha (grpcurl 1.8 only speaks
+//! v1alpha), served on a listener the caller bound, with a graceful drain.
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+
+use crate::{Error, health};
+
+/// How a service is served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Fully-qualified gRPC service name, used for health.
+    pub service_name: &'static str,
+    /// How often the database is probed for the health status.
+    pub health_interval: Duration,
+    /// How long in-flight calls may run on after shutdown began; streams such
+    /// as `WatchOrder` that outlive it are cut.
+    pub drain_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(service_name: &'static str) -> Self {
+        Self {
+            service_name,
+            health_interval: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves `routes` with health and reflection until `shutdown` completes,
+/// then stops accepting, lets in-flight calls finish (up to the drain
+/// timeout) and returns.
+pub async fn serve(
+    routes: Routes,
+    pool: AnyPool,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    // One signal fans out to the health tracker (turns NOT_SERVING first) and
+    // to the server (stops accepting, drains).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let tracker = tokio::spawn(health::track_database(
+        reporter,
+        options.service_name,
+        pool,
+        options.health_interval,
+        stopped(stop_rx.clone()),
+    ));
+
+    let local = listener.local_addr().ok();
+    let incoming = TcpListenerStream::new(listener);
+    let server = Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+    tokio::pin!(server);
+    tracing::info!(service = options.service_name, addr = ?local, "serving");
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        result = &mut server => result,
+        () = &mut shutdown => {
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(options.drain_timeout, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(service = options.service_name, "drain timeout, cutting remaining calls");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = tracker.await;
+    tracing::info!(service = options.service_name, "stopped");
+    Ok(result?)
+}

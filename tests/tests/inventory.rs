@@ -1,0 +1,236 @@
+//! Inventory under concurrency and time: the last units of a SKU are sold
+//! exactly once, and a reservation nobody commits expires and gives its
+//! stock back. Real gRPC, both backends.
+
+use std::time::Duration;
+
+use ordermesh_inventory::SeedItem;
+use ordermesh_proto::inventory::v1 as pb;
+use ordermesh_tests::{Backend, Mesh, MeshOptions, both_backends};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn scarce(sku: &str, stock: i64) -> SeedItem {
+    SeedItem {
+        sku: sku.into(),
+        name: format!("scarce {sku}"),
+        unit_price_minor: 100,
+        currency_code: "USD".into(),
+        initial_stock: stock,
+    }
+}
+
+fn reserve(order_id: String, sku: &str, quantity: i64) -> pb::ReserveStockRequest {
+    pb::ReserveStockRequest {
+        order_id,
+        lines: vec![pb::StockLine {
+            sku: sku.into(),
+            quantity,
+        }],
+    }
+}
+
+async fn concurrent_reservations_sell_exactly_the_last_units(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("LAST-5", 5), scarce("PLENTY", 1000)];
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+
+    let attempts = (0..24).map(|i| {
+        let mut client = mesh.inventory.clone();
+        async move {
+            // Each order also takes an unlimited SKU first, so a failed
+            // reservation must roll back a line it had already taken.
+            let request = pb::ReserveStockRequest {
+                order_id: format!("race-{i}"),
+                lines: vec![
+                    pb::StockLine {
+                        sku: "PLENTY".into(),
+                        quantity: 1,
+                    },
+                    pb::StockLine {
+                        sku: "LAST-5".into(),
+                        quantity: 1,
+                    },
+                ],
+            };
+            client.reserve_stock(request).await
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    let won = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 5, "exactly the available quantity is reserved");
+    for lost in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(lost.code(), Code::FailedPrecondition, "{lost:?}");
+        let info = lost.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "INSUFFICIENT_STOCK");
+        assert_eq!(info.metadata.get("sku").map(String::as_str), Some("LAST-5"));
+    }
+    let last = mesh.stock("LAST-5").await;
+    assert_eq!((last.available, last.reserved, last.sold), (0, 5, 0));
+    let plenty = mesh.stock("PLENTY").await;
+    assert_eq!(
+        (plenty.available, plenty.reserved),
+        (995, 5),
+        "losers kept nothing"
+    );
+    mesh.shutdown().await;
+}
+
+async fn reserve_is_idempotent_by_order_and_commit_sells(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("ITEM", 10)];
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let mut client = mesh.inventory.clone();
+    let replays = (0..6).map(|_| {
+        let mut client = mesh.inventory.clone();
+        async move { client.reserve_stock(reserve("o-1".into(), "ITEM", 3)).await }
+    });
+    for result in futures::future::join_all(replays).await {
+        let reservation = result
+            .expect("replay succeeds")
+            .into_inner()
+            .reservation
+            .expect("reservation");
+        assert_eq!(reservation.total.map(|m| m.amount_minor), Some(300));
+    }
+    assert_eq!(mesh.stock("ITEM").await.reserved, 3, "reserved once");
+    for _ in 0..2 {
+        let committed = client
+            .commit_reservation(pb::CommitReservationRequest {
+                order_id: "o-1".into(),
+            })
+            .await
+            .expect("commit")
+            .into_inner()
+            .reservation
+            .expect("reservation");
+        assert_eq!(committed.status(), pb::ReservationStatus::Committed);
+    }
+    let item = mesh.stock("ITEM").await;
+    assert_eq!((item.available, item.reserved, item.sold), (7, 0, 3));
+    // Releasing a committed reservation returns the sold units (cancel).
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .expect("return");
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            order_id: "o-1".into(),
+        })
+        .await
+        .expect("again");
+    let item = mesh.stock("ITEM").await;
+    assert_eq!((item.available, item.reserved, item.sold), (10, 0, 0));
+    mesh.shutdown().await;
+}
+
+async fn uncommitted_reservation_expires(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("ITEM", 4)];
+    options.reservation_ttl = Duration::from_millis(300);
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let mut client = mesh.inventory.clone();
+    client
+        .reserve_stock(reserve("o-exp".into(), "ITEM", 4))
+        .await
+        .expect("reserve");
+    assert_eq!(mesh.stock("ITEM").await.available, 0);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = mesh.stock("ITEM").await;
+        if item.available == 4 {
+            assert_eq!(item.reserved, 0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reservation never expired: {item:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = client
+        .commit_reservation(pb::CommitReservationRequest {
+            order_id: "o-exp".into(),
+        })
+        .await
+        .expect_err("expired reservations cannot be committed");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.get_details_error_info().map(|i| i.reason).as_deref(),
+        Some("RESERVATION_EXPIRED")
+    );
+    mesh.shutdown().await;
+}
+
+async fn bad_requests_name_their_fields(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let mut client = mesh.inventory.clone();
+    let err = client
+        .reserve_stock(reserve(String::new(), "KB-001", -1))
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["order_id", "lines[0].quantity"]);
+    let err = client
+        .reserve_stock(reserve("o".into(), "NOPE", 1))
+        .await
+        .expect_err("unknown sku");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_stock(pb::GetStockRequest { sku: "NOPE".into() })
+        .await
+        .expect_err("unknown sku");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "KB-001".into(),
+            delta: -1000,
+            reason: "loss".into(),
+            request_id: "adj-1".into(),
+        })
+        .await
+        .expect_err("below zero");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    for _ in 0..2 {
+        client
+            .adjust_stock(pb::AdjustStockRequest {
+                sku: "KB-001".into(),
+                delta: 5,
+                reason: "restock".into(),
+                request_id: "adj-2".into(),
+            })
+            .await
+            .expect("restock");
+    }
+    assert_eq!(
+        mesh.stock("KB-001").await.available,
+        30,
+        "a replayed adjustment applies once"
+    );
+    mesh.shutdown().await;
+}
+
+both_backends!(
+    concurrent_reservations_sell_exactly_the_last_units,
+    reserve_is_idempotent_by_order_and_commit_sells,
+    uncommitted_reservation_expires,
+    bad_requests_name_their_fields,
+);

@@ -1,0 +1,491 @@
+//! The order saga end to end, over real gRPC, on SQLite and on PostgreSQL:
+//! every scenario ends by checking the stock and ledger invariants.
+
+use ordermesh_proto::inventory::v1 as inventory_pb;
+use ordermesh_proto::order::v1 as order_pb;
+use ordermesh_proto::order::v1::{OrderStatus, RejectReason};
+use ordermesh_proto::payment::v1 as payment_pb;
+use ordermesh_tests::{Backend, CrashPoint, Mesh, MeshOptions, both_backends, fast_saga};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+// Demo numbers (ordermesh_inventory::demo, ordermesh_payment::demo).
+const KEYBOARD: &str = "KB-001"; // 8999 cents, 25 in stock
+const CABLE: &str = "CB-004"; // 999 cents, 200 in stock
+const MONITOR: &str = "MN-003"; // 27900 cents, 10 in stock
+const LAMP: &str = "LT-005"; // 14900 cents, 1 in stock
+
+async fn happy_path(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let alice_before = mesh.balance("alice").await;
+    let keyboards_before = mesh.stock(KEYBOARD).await;
+
+    let created = mesh
+        .create_order("happy-1", "alice", &[(KEYBOARD, 2), (CABLE, 1)])
+        .await
+        .expect("created");
+    assert_eq!(created.status(), OrderStatus::Pending);
+    let (seen, order) = mesh.wait_terminal(&created.order_id).await;
+
+    assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    assert_eq!(seen.last(), Some(&OrderStatus::Confirmed));
+    let expected_total = 2 * 8999 + 999;
+    let total = order.total.as_ref().expect("total");
+    assert_eq!(
+        (total.amount_minor, total.currency_code.as_str()),
+        (expected_total, "USD")
+    );
+    assert_eq!(
+        order.lines[0].unit_price.as_ref().map(|m| m.amount_minor),
+        Some(8999)
+    );
+    assert_eq!(
+        mesh.balance("alice").await,
+        alice_before - expected_total,
+        "charged the catalogue price"
+    );
+    let keyboards = mesh.stock(KEYBOARD).await;
+    assert_eq!(keyboards.available, keyboards_before.available - 2);
+    assert_eq!(keyboards.sold, keyboards_before.sold + 2);
+
+    let mut payment = mesh.payment.clone();
+    let charged = payment
+        .get_payment(payment_pb::GetPaymentRequest {
+            payment_id: order.payment_id.clone(),
+        })
+        .await
+        .expect("payment")
+        .into_inner()
+        .payment
+        .expect("payment");
+    assert_eq!(charged.status(), payment_pb::PaymentStatus::Captured);
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn out_of_stock_is_rejected_without_charge(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let alice_before = mesh.balance("alice").await;
+    let created = mesh
+        .create_order("oos-1", "alice", &[(CABLE, 1), (LAMP, 2)])
+        .await
+        .expect("created");
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+
+    assert_eq!(order.status(), OrderStatus::Rejected);
+    assert_eq!(order.reject_reason(), RejectReason::OutOfStock, "{order:?}");
+    assert!(
+        order.reject_detail.contains(LAMP),
+        "detail names the SKU: {}",
+        order.reject_detail
+    );
+    assert_eq!(mesh.balance("alice").await, alice_before, "nothing charged");
+    assert_eq!(
+        mesh.payment_store
+            .count_payments("alice", &order.order_id)
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        mesh.stock(CABLE).await.available,
+        200,
+        "the line that fitted was not kept"
+    );
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn declined_payment_releases_stock(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let bob_before = mesh.balance("bob").await;
+    let created = mesh
+        .create_order("declined-1", "bob", &[(MONITOR, 1)])
+        .await
+        .expect("created");
+    let (seen, order) = mesh.wait_terminal(&created.order_id).await;
+
+    assert_eq!(order.status(), OrderStatus::Rejected);
+    assert_eq!(
+        order.reject_reason(),
+        RejectReason::InsufficientFunds,
+        "{order:?}"
+    );
+    assert!(seen.contains(&OrderStatus::Rejected));
+    assert_eq!(mesh.balance("bob").await, bob_before);
+    let monitor = mesh.stock(MONITOR).await;
+    assert_eq!(
+        (monitor.available, monitor.reserved),
+        (10, 0),
+        "reservation released"
+    );
+    let mut inventory = mesh.inventory.clone();
+    let reservation = inventory
+        .get_reservation(inventory_pb::GetReservationRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .expect("reservation")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(reservation.status(), inventory_pb::ReservationStatus::Released);
+
+    // A blocked account is declined with its own reason.
+    let created = mesh
+        .create_order("declined-2", "carol", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+    assert_eq!(order.reject_reason(), RejectReason::AccountBlocked, "{order:?}");
+    // And an unknown customer is rejected, not retried forever.
+    let created = mesh
+        .create_order("declined-3", "nobody", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+    assert_eq!(order.reject_reason(), RejectReason::UnknownCustomer, "{order:?}");
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn cancel_refunds_and_returns_stock(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let alice_before = mesh.balance("alice").await;
+    let created = mesh
+        .create_order("cancel-1", "alice", &[(MONITOR, 2)])
+        .await
+        .expect("created");
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(mesh.balance("alice").await, alice_before - 2 * 27900);
+
+    let mut client = mesh.order.clone();
+    let cancelling = client
+        .cancel_order(order_pb::CancelOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .expect("cancel accepted")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(cancelling.status(), OrderStatus::Cancelling);
+    let (_, order) = mesh.wait_terminal(&order.order_id).await;
+    assert_eq!(order.status(), OrderStatus::Cancelled);
+    assert_eq!(mesh.balance("alice").await, alice_before, "refunded");
+    let monitor = mesh.stock(MONITOR).await;
+    assert_eq!((monitor.available, monitor.sold), (10, 0), "stock returned");
+
+    // Cancelling again changes nothing; a rejected order cannot be cancelled.
+    let again = client
+        .cancel_order(order_pb::CancelOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .expect("idempotent cancel")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(again.status(), OrderStatus::Cancelled);
+    assert_eq!(mesh.balance("alice").await, alice_before, "no second refund");
+    let rejected = mesh
+        .create_order("cancel-2", "bob", &[(MONITOR, 1)])
+        .await
+        .expect("created");
+    mesh.wait_terminal(&rejected.order_id).await;
+    let err = client
+        .cancel_order(order_pb::CancelOrderRequest {
+            order_id: rejected.order_id.clone(),
+        })
+        .await
+        .expect_err("rejected orders are not cancellable");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let err = client
+        .cancel_order(order_pb::CancelOrderRequest {
+            order_id: "no-such-order".into(),
+        })
+        .await
+        .expect_err("unknown order");
+    assert_eq!(err.code(), Code::NotFound);
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn same_request_id_yields_one_order_and_one_charge(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let alice_before = mesh.balance("alice").await;
+    let lines = [(KEYBOARD, 1)];
+    let attempts = (0..8).map(|_| mesh.create_order("idem-1", "alice", &lines));
+    let results = futures::future::join_all(attempts).await;
+    let mut ids: Vec<String> = results
+        .into_iter()
+        .map(|r| r.expect("every duplicate succeeds").order_id)
+        .collect();
+    let again = mesh
+        .create_order("idem-1", "alice", &lines)
+        .await
+        .expect("sequential replay");
+    ids.push(again.order_id);
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one order for one request_id: {ids:?}");
+    let (_, order) = mesh.wait_terminal(&ids[0]).await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    assert_eq!(mesh.balance("alice").await, alice_before - 8999, "charged once");
+    assert_eq!(
+        mesh.payment_store
+            .count_payments("alice", &order.order_id)
+            .await
+            .expect("count"),
+        1
+    );
+
+    // The same key for a different order is refused and writes nothing.
+    let err = mesh
+        .create_order("idem-1", "alice", &[(KEYBOARD, 2)])
+        .await
+        .expect_err("reused key");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let mut client = mesh.order.clone();
+    let listed = client
+        .list_orders(order_pb::ListOrdersRequest {
+            customer_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.orders.len(), 1);
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn crash_after_authorization_recovers_without_double_charge(backend: Backend) {
+    for crash_at in [
+        CrashPoint::AfterAuthorizeBeforeRecord,
+        CrashPoint::AfterAuthorizeRecorded,
+    ] {
+        let mut options = MeshOptions::new(backend);
+        options.saga.crash_at = Some(crash_at);
+        let Some(mut mesh) = Mesh::start(options).await else {
+            return;
+        };
+        let alice_before = mesh.balance("alice").await;
+        let created = mesh
+            .create_order("crash-1", "alice", &[(KEYBOARD, 1), (CABLE, 3)])
+            .await
+            .expect("created");
+
+        // Wait for the authorization to exist downstream: the worker then dies.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while mesh
+            .payment_store
+            .count_payments("alice", &created.order_id)
+            .await
+            .expect("count")
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "authorization never happened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let stuck = mesh.get_order(&created.order_id).await;
+        assert!(
+            !matches!(stuck.status(), OrderStatus::Confirmed | OrderStatus::Rejected),
+            "{crash_at:?}: saga must be stuck: {stuck:?}"
+        );
+
+        // A new order process on the same database picks the saga up.
+        mesh.restart_order(fast_saga()).await;
+        let (_, order) = mesh.wait_terminal(&created.order_id).await;
+        assert_eq!(order.status(), OrderStatus::Confirmed, "{crash_at:?}: {order:?}");
+        let total = 8999 + 3 * 999;
+        assert_eq!(
+            mesh.balance("alice").await,
+            alice_before - total,
+            "{crash_at:?}: charged exactly once"
+        );
+        assert_eq!(
+            mesh.payment_store
+                .count_payments("alice", &order.order_id)
+                .await
+                .expect("count"),
+            1
+        );
+        mesh.assert_invariants().await;
+        mesh.shutdown().await;
+    }
+}
+
+async fn payment_outage_is_compensated(backend: Backend) {
+    let Some(mut mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let alice_before = mesh.balance("alice").await;
+    mesh.stop("payment").await;
+    let created = mesh
+        .create_order("outage-1", "alice", &[(KEYBOARD, 1)])
+        .await
+        .expect("created while payment is down");
+    // Authorization gives up after its retries; whether it reached the
+    // payment service is unknown, so compensation must ask payment, which
+    // stays down: the saga waits in COMPENSATING with the stock held.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let order = mesh.get_order(&created.order_id).await;
+        if order.status() == OrderStatus::Compensating {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never compensated: {order:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(mesh.stock(KEYBOARD).await.reserved, 1);
+
+    // Once payment is back, the recovery worker finishes the compensation.
+    mesh.restart_payment().await;
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+    assert_eq!(order.status(), OrderStatus::Rejected);
+    assert_eq!(
+        order.reject_reason(),
+        RejectReason::ServiceUnavailable,
+        "{order:?}"
+    );
+    let keyboards = mesh.stock(KEYBOARD).await;
+    assert_eq!(
+        (keyboards.available, keyboards.reserved),
+        (25, 0),
+        "stock released"
+    );
+    assert_eq!(mesh.balance("alice").await, alice_before, "nothing charged");
+    mesh.assert_invariants().await;
+
+    // And new orders go through again.
+    let created = mesh
+        .create_order("outage-2", "alice", &[(KEYBOARD, 1)])
+        .await
+        .expect("created");
+    let (_, order) = mesh.wait_terminal(&created.order_id).await;
+    assert_eq!(order.status(), OrderStatus::Confirmed);
+    mesh.shutdown().await;
+}
+
+async fn bad_input_is_rejected_with_field_violations(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let err = mesh
+        .create_order("", "alice", &[(KEYBOARD, 0), ("", 1), (CABLE, 1), (CABLE, 2)])
+        .await
+        .expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        ["request_id", "lines[0].quantity", "lines[1].sku", "lines[3].sku"]
+    );
+    let err = mesh
+        .create_order("bad-2", "alice", &[])
+        .await
+        .expect_err("no lines");
+    assert!(err.message().contains("lines"), "{}", err.message());
+
+    let mut client = mesh.order.clone();
+    let listed = client
+        .list_orders(order_pb::ListOrdersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.orders.is_empty(), "nothing was written: {listed:?}");
+    let err = client
+        .list_orders(order_pb::ListOrdersRequest {
+            page_token: "garbage!".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"));
+    let err = client
+        .get_order(order_pb::GetOrderRequest {
+            order_id: "missing".into(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound);
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
+async fn orders_are_listed_newest_first_in_pages(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let order = mesh
+            .create_order(&format!("page-{i}"), "alice", &[(CABLE, 1)])
+            .await
+            .expect("created");
+        ids.push(order.order_id);
+    }
+    for id in &ids {
+        mesh.wait_terminal(id).await;
+    }
+    let mut client = mesh.order.clone();
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_orders(order_pb::ListOrdersRequest {
+                customer_id: "alice".into(),
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.orders.len() <= 2);
+        listed.extend(page.orders.into_iter().map(|o| o.order_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    ids.reverse();
+    assert_eq!(listed, ids, "newest first, each order once");
+    mesh.shutdown().await;
+}
+
+both_backends!(
+    happy_path,
+    out_of_stock_is_rejected_without_charge,
+    declined_payment_releases_stock,
+    cancel_refunds_and_returns_stock,
+    same_request_id_yields_one_order_and_one_charge,
+    crash_after_authorization_recovers_without_double_charge,
+    payment_outage_is_compensated,
+    bad_input_is_rejected_with_field_violations,
+    orders_are_listed_newest_first_in_pages,
+);
