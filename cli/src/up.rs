@@ -66,8 +66,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  order      {order_addr}   ordermesh.order.v1.OrderService");
     println!("  inventory  {inventory_addr}   ordermesh.inventory.v1.InventoryService");
     println!("  payment    {payment_addr}   ordermesh.payment.v1.PaymentService");
+    let all = [order_addr, inventory_addr, payment_addr];
     tokio::select! {
-        ready = wait_until_serving(&[order_addr, inventory_addr, payment_addr]) => {
+        ready = wait_until_serving(&all) => {
             ready?;
             println!("try: grpcurl -plaintext {order_addr} list");
             println!("ordermesh is ready: every service reports SERVING");

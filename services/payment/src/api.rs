@@ -243,10 +243,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::VoidAuthorizationResponse>, Status> {
         let request = request.into_inner();
         require_operation(&request.payment_id, &request.request_id)?;
-        let payment = self
-            .store
-            .void(&request.payment_id, &request.request_id)
-            .await?;
+        let payment = self.store.void(&request.payment_id, &request.request_id).await?;
         Ok(Response::new(pb::VoidAuthorizationResponse {
             payment: Some(payment_to_pb(payment)),
         }))

@@ -280,7 +280,9 @@ async fn post(
     now: i64,
 ) -> Result<(), Error> {
     let Some(negated) = amount_minor.checked_neg() else {
-        return Err(Error::Corrupt(format!("ledger amount {amount_minor} out of range")));
+        return Err(Error::Corrupt(format!(
+            "ledger amount {amount_minor} out of range"
+        )));
     };
     for (ledger_account, amount) in [(from, negated), (to, amount_minor)] {
         sqlx::query(
@@ -394,11 +396,7 @@ impl Store {
     }
 
     /// Accounts ordered by id after `after` (exclusive), at most `limit`.
-    pub async fn accounts_after(
-        &self,
-        after: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Account>, Error> {
+    pub async fn accounts_after(&self, after: Option<&str>, limit: i64) -> Result<Vec<Account>, Error> {
         sqlx::query(concat!(
             select_account!(),
             " WHERE account_id > $1 ORDER BY account_id LIMIT $2"
@@ -427,16 +425,13 @@ impl Store {
 
     /// The payment an authorization with this request id created, if any.
     pub async fn payment_by_request(&self, request_id: &str) -> Result<Option<Payment>, Error> {
-        sqlx::query(concat!(
-            select_payment!(),
-            " WHERE authorize_request_id = $1"
-        ))
-        .bind(request_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(payment_from_row)
-        .transpose()
+        sqlx::query(concat!(select_payment!(), " WHERE authorize_request_id = $1"))
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(payment_from_row)
+            .transpose()
     }
 
     /// Payments newest first, strictly after `after` in that order, of one
@@ -485,11 +480,10 @@ impl Store {
 
     /// The sum of every ledger entry; zero unless an entry lost its pair.
     pub async fn ledger_sum(&self) -> Result<i64, Error> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM ledger_entries",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) AS s FROM ledger_entries")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get("s")?)
     }
 
@@ -641,12 +635,7 @@ impl Store {
     /// ledger pair, once per `request_id`. A payment already in the target
     /// status is returned as it is, so a retry under a new request id is
     /// harmless too.
-    async fn apply(
-        &self,
-        op: Operation,
-        payment_id: &str,
-        request_id: &str,
-    ) -> Result<Payment, Error> {
+    async fn apply(&self, op: Operation, payment_id: &str, request_id: &str) -> Result<Payment, Error> {
         let (from, to) = op.transition();
         let now = clock::now_micros();
         let mut tx = self.pool.begin().await?;
@@ -832,10 +821,7 @@ mod tests {
         );
         assert_ledger_consistent(&store).await;
 
-        let captured = store
-            .capture(&payment.payment_id, "c1")
-            .await
-            .expect("capture");
+        let captured = store.capture(&payment.payment_id, "c1").await.expect("capture");
         assert_eq!(captured.status, PaymentStatus::Captured);
         assert_eq!(balance(&store, "alice").await, 500_000 - 12_345);
         assert_eq!(
@@ -890,11 +876,7 @@ mod tests {
         let tasks: Vec<_> = (0..10)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move {
-                    store
-                        .authorize("same-key", "alice", 7_000, USD, "order-9")
-                        .await
-                })
+                tokio::spawn(async move { store.authorize("same-key", "alice", 7_000, USD, "order-9").await })
             })
             .collect();
         let mut ids = Vec::new();
@@ -930,9 +912,15 @@ mod tests {
             assert_eq!(balance(&store, account_id).await, before, "{account_id}");
         }
         // Exactly at the limits is allowed.
-        let bob = store.authorize("bob-2", "bob", 2_000, USD, "").await.expect("bob");
+        let bob = store
+            .authorize("bob-2", "bob", 2_000, USD, "")
+            .await
+            .expect("bob");
         assert_eq!(bob.status, PaymentStatus::Authorized);
-        let dave = store.authorize("dave-2", "dave", 10_000, USD, "").await.expect("dave");
+        let dave = store
+            .authorize("dave-2", "dave", 10_000, USD, "")
+            .await
+            .expect("dave");
         assert_eq!(dave.status, PaymentStatus::Authorized);
         assert_ledger_consistent(&store).await;
     }
@@ -945,10 +933,7 @@ mod tests {
         assert_eq!(balance(&store, "erin").await, -5_000);
         let over = store.authorize("e2", "erin", 1, USD, "").await.expect("erin");
         assert_eq!(over.decline_reason, Some(DeclineReason::InsufficientFunds));
-        assert_eq!(
-            store.account("erin").await.expect("erin").available_minor(),
-            0
-        );
+        assert_eq!(store.account("erin").await.expect("erin").available_minor(), 0);
         assert_ledger_consistent(&store).await;
     }
 
@@ -956,12 +941,18 @@ mod tests {
     async fn a_declined_replay_returns_the_decline_even_when_funds_returned() {
         let (_dir, store) = store().await;
         let held = store.authorize("b1", "bob", 1_500, USD, "").await.expect("hold");
-        let declined = store.authorize("b2", "bob", 1_000, USD, "").await.expect("decline");
+        let declined = store
+            .authorize("b2", "bob", 1_000, USD, "")
+            .await
+            .expect("decline");
         assert_eq!(declined.decline_reason, Some(DeclineReason::InsufficientFunds));
         store.void(&held.payment_id, "v1").await.expect("void");
         assert_eq!(balance(&store, "bob").await, 2_000);
 
-        let replay = store.authorize("b2", "bob", 1_000, USD, "").await.expect("replay");
+        let replay = store
+            .authorize("b2", "bob", 1_000, USD, "")
+            .await
+            .expect("replay");
         assert_eq!(replay.payment_id, declined.payment_id);
         assert_eq!(replay.status, PaymentStatus::Declined);
         assert_eq!(balance(&store, "bob").await, 2_000);
@@ -970,7 +961,10 @@ mod tests {
     #[tokio::test]
     async fn void_restores_the_balance_and_a_voided_payment_cannot_be_captured() {
         let (_dir, store) = store().await;
-        let payment = store.authorize("r1", "alice", 50_000, USD, "").await.expect("authorize");
+        let payment = store
+            .authorize("r1", "alice", 50_000, USD, "")
+            .await
+            .expect("authorize");
         let voided = store.void(&payment.payment_id, "v1").await.expect("void");
         assert_eq!(voided.status, PaymentStatus::Voided);
         assert_eq!(balance(&store, "alice").await, 500_000);
@@ -982,11 +976,20 @@ mod tests {
         let replay = store.void(&payment.payment_id, "v1").await.expect("replay");
         assert_eq!(replay.status, PaymentStatus::Voided);
         assert_eq!(balance(&store, "alice").await, 500_000);
-        let reused = store.capture(&payment.payment_id, "v1").await.expect_err("reused key");
+        let reused = store
+            .capture(&payment.payment_id, "v1")
+            .await
+            .expect_err("reused key");
         assert_eq!(code(reused), Code::AlreadyExists);
 
-        let refused = store.capture(&payment.payment_id, "c1").await.expect_err("voided");
-        assert!(refused.to_string().contains("is VOIDED, cannot capture"), "{refused}");
+        let refused = store
+            .capture(&payment.payment_id, "c1")
+            .await
+            .expect_err("voided");
+        assert!(
+            refused.to_string().contains("is VOIDED, cannot capture"),
+            "{refused}"
+        );
         assert_eq!(code(refused), Code::FailedPrecondition);
         assert_eq!(store.ledger_balance(MERCHANT_REVENUE).await.expect("revenue"), 0);
         assert_ledger_consistent(&store).await;
@@ -995,8 +998,14 @@ mod tests {
     #[tokio::test]
     async fn refund_restores_the_balance_and_needs_a_capture() {
         let (_dir, store) = store().await;
-        let payment = store.authorize("r1", "alice", 30_000, USD, "").await.expect("authorize");
-        let early = store.refund(&payment.payment_id, "f0").await.expect_err("not captured");
+        let payment = store
+            .authorize("r1", "alice", 30_000, USD, "")
+            .await
+            .expect("authorize");
+        let early = store
+            .refund(&payment.payment_id, "f0")
+            .await
+            .expect_err("not captured");
         assert_eq!(code(early), Code::FailedPrecondition);
 
         store.capture(&payment.payment_id, "c1").await.expect("capture");
@@ -1013,9 +1022,15 @@ mod tests {
     #[tokio::test]
     async fn unknown_ids_and_foreign_currencies_are_refused() {
         let (_dir, store) = store().await;
-        let unknown = store.authorize("r1", "nobody", 100, USD, "").await.expect_err("unknown");
+        let unknown = store
+            .authorize("r1", "nobody", 100, USD, "")
+            .await
+            .expect_err("unknown");
         assert_eq!(code(unknown), Code::NotFound);
-        let euros = store.authorize("r2", "alice", 100, "EUR", "").await.expect_err("EUR");
+        let euros = store
+            .authorize("r2", "alice", 100, "EUR", "")
+            .await
+            .expect_err("EUR");
         assert!(euros.to_string().contains("USD") && euros.to_string().contains("EUR"));
         assert_eq!(code(euros), Code::FailedPrecondition);
         let missing = store.capture("no-such-payment", "c1").await.expect_err("missing");
@@ -1029,7 +1044,10 @@ mod tests {
         let (_dir, store) = store().await;
         let mut made = Vec::new();
         for i in 0..3 {
-            let p = store.authorize(&format!("a{i}"), "alice", 100, USD, "").await.expect("alice");
+            let p = store
+                .authorize(&format!("a{i}"), "alice", 100, USD, "")
+                .await
+                .expect("alice");
             made.push(p.payment_id);
         }
         store.authorize("b0", "bob", 100, USD, "").await.expect("bob");
