@@ -475,6 +475,7 @@ async fn orders_are_listed_newest_first_in_pages(backend: Backend) {
     }
     ids.reverse();
     assert_eq!(listed, ids, "newest first, each order once");
+    mesh.assert_invariants().await;
     mesh.shutdown().await;
 }
 
