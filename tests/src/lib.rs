@@ -111,14 +111,14 @@ impl MeshOptions {
     }
 }
 
-/// Saga tuning for tests: quick retries, a one-second lease.
+/// Saga tuning for tests: quick retries, a two-second lease.
 pub fn fast_saga() -> SagaConfig {
     SagaConfig {
-        call_timeout: Duration::from_secs(5),
+        call_timeout: Duration::from_secs(1),
         max_step_attempts: 3,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
-        lease: Duration::from_secs(1),
+        lease: Duration::from_secs(2),
         recovery_interval: Duration::from_millis(200),
         crash_at: None,
     }

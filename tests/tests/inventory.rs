@@ -127,6 +127,28 @@ async fn reserve_is_idempotent_by_order_and_commit_sells(backend: Backend) {
         .expect("again");
     let item = mesh.stock("ITEM").await;
     assert_eq!((item.available, item.reserved, item.sold), (10, 0, 0));
+
+    // Compensation may release an order before its (late) reservation
+    // arrives: the late reservation must then hold nothing.
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            order_id: "o-2".into(),
+        })
+        .await
+        .expect("release of an order never reserved");
+    let late = client
+        .reserve_stock(reserve("o-2".into(), "ITEM", 2))
+        .await
+        .expect("late reserve replays the release")
+        .into_inner()
+        .reservation
+        .expect("reservation");
+    assert_eq!(late.status(), pb::ReservationStatus::Released);
+    assert_eq!(
+        mesh.stock("ITEM").await.available,
+        10,
+        "nothing held for a released order"
+    );
     mesh.shutdown().await;
 }
 
@@ -225,6 +247,17 @@ async fn bad_requests_name_their_fields(backend: Backend) {
         30,
         "a replayed adjustment applies once"
     );
+    let err = client
+        .adjust_stock(pb::AdjustStockRequest {
+            sku: "KB-001".into(),
+            delta: 7,
+            reason: "restock".into(),
+            request_id: "adj-2".into(),
+        })
+        .await
+        .expect_err("the key was used for another change");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(mesh.stock("KB-001").await.available, 30);
     mesh.shutdown().await;
 }
 

@@ -30,6 +30,22 @@ async fn happy_path(backend: Backend) {
     let (seen, order) = mesh.wait_terminal(&created.order_id).await;
 
     assert_eq!(order.status(), OrderStatus::Confirmed, "{order:?}");
+    // WatchOrder sends each status once, in saga order (it may join late).
+    let forward = [
+        OrderStatus::Pending,
+        OrderStatus::StockReserved,
+        OrderStatus::PaymentAuthorized,
+        OrderStatus::PaymentCaptured,
+        OrderStatus::Confirmed,
+    ];
+    let positions: Vec<usize> = seen
+        .iter()
+        .map(|s| forward.iter().position(|f| f == s).expect("a forward status"))
+        .collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {seen:?}"
+    );
     assert_eq!(seen.last(), Some(&OrderStatus::Confirmed));
     let expected_total = 2 * 8999 + 999;
     let total = order.total.as_ref().expect("total");
@@ -118,6 +134,10 @@ async fn declined_payment_releases_stock(backend: Backend) {
         "{order:?}"
     );
     assert!(seen.contains(&OrderStatus::Rejected));
+    assert!(
+        !order.payment_id.is_empty(),
+        "the declined payment is recorded on the order"
+    );
     assert_eq!(mesh.balance("bob").await, bob_before);
     let monitor = mesh.stock(MONITOR).await;
     assert_eq!(
@@ -373,6 +393,14 @@ async fn payment_outage_is_compensated(backend: Backend) {
         "stock released"
     );
     assert_eq!(mesh.balance("alice").await, alice_before, "nothing charged");
+    assert_eq!(
+        mesh.payment_store
+            .count_payments("alice", &order.order_id)
+            .await
+            .expect("count"),
+        0,
+        "compensation looked the authorization up instead of making one"
+    );
     mesh.assert_invariants().await;
 
     // And new orders go through again.

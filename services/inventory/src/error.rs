@@ -16,6 +16,7 @@ pub mod reason {
     pub const RESERVATION_EXPIRED: &str = "RESERVATION_EXPIRED";
     pub const RESERVATION_NOT_ACTIVE: &str = "RESERVATION_NOT_ACTIVE";
     pub const STOCK_BELOW_ZERO: &str = "STOCK_BELOW_ZERO";
+    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum Error {
     ReservationNotActive { order_id: String, status: String },
     #[error("adjusting sku {sku:?} by {delta} would take available stock below zero")]
     StockBelowZero { sku: String, delta: i64 },
+    #[error("request_id {request_id:?} was already used for a different adjustment")]
+    RequestIdReused { request_id: String },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
@@ -98,6 +101,12 @@ impl From<Error> for Status {
                 message,
                 reason::STOCK_BELOW_ZERO,
                 ("sku", sku),
+            ),
+            Error::RequestIdReused { request_id } => with_reason(
+                Code::AlreadyExists,
+                message,
+                reason::REQUEST_ID_REUSED,
+                ("request_id", request_id),
             ),
             Error::Db(db) => {
                 tracing::error!(error = %db, "inventory database error");

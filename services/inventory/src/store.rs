@@ -247,8 +247,20 @@ impl Store {
         match recorded {
             Ok(_) => {}
             Err(e) if db::is_unique_violation(&e) => {
-                // A replay: the first request already applied the change.
+                // A replay: the first request already applied the change,
+                // unless the key was used for a different change.
                 tx.rollback().await?;
+                let first = sqlx::query("SELECT sku, delta FROM stock_adjustments WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                let first_sku: String = first.try_get("sku")?;
+                let first_delta: i64 = first.try_get("delta")?;
+                if first_sku != sku || first_delta != delta {
+                    return Err(Error::RequestIdReused {
+                        request_id: request_id.into(),
+                    });
+                }
                 return self.item(sku).await;
             }
             Err(e) => {
@@ -316,7 +328,11 @@ impl Store {
 
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
-        for (line_no, line) in lines.iter().enumerate() {
+        // Rows are locked in SKU order, so two orders naming the same SKUs in
+        // different orders cannot deadlock each other on PostgreSQL.
+        let mut by_sku: Vec<(usize, &Line)> = lines.iter().enumerate().collect();
+        by_sku.sort_by(|a, b| a.1.sku.cmp(&b.1.sku));
+        for (line_no, line) in by_sku {
             let taken = sqlx::query(
                 "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
                  WHERE sku = $3 AND available >= $1 RETURNING unit_price_minor, currency_code",
@@ -481,8 +497,8 @@ impl Store {
     }
 
     /// Gives an active reservation's units back, or a committed one's sold
-    /// units back to stock. Releasing twice, or an order never reserved, is a
-    /// no-op (`None` when no reservation exists).
+    /// units back to stock. Releasing twice is a no-op; releasing an order
+    /// never reserved records it as released.
     pub async fn release(&self, order_id: &str) -> Result<Option<Reservation>, Error> {
         use ReservationStatus::*;
         let released = self
@@ -493,13 +509,27 @@ impl Store {
                 Movement::ReservedToAvailable,
             )
             .await?;
-        if !released {
-            self.transition(
-                order_id,
-                (Committed, Returned),
-                ANY_DEADLINE,
-                Movement::SoldToAvailable,
+        if !released
+            && !self
+                .transition(
+                    order_id,
+                    (Committed, Returned),
+                    ANY_DEADLINE,
+                    Movement::SoldToAvailable,
+                )
+                .await?
+        {
+            // Never reserved: record the release, so a ReserveStock that
+            // arrives late (a retry that lost the race with compensation)
+            // replays this instead of holding stock for a finished order.
+            let now = clock::now_micros();
+            sqlx::query(
+                "INSERT INTO reservations (order_id, status, total_minor, currency_code, expire_time, create_time, update_time)
+                 VALUES ($1, 'RELEASED', 0, '', $2, $2, $2) ON CONFLICT (order_id) DO NOTHING",
             )
+            .bind(order_id)
+            .bind(now)
+            .execute(&self.pool)
             .await?;
         }
         self.reservation(order_id).await

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -32,11 +33,11 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct OrderApi {
     store: Store,
     runner: SagaRunner,
-    updates: broadcast::Sender<String>,
+    updates: broadcast::Sender<Arc<store::Order>>,
 }
 
 impl OrderApi {
-    pub fn new(store: Store, runner: SagaRunner, updates: broadcast::Sender<String>) -> Self {
+    pub fn new(store: Store, runner: SagaRunner, updates: broadcast::Sender<Arc<store::Order>>) -> Self {
         Self {
             store,
             runner,
@@ -230,7 +231,7 @@ impl OrderService for OrderApi {
             .await?;
         if order.status == store::OrderStatus::Cancelling {
             tracing::info!(%order_id, "cancelling order");
-            let _ = self.updates.send(order_id.clone());
+            let _ = self.updates.send(Arc::new(order.clone()));
             self.runner.spawn(order_id);
         }
         Ok(Response::new(pb::CancelOrderResponse {
@@ -254,49 +255,45 @@ impl OrderService for OrderApi {
         let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
         tokio::spawn(async move {
-            let mut last = (first.status, first.update_time);
-            let terminal = first.status.is_terminal();
-            if tx
-                .send(Ok(pb::WatchOrderResponse {
-                    order: Some(order_to_pb(first)),
-                }))
-                .await
-                .is_err()
-                || terminal
-            {
+            // Each recorded step arrives as a snapshot, in order; a watcher
+            // that lags, or a change made by another replica, is caught up by
+            // re-reading the order. Only status changes are sent.
+            let mut last = first.status;
+            let terminal = last.is_terminal();
+            let send = |order: store::Order| pb::WatchOrderResponse {
+                order: Some(order_to_pb(order)),
+            };
+            if tx.send(Ok(send(first))).await.is_err() || terminal {
                 return;
             }
             loop {
-                tokio::select! {
+                let next = tokio::select! {
                     update = updates.recv() => match update {
-                        Ok(id) if id != order_id => continue,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Ok(order) if order.order_id != order_id => continue,
+                        Ok(order) => Some((*order).clone()),
+                        Err(broadcast::error::RecvError::Lagged(_)) => None,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    () = tokio::time::sleep(WATCH_POLL) => {}
+                    () = tokio::time::sleep(WATCH_POLL) => None,
                     () = tx.closed() => return,
-                }
-                let order = match store.order(&order_id).await {
-                    Ok(Some(order)) => order,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
                 };
-                if (order.status, order.update_time) == last {
+                let order = match next {
+                    Some(order) => order,
+                    None => match store.order(&order_id).await {
+                        Ok(Some(order)) => order,
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    },
+                };
+                if order.status == last {
                     continue;
                 }
-                last = (order.status, order.update_time);
-                let terminal = order.status.is_terminal();
-                if tx
-                    .send(Ok(pb::WatchOrderResponse {
-                        order: Some(order_to_pb(order)),
-                    }))
-                    .await
-                    .is_err()
-                    || terminal
-                {
+                last = order.status;
+                let terminal = last.is_terminal();
+                if tx.send(Ok(send(order))).await.is_err() || terminal {
                     return;
                 }
             }

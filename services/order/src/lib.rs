@@ -15,6 +15,7 @@ pub mod error;
 pub mod saga;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -65,6 +66,11 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] ordermesh_runtime::Error),
+    #[error("saga.lease ({lease:?}) must be longer than saga.call_timeout + saga.max_backoff ({needed:?})")]
+    LeaseTooShort {
+        lease: std::time::Duration,
+        needed: std::time::Duration,
+    },
     #[error("invalid {key} {url:?}: {source}")]
     PeerUrl {
         key: &'static str,
@@ -78,7 +84,7 @@ pub enum StartError {
 pub struct Service {
     store: Store,
     runner: SagaRunner,
-    updates: broadcast::Sender<String>,
+    updates: broadcast::Sender<Arc<store::Order>>,
 }
 
 fn lazy_channel(key: &'static str, url: &str) -> Result<tonic::transport::Channel, StartError> {
@@ -100,6 +106,15 @@ fn lazy_channel(key: &'static str, url: &str) -> Result<tonic::transport::Channe
 /// Connects to the database, applies migrations and prepares the clients of
 /// the inventory and payment services.
 pub async fn build(config: Config) -> Result<Service, StartError> {
+    // A lease that can lapse during one call and its back-off would let a
+    // second worker drive the saga concurrently.
+    let needed = config.saga.call_timeout + config.saga.max_backoff;
+    if config.saga.lease <= needed {
+        return Err(StartError::LeaseTooShort {
+            lease: config.saga.lease,
+            needed,
+        });
+    }
     let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
     let store = Store::new(pool);
     let inventory = InventoryServiceClient::new(lazy_channel("inventory url", &config.inventory_url)?);
@@ -132,6 +147,7 @@ impl Service {
         let pool = self.store.pool().clone();
         let result = serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await;
         recovery.abort();
+        self.runner.stop();
         result
     }
 }

@@ -14,11 +14,11 @@
 //! inventory, `order_id:step` request ids for payment), so repeating a step
 //! after a crash returns the first result instead of acting twice.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -90,8 +90,14 @@ struct Inner {
     config: SagaConfig,
     /// This process's lease identity.
     owner: String,
-    running: Mutex<HashSet<String>>,
-    updates: broadcast::Sender<String>,
+    /// Sagas a worker of this process drives, each with a "drive again"
+    /// flag set when more work arrived meanwhile (a cancel re-arming a saga
+    /// whose worker is just finishing).
+    running: Mutex<HashMap<String, bool>>,
+    /// Every recorded step's order snapshot, for WatchOrder.
+    updates: broadcast::Sender<Arc<Order>>,
+    /// Set when the service shuts down: workers stop where they are.
+    stop: watch::Sender<bool>,
 }
 
 /// Why a worker stopped before the saga finished.
@@ -147,11 +153,26 @@ fn error_reason(status: &Status) -> String {
 enum Outcome {
     /// Record this and go on.
     Advance(Advance),
-    /// A business failure: compensate with this reject reason and detail.
-    Reject(&'static str, String),
+    /// A business failure: compensate with this reject reason and detail
+    /// (and the payment, when one was declined).
+    Reject {
+        reason: &'static str,
+        detail: String,
+        payment_id: Option<String>,
+    },
     /// The step's service stayed unavailable: compensate, not knowing
     /// whether the step took effect downstream.
     GiveUp(String),
+}
+
+impl Outcome {
+    fn reject(reason: &'static str, detail: String) -> Self {
+        Outcome::Reject {
+            reason,
+            detail,
+            payment_id: None,
+        }
+    }
 }
 
 impl SagaRunner {
@@ -160,7 +181,7 @@ impl SagaRunner {
         inventory: InventoryServiceClient<Channel>,
         payment: PaymentServiceClient<Channel>,
         config: SagaConfig,
-        updates: broadcast::Sender<String>,
+        updates: broadcast::Sender<Arc<Order>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -169,8 +190,9 @@ impl SagaRunner {
                 payment,
                 config,
                 owner: format!("order-{}", uuid::Uuid::new_v4()),
-                running: Mutex::new(HashSet::new()),
+                running: Mutex::new(HashMap::new()),
                 updates,
+                stop: watch::channel(false).0,
             }),
         }
     }
@@ -186,37 +208,62 @@ impl SagaRunner {
     }
 
     /// Drives the saga of `order_id` in the background, unless this process
-    /// already does.
+    /// already does; then that worker drives it once more when done.
     pub fn spawn(&self, order_id: String) {
         {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-            if !running.insert(order_id.clone()) {
+            if let Some(again) = running.get_mut(&order_id) {
+                *again = true;
                 return;
             }
+            running.insert(order_id.clone(), false);
         }
         let runner = self.clone();
+        let mut stop = self.inner.stop.subscribe();
         tokio::spawn(async move {
-            let outcome = runner.drive(&order_id).await;
-            match &outcome {
-                Ok(()) => {}
-                Err(Halt::Crashed) => tracing::warn!(%order_id, "saga worker crashed (test hook)"),
-                Err(Halt::LeaseLost) => tracing::info!(%order_id, "saga taken over by another worker"),
-                Err(Halt::Parked) => tracing::warn!(%order_id, "saga parked for the recovery worker"),
-                Err(Halt::Store(e)) => {
-                    tracing::error!(%order_id, error = %e, "saga halted on a database error")
+            loop {
+                let outcome = tokio::select! {
+                    outcome = runner.drive(&order_id) => outcome,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+                match &outcome {
+                    Ok(()) => {}
+                    Err(Halt::Crashed) => {
+                        // A crashed worker writes nothing more and keeps its
+                        // lease and its place in `running`, as a dead process
+                        // would: only another process may resume the saga.
+                        tracing::warn!(%order_id, "saga worker crashed (test hook)");
+                        return;
+                    }
+                    Err(Halt::LeaseLost) => tracing::info!(%order_id, "saga owned by another worker"),
+                    Err(Halt::Parked) => tracing::warn!(%order_id, "saga parked for the recovery worker"),
+                    Err(Halt::Store(e)) => {
+                        tracing::error!(%order_id, error = %e, "saga halted on a database error")
+                    }
                 }
-            }
-            // A crashed worker leaves its lease to lapse, as a dead process would.
-            if !matches!(outcome, Err(Halt::Crashed)) {
+                let again = {
+                    let mut running = runner.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+                    if running.get(&order_id) == Some(&true) {
+                        running.insert(order_id.clone(), false);
+                        true
+                    } else {
+                        running.remove(&order_id);
+                        false
+                    }
+                };
+                if again {
+                    continue;
+                }
                 let _ = runner.inner.store.release_lease(&order_id, runner.owner()).await;
+                return;
             }
-            runner
-                .inner
-                .running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&order_id);
         });
+    }
+
+    /// Stops every worker of this process where it is (shutdown). Their
+    /// sagas are durable; the next process resumes them.
+    pub fn stop(&self) {
+        let _ = self.inner.stop.send(true);
     }
 
     /// Resumes every saga whose lease lapsed, now and every
@@ -240,13 +287,18 @@ impl SagaRunner {
 
     async fn drive(&self, order_id: &str) -> Result<(), Halt> {
         let store = &self.inner.store;
-        if !store
-            .acquire_lease(order_id, self.owner(), self.lease_until())
-            .await?
-        {
-            return Err(Halt::LeaseLost);
-        }
         loop {
+            // Renewed before every step: a worker whose lease lapsed (a long
+            // stall) must not call downstream on a saga someone else owns.
+            if !store
+                .acquire_lease(order_id, self.owner(), self.lease_until())
+                .await?
+            {
+                return match store.saga(order_id).await? {
+                    Some(saga) if saga.state == SagaState::Done => Ok(()),
+                    _ => Err(Halt::LeaseLost),
+                };
+            }
             let saga = store.saga(order_id).await?.ok_or(Halt::LeaseLost)?;
             let order = store.order(order_id).await?.ok_or(Halt::LeaseLost)?;
             if saga.state == SagaState::Done {
@@ -265,9 +317,6 @@ impl SagaRunner {
                     tracing::warn!(%order_id, step = saga.step.as_str(), attempts, code = ?status.code(), "step failed, will retry");
                     if attempts < self.inner.config.max_step_attempts {
                         tokio::time::sleep(self.backoff(attempts)).await;
-                        store
-                            .acquire_lease(order_id, self.owner(), self.lease_until())
-                            .await?;
                         continue;
                     }
                     if saga.state == SagaState::Compensating {
@@ -276,16 +325,20 @@ impl SagaRunner {
                     Outcome::GiveUp(format!("{} failed: {}", saga.step.as_str(), status.message()))
                 }
                 Err(status) => {
-                    // A non-transient error from a compensating step is a bug
-                    // or corrupt data; retrying later is safer than giving up.
-                    tracing::error!(%order_id, step = saga.step.as_str(), code = ?status.code(), message = status.message(), "step failed");
+                    // A compensating step refused outright is a bug or
+                    // corrupt data: retrying later is safer than giving up
+                    // with money or stock held.
+                    tracing::error!(%order_id, step = saga.step.as_str(), code = ?status.code(), message = status.message(), "step refused");
                     if saga.state == SagaState::Compensating {
                         store
                             .record_failure(order_id, self.owner(), status.message())
                             .await?;
                         return Err(Halt::Parked);
                     }
-                    Outcome::GiveUp(format!("{} failed: {}", saga.step.as_str(), status.message()))
+                    Outcome::reject(
+                        "STEP_REFUSED",
+                        format!("{} refused: {}", saga.step.as_str(), status.message()),
+                    )
                 }
             };
             if self.inner.config.crash_at == Some(CrashPoint::AfterAuthorizeBeforeRecord)
@@ -295,7 +348,15 @@ impl SagaRunner {
             }
             let advance = match outcome {
                 Outcome::Advance(advance) => advance,
-                Outcome::Reject(reason, detail) => self.compensation_start(&saga, reason, detail, false),
+                Outcome::Reject {
+                    reason,
+                    detail,
+                    payment_id,
+                } => {
+                    let mut advance = self.compensation_start(&saga, reason, detail, false);
+                    advance.payment_id = payment_id;
+                    advance
+                }
                 Outcome::GiveUp(detail) => {
                     self.compensation_start(&saga, "SERVICE_UNAVAILABLE", detail, true)
                 }
@@ -303,7 +364,9 @@ impl SagaRunner {
             store
                 .advance(order_id, self.owner(), self.lease_until(), advance)
                 .await?;
-            let _ = self.inner.updates.send(order_id.to_owned());
+            if let Some(snapshot) = store.order(order_id).await? {
+                let _ = self.inner.updates.send(Arc::new(snapshot));
+            }
             if self.inner.config.crash_at == Some(CrashPoint::AfterAuthorizeRecorded)
                 && saga.step == Step::Authorize
             {
@@ -420,6 +483,27 @@ impl SagaRunner {
                             .ok_or_else(|| Status::internal(format!("reservation lacks sku {}", line.sku)))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                // An existing reservation is replayed whatever its state; only
+                // a live one lets the order go on.
+                match inventory::ReservationStatus::try_from(reservation.status).unwrap_or_default() {
+                    inventory::ReservationStatus::Active | inventory::ReservationStatus::Committed => {}
+                    inventory::ReservationStatus::Expired => {
+                        return Ok(Outcome::reject(
+                            "RESERVATION_EXPIRED",
+                            format!("the reservation for order {} expired", order.order_id),
+                        ));
+                    }
+                    other => {
+                        return Ok(Outcome::reject(
+                            "STEP_REFUSED",
+                            format!(
+                                "the reservation for order {} is {}",
+                                order.order_id,
+                                other.as_str_name()
+                            ),
+                        ));
+                    }
+                }
                 let total = reservation
                     .total
                     .ok_or_else(|| Status::internal("reservation lacks total"))?;
@@ -439,9 +523,9 @@ impl SagaRunner {
                     "MIXED_CURRENCIES" => "CURRENCY_MISMATCH",
                     _ if status.code() == Code::NotFound => "UNKNOWN_SKU",
                     _ if status.code() == Code::FailedPrecondition => "OUT_OF_STOCK",
-                    _ => return Err(status),
+                    _ => "STEP_REFUSED",
                 };
-                Ok(Outcome::Reject(reason, status.message().to_owned()))
+                Ok(Outcome::reject(reason, status.message().to_owned()))
             }
         }
     }
@@ -469,9 +553,8 @@ impl SagaRunner {
     }
 
     async fn authorize(&self, order: &Order) -> Result<Outcome, Status> {
-        // Recorded before the call would be ideal, but the flag and the call
-        // cannot be atomic; instead compensation replays the authorization by
-        // its request id to learn what happened (see undo_payment).
+        // Whether an unanswered authorization happened is learned later by
+        // looking it up by request id (see undo_payment).
         match self.authorize_call(order).await {
             Ok(payment) => {
                 let status = payment::PaymentStatus::try_from(payment.status).unwrap_or_default();
@@ -483,10 +566,11 @@ impl SagaRunner {
                             payment::DeclineReason::AmountOverLimit => "AMOUNT_OVER_LIMIT",
                             payment::DeclineReason::Unspecified => "INSUFFICIENT_FUNDS",
                         };
-                    return Ok(Outcome::Reject(
+                    return Ok(Outcome::Reject {
                         reason,
-                        format!("payment {} declined", payment.payment_id),
-                    ));
+                        detail: format!("payment {} declined", payment.payment_id),
+                        payment_id: Some(payment.payment_id),
+                    });
                 }
                 Ok(Outcome::Advance(Advance {
                     step: Some(Step::Capture),
@@ -498,12 +582,12 @@ impl SagaRunner {
             }
             Err(status) if is_transient(&status) => Err(status),
             Err(status) if status.code() == Code::NotFound => {
-                Ok(Outcome::Reject("UNKNOWN_CUSTOMER", status.message().to_owned()))
+                Ok(Outcome::reject("UNKNOWN_CUSTOMER", status.message().to_owned()))
             }
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                Ok(Outcome::Reject("CURRENCY_MISMATCH", status.message().to_owned()))
+            Err(status) if error_reason(&status) == "CURRENCY_MISMATCH" => {
+                Ok(Outcome::reject("CURRENCY_MISMATCH", status.message().to_owned()))
             }
-            Err(status) => Err(status),
+            Err(status) => Ok(Outcome::reject("STEP_REFUSED", status.message().to_owned())),
         }
     }
 
@@ -520,10 +604,7 @@ impl SagaRunner {
                 ..Advance::default()
             })),
             Err(status) if is_transient(&status) => Err(status),
-            Err(status) => Ok(Outcome::Reject(
-                "SERVICE_UNAVAILABLE",
-                status.message().to_owned(),
-            )),
+            Err(status) => Ok(Outcome::reject("STEP_REFUSED", status.message().to_owned())),
         }
     }
 
@@ -541,9 +622,9 @@ impl SagaRunner {
             Err(status) => {
                 let reason = match error_reason(&status).as_str() {
                     "RESERVATION_EXPIRED" => "RESERVATION_EXPIRED",
-                    _ => "SERVICE_UNAVAILABLE",
+                    _ => "STEP_REFUSED",
                 };
-                Ok(Outcome::Reject(reason, status.message().to_owned()))
+                Ok(Outcome::reject(reason, status.message().to_owned()))
             }
         }
     }
@@ -565,13 +646,24 @@ impl SagaRunner {
             if order.total_minor.is_none() {
                 return Ok(next);
             }
-            // The authorization's outcome was never recorded: replaying it by
-            // its request id returns the payment if it was made. A replay
-            // refused outright means no payment exists to undo.
-            match self.authorize_call(order).await {
-                Ok(payment) => payment,
-                Err(status) if is_transient(&status) => return Err(status),
-                Err(_) => return Ok(next),
+            // The authorization's outcome was never recorded: look it up by
+            // its request id (without making one). An authorization still in
+            // flight that lands after this lookup is the one case this cannot
+            // see; the payment service's authorizations are keyed so that a
+            // later replay finds it.
+            let request = payment::ListPaymentsRequest {
+                authorize_request_id: format!("{}:authorize", order.order_id),
+                account_id: order.customer_id.clone(),
+                ..Default::default()
+            };
+            let found = client
+                .list_payments(self.deadline(request))
+                .await?
+                .into_inner()
+                .payments;
+            match found.into_iter().next() {
+                Some(payment) => payment,
+                None => return Ok(next),
             }
         } else {
             let request = payment::GetPaymentRequest {

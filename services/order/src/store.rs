@@ -123,14 +123,15 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
-    /// What makes two requests "the same order" for idempotency.
+    /// What makes two requests "the same order" for idempotency. Every
+    /// value is length-prefixed, so no SKU text can make two different
+    /// requests look alike.
     pub fn fingerprint(&self) -> String {
-        let lines: Vec<String> = self
-            .lines
-            .iter()
-            .map(|(sku, qty)| format!("{sku}*{qty}"))
-            .collect();
-        format!("{}|{}", self.customer_id, lines.join(","))
+        let mut out = format!("{}:{}", self.customer_id.len(), self.customer_id);
+        for (sku, quantity) in &self.lines {
+            out.push_str(&format!("|{}:{}*{quantity}", sku.len(), sku));
+        }
+        out
     }
 }
 
@@ -180,6 +181,36 @@ impl From<sqlx::Error> for AdvanceError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::NewOrder;
+
+    fn order(customer: &str, lines: &[(&str, i64)]) -> NewOrder {
+        NewOrder {
+            order_id: String::new(),
+            request_id: String::new(),
+            customer_id: customer.into(),
+            lines: lines.iter().map(|(s, q)| ((*s).into(), *q)).collect(),
+        }
+    }
+
+    #[test]
+    fn crafted_skus_cannot_collide() {
+        assert_ne!(
+            order("c", &[("x*1|y", 2)]).fingerprint(),
+            order("c", &[("x", 1), ("y", 2)]).fingerprint()
+        );
+        assert_ne!(
+            order("a|b", &[("x", 1)]).fingerprint(),
+            order("a", &[("b|x", 1)]).fingerprint()
+        );
+        assert_eq!(
+            order("c", &[("x", 1)]).fingerprint(),
+            order("c", &[("x", 1)]).fingerprint()
+        );
+    }
 }
 
 const SELECT_ORDER: &str =

@@ -289,8 +289,29 @@ impl PaymentService for PaymentApi {
                 &format!("must be at most {MAX_ID_LEN} characters"),
             ));
         }
+        if request.authorize_request_id.len() > MAX_ID_LEN {
+            return Err(invalid_field(
+                "authorize_request_id",
+                &format!("must be at most {MAX_ID_LEN} characters"),
+            ));
+        }
         let size = paging::page_size(request.page_size)?;
         let after = decode_cursor(&request.page_token)?;
+        if !request.authorize_request_id.is_empty() {
+            let found = self
+                .store
+                .payment_by_request(&request.authorize_request_id)
+                .await?;
+            let payments = found
+                .filter(|p| request.account_id.is_empty() || p.account_id == request.account_id)
+                .into_iter()
+                .map(payment_to_pb)
+                .collect();
+            return Ok(Response::new(pb::ListPaymentsResponse {
+                payments,
+                next_page_token: String::new(),
+            }));
+        }
         let account_id = Some(request.account_id.as_str()).filter(|id| !id.is_empty());
         let mut payments = self
             .store
