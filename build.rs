@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "ordermesh/payment/v1/payment.proto",
     "ordermesh/order/v1/order.proto",
     "ordermesh/events/v1/events.proto",
+    "ordermesh/mesh/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -42,3 +42,10 @@ pub mod events {
         include!(concat!(env!("OUT_DIR"), "/ordermesh.events.v1.rs"));
     }
 }
+
+/// `ordermesh.mesh.v1`: the mesh admin API (breakers, faults, flags).
+pub mod mesh {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/ordermesh.mesh.v1.rs"));
+    }
+}

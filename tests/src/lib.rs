@@ -17,12 +17,15 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use ordermesh_proto::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use ordermesh_proto::order::v1 as order_pb;
 use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
 use ordermesh_proto::payment::v1 as payment_pb;
 use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
 
+pub use ordermesh_mesh::policy::Policy;
 pub use ordermesh_order::{CrashPoint, SagaConfig};
+use ordermesh_runtime::server::MeshSettings;
 
 /// The database engine a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,8 @@ pub struct MeshOptions {
     pub accounts: Vec<ordermesh_payment::SeedAccount>,
     pub reservation_ttl: Duration,
     pub saga: SagaConfig,
+    /// The mesh policy of every service (the order service's downstreams).
+    pub policy: Policy,
 }
 
 impl MeshOptions {
@@ -107,8 +112,29 @@ impl MeshOptions {
             accounts: ordermesh_payment::demo::accounts(),
             reservation_ttl: Duration::from_secs(600),
             saga: fast_saga(),
+            policy: test_policy(),
         }
     }
+}
+
+/// A mesh policy for tests: breakers that open after a handful of calls and
+/// probe again after half a second, so outages and recoveries fit in a test.
+pub fn test_policy() -> Policy {
+    let text = r#"
+        [downstream.payment.breaker]
+        window_size = 8
+        minimum_calls = 4
+        wait_in_open_ms = 500
+        permitted_in_half_open = 2
+        [downstream.inventory.breaker]
+        window_size = 8
+        minimum_calls = 4
+        wait_in_open_ms = 500
+        permitted_in_half_open = 2
+        [flags.fault_injection]
+        enabled = true
+    "#;
+    Policy::parse(text, []).expect("the test policy is valid")
 }
 
 /// Saga tuning for tests: quick retries, a two-second lease.
@@ -158,9 +184,14 @@ async fn spawn_order(
     inventory_url: &str,
     payment_url: &str,
     saga: SagaConfig,
+    policy: Policy,
 ) -> (ordermesh_order::Store, Running) {
     let mut config = ordermesh_order::Config::new(db, inventory_url, payment_url);
     config.saga = saga;
+    config.mesh = MeshSettings {
+        policy,
+        policy_file: None,
+    };
     let order = ordermesh_order::build(config).await.expect("order starts");
     let store = order.store().clone();
     let (order_listener, addr) = listener().await;
@@ -266,8 +297,14 @@ impl Mesh {
 
         let inventory_url = format!("http://{inventory_addr}");
         let payment_url = format!("http://{payment_addr}");
-        let (order_store, order_running) =
-            spawn_order(&order_db, &inventory_url, &payment_url, options.saga.clone()).await;
+        let (order_store, order_running) = spawn_order(
+            &order_db,
+            &inventory_url,
+            &payment_url,
+            options.saga.clone(),
+            options.policy.clone(),
+        )
+        .await;
         Some(Mesh {
             order: OrderServiceClient::new(channel(order_running.addr)),
             inventory: InventoryServiceClient::new(channel(inventory_addr)),
@@ -293,8 +330,14 @@ impl Mesh {
     /// would after the old one died (stop it first with [`Mesh::stop`]).
     pub async fn restart_order(&mut self, saga: SagaConfig) {
         self.stop("order").await;
-        let (store, running) =
-            spawn_order(&self.order_db, &self.inventory_url, &self.payment_url, saga).await;
+        let (store, running) = spawn_order(
+            &self.order_db,
+            &self.inventory_url,
+            &self.payment_url,
+            saga,
+            self.options.policy.clone(),
+        )
+        .await;
         self.order_store = store;
         self.order = OrderServiceClient::new(channel(running.addr));
         self.services.push(("order", running));
@@ -333,6 +376,40 @@ impl Mesh {
             let (_, running) = self.services.remove(index);
             running.stop().await;
         }
+    }
+
+    /// The mesh admin API of the order service (its payment and inventory
+    /// client stacks).
+    pub fn order_admin(&self) -> MeshAdminServiceClient<Channel> {
+        MeshAdminServiceClient::new(channel(self.addr("order").expect("order runs")))
+    }
+
+    /// Places orders (request ids `{prefix}-0`, `-1`, ...) until one
+    /// confirms, within `within`; returns how many were needed.
+    pub async fn order_until_confirmed(
+        &self,
+        prefix: &str,
+        customer: &str,
+        lines: &[(&str, i64)],
+        within: Duration,
+    ) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        for attempt in 0.. {
+            let created = self
+                .create_order(&format!("{prefix}-{attempt}"), customer, lines)
+                .await
+                .expect("created");
+            let (_, order) = self.wait_terminal(&created.order_id).await;
+            if order.status() == order_pb::OrderStatus::Confirmed {
+                return attempt + 1;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no order confirmed within {within:?}: last {order:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        unreachable!("the loop returns or panics")
     }
 
     /// The address a service listens on.

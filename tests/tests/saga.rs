@@ -1,7 +1,10 @@
 //! The order saga end to end, over real gRPC, on SQLite and on PostgreSQL:
 //! every scenario ends by checking the stock and ledger invariants.
 
+use std::time::Duration;
+
 use ordermesh_proto::inventory::v1 as inventory_pb;
+use ordermesh_proto::mesh::v1 as mesh_pb;
 use ordermesh_proto::order::v1 as order_pb;
 use ordermesh_proto::order::v1::{OrderStatus, RejectReason};
 use ordermesh_proto::payment::v1 as payment_pb;
@@ -360,22 +363,23 @@ async fn payment_outage_is_compensated(backend: Backend) {
         .create_order("outage-1", "alice", &[(KEYBOARD, 1)])
         .await
         .expect("created while payment is down");
-    // Authorization gives up after its retries; whether it reached the
-    // payment service is unknown, so compensation must ask payment, which
-    // stays down: the saga waits in COMPENSATING with the stock held.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Authorization gives up after its retries. If its last attempt was
+    // sent and never answered, compensation must ask payment whether it
+    // happened, and waits in COMPENSATING (stock held) while payment is down;
+    // if the mesh knows it was never sent (breaker open), the order is
+    // rejected at once. Either way nothing is charged and no stock is kept.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let order = mesh.get_order(&created.order_id).await;
-        if order.status() == OrderStatus::Compensating {
+        if matches!(order.status(), OrderStatus::Compensating | OrderStatus::Rejected) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "never compensated: {order:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(mesh.stock(KEYBOARD).await.reserved, 1);
 
     // Once payment is back, the recovery worker finishes the compensation.
     mesh.restart_payment().await;
@@ -403,13 +407,102 @@ async fn payment_outage_is_compensated(backend: Backend) {
     );
     mesh.assert_invariants().await;
 
-    // And new orders go through again.
-    let created = mesh
-        .create_order("outage-2", "alice", &[(KEYBOARD, 1)])
+    // And new orders go through again (once the breaker has probed).
+    mesh.order_until_confirmed("outage-2", "alice", &[(KEYBOARD, 1)], Duration::from_secs(15))
+        .await;
+    mesh.shutdown().await;
+}
+
+/// The chaos walkthrough of the README: a fault injected through the admin
+/// API makes every payment call fail; orders are rejected without the
+/// payment service ever being called, their stock released, and once the
+/// fault is removed orders confirm again.
+async fn injected_payment_outage_fails_fast_and_recovers(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let mut admin = mesh.order_admin();
+    let alice_before = mesh.balance("alice").await;
+    admin
+        .set_faults(mesh_pb::SetFaultsRequest {
+            downstream: "payment".into(),
+            rules: vec![mesh_pb::FaultRule {
+                abort_percent: 100.0,
+                abort_code: "UNAVAILABLE".into(),
+                ..Default::default()
+            }],
+        })
         .await
-        .expect("created");
-    let (_, order) = mesh.wait_terminal(&created.order_id).await;
-    assert_eq!(order.status(), OrderStatus::Confirmed);
+        .expect("fault set");
+
+    let mut rejected = Vec::new();
+    for i in 0..4 {
+        let created = mesh
+            .create_order(&format!("chaos-{i}"), "alice", &[(CABLE, 1)])
+            .await
+            .expect("created");
+        let (_, order) = mesh.wait_terminal(&created.order_id).await;
+        assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
+        assert_eq!(
+            order.reject_reason(),
+            RejectReason::ServiceUnavailable,
+            "{order:?}"
+        );
+        rejected.push(order.order_id);
+    }
+    let cable = mesh.stock(CABLE).await;
+    assert_eq!(
+        (cable.available, cable.reserved),
+        (200, 0),
+        "every reservation released"
+    );
+    assert_eq!(mesh.balance("alice").await, alice_before);
+    assert_eq!(mesh.payment_store.ledger_sum().await.expect("sum"), 0);
+    let state = admin
+        .get_mesh_state(mesh_pb::GetMeshStateRequest {})
+        .await
+        .expect("state")
+        .into_inner();
+    let payment = state
+        .downstreams
+        .iter()
+        .find(|d| d.name == "payment")
+        .expect("payment downstream");
+    assert!(
+        payment.breaker_opened_total >= 1,
+        "the breaker opened: {payment:?}"
+    );
+    assert_eq!(payment.faults.len(), 1);
+    for order_id in &rejected {
+        let made = mesh
+            .payment_store
+            .count_payments("alice", order_id)
+            .await
+            .expect("count");
+        assert_eq!(made, 0, "no authorization reached the payment service");
+    }
+
+    admin
+        .set_faults(mesh_pb::SetFaultsRequest {
+            downstream: "payment".into(),
+            rules: vec![],
+        })
+        .await
+        .expect("fault cleared");
+    mesh.order_until_confirmed("chaos-after", "alice", &[(CABLE, 1)], Duration::from_secs(15))
+        .await;
+    let state = admin
+        .get_mesh_state(mesh_pb::GetMeshStateRequest {})
+        .await
+        .expect("state")
+        .into_inner();
+    let payment = state
+        .downstreams
+        .iter()
+        .find(|d| d.name == "payment")
+        .expect("payment downstream");
+    assert_eq!(payment.breaker_state, "CLOSED", "{payment:?}");
+    mesh.assert_invariants().await;
     mesh.shutdown().await;
 }
 
@@ -515,6 +608,7 @@ both_backends!(
     same_request_id_yields_one_order_and_one_charge,
     crash_after_authorization_recovers_without_double_charge,
     payment_outage_is_compensated,
+    injected_payment_outage_fails_fast_and_recovers,
     bad_input_is_rejected_with_field_violations,
     orders_are_listed_newest_first_in_pages,
 );

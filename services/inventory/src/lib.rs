@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use ordermesh_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
-use ordermesh_runtime::server::{ServeOptions, serve};
+use ordermesh_runtime::server::{MeshSettings, serve};
 
 pub use error::Error;
 pub use store::{SeedItem, Store};
@@ -39,6 +39,7 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Catalogue entries created on start when missing.
     pub seed: Vec<SeedItem>,
+    pub mesh: MeshSettings,
 }
 
 impl Config {
@@ -48,6 +49,7 @@ impl Config {
             reservation_ttl: Duration::from_secs(15 * 60),
             sweep_interval: Duration::from_secs(1),
             seed: Vec::new(),
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -82,11 +84,15 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
         let sweeper = tokio::spawn(sweep(self.store.clone(), self.config.sweep_interval));
-        let routes = Routes::new(InventoryServiceServer::new(api::InventoryApi::new(
-            self.store.clone(),
-        )));
+        let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
+            .max_decoding_message_size(self.config.mesh.max_request_bytes());
+        let routes = Routes::new(server);
+        let options = self
+            .config
+            .mesh
+            .serve_options(SERVICE_NAME, self.config.mesh.build());
         let pool = self.store.pool().clone();
-        let result = serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await;
+        let result = serve(routes, pool, listener, options, shutdown).await;
         sweeper.abort();
         result
     }

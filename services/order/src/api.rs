@@ -11,7 +11,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use ordermesh_mesh::flags::Flags;
+use ordermesh_mesh::stack::MeshChannel;
 use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::inventory::v1 as inventory_pb;
+use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::order::v1 as pb;
 use ordermesh_proto::order::v1::order_service_server::OrderService;
 use ordermesh_runtime::validate::{Violations, invalid_field};
@@ -30,18 +34,76 @@ const MAX_QUANTITY: i64 = 1_000_000;
 /// changes made by another replica.
 const WATCH_POLL: Duration = Duration::from_secs(1);
 
+/// The feature flag that makes CreateOrder refuse orders it can already
+/// see cannot be filled (rolled out per customer id).
+pub const PRECHECK_FLAG: &str = "order_availability_precheck";
+
 pub struct OrderApi {
     store: Store,
     runner: SagaRunner,
     updates: broadcast::Sender<Arc<store::Order>>,
+    inventory: InventoryServiceClient<MeshChannel>,
+    flags: Flags,
 }
 
 impl OrderApi {
-    pub fn new(store: Store, runner: SagaRunner, updates: broadcast::Sender<Arc<store::Order>>) -> Self {
+    pub fn new(
+        store: Store,
+        runner: SagaRunner,
+        updates: broadcast::Sender<Arc<store::Order>>,
+        inventory: InventoryServiceClient<MeshChannel>,
+        flags: Flags,
+    ) -> Self {
         Self {
             store,
             runner,
             updates,
+            inventory,
+            flags,
+        }
+    }
+
+    /// With the precheck flag on for this customer: refuse an order whose
+    /// lines are out of stock now, before anything is written. The check is
+    /// advisory (stock can still run out before the reservation), and it
+    /// fails open: when inventory cannot answer, the saga decides.
+    async fn precheck(&self, request: &pb::CreateOrderRequest) -> Result<(), Status> {
+        if !self.flags.is_enabled(PRECHECK_FLAG, Some(&request.customer_id)) {
+            return Ok(());
+        }
+        let check = inventory_pb::CheckAvailabilityRequest {
+            lines: request
+                .lines
+                .iter()
+                .map(|l| inventory_pb::StockLine {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                })
+                .collect(),
+        };
+        let mut client = self.inventory.clone();
+        match client.check_availability(check).await {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                if answer.available {
+                    return Ok(());
+                }
+                let short: Vec<String> = answer
+                    .lines
+                    .iter()
+                    .filter(|l| !l.sufficient)
+                    .map(|l| format!("{} (requested {}, available {})", l.sku, l.requested, l.available))
+                    .collect();
+                Err(Status::failed_precondition(format!(
+                    "insufficient stock: {}",
+                    short.join(", ")
+                )))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Err(status),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "availability precheck skipped");
+                Ok(())
+            }
         }
     }
 }
@@ -148,6 +210,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let request = request.into_inner();
         validate_create(&request)?;
+        self.precheck(&request).await?;
         let new = NewOrder {
             order_id: uuid::Uuid::now_v7().to_string(),
             request_id: request.request_id,

@@ -16,17 +16,16 @@ pub mod saga;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tonic::service::Routes;
-use tonic::transport::Endpoint;
 
+use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
-use ordermesh_runtime::server::{ServeOptions, serve};
+use ordermesh_runtime::server::{MeshSettings, serve};
 
 pub use error::Error;
 pub use saga::{CrashPoint, SagaConfig, SagaRunner};
@@ -44,6 +43,7 @@ pub struct Config {
     /// The payment service, e.g. `http://127.0.0.1:50053`.
     pub payment_url: String,
     pub saga: SagaConfig,
+    pub mesh: MeshSettings,
 }
 
 impl Config {
@@ -57,6 +57,7 @@ impl Config {
             inventory_url: inventory_url.into(),
             payment_url: payment_url.into(),
             saga: SagaConfig::default(),
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -71,13 +72,8 @@ pub enum StartError {
         lease: std::time::Duration,
         needed: std::time::Duration,
     },
-    #[error("invalid {key} {url:?}: {source}")]
-    PeerUrl {
-        key: &'static str,
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("cannot build the mesh client stack: {0}")]
+    Mesh(#[from] ordermesh_mesh::stack::MeshError),
 }
 
 /// A built order service, ready to serve.
@@ -85,22 +81,9 @@ pub struct Service {
     store: Store,
     runner: SagaRunner,
     updates: broadcast::Sender<Arc<store::Order>>,
-}
-
-fn lazy_channel(key: &'static str, url: &str) -> Result<tonic::transport::Channel, StartError> {
-    // Lazy: the order service starts (and recovers sagas, which retry) even
-    // while a peer is still starting or down.
-    Endpoint::from_shared(url.to_owned())
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
-        .map_err(|source| StartError::PeerUrl {
-            key,
-            url: url.to_owned(),
-            source,
-        })
+    inventory: InventoryServiceClient<MeshChannel>,
+    mesh: Mesh,
+    settings: MeshSettings,
 }
 
 /// Connects to the database, applies migrations and prepares the clients of
@@ -117,14 +100,27 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     }
     let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
     let store = Store::new(pool);
-    let inventory = InventoryServiceClient::new(lazy_channel("inventory url", &config.inventory_url)?);
-    let payment = PaymentServiceClient::new(lazy_channel("payment url", &config.payment_url)?);
+    // Every outgoing call goes through the mesh stack (deadline, retry
+    // budget, breaker, faults, balancing). Channels connect lazily, so the
+    // service starts, and recovers sagas, while a peer is still down.
+    let mesh = config.mesh.build();
+    let inventory = InventoryServiceClient::new(mesh.client("inventory", &config.inventory_url)?);
+    let payment = PaymentServiceClient::new(mesh.client("payment", &config.payment_url)?);
     let (updates, _) = broadcast::channel(1024);
-    let runner = SagaRunner::new(store.clone(), inventory, payment, config.saga, updates.clone());
+    let runner = SagaRunner::new(
+        store.clone(),
+        inventory.clone(),
+        payment,
+        config.saga,
+        updates.clone(),
+    );
     Ok(Service {
         store,
         runner,
         updates,
+        inventory,
+        mesh,
+        settings: config.mesh,
     })
 }
 
@@ -132,6 +128,11 @@ impl Service {
     /// The store, for tests and tools that check invariants.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The mesh of this service (its downstream stacks, faults, flags).
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
     }
 
     /// Serves gRPC on `listener` until `shutdown` completes; meanwhile the
@@ -142,10 +143,19 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
         let recovery = tokio::spawn(self.runner.clone().recover_forever());
-        let api = api::OrderApi::new(self.store.clone(), self.runner.clone(), self.updates.clone());
-        let routes = Routes::new(OrderServiceServer::new(api));
+        let api = api::OrderApi::new(
+            self.store.clone(),
+            self.runner.clone(),
+            self.updates.clone(),
+            self.inventory.clone(),
+            self.mesh.flags().clone(),
+        );
+        let server =
+            OrderServiceServer::new(api).max_decoding_message_size(self.settings.max_request_bytes());
+        let routes = Routes::new(server);
         let pool = self.store.pool().clone();
-        let result = serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await;
+        let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
+        let result = serve(routes, pool, listener, options, shutdown).await;
         recovery.abort();
         self.runner.stop();
         result

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ordermesh_mesh::stack::MeshChannel;
 use tokio::sync::{broadcast, watch};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -85,8 +85,8 @@ pub struct SagaRunner {
 
 struct Inner {
     store: Store,
-    inventory: InventoryServiceClient<Channel>,
-    payment: PaymentServiceClient<Channel>,
+    inventory: InventoryServiceClient<MeshChannel>,
+    payment: PaymentServiceClient<MeshChannel>,
     config: SagaConfig,
     /// This process's lease identity.
     owner: String,
@@ -141,6 +141,15 @@ fn is_transient(status: &Status) -> bool {
     )
 }
 
+/// True when the mesh answered without sending the call (open breaker,
+/// injected abort, exhausted deadline): the step certainly did not happen.
+fn never_sent(status: &Status) -> bool {
+    status
+        .metadata()
+        .get(ordermesh_mesh::breaker::NOT_SENT_HEADER)
+        .is_some()
+}
+
 /// The `google.rpc.ErrorInfo` reason of a downstream error, if any.
 fn error_reason(status: &Status) -> String {
     status
@@ -160,9 +169,10 @@ enum Outcome {
         detail: String,
         payment_id: Option<String>,
     },
-    /// The step's service stayed unavailable: compensate, not knowing
-    /// whether the step took effect downstream.
-    GiveUp(String),
+    /// The step's service stayed unavailable: compensate. `uncertain` when
+    /// the last attempt may have reached the service (it was sent and no
+    /// answer came), so the step may have taken effect downstream.
+    GiveUp { detail: String, uncertain: bool },
 }
 
 impl Outcome {
@@ -178,8 +188,8 @@ impl Outcome {
 impl SagaRunner {
     pub fn new(
         store: Store,
-        inventory: InventoryServiceClient<Channel>,
-        payment: PaymentServiceClient<Channel>,
+        inventory: InventoryServiceClient<MeshChannel>,
+        payment: PaymentServiceClient<MeshChannel>,
         config: SagaConfig,
         updates: broadcast::Sender<Arc<Order>>,
     ) -> Self {
@@ -322,7 +332,10 @@ impl SagaRunner {
                     if saga.state == SagaState::Compensating {
                         return Err(Halt::Parked);
                     }
-                    Outcome::GiveUp(format!("{} failed: {}", saga.step.as_str(), status.message()))
+                    Outcome::GiveUp {
+                        detail: format!("{} failed: {}", saga.step.as_str(), status.message()),
+                        uncertain: !never_sent(&status),
+                    }
                 }
                 Err(status) => {
                     // A compensating step refused outright is a bug or
@@ -357,8 +370,8 @@ impl SagaRunner {
                     advance.payment_id = payment_id;
                     advance
                 }
-                Outcome::GiveUp(detail) => {
-                    self.compensation_start(&saga, "SERVICE_UNAVAILABLE", detail, true)
+                Outcome::GiveUp { detail, uncertain } => {
+                    self.compensation_start(&saga, "SERVICE_UNAVAILABLE", detail, uncertain)
                 }
             };
             store

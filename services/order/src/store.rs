@@ -183,36 +183,6 @@ pub struct Store {
     pool: AnyPool,
 }
 
-#[cfg(test)]
-mod fingerprint_tests {
-    use super::NewOrder;
-
-    fn order(customer: &str, lines: &[(&str, i64)]) -> NewOrder {
-        NewOrder {
-            order_id: String::new(),
-            request_id: String::new(),
-            customer_id: customer.into(),
-            lines: lines.iter().map(|(s, q)| ((*s).into(), *q)).collect(),
-        }
-    }
-
-    #[test]
-    fn crafted_skus_cannot_collide() {
-        assert_ne!(
-            order("c", &[("x*1|y", 2)]).fingerprint(),
-            order("c", &[("x", 1), ("y", 2)]).fingerprint()
-        );
-        assert_ne!(
-            order("a|b", &[("x", 1)]).fingerprint(),
-            order("a", &[("b|x", 1)]).fingerprint()
-        );
-        assert_eq!(
-            order("c", &[("x", 1)]).fingerprint(),
-            order("c", &[("x", 1)]).fingerprint()
-        );
-    }
-}
-
 const SELECT_ORDER: &str =
     "SELECT order_id, request_id, customer_id, status, total_minor, currency_code, reject_reason,
     reject_detail, payment_id, create_time, update_time, request_fingerprint FROM orders";
@@ -586,5 +556,35 @@ impl Store {
             .iter()
             .map(|r| r.try_get("order_id"))
             .collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::NewOrder;
+
+    fn order(customer: &str, lines: &[(&str, i64)]) -> NewOrder {
+        NewOrder {
+            order_id: String::new(),
+            request_id: String::new(),
+            customer_id: customer.into(),
+            lines: lines.iter().map(|(s, q)| ((*s).into(), *q)).collect(),
+        }
+    }
+
+    #[test]
+    fn crafted_skus_cannot_collide() {
+        assert_ne!(
+            order("c", &[("x*1|y", 2)]).fingerprint(),
+            order("c", &[("x", 1), ("y", 2)]).fingerprint()
+        );
+        assert_ne!(
+            order("a|b", &[("x", 1)]).fingerprint(),
+            order("a", &[("b|x", 1)]).fingerprint()
+        );
+        assert_eq!(
+            order("c", &[("x", 1)]).fingerprint(),
+            order("c", &[("x", 1)]).fingerprint()
+        );
     }
 }

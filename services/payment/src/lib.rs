@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use ordermesh_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
-use ordermesh_runtime::server::{ServeOptions, serve};
+use ordermesh_runtime::server::{MeshSettings, serve};
 
 pub use error::Error;
 pub use store::{SeedAccount, Store};
@@ -34,6 +34,7 @@ pub struct Config {
     pub database_url: String,
     /// Accounts created on start when missing.
     pub seed: Vec<SeedAccount>,
+    pub mesh: MeshSettings,
 }
 
 impl Config {
@@ -41,6 +42,7 @@ impl Config {
         Self {
             database_url: database_url.into(),
             seed: Vec::new(),
+            mesh: MeshSettings::default(),
         }
     }
 }
@@ -48,6 +50,7 @@ impl Config {
 /// A built payment service, ready to serve.
 pub struct Service {
     store: Store,
+    mesh: MeshSettings,
 }
 
 /// Connects to the database, applies migrations and seeds the accounts.
@@ -57,7 +60,10 @@ pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> 
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the accounts failed");
     }
-    Ok(Service { store })
+    Ok(Service {
+        store,
+        mesh: config.mesh,
+    })
 }
 
 impl Service {
@@ -72,10 +78,11 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
-        let routes = Routes::new(PaymentServiceServer::new(api::PaymentApi::new(
-            self.store.clone(),
-        )));
+        let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone()))
+            .max_decoding_message_size(self.mesh.max_request_bytes());
+        let routes = Routes::new(server);
         let pool = self.store.pool().clone();
-        serve(routes, pool, listener, ServeOptions::new(SERVICE_NAME), shutdown).await
+        let options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
+        serve(routes, pool, listener, options, shutdown).await
     }
 }

@@ -1,6 +1,8 @@
 //! Server bootstrap shared by every service: the service's routes plus
 //! `grpc.health.v1`, reflection v1 and v1alpha (grpcurl 1.8 only speaks
-//! v1alpha), served on a listener the caller bound, with a graceful drain.
+//! v1alpha) and the mesh admin API, behind the mesh's server layers (load
+//! shedding, inherited deadlines), served on a listener the caller bound,
+//! with a graceful drain.
 
 use std::time::Duration;
 
@@ -10,6 +12,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+
+use ordermesh_mesh::admin::MeshAdmin;
+use ordermesh_mesh::deadline::InheritDeadlineLayer;
+use ordermesh_mesh::server::ShedLayer;
+use ordermesh_mesh::stack::Mesh;
+use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer;
 
 use crate::{Error, health};
 
@@ -23,14 +31,20 @@ pub struct ServeOptions {
     /// How long in-flight calls may run on after shutdown began; streams such
     /// as `WatchOrder` that outlive it are cut.
     pub drain_timeout: Duration,
+    /// The process's mesh: server limits, admin API.
+    pub mesh: Mesh,
+    /// Re-read on change (flags and fault rules apply without a restart).
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 impl ServeOptions {
-    pub fn new(service_name: &'static str) -> Self {
+    pub fn new(service_name: &'static str, mesh: Mesh) -> Self {
         Self {
             service_name,
             health_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
+            mesh,
+            policy_file: None,
         }
     }
 }
@@ -56,6 +70,7 @@ pub async fn serve(
     let reflection_v1 = descriptors().build_v1()?;
     let reflection_v1alpha = descriptors().build_v1alpha()?;
     let routes = routes
+        .add_service(MeshAdminServiceServer::new(MeshAdmin::new(options.mesh.clone())))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -74,9 +89,19 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
 
+    let watcher = options
+        .policy_file
+        .clone()
+        .map(|path| tokio::spawn(options.mesh.clone().watch_file(path, Duration::from_secs(2))));
     let local = listener.local_addr().ok();
     let incoming = TcpListenerStream::new(listener);
+    let limit = options.mesh.policy().server.concurrency_limit;
     let server = Server::builder()
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(ShedLayer::new(limit))
+                .layer(InheritDeadlineLayer),
+        )
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
     tokio::pin!(server);
@@ -98,6 +123,37 @@ pub async fn serve(
     };
     let _ = stop_tx.send(true);
     let _ = tracker.await;
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     tracing::info!(service = options.service_name, "stopped");
     Ok(result?)
+}
+
+/// The mesh part of a service's configuration: the policy (already loaded
+/// and validated in `main`) and, when it came from a file, that file, which
+/// is then watched for changes.
+#[derive(Debug, Clone, Default)]
+pub struct MeshSettings {
+    pub policy: ordermesh_mesh::policy::Policy,
+    pub policy_file: Option<std::path::PathBuf>,
+}
+
+impl MeshSettings {
+    /// The process's mesh for one service.
+    pub fn build(&self) -> Mesh {
+        Mesh::new(self.policy.clone())
+    }
+
+    /// Largest accepted request message, for the generated servers.
+    pub fn max_request_bytes(&self) -> usize {
+        self.policy.server.max_request_bytes
+    }
+
+    /// Serve options for `service_name` with this mesh.
+    pub fn serve_options(&self, service_name: &'static str, mesh: Mesh) -> ServeOptions {
+        let mut options = ServeOptions::new(service_name, mesh);
+        options.policy_file = self.policy_file.clone();
+        options
+    }
 }

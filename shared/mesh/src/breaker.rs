@@ -1,0 +1,812 @@
+//! Circuit breaker, per downstream service: closed, open, half-open, with the
+//! resilience4j semantics (count- or time-based sliding window, failure-rate
+//! and slow-call-rate thresholds, a minimum number of calls, a wait in open,
+//! a fixed number of half-open probes, automatic move to half-open).
+//!
+//! Why not the `tower-resilience` crate (evaluated, v0.13): its classifier
+//! sees a call's `Result` when the response *headers* arrive, but a gRPC
+//! status often arrives in the *trailers*, and a slow call is only slow once
+//! its body ends; its rejection is a tower error, where callers need a gRPC
+//! `UNAVAILABLE` that names the breaker and the next probe; and it rejects
+//! in `poll_ready`, which tower treats as final. This layer records outcomes
+//! through [`ObservedBody`] at the end of the body, and an open breaker stays
+//! ready and fails inside `call` (as linkerd's fail-fast does).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tower::{BoxError, Layer, Service};
+
+use crate::classify::{Classifier, ObservedBody, Outcome, grpc_status, status_response};
+
+/// Header on a response the mesh produced without sending the request (open
+/// breaker, injected abort, exhausted deadline): the callee never saw it.
+pub const NOT_SENT_HEADER: &str = "ordermesh-not-sent";
+
+/// How many recent calls the breaker judges by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// The last N calls.
+    Count(u32),
+    /// The calls of the last duration (kept in one-second buckets).
+    Time(Duration),
+}
+
+/// Breaker settings; defaults follow resilience4j's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Names the breaker in logs, metrics and rejection messages.
+    pub name: String,
+    pub window: Window,
+    /// Opens when this share of the window's calls failed (0 < r <= 1).
+    pub failure_rate_threshold: f64,
+    /// Opens when this share of the window's calls was slow (0 < r <= 1).
+    pub slow_call_rate_threshold: f64,
+    /// A call taking at least this long is slow.
+    pub slow_call_duration: Duration,
+    /// Never opens before the window holds this many calls.
+    pub minimum_calls: u32,
+    /// How long it stays open before letting probes through.
+    pub wait_in_open: Duration,
+    /// Probes allowed in half-open; their outcome decides close or reopen.
+    pub permitted_in_half_open: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            name: "downstream".into(),
+            window: Window::Count(100),
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(60),
+            minimum_calls: 100,
+            wait_in_open: Duration::from_secs(60),
+            permitted_in_half_open: 10,
+        }
+    }
+}
+
+/// The state as reported to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateKind::Closed => "CLOSED",
+            StateKind::Open => "OPEN",
+            StateKind::HalfOpen => "HALF_OPEN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    calls: u32,
+    failures: u32,
+    slow: u32,
+}
+
+impl Tally {
+    fn add(&mut self, failure: bool, slow: bool) {
+        self.calls += 1;
+        self.failures += u32::from(failure);
+        self.slow += u32::from(slow);
+    }
+}
+
+/// The sliding window of recent outcomes.
+#[derive(Debug, Clone)]
+enum Recent {
+    Count {
+        size: usize,
+        calls: VecDeque<(bool, bool)>,
+        tally: Tally,
+    },
+    Time {
+        span: Duration,
+        buckets: VecDeque<(Instant, Tally)>,
+    },
+}
+
+impl Recent {
+    fn new(window: Window) -> Self {
+        match window {
+            Window::Count(size) => Recent::Count {
+                size: size.max(1) as usize,
+                calls: VecDeque::new(),
+                tally: Tally::default(),
+            },
+            Window::Time(span) => Recent::Time {
+                span,
+                buckets: VecDeque::new(),
+            },
+        }
+    }
+
+    fn record(&mut self, failure: bool, slow: bool, now: Instant) {
+        match self {
+            Recent::Count { size, calls, tally } => {
+                calls.push_back((failure, slow));
+                tally.add(failure, slow);
+                if calls.len() > *size
+                    && let Some((f, s)) = calls.pop_front()
+                {
+                    tally.calls -= 1;
+                    tally.failures -= u32::from(f);
+                    tally.slow -= u32::from(s);
+                }
+            }
+            Recent::Time { buckets, .. } => {
+                match buckets.back_mut() {
+                    Some((start, tally)) if now.duration_since(*start) < Duration::from_secs(1) => {
+                        tally.add(failure, slow)
+                    }
+                    _ => {
+                        let mut tally = Tally::default();
+                        tally.add(failure, slow);
+                        buckets.push_back((now, tally));
+                    }
+                }
+                self.evict(now);
+            }
+        }
+    }
+
+    fn evict(&mut self, now: Instant) {
+        if let Recent::Time { span, buckets } = self {
+            while buckets
+                .front()
+                .is_some_and(|(start, _)| now.duration_since(*start) >= *span)
+            {
+                buckets.pop_front();
+            }
+        }
+    }
+
+    fn tally(&mut self, now: Instant) -> Tally {
+        self.evict(now);
+        match self {
+            Recent::Count { tally, .. } => *tally,
+            Recent::Time { buckets, .. } => buckets.iter().fold(Tally::default(), |mut sum, (_, t)| {
+                sum.calls += t.calls;
+                sum.failures += t.failures;
+                sum.slow += t.slow;
+                sum
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Closed(Recent),
+    Open { until: Instant },
+    HalfOpen { admitted: u32, done: Tally },
+}
+
+/// Admission to call through the breaker; hand it back with the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    /// Which state period admitted it: a result from an earlier period (a
+    /// call started before the breaker opened) must not sway the current one.
+    epoch: u64,
+}
+
+/// The breaker refused a call; probes resume at `retry_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub retry_at: Instant,
+    pub state: StateKind,
+}
+
+/// Counters for visibility.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BreakerStats {
+    pub opened: u64,
+    pub half_opened: u64,
+    pub closed: u64,
+    pub rejected: u64,
+}
+
+/// The breaker's state machine. Time is passed in, so tests drive it with
+/// paused tokio time and the proptest model drives it with any sequence.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    state: State,
+    epoch: u64,
+    stats: BreakerStats,
+}
+
+impl CircuitBreaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        let state = State::Closed(Recent::new(config.window));
+        Self {
+            config,
+            state,
+            epoch: 0,
+            stats: BreakerStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> BreakerStats {
+        self.stats
+    }
+
+    /// The state now (an open breaker past its wait reports HALF_OPEN).
+    pub fn state(&self, now: Instant) -> StateKind {
+        match &self.state {
+            State::Closed(_) => StateKind::Closed,
+            State::Open { until } if now >= *until => StateKind::HalfOpen,
+            State::Open { .. } => StateKind::Open,
+            State::HalfOpen { .. } => StateKind::HalfOpen,
+        }
+    }
+
+    /// When an open breaker lets probes through.
+    pub fn open_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    fn transition(&mut self, to: State, now: Instant) {
+        let from = self.state(now);
+        self.epoch += 1;
+        self.state = to;
+        let to_kind = match &self.state {
+            State::Closed(_) => StateKind::Closed,
+            State::Open { .. } => StateKind::Open,
+            State::HalfOpen { .. } => StateKind::HalfOpen,
+        };
+        match to_kind {
+            StateKind::Open => self.stats.opened += 1,
+            StateKind::HalfOpen => self.stats.half_opened += 1,
+            StateKind::Closed => self.stats.closed += 1,
+        }
+        tracing::warn!(breaker = %self.config.name, from = from.as_str(), to = to_kind.as_str(), "circuit breaker transition");
+    }
+
+    fn open(&mut self, now: Instant) {
+        let until = now + self.config.wait_in_open;
+        self.transition(State::Open { until }, now);
+    }
+
+    /// Admits a call, or rejects it while open (or while half-open has
+    /// admitted all its probes).
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Rejected> {
+        if let State::Open { until } = self.state {
+            if now < until {
+                self.stats.rejected += 1;
+                return Err(Rejected {
+                    retry_at: until,
+                    state: StateKind::Open,
+                });
+            }
+            self.transition(
+                State::HalfOpen {
+                    admitted: 0,
+                    done: Tally::default(),
+                },
+                now,
+            );
+        }
+        let epoch = self.epoch;
+        match &mut self.state {
+            State::Closed(_) => Ok(Permit { epoch }),
+            State::HalfOpen { admitted, .. } => {
+                if *admitted < self.config.permitted_in_half_open {
+                    *admitted += 1;
+                    Ok(Permit { epoch })
+                } else {
+                    self.stats.rejected += 1;
+                    // The probes decide; the next chance is when they are back.
+                    Err(Rejected {
+                        retry_at: now + self.config.wait_in_open,
+                        state: StateKind::HalfOpen,
+                    })
+                }
+            }
+            State::Open { .. } => unreachable_open(),
+        }
+    }
+
+    /// Records an admitted call's outcome. `failure` is true for server
+    /// faults only; callers' errors count as successes.
+    pub fn record(&mut self, permit: Permit, failure: bool, elapsed: Duration, now: Instant) {
+        if permit.epoch != self.epoch {
+            return;
+        }
+        let slow = elapsed >= self.config.slow_call_duration;
+        let config = &self.config;
+        let exceeded = |t: Tally| {
+            let calls = f64::from(t.calls.max(1));
+            f64::from(t.failures) / calls >= config.failure_rate_threshold
+                || f64::from(t.slow) / calls >= config.slow_call_rate_threshold
+        };
+        match &mut self.state {
+            State::Closed(recent) => {
+                recent.record(failure, slow, now);
+                let tally = recent.tally(now);
+                if tally.calls >= config.minimum_calls && exceeded(tally) {
+                    self.open(now);
+                }
+            }
+            State::HalfOpen { done, .. } => {
+                done.add(failure, slow);
+                if done.calls >= config.permitted_in_half_open {
+                    if exceeded(*done) {
+                        self.open(now);
+                    } else {
+                        let recent = Recent::new(self.config.window);
+                        self.transition(State::Closed(recent), now);
+                    }
+                }
+            }
+            State::Open { .. } => {}
+        }
+    }
+
+    /// An admitted call ended without an outcome (the caller gave up): in
+    /// half-open its probe slot is given back.
+    pub fn cancel(&mut self, permit: Permit) {
+        if permit.epoch != self.epoch {
+            return;
+        }
+        if let State::HalfOpen { admitted, .. } = &mut self.state {
+            *admitted = admitted.saturating_sub(1);
+        }
+    }
+}
+
+fn unreachable_open() -> Result<Permit, Rejected> {
+    // try_acquire turns Open into HalfOpen (or returns) before this match.
+    Err(Rejected {
+        retry_at: Instant::now(),
+        state: StateKind::Open,
+    })
+}
+
+/// A breaker shared by every clone of a client stack, readable by the admin
+/// endpoint.
+#[derive(Debug, Clone)]
+pub struct BreakerHandle {
+    inner: Arc<Mutex<CircuitBreaker>>,
+}
+
+impl BreakerHandle {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(CircuitBreaker::new(config))),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CircuitBreaker> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> String {
+        self.lock().config.name.clone()
+    }
+
+    pub fn state(&self) -> StateKind {
+        self.lock().state(Instant::now())
+    }
+
+    pub fn stats(&self) -> BreakerStats {
+        self.lock().stats()
+    }
+
+    /// Time until an open breaker probes again.
+    pub fn opens_for(&self) -> Option<Duration> {
+        self.lock()
+            .open_until()
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+}
+
+// === impl BreakerLayer ===
+
+/// Wraps a client service in a circuit breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerLayer {
+    breaker: BreakerHandle,
+    classifier: Arc<Classifier>,
+}
+
+impl BreakerLayer {
+    pub fn new(breaker: BreakerHandle, classifier: Arc<Classifier>) -> Self {
+        Self { breaker, classifier }
+    }
+}
+
+impl<S> Layer<S> for BreakerLayer {
+    type Service = Breaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker {
+            inner,
+            breaker: self.breaker.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+// === impl Breaker ===
+
+#[derive(Debug, Clone)]
+pub struct Breaker<S> {
+    inner: S,
+    breaker: BreakerHandle,
+    classifier: Arc<Classifier>,
+}
+
+/// Hands the permit back exactly once: with the outcome, or as cancelled
+/// when dropped without one.
+struct PermitGuard {
+    breaker: BreakerHandle,
+    permit: Option<Permit>,
+    started: Instant,
+}
+
+impl PermitGuard {
+    fn finish(mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            let now = Instant::now();
+            self.breaker
+                .lock()
+                .record(permit, outcome.is_server_fault(), now - self.started, now);
+        }
+    }
+}
+
+impl Drop for PermitGuard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.lock().cancel(permit);
+        }
+    }
+}
+
+/// The open-breaker answer: UNAVAILABLE, marked as never sent.
+pub fn rejection(name: &str, rejected: Rejected) -> Response<Body> {
+    let wait = rejected.retry_at.saturating_duration_since(Instant::now());
+    let message = format!(
+        "circuit breaker {name:?} is {}; next probe in {} ms",
+        rejected.state.as_str(),
+        wait.as_millis()
+    );
+    let mut response = status_response(tonic::Status::unavailable(message));
+    response
+        .headers_mut()
+        .insert(NOT_SENT_HEADER, HeaderValue::from_static("breaker"));
+    response
+}
+
+impl<S> Service<Request<Body>> for Breaker<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let acquired = self.breaker.lock().try_acquire(Instant::now());
+        let permit = match acquired {
+            Ok(permit) => permit,
+            Err(rejected) => {
+                let name = self.breaker.name();
+                return Box::pin(async move { Ok(rejection(&name, rejected)) });
+            }
+        };
+        let guard = PermitGuard {
+            breaker: self.breaker.clone(),
+            permit: Some(permit),
+            started: Instant::now(),
+        };
+        let classifier = self.classifier.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => {
+                    if let Some(code) = grpc_status(response.headers()) {
+                        guard.finish(classifier.classify(code));
+                        return Ok(response);
+                    }
+                    let (parts, body) = response.into_parts();
+                    let report = Box::new(move |outcome: Outcome| guard.finish(outcome));
+                    let body = Body::new(ObservedBody::new(body, classifier, report));
+                    Ok(Response::from_parts(parts, body))
+                }
+                Err(error) => {
+                    guard.finish(classifier.transport_error());
+                    Err(error.into())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(window: Window) -> BreakerConfig {
+        BreakerConfig {
+            name: "test".into(),
+            window,
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_duration: Duration::from_secs(1),
+            minimum_calls: 4,
+            wait_in_open: Duration::from_secs(10),
+            permitted_in_half_open: 2,
+        }
+    }
+
+    fn call(b: &mut CircuitBreaker, failure: bool, elapsed: Duration) -> Result<(), Rejected> {
+        let now = Instant::now();
+        let permit = b.try_acquire(now)?;
+        b.record(permit, failure, elapsed, now);
+        Ok(())
+    }
+
+    const FAST: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_at_the_threshold_and_not_before_the_minimum_calls() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        for _ in 0..3 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::Closed,
+            "3 failures < minimum 4"
+        );
+        call(&mut b, true, FAST).expect("closed");
+        assert_eq!(b.state(Instant::now()), StateKind::Open);
+        assert_eq!(b.stats().opened, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stays_closed_below_the_failure_rate() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        for i in 0..10 {
+            call(&mut b, i % 3 == 2, FAST).expect("closed");
+        }
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::Closed,
+            "never 50% failed: 1/4, 2/6, 3/9 at worst"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejects_while_open_then_lets_exactly_n_probes_through() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        for _ in 0..4 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        let rejected = b.try_acquire(Instant::now()).expect_err("open");
+        assert_eq!(rejected.state, StateKind::Open);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(
+            b.try_acquire(Instant::now()).is_err(),
+            "still open before the wait ends"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(b.state(Instant::now()), StateKind::HalfOpen);
+        let p1 = b.try_acquire(Instant::now()).expect("probe 1");
+        let p2 = b.try_acquire(Instant::now()).expect("probe 2");
+        assert!(b.try_acquire(Instant::now()).is_err(), "only 2 probes");
+        let now = Instant::now();
+        b.record(p1, false, FAST, now);
+        assert_eq!(b.state(now), StateKind::HalfOpen, "waits for every probe");
+        b.record(p2, false, FAST, now);
+        assert_eq!(b.state(now), StateKind::Closed, "closes on successful probes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reopens_when_probes_fail() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        for _ in 0..4 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        call(&mut b, true, FAST).expect("probe");
+        call(&mut b, false, FAST).expect("probe");
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::Open,
+            "1/2 failed probes >= 50%"
+        );
+        assert_eq!(b.stats().opened, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_frees_its_slot() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        for _ in 0..4 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let p1 = b.try_acquire(Instant::now()).expect("probe 1");
+        let _p2 = b.try_acquire(Instant::now()).expect("probe 2");
+        b.cancel(p1);
+        assert!(b.try_acquire(Instant::now()).is_ok(), "the slot came back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_calls_count() {
+        let mut cfg = config(Window::Count(10));
+        cfg.slow_call_rate_threshold = 0.5;
+        let mut b = CircuitBreaker::new(cfg);
+        for _ in 0..4 {
+            call(&mut b, false, Duration::from_secs(2)).expect("closed");
+        }
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::Open,
+            "all successful but slow"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_result_from_before_the_breaker_opened_is_ignored() {
+        let mut b = CircuitBreaker::new(config(Window::Count(10)));
+        let early = b.try_acquire(Instant::now()).expect("closed");
+        for _ in 0..4 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = b.try_acquire(Instant::now()).expect("half-open");
+        b.record(early, true, FAST, Instant::now());
+        b.record(probe, false, FAST, Instant::now());
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::HalfOpen,
+            "the stale failure did not count"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_window_forgets_old_failures() {
+        let mut b = CircuitBreaker::new(config(Window::Time(Duration::from_secs(5))));
+        for _ in 0..3 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        tokio::time::advance(Duration::from_secs(6)).await;
+        call(&mut b, true, FAST).expect("closed");
+        assert_eq!(
+            b.state(Instant::now()),
+            StateKind::Closed,
+            "the first 3 left the window"
+        );
+        for _ in 0..3 {
+            call(&mut b, true, FAST).expect("closed");
+        }
+        assert_eq!(b.state(Instant::now()), StateKind::Open);
+    }
+
+    /// The proptest model: the count window recomputed from scratch from the
+    /// full history of the current closed period, and half-open judged on
+    /// its probes, as the resilience4j documentation states the semantics.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            Call { failure: bool, slow: bool },
+            Wait(u64),
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                4 => (any::<bool>(), any::<bool>()).prop_map(|(failure, slow)| Event::Call { failure, slow }),
+                1 => (0u64..15).prop_map(Event::Wait),
+            ]
+        }
+
+        #[derive(Debug, PartialEq, Eq, Clone, Copy)]
+        enum M {
+            Closed,
+            Open { until: u64 },
+            HalfOpen,
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn breaker_matches_model(events in proptest::collection::vec(event(), 1..200), size in 1u32..8, min in 1u32..8, probes in 1u32..4) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+                rt.block_on(async move {
+                    let mut cfg = config(Window::Count(size));
+                    cfg.minimum_calls = min;
+                    cfg.permitted_in_half_open = probes;
+                    cfg.slow_call_rate_threshold = 0.75;
+                    let mut b = CircuitBreaker::new(cfg);
+                    let start = Instant::now();
+                    let mut m = M::Closed;
+                    let mut history: Vec<(bool, bool)> = Vec::new();
+                    let mut probe_results: Vec<(bool, bool)> = Vec::new();
+                    let rates = |calls: &[(bool, bool)]| {
+                        let n = calls.len().max(1) as f64;
+                        let f = calls.iter().filter(|c| c.0).count() as f64 / n;
+                        let s = calls.iter().filter(|c| c.1).count() as f64 / n;
+                        f >= 0.5 || s >= 0.75
+                    };
+                    for event in events {
+                        let now_s = Instant::now().duration_since(start).as_secs();
+                        match event {
+                            Event::Wait(s) => tokio::time::advance(Duration::from_secs(s)).await,
+                            Event::Call { failure, slow } => {
+                                if let M::Open { until } = m && now_s >= until {
+                                    m = M::HalfOpen;
+                                    probe_results.clear();
+                                }
+                                let elapsed = if slow { Duration::from_secs(2) } else { FAST };
+                                let got = b.try_acquire(Instant::now());
+                                match m {
+                                    M::Open { .. } => { prop_assert!(got.is_err()); }
+                                    M::Closed => {
+                                        let permit = got.expect("closed admits");
+                                        b.record(permit, failure, elapsed, Instant::now());
+                                        history.push((failure, slow));
+                                        let window: Vec<_> = history.iter().rev().take(size as usize).copied().collect();
+                                        if window.len() as u32 >= min && rates(&window) {
+                                            m = M::Open { until: now_s + 10 };
+                                            history.clear();
+                                        }
+                                    }
+                                    M::HalfOpen => {
+                                        let permit = got.expect("half-open admits one probe at a time here");
+                                        b.record(permit, failure, elapsed, Instant::now());
+                                        probe_results.push((failure, slow));
+                                        if probe_results.len() as u32 >= probes {
+                                            if rates(&probe_results) { m = M::Open { until: now_s + 10 }; } else { m = M::Closed; history.clear(); }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        let expected = match m {
+                            M::Closed => StateKind::Closed,
+                            M::Open { until } if Instant::now().duration_since(start).as_secs() >= until => StateKind::HalfOpen,
+                            M::Open { .. } => StateKind::Open,
+                            M::HalfOpen => StateKind::HalfOpen,
+                        };
+                        prop_assert_eq!(b.state(Instant::now()), expected);
+                    }
+                    Ok::<(), TestCaseError>(())
+                })?;
+            }
+        }
+    }
+}

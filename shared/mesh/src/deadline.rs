@@ -1,0 +1,200 @@
+//! Deadlines that flow through the mesh.
+//!
+//! Server side, [`InheritDeadlineLayer`] turns an incoming call's
+//! `grpc-timeout` into a deadline that every outgoing call made while
+//! handling it can see (a task-local). Client side, [`DeadlineLayer`] gives
+//! each outgoing call the smallest of: its own `grpc-timeout`, the inherited
+//! deadline minus a safety margin, or the default timeout; a budget already
+//! spent fails with `DEADLINE_EXCEEDED` without calling out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tower::{BoxError, Layer, Service};
+
+use crate::breaker::NOT_SENT_HEADER;
+use crate::classify::status_response;
+use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+
+tokio::task_local! {
+    static INCOMING_DEADLINE: Instant;
+}
+
+/// The deadline of the call being handled, if it had one.
+pub fn incoming_deadline() -> Option<Instant> {
+    INCOMING_DEADLINE.try_with(|deadline| *deadline).ok()
+}
+
+/// Runs `future` as if handling a call that must finish by `deadline`.
+pub async fn with_deadline<F: Future>(deadline: Instant, future: F) -> F::Output {
+    INCOMING_DEADLINE.scope(deadline, future).await
+}
+
+// === impl InheritDeadlineLayer ===
+
+/// Server layer: scopes the handler in the caller's deadline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InheritDeadlineLayer;
+
+impl<S> Layer<S> for InheritDeadlineLayer {
+    type Service = InheritDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InheritDeadline { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InheritDeadline<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for InheritDeadline<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(grpc_timeout::parse)
+            .map(|budget| Instant::now() + budget);
+        let future = self.inner.call(request);
+        match deadline {
+            Some(deadline) => Box::pin(with_deadline(deadline, future)),
+            None => Box::pin(future),
+        }
+    }
+}
+
+// === impl DeadlineLayer ===
+
+/// Client deadline settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineConfig {
+    /// Timeout of a call that has no deadline of its own or inherited.
+    pub default_timeout: Duration,
+    /// Kept back from an inherited deadline, so the caller still has time to
+    /// answer after its callee gives up.
+    pub margin: Duration,
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        Self {
+            default_timeout: Duration::from_secs(5),
+            margin: Duration::from_millis(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    config: DeadlineConfig,
+}
+
+impl DeadlineLayer {
+    pub fn new(config: DeadlineConfig) -> Self {
+        Self { config }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            config: self.config,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    config: DeadlineConfig,
+}
+
+fn deadline_exceeded(message: String, sent: bool) -> Response<Body> {
+    let mut response = status_response(tonic::Status::deadline_exceeded(message));
+    if !sent {
+        response
+            .headers_mut()
+            .insert(NOT_SENT_HEADER, HeaderValue::from_static("deadline"));
+    }
+    response
+}
+
+impl<S> Deadline<S> {
+    /// The budget of an outgoing call made now.
+    fn budget(&self, request: &Request<Body>) -> Duration {
+        let own = request.headers().get(GRPC_TIMEOUT).and_then(grpc_timeout::parse);
+        let inherited = incoming_deadline().map(|deadline| {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(self.config.margin)
+        });
+        match (own, inherited) {
+            (Some(own), Some(inherited)) => own.min(inherited),
+            (Some(own), None) => own,
+            (None, Some(inherited)) => inherited,
+            (None, None) => self.config.default_timeout,
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for Deadline<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let budget = self.budget(&request);
+        let path = request.uri().path().to_owned();
+        if budget.is_zero() {
+            return Box::pin(async move {
+                Ok(deadline_exceeded(
+                    format!("deadline exhausted before calling {path}"),
+                    false,
+                ))
+            });
+        }
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT, grpc_timeout::encode(budget));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(budget, future).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Ok(deadline_exceeded(
+                    format!("{path} exceeded its {} ms deadline", budget.as_millis()),
+                    true,
+                )),
+            }
+        })
+    }
+}

@@ -1,0 +1,648 @@
+//! The mesh policy file (TOML) and its environment overrides: one place for
+//! every downstream's breaker, retry, ejection and fault settings, the server
+//! limits, and the feature flags. Invalid policy is refused at start with a
+//! message that names the key.
+//!
+//! Environment overrides use the key path with `__` between parts, after
+//! the prefix `ORDERMESH_MESH__`, e.g.
+//! `ORDERMESH_MESH__DOWNSTREAM__PAYMENT__RETRY__MAX_ATTEMPTS=4`; the value is
+//! read as TOML (`4`, `true`, `["UNAVAILABLE"]`), else as a string.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::Code;
+
+use crate::balance::{BalancerConfig, EjectionPolicy, EndpointSource};
+use crate::breaker::{BreakerConfig, Window};
+use crate::classify::{Classifier, parse_code};
+use crate::deadline::DeadlineConfig;
+use crate::fault::FaultRule;
+use crate::flags::Flag;
+use crate::retry::{RetryPolicies, RetryPolicy};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "ORDERMESH_MESH__";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid policy: {0}")]
+    Parse(String),
+    #[error("invalid policy key `{key}`: {reason}")]
+    Key { key: String, reason: String },
+}
+
+fn key_error(key: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Key {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole policy, as written in the file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub server: ServerPolicy,
+    #[serde(default)]
+    pub downstream: BTreeMap<String, DownstreamPolicy>,
+    #[serde(default)]
+    pub flags: BTreeMap<String, FlagPolicy>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    /// Timeout of an outgoing call with no deadline of its own or inherited.
+    pub timeout_ms: u64,
+    /// Kept back from an inherited deadline for the caller's own answer.
+    pub deadline_margin_ms: u64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5000,
+            deadline_margin_ms: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerPolicy {
+    /// Calls served at once; more are shed with RESOURCE_EXHAUSTED.
+    pub concurrency_limit: usize,
+    /// Largest accepted request message.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        Self {
+            concurrency_limit: 256,
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownstreamPolicy {
+    /// Static endpoints (`http://host:port`); when empty and no `dns`, the
+    /// address given on the command line is used.
+    pub endpoints: Vec<String>,
+    /// `host:port` resolved every `dns_refresh_ms` (a headless Service).
+    pub dns: Option<String>,
+    pub dns_refresh_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Status codes that count as server faults.
+    pub fault_codes: Vec<String>,
+    pub breaker: BreakerPolicy,
+    pub retry: RetryPolicyFile,
+    pub ejection: EjectionPolicyFile,
+    pub faults: Vec<FaultPolicy>,
+}
+
+impl Default for DownstreamPolicy {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            dns: None,
+            dns_refresh_ms: 5000,
+            connect_timeout_ms: 2000,
+            fault_codes: [
+                "UNAVAILABLE",
+                "DEADLINE_EXCEEDED",
+                "INTERNAL",
+                "UNKNOWN",
+                "RESOURCE_EXHAUSTED",
+                "DATA_LOSS",
+            ]
+            .map(String::from)
+            .to_vec(),
+            breaker: BreakerPolicy::default(),
+            retry: RetryPolicyFile::default(),
+            ejection: EjectionPolicyFile::default(),
+            faults: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerPolicy {
+    /// `count` (the last `window_size` calls) or `time` (`window_seconds`).
+    pub window: String,
+    pub window_size: u32,
+    pub window_seconds: u64,
+    pub failure_rate_threshold: f64,
+    pub slow_call_rate_threshold: f64,
+    pub slow_call_ms: u64,
+    pub minimum_calls: u32,
+    pub wait_in_open_ms: u64,
+    pub permitted_in_half_open: u32,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            window: "count".into(),
+            window_size: 20,
+            window_seconds: 30,
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: 1.0,
+            slow_call_ms: 5000,
+            minimum_calls: 10,
+            wait_in_open_ms: 5000,
+            permitted_in_half_open: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicyFile {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub backoff_multiplier: f64,
+    pub retryable_codes: Vec<String>,
+    pub budget_max_tokens: f64,
+    pub budget_token_ratio: f64,
+    /// Per-method overrides of the attempt and back-off settings.
+    pub methods: BTreeMap<String, MethodRetry>,
+}
+
+impl Default for RetryPolicyFile {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff_ms: 50,
+            max_backoff_ms: 1000,
+            backoff_multiplier: 2.0,
+            retryable_codes: vec!["UNAVAILABLE".into()],
+            budget_max_tokens: 10.0,
+            budget_token_ratio: 0.1,
+            methods: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MethodRetry {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub retryable_codes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EjectionPolicyFile {
+    /// 0 turns ejection off.
+    pub consecutive_failures: u32,
+    pub base_ejection_ms: u64,
+    pub max_ejection_ms: u64,
+    pub max_ejected_percent: u8,
+}
+
+impl Default for EjectionPolicyFile {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_ms: 30_000,
+            max_ejection_ms: 300_000,
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultPolicy {
+    pub method: Option<String>,
+    pub delay_percent: f64,
+    pub delay_ms: u64,
+    pub abort_percent: f64,
+    pub abort_code: String,
+}
+
+impl Default for FaultPolicy {
+    fn default() -> Self {
+        Self {
+            method: None,
+            delay_percent: 0.0,
+            delay_ms: 0,
+            abort_percent: 0.0,
+            abort_code: "UNAVAILABLE".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlagPolicy {
+    pub enabled: bool,
+    #[serde(default = "hundred")]
+    pub rollout_percent: f64,
+    #[serde(default)]
+    pub description: String,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+
+/// One downstream's settings, checked and converted for the layers.
+#[derive(Debug, Clone)]
+pub struct DownstreamSettings {
+    pub classifier: Classifier,
+    pub breaker: BreakerConfig,
+    pub retry: RetryPolicies,
+    pub budget_max_tokens: f64,
+    pub budget_token_ratio: f64,
+    pub deadline: DeadlineConfig,
+    pub balancer: BalancerConfig,
+    pub faults: Vec<FaultRule>,
+}
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+fn codes(key: &str, names: &[String]) -> Result<Vec<Code>, PolicyError> {
+    names
+        .iter()
+        .map(|name| {
+            parse_code(name).ok_or_else(|| key_error(key, format!("{name:?} is not a gRPC status code name")))
+        })
+        .collect()
+}
+
+fn rate(key: &str, value: f64) -> Result<f64, PolicyError> {
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(key_error(key, "must be in (0, 1]"))
+    }
+}
+
+fn percent(key: &str, value: f64) -> Result<f64, PolicyError> {
+    if (0.0..=100.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(key_error(key, "must be between 0 and 100"))
+    }
+}
+
+fn attempts(key: &str, value: u32) -> Result<u32, PolicyError> {
+    // gRFC A6 caps attempts at 5: more only multiplies load on an outage.
+    if (1..=5).contains(&value) {
+        Ok(value)
+    } else {
+        Err(key_error(key, "must be between 1 and 5"))
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<u64, PolicyError> {
+    if value > 0 {
+        Ok(value)
+    } else {
+        Err(key_error(key, "must be greater than 0"))
+    }
+}
+
+impl FaultPolicy {
+    pub fn to_rule(&self, key: &str) -> Result<FaultRule, PolicyError> {
+        Ok(FaultRule {
+            method: self.method.clone().filter(|m| !m.is_empty()),
+            delay_percent: percent(&format!("{key}.delay_percent"), self.delay_percent)?,
+            delay: ms(self.delay_ms),
+            abort_percent: percent(&format!("{key}.abort_percent"), self.abort_percent)?,
+            abort_code: parse_code(&self.abort_code)
+                .filter(|c| *c != Code::Ok)
+                .ok_or_else(|| {
+                    key_error(
+                        format!("{key}.abort_code"),
+                        format!("{:?} is not an error code name", self.abort_code),
+                    )
+                })?,
+        })
+    }
+}
+
+impl Policy {
+    /// Reads the file (if any), applies `ORDERMESH_MESH__*` overrides from
+    /// `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Policy, PolicyError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            None => String::new(),
+        };
+        Self::parse(&text, env)
+    }
+
+    /// Parses policy text with overrides, and validates.
+    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Policy, PolicyError> {
+        let mut value: toml::Table = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        for (name, raw) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(raw.clone()));
+            set_path(&mut value, &parts, parsed).map_err(|reason| key_error(parts.join("."), reason))?;
+        }
+        let policy: Policy = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| PolicyError::Parse(e.to_string()))?;
+        for name in policy.downstream.keys() {
+            policy.downstream_settings(name, "http://127.0.0.1:1")?;
+        }
+        for (name, flag) in &policy.flags {
+            percent(&format!("flags.{name}.rollout_percent"), flag.rollout_percent)?;
+        }
+        if policy.server.concurrency_limit == 0 {
+            return Err(key_error("server.concurrency_limit", "must be greater than 0"));
+        }
+        Ok(policy)
+    }
+
+    /// The flags defined by the policy.
+    pub fn flags(&self) -> BTreeMap<String, Flag> {
+        self.flags
+            .iter()
+            .map(|(name, f)| {
+                (
+                    name.clone(),
+                    Flag {
+                        enabled: f.enabled,
+                        rollout_percent: f.rollout_percent,
+                        description: f.description.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The settings for downstream `name`, whose address defaults to
+    /// `default_url` when the policy names no endpoints.
+    pub fn downstream_settings(
+        &self,
+        name: &str,
+        default_url: &str,
+    ) -> Result<DownstreamSettings, PolicyError> {
+        let d = self.downstream.get(name).cloned().unwrap_or_default();
+        let key = |k: &str| format!("downstream.{name}.{k}");
+        let b = &d.breaker;
+        let window = match b.window.as_str() {
+            "count" => Window::Count(
+                u32::try_from(positive(&key("breaker.window_size"), u64::from(b.window_size))?)
+                    .unwrap_or(u32::MAX),
+            ),
+            "time" => Window::Time(Duration::from_secs(positive(
+                &key("breaker.window_seconds"),
+                b.window_seconds,
+            )?)),
+            other => {
+                return Err(key_error(
+                    key("breaker.window"),
+                    format!("{other:?} is neither \"count\" nor \"time\""),
+                ));
+            }
+        };
+        let breaker = BreakerConfig {
+            name: name.to_owned(),
+            window,
+            failure_rate_threshold: rate(&key("breaker.failure_rate_threshold"), b.failure_rate_threshold)?,
+            slow_call_rate_threshold: rate(
+                &key("breaker.slow_call_rate_threshold"),
+                b.slow_call_rate_threshold,
+            )?,
+            slow_call_duration: ms(positive(&key("breaker.slow_call_ms"), b.slow_call_ms)?),
+            minimum_calls: u32::try_from(positive(
+                &key("breaker.minimum_calls"),
+                u64::from(b.minimum_calls),
+            )?)
+            .unwrap_or(1),
+            wait_in_open: ms(positive(&key("breaker.wait_in_open_ms"), b.wait_in_open_ms)?),
+            permitted_in_half_open: u32::try_from(positive(
+                &key("breaker.permitted_in_half_open"),
+                u64::from(b.permitted_in_half_open),
+            )?)
+            .unwrap_or(1),
+        };
+        let r = &d.retry;
+        if r.backoff_multiplier < 1.0 {
+            return Err(key_error(key("retry.backoff_multiplier"), "must be at least 1"));
+        }
+        if r.budget_max_tokens < 1.0 || r.budget_token_ratio <= 0.0 {
+            return Err(key_error(
+                key("retry.budget_max_tokens"),
+                "needs budget_max_tokens >= 1 and budget_token_ratio > 0",
+            ));
+        }
+        let default = RetryPolicy {
+            max_attempts: attempts(&key("retry.max_attempts"), r.max_attempts)?,
+            initial_backoff: ms(r.initial_backoff_ms),
+            max_backoff: ms(r.max_backoff_ms),
+            backoff_multiplier: r.backoff_multiplier,
+            retryable_codes: codes(&key("retry.retryable_codes"), &r.retryable_codes)?,
+        };
+        let mut methods = BTreeMap::new();
+        for (method, m) in &r.methods {
+            let mkey = |k: &str| key(&format!("retry.methods.{method}.{k}"));
+            methods.insert(
+                method.clone(),
+                RetryPolicy {
+                    max_attempts: attempts(
+                        &mkey("max_attempts"),
+                        m.max_attempts.unwrap_or(default.max_attempts),
+                    )?,
+                    initial_backoff: m.initial_backoff_ms.map(ms).unwrap_or(default.initial_backoff),
+                    max_backoff: m.max_backoff_ms.map(ms).unwrap_or(default.max_backoff),
+                    backoff_multiplier: default.backoff_multiplier,
+                    retryable_codes: match &m.retryable_codes {
+                        Some(names) => codes(&mkey("retryable_codes"), names)?,
+                        None => default.retryable_codes.clone(),
+                    },
+                },
+            );
+        }
+        let source = match (&d.dns, d.endpoints.is_empty()) {
+            (Some(_), false) => return Err(key_error(key("dns"), "set either dns or endpoints, not both")),
+            (Some(dns), true) => {
+                let (host, port) = dns
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| key_error(key("dns"), "must be host:port"))?;
+                EndpointSource::Dns {
+                    host,
+                    port,
+                    refresh: ms(positive(&key("dns_refresh_ms"), d.dns_refresh_ms)?),
+                }
+            }
+            (None, true) => EndpointSource::Static(vec![default_url.to_owned()]),
+            (None, false) => EndpointSource::Static(d.endpoints.clone()),
+        };
+        let e = &d.ejection;
+        if e.max_ejected_percent > 100 {
+            return Err(key_error(
+                key("ejection.max_ejected_percent"),
+                "must be between 0 and 100",
+            ));
+        }
+        let faults = d
+            .faults
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.to_rule(&key(&format!("faults[{i}]"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DownstreamSettings {
+            classifier: Classifier::new(codes(&key("fault_codes"), &d.fault_codes)?),
+            breaker,
+            retry: RetryPolicies { default, methods },
+            budget_max_tokens: r.budget_max_tokens,
+            budget_token_ratio: r.budget_token_ratio,
+            deadline: DeadlineConfig {
+                default_timeout: ms(positive("defaults.timeout_ms", self.defaults.timeout_ms)?),
+                margin: ms(self.defaults.deadline_margin_ms),
+            },
+            balancer: BalancerConfig {
+                source,
+                ejection: EjectionPolicy {
+                    consecutive_failures: e.consecutive_failures,
+                    base_ejection: ms(e.base_ejection_ms),
+                    max_ejection: ms(e.max_ejection_ms),
+                    max_ejected_percent: e.max_ejected_percent,
+                },
+                connect_timeout: ms(positive(&key("connect_timeout_ms"), d.connect_timeout_ms)?),
+            },
+            faults,
+        })
+    }
+}
+
+fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) -> Result<(), String> {
+    match parts {
+        [] => Err("empty key".into()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => set_path(inner, rest, value),
+                _ => Err(format!("`{first}` is not a section")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../docs/mesh-policy.example.toml");
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let policy = Policy::parse(EXAMPLE, []).expect("the example in docs/ parses");
+        let payment = policy
+            .downstream_settings("payment", "http://127.0.0.1:50053")
+            .expect("payment");
+        assert_eq!(payment.breaker.name, "payment");
+        assert!(policy.flags().contains_key("fault_injection"));
+    }
+
+    #[test]
+    fn no_file_gives_defaults() {
+        let policy = Policy::parse("", []).expect("defaults");
+        let s = policy
+            .downstream_settings("inventory", "http://127.0.0.1:50052")
+            .expect("defaults");
+        assert_eq!(
+            s.balancer.source,
+            EndpointSource::Static(vec!["http://127.0.0.1:50052".into()])
+        );
+        assert_eq!(s.retry.default.max_attempts, 3);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            (
+                "[downstream.payment.breaker]\nfailure_rate_threshold = 1.5",
+                "downstream.payment.breaker.failure_rate_threshold",
+            ),
+            (
+                "[downstream.payment.retry]\nmax_attempts = 9",
+                "downstream.payment.retry.max_attempts",
+            ),
+            (
+                "[downstream.payment.retry]\nretryable_codes = [\"NOPE\"]",
+                "downstream.payment.retry.retryable_codes",
+            ),
+            (
+                "[downstream.payment.breaker]\nwindow = \"sliding\"",
+                "downstream.payment.breaker.window",
+            ),
+            (
+                "[[downstream.payment.faults]]\nabort_percent = 120.0",
+                "downstream.payment.faults[0].abort_percent",
+            ),
+            (
+                "[flags.x]\nenabled = true\nrollout_percent = 101.0",
+                "flags.x.rollout_percent",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Policy::parse(text, []).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+        let err = Policy::parse("[downstream.payment.breaker]\nfailure_rate = 0.5", [])
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("failure_rate"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_win_and_are_validated() {
+        let env = [(
+            "ORDERMESH_MESH__DOWNSTREAM__PAYMENT__RETRY__MAX_ATTEMPTS".to_string(),
+            "4".to_string(),
+        )];
+        let policy = Policy::parse("[downstream.payment.retry]\nmax_attempts = 2", env).expect("override");
+        let s = policy
+            .downstream_settings("payment", "http://x:1")
+            .expect("payment");
+        assert_eq!(s.retry.default.max_attempts, 4);
+        let env = [(
+            "ORDERMESH_MESH__DOWNSTREAM__PAYMENT__RETRY__MAX_ATTEMPTS".to_string(),
+            "0".to_string(),
+        )];
+        let err = Policy::parse("", env).expect_err("0 attempts").to_string();
+        assert!(err.contains("downstream.payment.retry.max_attempts"), "{err}");
+    }
+}

@@ -1,0 +1,264 @@
+//! The client stack every outgoing call goes through, and the per-process
+//! registry ([`Mesh`]) that builds one per downstream and keeps their
+//! handles for the admin endpoint.
+//!
+//! Order, outermost first:
+//! deadline -> retry (with budget) -> circuit breaker -> fault injection ->
+//! balancer (p2c over peak-EWMA, outlier ejection) -> one HTTP/2 channel per
+//! endpoint. The deadline wraps everything so one budget spans all retries;
+//! retries sit above the breaker so a rejection is not retried into it; the
+//! fault layer sits below the breaker so injected faults trip it as real ones
+//! would.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, Response};
+use tonic::body::Body;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::balance::{self, BalanceError, BalancerHandle, EndpointStatus};
+use crate::breaker::{BreakerHandle, BreakerLayer, StateKind};
+use crate::deadline::DeadlineLayer;
+use crate::fault::{FaultLayer, FaultRule, Faults};
+use crate::flags::Flags;
+use crate::policy::{Policy, PolicyError};
+use crate::retry::{RetryBudget, RetryLayer};
+
+/// What a generated tonic client is built on: `FooClient::new(channel)`.
+///
+/// It never fails as a service: a transport error that reaches the top of
+/// the stack becomes an `UNAVAILABLE` response, so callers see one kind of
+/// failure (a gRPC status) whatever went wrong.
+#[derive(Clone)]
+pub struct MeshChannel {
+    inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
+}
+
+impl std::fmt::Debug for MeshChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshChannel")
+    }
+}
+
+impl tower::Service<Request<Body>> for MeshChannel {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // A failed readiness (a balancer with no endpoint yet) is reported
+        // by the call itself, so the service always claims ready.
+        match self.inner.poll_ready(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            Ok(future.await.unwrap_or_else(|error| {
+                crate::classify::status_response(tonic::Status::unavailable(format!(
+                    "transport error: {error}"
+                )))
+            }))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Balance(#[from] BalanceError),
+}
+
+/// The handles of one downstream's stack.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub breaker: BreakerHandle,
+    pub budget: Arc<RetryBudget>,
+    pub balancer: BalancerHandle,
+    pub faults: Faults,
+}
+
+/// A snapshot of one downstream, for the admin endpoint.
+#[derive(Debug, Clone)]
+pub struct DownstreamSnapshot {
+    pub name: String,
+    pub breaker_state: StateKind,
+    pub breaker_opens_for: Option<Duration>,
+    pub breaker_opened_total: u64,
+    pub breaker_rejected_total: u64,
+    pub retry_tokens: f64,
+    pub retry_max_tokens: f64,
+    pub endpoints: Vec<EndpointStatus>,
+    pub faults: Vec<FaultRule>,
+}
+
+/// The mesh of one process: its policy, flags and downstream stacks.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    policy: Mutex<Policy>,
+    flags: Flags,
+    downstreams: Mutex<BTreeMap<String, Downstream>>,
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Self::new(Policy::default())
+    }
+}
+
+impl Mesh {
+    pub fn new(policy: Policy) -> Self {
+        let flags = Flags::new(policy.flags());
+        Self {
+            inner: Arc::new(Inner {
+                policy: Mutex::new(policy),
+                flags,
+                downstreams: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    pub fn flags(&self) -> &Flags {
+        &self.inner.flags
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.inner
+            .policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Builds the client stack for downstream `name` (reached at
+    /// `default_url` unless the policy says otherwise). Needs a tokio runtime.
+    pub fn client(&self, name: &str, default_url: &str) -> Result<MeshChannel, MeshError> {
+        let settings = self.policy().downstream_settings(name, default_url)?;
+        let classifier = Arc::new(settings.classifier);
+        let (balanced, balancer) = balance::balanced(name, settings.balancer, classifier.clone())?;
+        let breaker = BreakerHandle::new(settings.breaker);
+        let budget = Arc::new(RetryBudget::new(
+            settings.budget_max_tokens,
+            settings.budget_token_ratio,
+        ));
+        let faults = Faults::default();
+        faults.set(settings.faults);
+        let service = ServiceBuilder::new()
+            .layer(DeadlineLayer::new(settings.deadline))
+            .layer(RetryLayer::new(settings.retry, budget.clone()))
+            .layer(BreakerLayer::new(breaker.clone(), classifier))
+            .layer(FaultLayer::new(faults.clone(), self.inner.flags.clone()))
+            .service(balanced);
+        self.inner
+            .downstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.to_owned(),
+                Downstream {
+                    breaker,
+                    budget,
+                    balancer,
+                    faults,
+                },
+            );
+        Ok(MeshChannel {
+            inner: BoxCloneSyncService::new(service),
+        })
+    }
+
+    /// The handles of a downstream built by [`Mesh::client`].
+    pub fn downstream(&self, name: &str) -> Option<Downstream> {
+        self.inner
+            .downstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn snapshot(&self) -> Vec<DownstreamSnapshot> {
+        let downstreams = self
+            .inner
+            .downstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        downstreams
+            .into_iter()
+            .map(|(name, d)| {
+                let stats = d.breaker.stats();
+                DownstreamSnapshot {
+                    name,
+                    breaker_state: d.breaker.state(),
+                    breaker_opens_for: d.breaker.opens_for(),
+                    breaker_opened_total: stats.opened,
+                    breaker_rejected_total: stats.rejected,
+                    retry_tokens: d.budget.tokens(),
+                    retry_max_tokens: d.budget.max_tokens(),
+                    endpoints: d.balancer.snapshot(),
+                    faults: d.faults.rules(),
+                }
+            })
+            .collect()
+    }
+
+    /// Applies a reloaded policy: flags and fault rules change at once;
+    /// breaker, retry and balancing settings keep their start-up values.
+    pub fn reload(&self, policy: Policy) -> Result<(), MeshError> {
+        let downstreams = self
+            .inner
+            .downstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (name, d) in downstreams {
+            let settings = policy.downstream_settings(&name, "http://127.0.0.1:1")?;
+            d.faults.set(settings.faults);
+        }
+        self.inner.flags.replace(policy.flags());
+        *self.inner.policy.lock().unwrap_or_else(|p| p.into_inner()) = policy;
+        Ok(())
+    }
+
+    /// Re-reads the policy file whenever it changes (checked every
+    /// `interval`); an invalid file is logged and the running policy kept.
+    pub async fn watch_file(self, path: PathBuf, interval: Duration) {
+        let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut last: Option<SystemTime> = modified(&path);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = modified(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match Policy::load(Some(&path), std::env::vars())
+                .map_err(MeshError::from)
+                .and_then(|p| self.reload(p))
+            {
+                Ok(()) => tracing::info!(path = %path.display(), "mesh policy reloaded"),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "mesh policy reload refused; keeping the running policy")
+                }
+            }
+        }
+    }
+}
