@@ -78,6 +78,9 @@ pub struct UpArgs {
     /// Seconds a stock reservation may stay uncommitted.
     #[arg(long, env = "ORDERMESH_RESERVATION_TTL_SECS", default_value_t = 900)]
     pub reservation_ttl_secs: u64,
+    /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
+    #[arg(long, env = "ORDERMESH_POLICY")]
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,4 +113,7 @@ pub struct ServeArgs {
     /// Seconds a stock reservation may stay uncommitted (inventory only).
     #[arg(long, env = "ORDERMESH_RESERVATION_TTL_SECS", default_value_t = 900)]
     pub reservation_ttl_secs: u64,
+    /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
+    #[arg(long, env = "ORDERMESH_POLICY")]
+    pub policy: Option<PathBuf>,
 }

@@ -17,6 +17,8 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use cli::{Cli, Command, ServeArgs, Target};
+use ordermesh_mesh::policy::Policy;
+use ordermesh_runtime::server::MeshSettings;
 use ordermesh_runtime::telemetry;
 
 #[tokio::main]
@@ -35,7 +37,18 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} (--listen / ORDERMESH_LISTEN)"))
 }
 
+/// Loads and checks the mesh policy once, here: an invalid policy stops the
+/// process with a message naming the key.
+pub fn mesh_settings(path: Option<&std::path::Path>) -> anyhow::Result<MeshSettings> {
+    let policy = Policy::load(path, std::env::vars()).context("mesh policy (--policy / ORDERMESH_POLICY)")?;
+    Ok(MeshSettings {
+        policy,
+        policy_file: path.map(std::path::Path::to_path_buf),
+    })
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mesh = mesh_settings(args.policy.as_deref())?;
     let database_url = match &args.database_url {
         Some(url) => url.clone(),
         None => ordermesh_runtime::db::sqlite_url(&args.data_dir, args.target.name())?,
@@ -45,6 +58,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match args.target {
         Target::Inventory => {
             let mut config = ordermesh_inventory::Config::new(database_url);
+            config.mesh = mesh;
             config.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
             if args.seed_demo {
                 config.seed = ordermesh_inventory::demo::catalogue();
@@ -56,6 +70,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Target::Payment => {
             let mut config = ordermesh_payment::Config::new(database_url);
+            config.mesh = mesh;
             if args.seed_demo {
                 config.seed = ordermesh_payment::demo::accounts();
             }
@@ -65,7 +80,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await?;
         }
         Target::Order => {
-            let config = ordermesh_order::Config::new(database_url, args.inventory_url, args.payment_url);
+            let mut config = ordermesh_order::Config::new(database_url, args.inventory_url, args.payment_url);
+            config.mesh = mesh;
             ordermesh_order::build(config)
                 .await?
                 .serve(listener, shutdown)

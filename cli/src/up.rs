@@ -21,6 +21,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let order_addr = SocketAddr::new(args.host, args.order_port);
     let inventory_addr = SocketAddr::new(args.host, args.inventory_port);
     let payment_addr = SocketAddr::new(args.host, args.payment_port);
+    let mesh = crate::mesh_settings(args.policy.as_deref())?;
     let inventory_listener = bind(inventory_addr).await?;
     let payment_listener = bind(payment_addr).await?;
     let order_listener = bind(order_addr).await?;
@@ -28,14 +29,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut inventory = ordermesh_inventory::Config::new(sqlite_url(&args.data_dir, "inventory")?);
     inventory.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
     inventory.seed = ordermesh_inventory::demo::catalogue();
+    inventory.mesh = mesh.clone();
     let mut payment = ordermesh_payment::Config::new(sqlite_url(&args.data_dir, "payment")?);
     payment.seed = ordermesh_payment::demo::accounts();
-    let order = ordermesh_order::Config::new(
+    payment.mesh = mesh.clone();
+    let mut order = ordermesh_order::Config::new(
         sqlite_url(&args.data_dir, "order")?,
         format!("http://{inventory_addr}"),
         format!("http://{payment_addr}"),
     );
 
+    order.mesh = mesh;
     let inventory = ordermesh_inventory::build(inventory)
         .await
         .context("starting inventory")?;

@@ -104,6 +104,17 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     // budget, breaker, faults, balancing). Channels connect lazily, so the
     // service starts, and recovers sagas, while a peer is still down.
     let mesh = config.mesh.build();
+    mesh.flags().define(
+        api::PRECHECK_FLAG,
+        ordermesh_mesh::flags::Flag {
+            enabled: false,
+            rollout_percent: 100.0,
+            description:
+                "CreateOrder refuses an order whose lines are out of stock now (FAILED_PRECONDITION) \
+                          instead of accepting it and rejecting it in the saga; rolled out per customer id."
+                    .into(),
+        },
+    );
     let inventory = InventoryServiceClient::new(mesh.client("inventory", &config.inventory_url)?);
     let payment = PaymentServiceClient::new(mesh.client("payment", &config.payment_url)?);
     let (updates, _) = broadcast::channel(1024);

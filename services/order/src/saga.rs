@@ -325,7 +325,13 @@ impl SagaRunner {
                         )
                         .await?;
                     tracing::warn!(%order_id, step = saga.step.as_str(), attempts, code = ?status.code(), "step failed, will retry");
-                    if attempts < self.inner.config.max_step_attempts {
+                    // An open breaker answers the same until it probes
+                    // again: fail fast instead of retrying into it.
+                    let breaker_open = status
+                        .metadata()
+                        .get(ordermesh_mesh::breaker::NOT_SENT_HEADER)
+                        .is_some_and(|v| v == "breaker");
+                    if attempts < self.inner.config.max_step_attempts && !breaker_open {
                         tokio::time::sleep(self.backoff(attempts)).await;
                         continue;
                     }

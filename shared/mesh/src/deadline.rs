@@ -18,7 +18,7 @@ use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
 use crate::breaker::NOT_SENT_HEADER;
-use crate::classify::status_response;
+use crate::classify::{grpc_status, status_response};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 
 tokio::task_local! {
@@ -158,6 +158,18 @@ impl<S> Deadline<S> {
     }
 }
 
+/// Whether an error (or any error in its source chain) is tonic's timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 impl<S> Service<Request<Body>> for Deadline<S>
 where
     S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
@@ -187,13 +199,36 @@ where
             .headers_mut()
             .insert(GRPC_TIMEOUT, grpc_timeout::encode(budget));
         let future = self.inner.call(request);
+        let started = Instant::now();
         Box::pin(async move {
-            match tokio::time::timeout(budget, future).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Ok(deadline_exceeded(
+            let exceeded = || {
+                deadline_exceeded(
                     format!("{path} exceeded its {} ms deadline", budget.as_millis()),
                     true,
-                )),
+                )
+            };
+            match tokio::time::timeout(budget, future).await {
+                // A tonic server enforcing our grpc-timeout answers
+                // CANCELLED when it gives up; at the deadline that is ours.
+                Ok(Ok(response))
+                    if grpc_status(response.headers()) == Some(tonic::Code::Cancelled)
+                        && started.elapsed() + Duration::from_millis(5) >= budget =>
+                {
+                    Ok(exceeded())
+                }
+                Ok(Ok(response)) => Ok(response),
+                // The transport enforces the same grpc-timeout and may fire
+                // first; its error must still read as DEADLINE_EXCEEDED, not
+                // as a transport failure (which callers would retry).
+                Ok(Err(error)) => {
+                    let error: BoxError = error.into();
+                    if is_timeout(&*error) || started.elapsed() >= budget {
+                        Ok(exceeded())
+                    } else {
+                        Err(error)
+                    }
+                }
+                Err(_) => Ok(exceeded()),
             }
         })
     }

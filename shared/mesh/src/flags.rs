@@ -30,6 +30,9 @@ impl Flag {
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     flags: Arc<RwLock<BTreeMap<String, Flag>>>,
+    /// Flags the code defines with a default value; the policy file
+    /// overrides them, and a reload without them restores the defaults.
+    defaults: Arc<RwLock<BTreeMap<String, Flag>>>,
 }
 
 /// A key's fixed bucket in 0..10000 for a flag (FNV-1a: stable across
@@ -47,7 +50,22 @@ impl Flags {
     pub fn new(flags: BTreeMap<String, Flag>) -> Self {
         Self {
             flags: Arc::new(RwLock::new(flags)),
+            defaults: Arc::default(),
         }
+    }
+
+    /// Declares a flag the code reads, with its default; a value already
+    /// set (by the policy) wins.
+    pub fn define(&self, name: &str, default: Flag) {
+        self.defaults
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), default.clone());
+        self.flags
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_insert(default);
     }
 
     /// Whether `name` is on, for `key` when the flag rolls out by key. An
@@ -76,9 +94,12 @@ impl Flags {
             .insert(name.to_owned(), flag);
     }
 
-    /// Replaces every flag (a policy reload).
+    /// Replaces every flag (a policy reload); defined flags the policy does
+    /// not mention return to their defaults.
     pub fn replace(&self, flags: BTreeMap<String, Flag>) {
-        *self.flags.write().unwrap_or_else(|p| p.into_inner()) = flags;
+        let mut all = self.defaults.read().unwrap_or_else(|p| p.into_inner()).clone();
+        all.extend(flags);
+        *self.flags.write().unwrap_or_else(|p| p.into_inner()) = all;
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, Flag> {
@@ -106,6 +127,26 @@ mod tests {
         flags.set("f", Flag::on(""));
         assert!(flags.is_enabled("f", Some("alice")));
         assert!(flags.is_enabled("f", None));
+    }
+
+    #[test]
+    fn defined_defaults_yield_to_the_policy_and_come_back_on_reload() {
+        let mut policy = BTreeMap::new();
+        policy.insert(
+            "f".to_string(),
+            Flag {
+                enabled: false,
+                rollout_percent: 100.0,
+                description: String::new(),
+            },
+        );
+        let flags = Flags::new(policy.clone());
+        flags.define("f", Flag::on("default on"));
+        flags.define("g", Flag::on("default on"));
+        assert!(!flags.is_enabled("f", None), "the policy wins");
+        assert!(flags.is_enabled("g", None));
+        flags.replace(BTreeMap::new());
+        assert!(flags.is_enabled("f", None), "back to the default");
     }
 
     #[test]

@@ -124,6 +124,10 @@ impl Default for Mesh {
 impl Mesh {
     pub fn new(policy: Policy) -> Self {
         let flags = Flags::new(policy.flags());
+        flags.define(
+            crate::fault::FAULT_FLAG,
+            crate::flags::Flag::on("Arms fault injection rules (policy file or MeshAdminService/SetFaults); turn off as a kill switch."),
+        );
         Self {
             inner: Arc::new(Inner {
                 policy: Mutex::new(policy),
