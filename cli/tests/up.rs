@@ -247,3 +247,27 @@ fn up_serves_every_service_through_reflection_and_stops_on_sigterm() {
     };
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+#[test]
+fn an_invalid_policy_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[downstream.payment.breaker]\nfailure_rate_threshold = 2.0\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .args(["serve", "order", "--listen", "127.0.0.1:0", "--policy"])
+        .arg(&policy)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!output.status.success(), "must refuse to start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("downstream.payment.breaker.failure_rate_threshold"),
+        "{stderr}"
+    );
+}

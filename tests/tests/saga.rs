@@ -600,6 +600,72 @@ async fn orders_are_listed_newest_first_in_pages(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// The `order_availability_precheck` flag governs CreateOrder: off, an
+/// order that cannot be filled is accepted and rejected by the saga; on
+/// (set at runtime through the admin API), it is refused up front and
+/// nothing is written.
+async fn precheck_flag_refuses_unfillable_orders_up_front(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let accepted = mesh
+        .create_order("flag-off", "alice", &[(LAMP, 5)])
+        .await
+        .expect("accepted with the flag off");
+    let (_, order) = mesh.wait_terminal(&accepted.order_id).await;
+    assert_eq!(order.reject_reason(), RejectReason::OutOfStock);
+
+    let mut admin = mesh.order_admin();
+    admin
+        .set_flag(mesh_pb::SetFlagRequest {
+            flag: Some(mesh_pb::Flag {
+                name: "order_availability_precheck".into(),
+                enabled: true,
+                rollout_percent: 100.0,
+                description: String::new(),
+            }),
+        })
+        .await
+        .expect("flag set");
+    let err = mesh
+        .create_order("flag-on", "alice", &[(LAMP, 5)])
+        .await
+        .expect_err("refused up front");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(LAMP), "{}", err.message());
+    let fine = mesh
+        .create_order("flag-on-ok", "alice", &[(LAMP, 1)])
+        .await
+        .expect("fillable orders pass");
+    assert_eq!(
+        mesh.wait_terminal(&fine.order_id).await.1.status(),
+        OrderStatus::Confirmed
+    );
+    let mut client = mesh.order.clone();
+    let listed = client
+        .list_orders(order_pb::ListOrdersRequest {
+            customer_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.orders.len(), 2, "the refused order was never written");
+    let state = admin
+        .get_mesh_state(mesh_pb::GetMeshStateRequest {})
+        .await
+        .expect("state")
+        .into_inner();
+    assert!(
+        state
+            .flags
+            .iter()
+            .any(|f| f.name == "order_availability_precheck" && f.enabled)
+    );
+    mesh.assert_invariants().await;
+    mesh.shutdown().await;
+}
+
 both_backends!(
     happy_path,
     out_of_stock_is_rejected_without_charge,
@@ -609,6 +675,7 @@ both_backends!(
     crash_after_authorization_recovers_without_double_charge,
     payment_outage_is_compensated,
     injected_payment_outage_fails_fast_and_recovers,
+    precheck_flag_refuses_unfillable_orders_up_front,
     bad_input_is_rejected_with_field_violations,
     orders_are_listed_newest_first_in_pages,
 );

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tonic::body::Body;
@@ -240,16 +240,27 @@ impl Mesh {
         Ok(())
     }
 
-    /// Re-reads the policy file whenever it changes (checked every
-    /// `interval`); an invalid file is logged and the running policy kept.
-    pub async fn watch_file(self, path: PathBuf, interval: Duration) {
-        let modified = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        let mut last: Option<SystemTime> = modified(&path);
+    /// Re-reads the policy file whenever its content changes (checked every
+    /// `interval`; content, not mtime, so a change within the filesystem's
+    /// timestamp granularity is not missed); an invalid file is logged and
+    /// the running policy kept.
+    /// The file is first read when this is called, not when the returned
+    /// future first runs, so a change made in between is seen.
+    pub fn watch_file(
+        self,
+        path: PathBuf,
+        interval: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let last = std::fs::read(&path).ok();
+        self.watch_from(path, interval, last)
+    }
+
+    async fn watch_from(self, path: PathBuf, interval: Duration, mut last: Option<Vec<u8>>) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let now = modified(&path);
+            let now = std::fs::read(&path).ok();
             if now == last {
                 continue;
             }
@@ -264,5 +275,43 @@ impl Mesh {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_policy_file_is_reloaded_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("ordermesh-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, "[flags.beta]\nenabled = false\n").expect("write");
+        let mesh = Mesh::new(Policy::load(Some(&path), []).expect("valid"));
+        mesh.client("payment", "http://127.0.0.1:1").expect("stack");
+        assert!(!mesh.flags().is_enabled("beta", None));
+        let watcher = tokio::spawn(mesh.clone().watch_file(path.clone(), Duration::from_millis(20)));
+
+        let text = "[flags.beta]\nenabled = true\n[[downstream.payment.faults]]\nabort_percent = 100.0\n";
+        std::fs::write(&path, text).expect("rewrite");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !mesh.flags().is_enabled("beta", None) {
+            assert!(tokio::time::Instant::now() < deadline, "the flag never reloaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let faults = mesh.downstream("payment").expect("payment").faults.rules();
+        assert_eq!(faults.len(), 1, "fault rules reload too");
+
+        // An invalid file is refused and the running policy kept (a negative
+        // result: give the watcher several ticks to get it wrong).
+        std::fs::write(&path, "[flags.beta]\nenabled = 3\n").expect("rewrite");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            mesh.flags().is_enabled("beta", None),
+            "kept the last valid policy"
+        );
+        watcher.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
