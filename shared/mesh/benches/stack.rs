@@ -64,6 +64,7 @@ fn stack_versus_channel(c: &mut Criterion) {
     let request = || HealthCheckRequest {
         service: String::new(),
     };
+    rt.block_on(layer_by_layer());
 
     // Interleaved p50s: both paths see the same machine noise.
     let (mut bare_samples, mut mesh_samples) = (Vec::new(), Vec::new());
@@ -104,6 +105,74 @@ fn stack_versus_channel(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// Where the stack's cost comes from: p50 of each partial stack, bottom up.
+async fn layer_by_layer() {
+    use ordermesh_mesh::balance::{BalancerConfig, EndpointSource, balanced};
+    use ordermesh_mesh::deadline::{DeadlineConfig, DeadlineLayer};
+    use ordermesh_mesh::retry::{RetryBudget, RetryLayer, RetryPolicies};
+    use std::sync::Arc;
+    use tower::util::BoxCloneSyncService;
+    type Svc = BoxCloneSyncService<Request<Body>, http::Response<Body>, tower::BoxError>;
+
+    let url = health_server().await;
+    let classifier = Arc::new(Classifier::default());
+    let (balancer, _handle) = balanced(
+        "b",
+        BalancerConfig::new(EndpointSource::Static(vec![url.clone()])),
+        classifier.clone(),
+    )
+    .expect("balancer");
+    let breaker = BreakerHandle::new(BreakerConfig::default());
+    let breaker_layer = BreakerLayer::new(breaker, classifier.clone());
+    let retry = RetryLayer::new(RetryPolicies::default(), Arc::new(RetryBudget::new(10.0, 0.1)));
+    let deadline = DeadlineLayer::new(DeadlineConfig::default());
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let stacks: Vec<(&str, Svc)> = vec![
+        (
+            "channel",
+            BoxCloneSyncService::new(channel.clone().map_err(Into::into)),
+        ),
+        ("balancer", BoxCloneSyncService::new(balancer.clone())),
+        (
+            "breaker+balancer",
+            BoxCloneSyncService::new(breaker_layer.layer(balancer.clone())),
+        ),
+        (
+            "retry+breaker+balancer",
+            BoxCloneSyncService::new(retry.layer(breaker_layer.layer(balancer.clone()))),
+        ),
+        (
+            "deadline+retry+breaker+balancer",
+            BoxCloneSyncService::new(deadline.layer(retry.layer(breaker_layer.layer(balancer)))),
+        ),
+        (
+            "deadline+channel",
+            BoxCloneSyncService::new(deadline.layer(channel.clone())),
+        ),
+        ("retry+channel", BoxCloneSyncService::new(retry.layer(channel))),
+    ];
+    let mut clients: Vec<(&str, HealthClient<Svc>, Vec<Duration>)> = stacks
+        .into_iter()
+        .map(|(n, s)| (n, HealthClient::new(s), Vec::new()))
+        .collect();
+    for round in 0..1200 {
+        for (_, client, samples) in clients.iter_mut() {
+            let start = Instant::now();
+            client.check(HealthCheckRequest::default()).await.expect("call");
+            if round >= 200 {
+                samples.push(start.elapsed());
+            }
+        }
+    }
+    for (name, _, samples) in clients.iter_mut() {
+        println!("p50 {name:<34} {:?}", p50(samples));
+    }
 }
 
 fn open_breaker_rejection(c: &mut Criterion) {
