@@ -36,6 +36,7 @@ impl InventoryService for Slow {
         &self,
         _: Request<pb::GetStockRequest>,
     ) -> Result<Response<pb::GetStockResponse>, Status> {
+        IN_HANDLER.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(Response::new(pb::GetStockResponse::default()))
     }
