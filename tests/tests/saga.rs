@@ -666,6 +666,41 @@ async fn precheck_flag_refuses_unfillable_orders_up_front(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// `server.max_request_bytes` caps request messages: an oversized
+/// CreateOrder is refused before it is decoded, and nothing is written.
+async fn oversized_requests_are_refused(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.policy =
+        ordermesh_tests::Policy::parse("[server]\nmax_request_bytes = 512\n", []).expect("policy");
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let skus: Vec<String> = (0..40).map(|i| format!("SKU-{i:04}-PADDING-PADDING")).collect();
+    let lines: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 1)).collect();
+    let err = mesh
+        .create_order("big-1", "alice", &lines)
+        .await
+        .expect_err("too large");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    let small = mesh
+        .create_order("small-1", "alice", &[(CABLE, 1)])
+        .await
+        .expect("small requests pass");
+    assert_eq!(
+        mesh.wait_terminal(&small.order_id).await.1.status(),
+        OrderStatus::Confirmed
+    );
+    let mut client = mesh.order.clone();
+    let listed = client
+        .list_orders(order_pb::ListOrdersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.orders.len(), 1, "the oversized order was not written");
+    mesh.shutdown().await;
+}
+
 both_backends!(
     happy_path,
     out_of_stock_is_rejected_without_charge,
@@ -676,6 +711,7 @@ both_backends!(
     payment_outage_is_compensated,
     injected_payment_outage_fails_fast_and_recovers,
     precheck_flag_refuses_unfillable_orders_up_front,
+    oversized_requests_are_refused,
     bad_input_is_rejected_with_field_violations,
     orders_are_listed_newest_first_in_pages,
 );
