@@ -1,24 +1,15 @@
 //! The `ordermesh.inventory.v1.InventoryService` gRPC surface: validates
 //! requests, calls the store, converts to protobuf. No SQL here.
 
-use std::collections::HashSet;
-
 use tonic::{Request, Response, Status};
 
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::inventory::v1 as pb;
 use ordermesh_proto::inventory::v1::inventory_service_server::InventoryService;
-use ordermesh_runtime::validate::Violations;
+use ordermesh_runtime::validate::{MAX_QUANTITY, Violations, require_id};
 use ordermesh_runtime::{clock, paging};
 
 use crate::store::{self, Store};
-
-/// Longest accepted SKU, order id or request id.
-const MAX_ID_LEN: usize = 128;
-/// Most lines one reservation may hold.
-const MAX_LINES: usize = 100;
-/// Most units of one SKU per line.
-const MAX_QUANTITY: i64 = 1_000_000;
 
 pub struct InventoryApi {
     store: Store,
@@ -82,25 +73,9 @@ fn reservation_to_pb(r: store::Reservation) -> pb::Reservation {
 }
 
 /// Checks a list of lines: present, bounded, positive quantities, no SKU twice.
+/// Checks a list of lines and converts it for the store.
 fn validate_lines(violations: &mut Violations, lines: &[pb::StockLine]) -> Vec<store::Line> {
-    if lines.is_empty() {
-        violations.add("lines", "must contain at least one line");
-    } else if lines.len() > MAX_LINES {
-        violations.add("lines", format!("must contain at most {MAX_LINES} lines"));
-    }
-    let mut seen = HashSet::new();
-    for (i, line) in lines.iter().enumerate() {
-        violations.require_text(&format!("lines[{i}].sku"), &line.sku, MAX_ID_LEN);
-        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            violations.add(
-                format!("lines[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            );
-        }
-        if !line.sku.is_empty() && !seen.insert(line.sku.as_str()) {
-            violations.add(format!("lines[{i}].sku"), "appears in more than one line");
-        }
-    }
+    violations.require_lines(lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
     lines
         .iter()
         .map(|l| store::Line {
@@ -108,12 +83,6 @@ fn validate_lines(violations: &mut Violations, lines: &[pb::StockLine]) -> Vec<s
             quantity: l.quantity,
         })
         .collect()
-}
-
-fn require_order_id(order_id: &str) -> Result<(), Status> {
-    let mut v = Violations::new();
-    v.require_text("order_id", order_id, MAX_ID_LEN);
-    v.into_result()
 }
 
 #[tonic::async_trait]
@@ -155,7 +124,7 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::GetStockResponse>, Status> {
         let sku = request.into_inner().sku;
         let mut v = Violations::new();
-        v.require_text("sku", &sku, MAX_ID_LEN);
+        v.require_id("sku", &sku);
         v.into_result()?;
         let item = self.store.item(&sku).await?;
         Ok(Response::new(pb::GetStockResponse {
@@ -192,8 +161,8 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
         let request = request.into_inner();
         let mut v = Violations::new();
-        v.require_text("sku", &request.sku, MAX_ID_LEN);
-        v.require_text("request_id", &request.request_id, MAX_ID_LEN);
+        v.require_id("sku", &request.sku);
+        v.require_id("request_id", &request.request_id);
         if request.delta == 0 || request.delta.abs() > MAX_QUANTITY {
             v.add(
                 "delta",
@@ -220,7 +189,7 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
         let request = request.into_inner();
         let mut v = Violations::new();
-        v.require_text("order_id", &request.order_id, MAX_ID_LEN);
+        v.require_id("order_id", &request.order_id);
         let lines = validate_lines(&mut v, &request.lines);
         v.into_result()?;
         let reservation = self.store.reserve(&request.order_id, &lines).await?;
@@ -234,7 +203,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         self.store.expire_due().await?;
         let reservation = self
             .store
@@ -251,7 +220,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         let reservation = self.store.release(&order_id).await?;
         Ok(Response::new(pb::ReleaseReservationResponse {
             reservation: reservation.map(reservation_to_pb),
@@ -263,7 +232,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::CommitReservationRequest>,
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         let reservation = self.store.commit(&order_id).await?;
         Ok(Response::new(pb::CommitReservationResponse {
             reservation: Some(reservation_to_pb(reservation)),

@@ -156,10 +156,6 @@ fn item_from_row(row: &AnyRow) -> Result<Item, sqlx::Error> {
 /// Deadline bounds that match every reservation.
 const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
 
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
-}
-
 impl Store {
     pub fn new(pool: AnyPool, reservation_ttl: Duration) -> Self {
         Self {
@@ -300,7 +296,7 @@ impl Store {
             return Ok(existing);
         }
         let now = clock::now_micros();
-        let expire_time = now.saturating_add(micros(self.reservation_ttl));
+        let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO reservations (order_id, status, total_minor, currency_code, expire_time, create_time, update_time)

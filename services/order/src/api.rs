@@ -1,7 +1,6 @@
 //! The `ordermesh.order.v1.OrderService` gRPC surface: validation,
 //! conversion, and handing orders to the saga runner. No SQL here.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,18 +17,12 @@ use ordermesh_proto::inventory::v1 as inventory_pb;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::order::v1 as pb;
 use ordermesh_proto::order::v1::order_service_server::OrderService;
-use ordermesh_runtime::validate::{Violations, invalid_field};
+use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, require_id};
 use ordermesh_runtime::{clock, paging};
 
 use crate::saga::SagaRunner;
 use crate::store::{self, Created, NewOrder, Store};
 
-/// Longest accepted id (request, customer, SKU, order).
-const MAX_ID_LEN: usize = 128;
-/// Most lines per order.
-const MAX_LINES: usize = 100;
-/// Most units of one SKU per line.
-const MAX_QUANTITY: i64 = 1_000_000;
 /// A watcher re-reads the order at least this often, so it also sees
 /// changes made by another replica.
 const WATCH_POLL: Duration = Duration::from_secs(1);
@@ -160,32 +153,9 @@ pub fn order_to_pb(order: store::Order) -> pb::Order {
 
 fn validate_create(request: &pb::CreateOrderRequest) -> Result<(), Status> {
     let mut v = Violations::new();
-    v.require_text("request_id", &request.request_id, MAX_ID_LEN);
-    v.require_text("customer_id", &request.customer_id, MAX_ID_LEN);
-    if request.lines.is_empty() {
-        v.add("lines", "must contain at least one line");
-    } else if request.lines.len() > MAX_LINES {
-        v.add("lines", format!("must contain at most {MAX_LINES} lines"));
-    }
-    let mut seen = HashSet::new();
-    for (i, line) in request.lines.iter().enumerate() {
-        v.require_text(&format!("lines[{i}].sku"), &line.sku, MAX_ID_LEN);
-        if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-            v.add(
-                format!("lines[{i}].quantity"),
-                format!("must be between 1 and {MAX_QUANTITY}"),
-            );
-        }
-        if !line.sku.is_empty() && !seen.insert(line.sku.as_str()) {
-            v.add(format!("lines[{i}].sku"), "appears in more than one line");
-        }
-    }
-    v.into_result()
-}
-
-fn require_order_id(order_id: &str) -> Result<(), Status> {
-    let mut v = Violations::new();
-    v.require_text("order_id", order_id, MAX_ID_LEN);
+    v.require_id("request_id", &request.request_id);
+    v.require_id("customer_id", &request.customer_id);
+    v.require_lines(request.lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
     v.into_result()
 }
 
@@ -242,7 +212,7 @@ impl OrderService for OrderApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         let order = self
             .store
             .order(&order_id)
@@ -287,7 +257,7 @@ impl OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         let order = self
             .store
             .start_cancel(&order_id, self.runner.owner(), self.runner.lease_until())
@@ -309,7 +279,7 @@ impl OrderService for OrderApi {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let order_id = request.into_inner().order_id;
-        require_order_id(&order_id)?;
+        require_id("order_id", &order_id)?;
         // Subscribe before the first read so no change between them is missed.
         let mut updates = self.updates.subscribe();
         let first = self.store.order(&order_id).await?.ok_or(crate::Error::NotFound {

@@ -214,7 +214,7 @@ impl SagaRunner {
 
     /// When a lease taken now ends.
     pub fn lease_until(&self) -> i64 {
-        clock::now_micros().saturating_add(micros(self.inner.config.lease))
+        clock::now_micros().saturating_add(clock::micros(self.inner.config.lease))
     }
 
     /// Drives the saga of `order_id` in the background, unless this process
@@ -727,8 +727,4 @@ impl SagaRunner {
             ..Advance::default()
         }))
     }
-}
-
-fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }

@@ -6,13 +6,11 @@ use tonic::{Request, Response, Status};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::payment::v1 as pb;
 use ordermesh_proto::payment::v1::payment_service_server::PaymentService;
-use ordermesh_runtime::validate::{Violations, invalid_field, is_currency_code};
+use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, is_currency_code};
 use ordermesh_runtime::{clock, paging};
 
 use crate::store::{self, PaymentCursor, Store};
 
-/// Longest accepted account id, payment id or request id.
-const MAX_ID_LEN: usize = 128;
 /// Longest accepted payment reference.
 const MAX_REFERENCE_LEN: usize = 1024;
 /// Largest single amount, far below where balance arithmetic could
@@ -113,8 +111,8 @@ fn decode_cursor(token: &str) -> Result<Option<PaymentCursor>, Status> {
 /// Checks the ids of a capture, void or refund.
 fn require_operation(payment_id: &str, request_id: &str) -> Result<(), Status> {
     let mut v = Violations::new();
-    v.require_text("payment_id", payment_id, MAX_ID_LEN);
-    v.require_text("request_id", request_id, MAX_ID_LEN);
+    v.require_id("payment_id", payment_id);
+    v.require_id("request_id", request_id);
     v.into_result()
 }
 
@@ -126,7 +124,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let account_id = request.into_inner().account_id;
         let mut v = Violations::new();
-        v.require_text("account_id", &account_id, MAX_ID_LEN);
+        v.require_id("account_id", &account_id);
         v.into_result()?;
         let account = self.store.account(&account_id).await?;
         Ok(Response::new(pb::GetAccountResponse {
@@ -163,8 +161,8 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::AuthorizePaymentResponse>, Status> {
         let request = request.into_inner();
         let mut v = Violations::new();
-        v.require_text("request_id", &request.request_id, MAX_ID_LEN);
-        v.require_text("account_id", &request.account_id, MAX_ID_LEN);
+        v.require_id("request_id", &request.request_id);
+        v.require_id("account_id", &request.account_id);
         match &request.amount {
             None => v.add("amount", "is required"),
             Some(amount) => {
@@ -270,7 +268,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let payment_id = request.into_inner().payment_id;
         let mut v = Violations::new();
-        v.require_text("payment_id", &payment_id, MAX_ID_LEN);
+        v.require_id("payment_id", &payment_id);
         v.into_result()?;
         let payment = self.store.payment(&payment_id).await?;
         Ok(Response::new(pb::GetPaymentResponse {

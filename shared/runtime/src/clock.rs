@@ -12,6 +12,12 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// A duration in whole microseconds, the unit stored times are kept in
+/// (saturating: a longer-than-representable duration reads as forever).
+pub fn micros(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
 /// The protobuf timestamp for a stored microsecond value.
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {

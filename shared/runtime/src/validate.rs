@@ -5,6 +5,13 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+/// Longest accepted identifier (SKU, order, customer, account, request id).
+pub const MAX_ID_LEN: usize = 128;
+/// Most lines one order (and its reservation) may hold.
+pub const MAX_LINES: usize = 100;
+/// Most units of one SKU per line.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+
 /// Collects field violations while a request is checked.
 #[derive(Debug, Default)]
 pub struct Violations {
@@ -31,6 +38,35 @@ impl Violations {
         }
     }
 
+    /// Records a violation unless `value` is a usable identifier.
+    pub fn require_id(&mut self, field: &str, value: &str) {
+        self.require_text(field, value, MAX_ID_LEN);
+    }
+
+    /// Checks order lines given as (sku, quantity): at least one and at most
+    /// [`MAX_LINES`], every SKU an identifier named once, every quantity in
+    /// 1..=[`MAX_QUANTITY`]. Violations name `lines[i].sku` / `lines[i].quantity`.
+    pub fn require_lines<'a>(&mut self, lines: impl ExactSizeIterator<Item = (&'a str, i64)>) {
+        if lines.len() == 0 {
+            self.add("lines", "must contain at least one line");
+        } else if lines.len() > MAX_LINES {
+            self.add("lines", format!("must contain at most {MAX_LINES} lines"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, (sku, quantity)) in lines.enumerate() {
+            self.require_id(&format!("lines[{i}].sku"), sku);
+            if !(1..=MAX_QUANTITY).contains(&quantity) {
+                self.add(
+                    format!("lines[{i}].quantity"),
+                    format!("must be between 1 and {MAX_QUANTITY}"),
+                );
+            }
+            if !sku.is_empty() && !seen.insert(sku) {
+                self.add(format!("lines[{i}].sku"), "appears in more than one line");
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.violations.is_empty()
     }
@@ -52,6 +88,13 @@ impl Violations {
             ErrorDetails::with_bad_request(self.violations),
         ))
     }
+}
+
+/// `INVALID_ARGUMENT` unless `value` is a usable identifier.
+pub fn require_id(field: &str, value: &str) -> Result<(), Status> {
+    let mut violations = Violations::new();
+    violations.require_id(field, value);
+    violations.into_result()
 }
 
 /// A single-field `INVALID_ARGUMENT`.
@@ -90,6 +133,24 @@ mod tests {
             .map(|f| f.field.as_str())
             .collect();
         assert_eq!(fields, ["customer_id", "request_id"]);
+    }
+
+    #[test]
+    fn lines_are_checked_each_with_its_index() {
+        let mut v = Violations::new();
+        v.require_lines([("A", 1), ("", 1), ("A", 0)].into_iter());
+        let status = v.into_result().expect_err("invalid");
+        let fields: Vec<_> = status
+            .get_details_bad_request()
+            .expect("details")
+            .field_violations
+            .into_iter()
+            .map(|f| f.field)
+            .collect();
+        assert_eq!(fields, ["lines[1].sku", "lines[2].quantity", "lines[2].sku"]);
+        let mut v = Violations::new();
+        v.require_lines(std::iter::empty());
+        assert!(v.into_result().is_err(), "no lines");
     }
 
     #[test]
