@@ -420,10 +420,6 @@ impl Mesh {
             .map(|(_, r)| r.addr)
     }
 
-    pub fn payment_db(&self) -> &str {
-        &self.payment_db
-    }
-
     /// Places an order and returns it as created (PENDING).
     pub async fn create_order(
         &self,

@@ -204,7 +204,7 @@ impl InventoryService for InventoryApi {
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
-        self.store.expire_due().await?;
+        self.store.expire(&order_id).await?;
         let reservation = self
             .store
             .reservation(&order_id)

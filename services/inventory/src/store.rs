@@ -98,14 +98,6 @@ pub struct Reservation {
     pub update_time: i64,
 }
 
-/// Stock totals over the whole catalogue, for invariant checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Totals {
-    pub available: i64,
-    pub reserved: i64,
-    pub sold: i64,
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -210,20 +202,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(item_from_row).collect::<Result<_, _>>()?)
-    }
-
-    pub async fn totals(&self) -> Result<Totals, Error> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT) AS a, CAST(COALESCE(SUM(reserved), 0) AS BIGINT) AS r,
-                    CAST(COALESCE(SUM(sold), 0) AS BIGINT) AS s FROM stock_items",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Totals {
-            available: row.try_get("a")?,
-            reserved: row.try_get("r")?,
-            sold: row.try_get("s")?,
-        })
     }
 
     /// Adds `delta` to a SKU's available stock, once per `request_id`.
@@ -567,7 +545,8 @@ impl Store {
         }
     }
 
-    async fn expire(&self, order_id: &str) -> Result<bool, Error> {
+    /// Expires one reservation if it is active and past its deadline.
+    pub async fn expire(&self, order_id: &str) -> Result<bool, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();
         self.transition(

@@ -141,11 +141,6 @@ impl Service {
         &self.store
     }
 
-    /// The mesh of this service (its downstream stacks, faults, flags).
-    pub fn mesh(&self) -> &Mesh {
-        &self.mesh
-    }
-
     /// Serves gRPC on `listener` until `shutdown` completes; meanwhile the
     /// recovery worker resumes sagas left unfinished by an earlier process.
     pub async fn serve(

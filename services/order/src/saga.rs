@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ordermesh_mesh::breaker::not_sent_reason;
 use ordermesh_mesh::stack::MeshChannel;
 use tokio::sync::{broadcast, watch};
 use tonic::{Code, Status};
@@ -66,7 +67,7 @@ impl Default for SagaConfig {
     fn default() -> Self {
         Self {
             call_timeout: Duration::from_secs(5),
-            max_step_attempts: 5,
+            max_step_attempts: 3,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             lease: Duration::from_secs(10),
@@ -144,10 +145,7 @@ fn is_transient(status: &Status) -> bool {
 /// True when the mesh answered without sending the call (open breaker,
 /// injected abort, exhausted deadline): the step certainly did not happen.
 fn never_sent(status: &Status) -> bool {
-    status
-        .metadata()
-        .get(ordermesh_mesh::breaker::NOT_SENT_HEADER)
-        .is_some()
+    not_sent_reason(status.metadata().as_ref()).is_some()
 }
 
 /// The `google.rpc.ErrorInfo` reason of a downstream error, if any.
@@ -327,10 +325,7 @@ impl SagaRunner {
                     tracing::warn!(%order_id, step = saga.step.as_str(), attempts, code = ?status.code(), "step failed, will retry");
                     // An open breaker answers the same until it probes
                     // again: fail fast instead of retrying into it.
-                    let breaker_open = status
-                        .metadata()
-                        .get(ordermesh_mesh::breaker::NOT_SENT_HEADER)
-                        .is_some_and(|v| v == "breaker");
+                    let breaker_open = not_sent_reason(status.metadata().as_ref()) == Some("breaker");
                     if attempts < self.inner.config.max_step_attempts && !breaker_open {
                         tokio::time::sleep(self.backoff(attempts)).await;
                         continue;

@@ -109,8 +109,6 @@ pub struct Saga {
     pub step: Step,
     pub stock_maybe_reserved: bool,
     pub payment_maybe_made: bool,
-    pub attempts: i64,
-    pub last_error: String,
 }
 
 /// A validated CreateOrder request.
@@ -273,37 +271,63 @@ impl Store {
     }
 
     async fn order_from_row(&self, row: &AnyRow) -> Result<Order, Error> {
-        let order_id: String = row.try_get("order_id")?;
-        let lines = sqlx::query(
-            "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
-        )
-        .bind(&order_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|line| {
-            Ok(OrderLine {
-                sku: line.try_get("sku")?,
-                quantity: line.try_get("quantity")?,
-                unit_price_minor: line.try_get("unit_price_minor")?,
+        self.orders_from_rows(std::slice::from_ref(row))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Corrupt("an order row produced no order".into()))
+    }
+
+    /// Orders from their rows, with the lines of all of them read in one
+    /// query (a page of orders costs two queries, not one per order).
+    async fn orders_from_rows(&self, rows: &[AnyRow]) -> Result<Vec<Order>, Error> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("order_id"))
+            .collect::<Result<_, _>>()?;
+        // Only generated placeholders ($1, $2, ...) go into the text.
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT order_id, sku, quantity, unit_price_minor FROM order_lines
+             WHERE order_id IN ({}) ORDER BY order_id, line_no",
+            placeholders.join(", ")
+        )));
+        for id in &ids {
+            query = query.bind(id);
+        }
+        let mut lines: std::collections::HashMap<String, Vec<OrderLine>> = std::collections::HashMap::new();
+        for line in query.fetch_all(&self.pool).await? {
+            lines
+                .entry(line.try_get("order_id")?)
+                .or_default()
+                .push(OrderLine {
+                    sku: line.try_get("sku")?,
+                    quantity: line.try_get("quantity")?,
+                    unit_price_minor: line.try_get("unit_price_minor")?,
+                });
+        }
+        rows.iter()
+            .zip(ids)
+            .map(|(row, order_id)| {
+                let status: String = row.try_get("status")?;
+                Ok(Order {
+                    lines: lines.remove(&order_id).unwrap_or_default(),
+                    order_id,
+                    request_id: row.try_get("request_id")?,
+                    customer_id: row.try_get("customer_id")?,
+                    status: OrderStatus::parse(&status)?,
+                    total_minor: row.try_get("total_minor")?,
+                    currency_code: row.try_get("currency_code")?,
+                    reject_reason: row.try_get("reject_reason")?,
+                    reject_detail: row.try_get("reject_detail")?,
+                    payment_id: row.try_get("payment_id")?,
+                    create_time: row.try_get("create_time")?,
+                    update_time: row.try_get("update_time")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let status: String = row.try_get("status")?;
-        Ok(Order {
-            order_id,
-            request_id: row.try_get("request_id")?,
-            customer_id: row.try_get("customer_id")?,
-            status: OrderStatus::parse(&status)?,
-            lines,
-            total_minor: row.try_get("total_minor")?,
-            currency_code: row.try_get("currency_code")?,
-            reject_reason: row.try_get("reject_reason")?,
-            reject_detail: row.try_get("reject_detail")?,
-            payment_id: row.try_get("payment_id")?,
-            create_time: row.try_get("create_time")?,
-            update_time: row.try_get("update_time")?,
-        })
+            .collect()
     }
 
     pub async fn order(&self, order_id: &str) -> Result<Option<Order>, Error> {
@@ -337,16 +361,12 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            orders.push(self.order_from_row(row).await?);
-        }
-        Ok(orders)
+        self.orders_from_rows(&rows).await
     }
 
     pub async fn saga(&self, order_id: &str) -> Result<Option<Saga>, Error> {
         let Some(row) = sqlx::query(
-            "SELECT order_id, kind, state, step, stock_maybe_reserved, payment_maybe_made, attempts, last_error
+            "SELECT order_id, kind, state, step, stock_maybe_reserved, payment_maybe_made
              FROM sagas WHERE order_id = $1",
         )
         .bind(order_id)
@@ -365,8 +385,6 @@ impl Store {
             step: Step::parse(&step)?,
             stock_maybe_reserved: row.try_get::<i64, _>("stock_maybe_reserved")? != 0,
             payment_maybe_made: row.try_get::<i64, _>("payment_maybe_made")? != 0,
-            attempts: row.try_get("attempts")?,
-            last_error: row.try_get("last_error")?,
         }))
     }
 

@@ -47,7 +47,7 @@ use tower::load::PeakEwma;
 use tower::load::completion::{CompleteOnResponse, TrackCompletionFuture};
 use tower::{BoxError, Service};
 
-use crate::classify::{self, Classifier, ObservedBody, Outcome};
+use crate::classify::{self, Classifier, Outcome};
 
 /// Where the addresses of a service's backends come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -589,14 +589,7 @@ impl Service<Request<Body>> for Endpoint {
                     return Err(error.into());
                 }
             };
-            if let Some(code) = classify::grpc_status(response.headers()) {
-                // Trailers-only: the status is already known.
-                report(classifier.classify(code));
-                return Ok(response);
-            }
-            let (parts, body) = response.into_parts();
-            let body = ObservedBody::new(body, classifier, Box::new(report));
-            Ok(Response::from_parts(parts, Body::new(body)))
+            Ok(classify::observe(response, classifier, report))
         })
     }
 }

@@ -24,11 +24,17 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::classify::{Classifier, ObservedBody, Outcome, grpc_status, status_response};
+use crate::classify::{Classifier, Outcome, observe, status_response};
 
 /// Header on a response the mesh produced without sending the request (open
 /// breaker, injected abort, exhausted deadline): the callee never saw it.
 pub const NOT_SENT_HEADER: &str = "ordermesh-not-sent";
+
+/// Why the mesh answered without sending the request, if it did: `breaker`,
+/// `fault` or `deadline`.
+pub fn not_sent_reason(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(NOT_SENT_HEADER).and_then(|v| v.to_str().ok())
+}
 
 /// How many recent calls the breaker judges by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +45,7 @@ pub enum Window {
     Time(Duration),
 }
 
-/// Breaker settings; defaults follow resilience4j's.
+/// Breaker settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Names the breaker in logs, metrics and rejection messages.
@@ -60,16 +66,17 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
+    /// The policy file's defaults (`[downstream.NAME.breaker]`).
     fn default() -> Self {
         Self {
             name: "downstream".into(),
-            window: Window::Count(100),
+            window: Window::Count(20),
             failure_rate_threshold: 0.5,
             slow_call_rate_threshold: 1.0,
-            slow_call_duration: Duration::from_secs(60),
-            minimum_calls: 100,
-            wait_in_open: Duration::from_secs(60),
-            permitted_in_half_open: 10,
+            slow_call_duration: Duration::from_secs(5),
+            minimum_calls: 10,
+            wait_in_open: Duration::from_secs(5),
+            permitted_in_half_open: 3,
         }
     }
 }
@@ -240,10 +247,6 @@ impl CircuitBreaker {
             epoch: 0,
             stats: BreakerStats::default(),
         }
-    }
-
-    pub fn config(&self) -> &BreakerConfig {
-        &self.config
     }
 
     pub fn stats(&self) -> BreakerStats {
@@ -533,16 +536,9 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
-                Ok(response) => {
-                    if let Some(code) = grpc_status(response.headers()) {
-                        guard.finish(classifier.classify(code));
-                        return Ok(response);
-                    }
-                    let (parts, body) = response.into_parts();
-                    let report = Box::new(move |outcome: Outcome| guard.finish(outcome));
-                    let body = Body::new(ObservedBody::new(body, classifier, report));
-                    Ok(Response::from_parts(parts, body))
-                }
+                Ok(response) => Ok(observe(response, classifier, move |outcome| {
+                    guard.finish(outcome)
+                })),
                 Err(error) => {
                     guard.finish(classifier.transport_error());
                     Err(error.into())

@@ -97,26 +97,7 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 /// Parses a gRPC code name as written in policy files (`UNAVAILABLE`,
 /// `DEADLINE_EXCEEDED`, ...).
 pub fn parse_code(name: &str) -> Option<Code> {
-    const NAMES: [(&str, Code); 17] = [
-        ("OK", Code::Ok),
-        ("CANCELLED", Code::Cancelled),
-        ("UNKNOWN", Code::Unknown),
-        ("INVALID_ARGUMENT", Code::InvalidArgument),
-        ("DEADLINE_EXCEEDED", Code::DeadlineExceeded),
-        ("NOT_FOUND", Code::NotFound),
-        ("ALREADY_EXISTS", Code::AlreadyExists),
-        ("PERMISSION_DENIED", Code::PermissionDenied),
-        ("RESOURCE_EXHAUSTED", Code::ResourceExhausted),
-        ("FAILED_PRECONDITION", Code::FailedPrecondition),
-        ("ABORTED", Code::Aborted),
-        ("OUT_OF_RANGE", Code::OutOfRange),
-        ("UNIMPLEMENTED", Code::Unimplemented),
-        ("INTERNAL", Code::Internal),
-        ("UNAVAILABLE", Code::Unavailable),
-        ("DATA_LOSS", Code::DataLoss),
-        ("UNAUTHENTICATED", Code::Unauthenticated),
-    ];
-    NAMES.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+    (0..=16).map(Code::from_i32).find(|code| code_name(*code) == name)
 }
 
 /// The policy-file name of a code (inverse of [`parse_code`]).
@@ -153,12 +134,6 @@ impl<F: FnOnce(Outcome) + Send + 'static> OnOutcome for F {
     }
 }
 
-/// What to do with a response's headers: either the status is already known
-/// (trailers-only), or it will come in the trailers.
-pub fn status_in_headers(headers: &HeaderMap) -> Option<Code> {
-    grpc_status(headers)
-}
-
 pin_project_lite::pin_project! {
     /// A response body that reports the call's outcome when its trailers
     /// arrive (or when it ends without any, which gRPC treats as INTERNAL).
@@ -178,15 +153,6 @@ impl<B> ObservedBody<B> {
             inner,
             classifier,
             report: Some(report),
-        }
-    }
-
-    /// A body whose outcome was already reported (trailers-only response).
-    pub fn reported(inner: B, classifier: Arc<Classifier>) -> Self {
-        Self {
-            inner,
-            classifier,
-            report: None,
         }
     }
 }
@@ -228,6 +194,22 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Reports a response's outcome: at once when the status is in the headers
+/// (a trailers-only response), else when the body's trailers arrive.
+pub fn observe(
+    response: http::Response<tonic::body::Body>,
+    classifier: Arc<Classifier>,
+    report: impl FnOnce(Outcome) + Send + 'static,
+) -> http::Response<tonic::body::Body> {
+    if let Some(code) = grpc_status(response.headers()) {
+        report(classifier.classify(code));
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = ObservedBody::new(body, classifier, Box::new(report));
+    http::Response::from_parts(parts, tonic::body::Body::new(body))
 }
 
 /// A trailers-only gRPC response carrying `status`: what a layer returns

@@ -27,7 +27,7 @@ use tonic::Code;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use crate::breaker::NOT_SENT_HEADER;
+use crate::breaker::not_sent_reason;
 use crate::classify::grpc_status;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 
@@ -167,12 +167,7 @@ pub struct Retry<S> {
 fn retryable_code(result: &Result<Response<Body>, BoxError>) -> Option<Code> {
     match result {
         Err(_) => Some(Code::Unavailable),
-        Ok(response)
-            if response
-                .headers()
-                .get(NOT_SENT_HEADER)
-                .is_some_and(|v| v == "breaker") =>
-        {
+        Ok(response) if not_sent_reason(response.headers()) == Some("breaker") => {
             // An open breaker answers for a while; retrying only spins.
             None
         }

@@ -67,10 +67,6 @@ impl Violations {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.violations.is_empty()
-    }
-
     /// `Ok` when nothing was recorded, else the `INVALID_ARGUMENT` status.
     pub fn into_result(self) -> Result<(), Status> {
         if self.violations.is_empty() {
