@@ -12,6 +12,15 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 pub mod common {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/ordermesh.common.v1.rs"));
+
+        impl Money {
+            pub fn new(amount_minor: i64, currency_code: &str) -> Self {
+                Self {
+                    amount_minor,
+                    currency_code: currency_code.to_owned(),
+                }
+            }
+        }
     }
 }
 

@@ -22,10 +22,7 @@ impl InventoryApi {
 }
 
 fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
-    Some(Money {
-        amount_minor,
-        currency_code: currency_code.to_owned(),
-    })
+    Some(Money::new(amount_minor, currency_code))
 }
 
 fn item_to_pb(item: store::Item) -> pb::StockItem {
@@ -140,15 +137,7 @@ impl InventoryService for InventoryApi {
         let size = paging::page_size(request.page_size)?;
         let after = paging::decode_token(&request.page_token)?;
         let mut items = self.store.items_after(after.as_deref(), size + 1).await?;
-        let next_page_token = if items.len() as i64 > size {
-            items.truncate(size as usize);
-            items
-                .last()
-                .map(|i| paging::encode_token(&i.sku))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut items, size, |i| i.sku.clone());
         Ok(Response::new(pb::ListStockResponse {
             items: items.into_iter().map(item_to_pb).collect(),
             next_page_token,

@@ -159,17 +159,6 @@ fn validate_create(request: &pb::CreateOrderRequest) -> Result<(), Status> {
     v.into_result()
 }
 
-/// A list position: "create_time:order_id" of the last order returned.
-fn decode_position(token: &str) -> Result<Option<(i64, String)>, Status> {
-    let Some(key) = paging::decode_token(token)? else {
-        return Ok(None);
-    };
-    key.split_once(':')
-        .and_then(|(time, id)| Some((time.parse::<i64>().ok()?, id.to_owned())))
-        .map(Some)
-        .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchOrderResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -229,7 +218,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let request = request.into_inner();
         let size = paging::page_size(request.page_size)?;
-        let position = decode_position(&request.page_token)?;
+        let position = paging::decode_time_id(&request.page_token)?;
         if request.customer_id.len() > MAX_ID_LEN {
             return Err(invalid_field("customer_id", "is too long"));
         }
@@ -237,15 +226,9 @@ impl OrderService for OrderApi {
             .store
             .list_orders(&request.customer_id, position, size + 1)
             .await?;
-        let next_page_token = if orders.len() as i64 > size {
-            orders.truncate(size as usize);
-            orders
-                .last()
-                .map(|o| paging::encode_token(&format!("{}:{}", o.create_time, o.order_id)))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut orders, size, |o| {
+            paging::time_id_key(o.create_time, &o.order_id)
+        });
         Ok(Response::new(pb::ListOrdersResponse {
             orders: orders.into_iter().map(order_to_pb).collect(),
             next_page_token,

@@ -28,10 +28,7 @@ impl PaymentApi {
 }
 
 fn money(amount_minor: i64, currency_code: &str) -> Option<Money> {
-    Some(Money {
-        amount_minor,
-        currency_code: currency_code.to_owned(),
-    })
+    Some(Money::new(amount_minor, currency_code))
 }
 
 fn account_to_pb(account: store::Account) -> pb::Account {
@@ -87,25 +84,14 @@ fn payment_to_pb(p: store::Payment) -> pb::Payment {
     }
 }
 
-/// The sort key a payment listing resumes after, as carried in its token.
-fn encode_cursor(payment: &store::Payment) -> String {
-    paging::encode_token(&format!("{}:{}", payment.create_time, payment.payment_id))
-}
-
+/// The position a payment listing resumes after, from its page token.
 fn decode_cursor(token: &str) -> Result<Option<PaymentCursor>, Status> {
-    let Some(key) = paging::decode_token(token)? else {
-        return Ok(None);
-    };
-    key.split_once(':')
-        .and_then(|(time, id)| {
-            let create_time = time.parse().ok()?;
-            (!id.is_empty()).then(|| PaymentCursor {
-                create_time,
-                payment_id: id.to_owned(),
-            })
-        })
-        .map(Some)
-        .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
+    Ok(
+        paging::decode_time_id(token)?.map(|(create_time, payment_id)| PaymentCursor {
+            create_time,
+            payment_id,
+        }),
+    )
 }
 
 /// Checks the ids of a capture, void or refund.
@@ -140,15 +126,7 @@ impl PaymentService for PaymentApi {
         let size = paging::page_size(request.page_size)?;
         let after = paging::decode_token(&request.page_token)?;
         let mut accounts = self.store.accounts_after(after.as_deref(), size + 1).await?;
-        let next_page_token = if accounts.len() as i64 > size {
-            accounts.truncate(size as usize);
-            accounts
-                .last()
-                .map(|a| paging::encode_token(&a.account_id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut accounts, size, |a| a.account_id.clone());
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: accounts.into_iter().map(account_to_pb).collect(),
             next_page_token,
@@ -315,12 +293,9 @@ impl PaymentService for PaymentApi {
             .store
             .payments_page(account_id, after.as_ref(), size + 1)
             .await?;
-        let next_page_token = if payments.len() as i64 > size {
-            payments.truncate(size as usize);
-            payments.last().map(encode_cursor).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page(&mut payments, size, |p| {
+            paging::time_id_key(p.create_time, &p.payment_id)
+        });
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(payment_to_pb).collect(),
             next_page_token,

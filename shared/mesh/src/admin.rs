@@ -148,12 +148,8 @@ impl MeshAdminService for MeshAdmin {
         } else {
             flag.rollout_percent
         };
-        if !(0.0..=100.0).contains(&rollout) {
-            return Err(ordermesh_invalid(
-                "flag.rollout_percent",
-                "must be between 0 and 100",
-            ));
-        }
+        let rollout = crate::policy::percent("flag.rollout_percent", rollout)
+            .map_err(|_| ordermesh_invalid("flag.rollout_percent", "must be between 0 and 100"))?;
         tracing::warn!(flag = %flag.name, enabled = flag.enabled, rollout, "feature flag set");
         self.mesh.flags().set(
             &flag.name,

@@ -69,6 +69,11 @@ impl Classifier {
         Self { server_fault_codes }
     }
 
+    /// The codes counted as server faults.
+    pub fn codes(&self) -> &[Code] {
+        &self.server_fault_codes
+    }
+
     pub fn classify(&self, code: Code) -> Outcome {
         if code == Code::Ok {
             Outcome::Success

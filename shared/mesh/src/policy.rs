@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::balance::{BalancerConfig, EjectionPolicy, EndpointSource};
 use crate::breaker::{BreakerConfig, Window};
-use crate::classify::{Classifier, parse_code};
+use crate::classify::{Classifier, code_name, parse_code};
 use crate::deadline::DeadlineConfig;
 use crate::fault::FaultRule;
 use crate::flags::Flag;
@@ -118,16 +118,11 @@ impl Default for DownstreamPolicy {
             dns: None,
             dns_refresh_ms: 5000,
             connect_timeout_ms: 2000,
-            fault_codes: [
-                "UNAVAILABLE",
-                "DEADLINE_EXCEEDED",
-                "INTERNAL",
-                "UNKNOWN",
-                "RESOURCE_EXHAUSTED",
-                "DATA_LOSS",
-            ]
-            .map(String::from)
-            .to_vec(),
+            fault_codes: Classifier::default()
+                .codes()
+                .iter()
+                .map(|c| code_name(*c).to_owned())
+                .collect(),
             breaker: BreakerPolicy::default(),
             retry: RetryPolicyFile::default(),
             ejection: EjectionPolicyFile::default(),
@@ -296,7 +291,7 @@ fn rate(key: &str, value: f64) -> Result<f64, PolicyError> {
     }
 }
 
-fn percent(key: &str, value: f64) -> Result<f64, PolicyError> {
+pub(crate) fn percent(key: &str, value: f64) -> Result<f64, PolicyError> {
     if (0.0..=100.0).contains(&value) {
         Ok(value)
     } else {

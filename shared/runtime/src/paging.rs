@@ -40,6 +40,39 @@ pub fn decode_token(token: &str) -> Result<Option<String>, Status> {
         .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
 }
 
+/// Trims a page fetched with `size + 1` rows to `size` and returns the
+/// token of the next page (empty when this was the last), made from the
+/// last item's sort key.
+pub fn next_page<T>(items: &mut Vec<T>, size: i64, key: impl Fn(&T) -> String) -> String {
+    let size = usize::try_from(size).unwrap_or(0);
+    if items.len() <= size {
+        return String::new();
+    }
+    items.truncate(size);
+    items
+        .last()
+        .map(|item| encode_token(&key(item)))
+        .unwrap_or_default()
+}
+
+/// The key of a (time, id) position, written as `time:id`.
+pub fn time_id_key(time: i64, id: &str) -> String {
+    format!("{time}:{id}")
+}
+
+/// A (time, id) position from a token made with [`time_id_key`].
+pub fn decode_time_id(token: &str) -> Result<Option<(i64, String)>, Status> {
+    let Some(key) = decode_token(token)? else {
+        return Ok(None);
+    };
+    key.split_once(':')
+        .and_then(|(time, id)| {
+            Some((time.parse::<i64>().ok()?, id.to_owned())).filter(|(_, id)| !id.is_empty())
+        })
+        .map(Some)
+        .ok_or_else(|| invalid_field("page_token", "is not a token returned by this API"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +84,29 @@ mod tests {
         assert_eq!(page_size(50_000).ok(), Some(MAX_PAGE_SIZE));
         let err = page_size(-1).expect_err("negative");
         assert!(err.message().contains("page_size"));
+    }
+
+    #[test]
+    fn next_page_trims_and_points_past_the_last_item() {
+        let mut items = vec![1, 2, 3];
+        let token = next_page(&mut items, 2, |i| i.to_string());
+        assert_eq!(items, [1, 2]);
+        assert_eq!(decode_token(&token).ok().flatten().as_deref(), Some("2"));
+        let mut last = vec![1, 2];
+        assert_eq!(next_page(&mut last, 2, |i| i.to_string()), "");
+        assert_eq!(last, [1, 2]);
+    }
+
+    #[test]
+    fn time_id_positions_round_trip_and_reject_malformed_keys() {
+        let token = encode_token(&time_id_key(17, "a:b"));
+        assert_eq!(
+            decode_time_id(&token).ok().flatten(),
+            Some((17, "a:b".to_owned()))
+        );
+        for key in ["no-colon", "soon:x", "17:"] {
+            assert!(decode_time_id(&encode_token(key)).is_err(), "{key}");
+        }
     }
 
     #[test]
