@@ -58,3 +58,39 @@ pub mod mesh {
         include!(concat!(env!("OUT_DIR"), "/ordermesh.mesh.v1.rs"));
     }
 }
+
+/// The `google.rpc.ErrorInfo` domains and reasons the services put on their
+/// errors. They are part of the contract: callers (the order saga, clients in
+/// any language) branch on these, never on message text.
+pub mod error_reasons {
+    /// Reasons of `ordermesh.inventory.v1` errors.
+    pub mod inventory {
+        pub const DOMAIN: &str = "inventory.ordermesh";
+        pub const UNKNOWN_SKU: &str = "UNKNOWN_SKU";
+        pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
+        pub const MIXED_CURRENCIES: &str = "MIXED_CURRENCIES";
+        pub const RESERVATION_NOT_FOUND: &str = "RESERVATION_NOT_FOUND";
+        pub const RESERVATION_EXPIRED: &str = "RESERVATION_EXPIRED";
+        pub const RESERVATION_NOT_ACTIVE: &str = "RESERVATION_NOT_ACTIVE";
+        pub const STOCK_BELOW_ZERO: &str = "STOCK_BELOW_ZERO";
+        pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+    }
+
+    /// Reasons of `ordermesh.payment.v1` errors.
+    pub mod payment {
+        pub const DOMAIN: &str = "payment.ordermesh";
+        pub const ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
+        pub const PAYMENT_NOT_FOUND: &str = "PAYMENT_NOT_FOUND";
+        pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
+        pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+        pub const INVALID_PAYMENT_STATE: &str = "INVALID_PAYMENT_STATE";
+    }
+
+    /// Reasons of `ordermesh.order.v1` errors.
+    pub mod order {
+        pub const DOMAIN: &str = "order.ordermesh";
+        pub const ORDER_NOT_FOUND: &str = "ORDER_NOT_FOUND";
+        pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+        pub const ORDER_NOT_CANCELLABLE: &str = "ORDER_NOT_CANCELLABLE";
+    }
+}

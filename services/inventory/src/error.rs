@@ -1,23 +1,12 @@
 //! The inventory service's errors and their one mapping to `tonic::Status`.
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 /// `google.rpc.ErrorInfo` domain of every inventory error.
-pub const ERROR_DOMAIN: &str = "inventory.ordermesh";
+pub const ERROR_DOMAIN: &str = reason::DOMAIN;
 
-/// Machine-readable `ErrorInfo.reason` values that callers (the order saga)
-/// branch on.
-pub mod reason {
-    pub const UNKNOWN_SKU: &str = "UNKNOWN_SKU";
-    pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
-    pub const MIXED_CURRENCIES: &str = "MIXED_CURRENCIES";
-    pub const RESERVATION_NOT_FOUND: &str = "RESERVATION_NOT_FOUND";
-    pub const RESERVATION_EXPIRED: &str = "RESERVATION_EXPIRED";
-    pub const RESERVATION_NOT_ACTIVE: &str = "RESERVATION_NOT_ACTIVE";
-    pub const STOCK_BELOW_ZERO: &str = "STOCK_BELOW_ZERO";
-    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
-}
+/// Machine-readable `ErrorInfo.reason` values (part of the contract).
+pub use ordermesh_proto::error_reasons::inventory as reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -48,15 +37,7 @@ pub enum Error {
 }
 
 fn with_reason(code: Code, message: String, reason: &str, subject: (&str, &str)) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(
-            reason,
-            ERROR_DOMAIN,
-            [(subject.0.to_owned(), subject.1.to_owned())],
-        ),
-    )
+    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, subject)
 }
 
 impl From<Error> for Status {
@@ -108,18 +89,8 @@ impl From<Error> for Status {
                 reason::REQUEST_ID_REUSED,
                 ("request_id", request_id),
             ),
-            Error::Db(db) => {
-                tracing::error!(error = %db, "inventory database error");
-                if matches!(db, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-                    Status::unavailable("inventory database unavailable")
-                } else {
-                    Status::internal("inventory database error")
-                }
-            }
-            Error::Corrupt(detail) => {
-                tracing::error!(%detail, "inventory data corrupt");
-                Status::internal("inventory data error")
-            }
+            Error::Db(db) => ordermesh_runtime::status::database("inventory", db),
+            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("inventory", detail),
         }
     }
 }

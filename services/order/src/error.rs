@@ -1,10 +1,12 @@
 //! The order service's errors and their one mapping to `tonic::Status`.
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 /// `google.rpc.ErrorInfo` domain of every order error.
-pub const ERROR_DOMAIN: &str = "order.ordermesh";
+pub const ERROR_DOMAIN: &str = reason::DOMAIN;
+
+/// Machine-readable `ErrorInfo.reason` values (part of the contract).
+pub use ordermesh_proto::error_reasons::order as reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,43 +23,27 @@ pub enum Error {
 }
 
 fn with_reason(code: Code, message: String, reason: &str, order_id: &str) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(
-            reason,
-            ERROR_DOMAIN,
-            [("order_id".to_owned(), order_id.to_owned())],
-        ),
-    )
+    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, ("order_id", order_id))
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match &error {
-            Error::NotFound { order_id } => with_reason(Code::NotFound, message, "ORDER_NOT_FOUND", order_id),
+            Error::NotFound { order_id } => {
+                with_reason(Code::NotFound, message, reason::ORDER_NOT_FOUND, order_id)
+            }
             Error::RequestIdReused { order_id, .. } => {
-                with_reason(Code::AlreadyExists, message, "REQUEST_ID_REUSED", order_id)
+                with_reason(Code::AlreadyExists, message, reason::REQUEST_ID_REUSED, order_id)
             }
             Error::NotCancellable { order_id, .. } => with_reason(
                 Code::FailedPrecondition,
                 message,
-                "ORDER_NOT_CANCELLABLE",
+                reason::ORDER_NOT_CANCELLABLE,
                 order_id,
             ),
-            Error::Db(db) => {
-                tracing::error!(error = %db, "order database error");
-                if matches!(db, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-                    Status::unavailable("order database unavailable")
-                } else {
-                    Status::internal("order database error")
-                }
-            }
-            Error::Corrupt(detail) => {
-                tracing::error!(%detail, "order data corrupt");
-                Status::internal("order data error")
-            }
+            Error::Db(db) => ordermesh_runtime::status::database("order", db),
+            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("order", detail),
         }
     }
 }

@@ -25,6 +25,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::error_reasons::{inventory as inventory_reason, payment as payment_reason};
 use ordermesh_proto::inventory::v1 as inventory;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::payment::v1 as payment;
@@ -532,9 +533,9 @@ impl SagaRunner {
             Err(status) if is_transient(&status) => Err(status),
             Err(status) => {
                 let reason = match error_reason(&status).as_str() {
-                    "INSUFFICIENT_STOCK" => "OUT_OF_STOCK",
-                    "UNKNOWN_SKU" => "UNKNOWN_SKU",
-                    "MIXED_CURRENCIES" => "CURRENCY_MISMATCH",
+                    inventory_reason::INSUFFICIENT_STOCK => "OUT_OF_STOCK",
+                    inventory_reason::UNKNOWN_SKU => "UNKNOWN_SKU",
+                    inventory_reason::MIXED_CURRENCIES => "CURRENCY_MISMATCH",
                     _ if status.code() == Code::NotFound => "UNKNOWN_SKU",
                     _ if status.code() == Code::FailedPrecondition => "OUT_OF_STOCK",
                     _ => "STEP_REFUSED",
@@ -598,7 +599,7 @@ impl SagaRunner {
             Err(status) if status.code() == Code::NotFound => {
                 Ok(Outcome::reject("UNKNOWN_CUSTOMER", status.message().to_owned()))
             }
-            Err(status) if error_reason(&status) == "CURRENCY_MISMATCH" => {
+            Err(status) if error_reason(&status) == payment_reason::CURRENCY_MISMATCH => {
                 Ok(Outcome::reject("CURRENCY_MISMATCH", status.message().to_owned()))
             }
             Err(status) => Ok(Outcome::reject("STEP_REFUSED", status.message().to_owned())),
@@ -635,7 +636,7 @@ impl SagaRunner {
             Err(status) if is_transient(&status) => Err(status),
             Err(status) => {
                 let reason = match error_reason(&status).as_str() {
-                    "RESERVATION_EXPIRED" => "RESERVATION_EXPIRED",
+                    inventory_reason::RESERVATION_EXPIRED => "RESERVATION_EXPIRED",
                     _ => "STEP_REFUSED",
                 };
                 Ok(Outcome::reject(reason, status.message().to_owned()))

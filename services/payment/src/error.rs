@@ -4,20 +4,12 @@
 //! status DECLINED, returned as a successful call.
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 /// `google.rpc.ErrorInfo` domain of every payment error.
-pub const ERROR_DOMAIN: &str = "payment.ordermesh";
+pub const ERROR_DOMAIN: &str = reason::DOMAIN;
 
-/// Machine-readable `ErrorInfo.reason` values that callers (the order saga)
-/// branch on.
-pub mod reason {
-    pub const ACCOUNT_NOT_FOUND: &str = "ACCOUNT_NOT_FOUND";
-    pub const PAYMENT_NOT_FOUND: &str = "PAYMENT_NOT_FOUND";
-    pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
-    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
-    pub const INVALID_PAYMENT_STATE: &str = "INVALID_PAYMENT_STATE";
-}
+/// Machine-readable `ErrorInfo.reason` values (part of the contract).
+pub use ordermesh_proto::error_reasons::payment as reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,15 +41,7 @@ pub enum Error {
 }
 
 fn with_reason(code: Code, message: String, reason: &str, subject: (&str, &str)) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(
-            reason,
-            ERROR_DOMAIN,
-            [(subject.0.to_owned(), subject.1.to_owned())],
-        ),
-    )
+    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, subject)
 }
 
 impl From<Error> for Status {
@@ -94,18 +78,8 @@ impl From<Error> for Status {
                 reason::INVALID_PAYMENT_STATE,
                 ("payment_id", payment_id),
             ),
-            Error::Db(db) => {
-                tracing::error!(error = %db, "payment database error");
-                if matches!(db, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-                    Status::unavailable("payment database unavailable")
-                } else {
-                    Status::internal("payment database error")
-                }
-            }
-            Error::Corrupt(detail) => {
-                tracing::error!(%detail, "payment data corrupt");
-                Status::internal("payment data error")
-            }
+            Error::Db(db) => ordermesh_runtime::status::database("payment", db),
+            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("payment", detail),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future.
 //! - [`validate`]: collect field violations into `INVALID_ARGUMENT` with
 //!   `google.rpc.BadRequest` details.
+//! - [`status`]: shared pieces of the services' error-to-status mappings.
 //! - [`paging`]: AIP-158 page sizes and opaque page tokens.
 //! - [`clock`]: timestamps as integer microseconds, the storage format.
 //! - [`telemetry`]: the tracing subscriber.
@@ -24,6 +25,7 @@ pub mod health;
 pub mod paging;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod validate;
 

@@ -1,0 +1,62 @@
+//! Building blocks of every service's one `impl From<Error> for Status`:
+//! domain errors carry a `google.rpc.ErrorInfo` (domain, stable reason, the
+//! subject); database trouble never shows its text to clients.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `code` with `message` and an `ErrorInfo { reason, domain, {key: value} }`.
+pub fn with_reason(
+    code: Code,
+    message: String,
+    domain: &str,
+    reason: &str,
+    (key, value): (&str, &str),
+) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, domain, [(key.to_owned(), value.to_owned())]),
+    )
+}
+
+/// A database error: UNAVAILABLE when the database cannot be reached (worth
+/// a retry), INTERNAL otherwise. The detail is logged, not sent.
+pub fn database(service: &str, error: &sqlx::Error) -> Status {
+    tracing::error!(service, %error, "database error");
+    if matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+        Status::unavailable(format!("{service} database unavailable"))
+    } else {
+        Status::internal(format!("{service} database error"))
+    }
+}
+
+/// Stored data that cannot be read back: INTERNAL, detail logged.
+pub fn corrupt(service: &str, detail: &str) -> Status {
+    tracing::error!(service, %detail, "stored data corrupt");
+    Status::internal(format!("{service} data error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_text_never_reaches_the_client() {
+        let status = database("payment", &sqlx::Error::Protocol("secret table detail".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+        assert_eq!(
+            database("payment", &sqlx::Error::PoolTimedOut).code(),
+            Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn reasons_travel_as_error_info() {
+        let status = with_reason(Code::NotFound, "gone".into(), "d", "R", ("k", "v"));
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R", "d"));
+        assert_eq!(info.metadata.get("k").map(String::as_str), Some("v"));
+    }
+}
