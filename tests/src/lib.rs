@@ -209,6 +209,30 @@ async fn spawn_order(
     )
 }
 
+async fn spawn_payment(
+    db: &str,
+    accounts: Vec<ordermesh_payment::SeedAccount>,
+    listener: TcpListener,
+) -> (ordermesh_payment::Store, Running) {
+    let mut config = ordermesh_payment::Config::new(db);
+    config.seed = accounts;
+    let payment = ordermesh_payment::build(config).await.expect("payment starts");
+    let store = payment.store().clone();
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, signal) = stop_signal();
+    let task = tokio::spawn(async move {
+        payment.serve(listener, signal).await.expect("payment serves");
+    });
+    (
+        store,
+        Running {
+            addr,
+            stop: Some(stop),
+            task,
+        },
+    )
+}
+
 /// Three services on loopback, with clients and direct store access for
 /// invariant checks.
 pub struct Mesh {
@@ -238,12 +262,7 @@ impl Mesh {
     /// unavailable outside CI (the test then passes as skipped).
     pub async fn start(options: MeshOptions) -> Option<Mesh> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = |name: &str| {
-            format!(
-                "sqlite://{}?mode=rwc",
-                dir.path().join(format!("{name}.db")).display()
-            )
-        };
+        let url = |name: &str| ordermesh_runtime::db::sqlite_url(dir.path(), name).expect("sqlite url");
         let (inventory_db, payment_db, order_db) = match options.backend {
             Backend::Sqlite => (url("inventory"), url("payment"), url("order")),
             Backend::Postgres => (
@@ -275,25 +294,9 @@ impl Mesh {
             task,
         };
 
-        let mut payment_config = ordermesh_payment::Config::new(payment_db.clone());
-        payment_config.seed = options.accounts.clone();
-        let payment = ordermesh_payment::build(payment_config)
-            .await
-            .expect("payment starts");
-        let payment_store = payment.store().clone();
         let (payment_listener, payment_addr) = listener().await;
-        let (stop, signal) = stop_signal();
-        let task = tokio::spawn(async move {
-            payment
-                .serve(payment_listener, signal)
-                .await
-                .expect("payment serves");
-        });
-        let payment_running = Running {
-            addr: payment_addr,
-            stop: Some(stop),
-            task,
-        };
+        let (payment_store, payment_running) =
+            spawn_payment(&payment_db, options.accounts.clone(), payment_listener).await;
 
         let inventory_url = format!("http://{inventory_addr}");
         let payment_url = format!("http://{payment_addr}");
@@ -351,23 +354,10 @@ impl Mesh {
             .trim_start_matches("http://")
             .parse()
             .expect("payment addr");
-        let mut config = ordermesh_payment::Config::new(self.payment_db.clone());
-        config.seed = self.options.accounts.clone();
-        let payment = ordermesh_payment::build(config).await.expect("payment restarts");
-        self.payment_store = payment.store().clone();
         let listener = TcpListener::bind(addr).await.expect("rebind the payment port");
-        let (stop, signal) = stop_signal();
-        let task = tokio::spawn(async move {
-            payment.serve(listener, signal).await.expect("payment serves");
-        });
-        self.services.push((
-            "payment",
-            Running {
-                addr,
-                stop: Some(stop),
-                task,
-            },
-        ));
+        let (store, running) = spawn_payment(&self.payment_db, self.options.accounts.clone(), listener).await;
+        self.payment_store = store;
+        self.services.push(("payment", running));
     }
 
     /// Stops a service (gracefully) by name.

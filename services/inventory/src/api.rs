@@ -69,7 +69,6 @@ fn reservation_to_pb(r: store::Reservation) -> pb::Reservation {
     }
 }
 
-/// Checks a list of lines: present, bounded, positive quantities, no SKU twice.
 /// Checks a list of lines and converts it for the store.
 fn validate_lines(violations: &mut Violations, lines: &[pb::StockLine]) -> Vec<store::Line> {
     violations.require_lines(lines.iter().map(|l| (l.sku.as_str(), l.quantity)));
@@ -120,9 +119,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::GetStockRequest>,
     ) -> Result<Response<pb::GetStockResponse>, Status> {
         let sku = request.into_inner().sku;
-        let mut v = Violations::new();
-        v.require_id("sku", &sku);
-        v.into_result()?;
+        require_id("sku", &sku)?;
         let item = self.store.item(&sku).await?;
         Ok(Response::new(pb::GetStockResponse {
             item: Some(item_to_pb(item)),

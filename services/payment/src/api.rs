@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::payment::v1 as pb;
 use ordermesh_proto::payment::v1::payment_service_server::PaymentService;
-use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, is_currency_code};
+use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, is_currency_code, require_id};
 use ordermesh_runtime::{clock, paging};
 
 use crate::store::{self, PaymentCursor, Store};
@@ -109,9 +109,7 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let account_id = request.into_inner().account_id;
-        let mut v = Violations::new();
-        v.require_id("account_id", &account_id);
-        v.into_result()?;
+        require_id("account_id", &account_id)?;
         let account = self.store.account(&account_id).await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account_to_pb(account)),
@@ -245,9 +243,7 @@ impl PaymentService for PaymentApi {
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let payment_id = request.into_inner().payment_id;
-        let mut v = Violations::new();
-        v.require_id("payment_id", &payment_id);
-        v.into_result()?;
+        require_id("payment_id", &payment_id)?;
         let payment = self.store.payment(&payment_id).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment_to_pb(payment)),

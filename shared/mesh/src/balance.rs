@@ -419,6 +419,11 @@ impl Shared {
             self.remove(&address);
         }
         for address in addresses {
+            // Known endpoints keep their channel (building one spawns a
+            // connection task that `add` would only throw away).
+            if self.lock().endpoints.contains_key(address) {
+                continue;
+            }
             match self.channel(address) {
                 Ok(channel) => self.add(address.clone(), channel),
                 Err(error) => {
