@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::error::Error;
-use ordermesh_runtime::{clock, db};
+use ordermesh_runtime::{clock, db, text_enum};
 
 /// A catalogue entry with its stock buckets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,37 +47,16 @@ pub struct Line {
     pub quantity: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReservationStatus {
-    Active,
-    Committed,
-    Released,
-    Expired,
-    Returned,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Committed => "COMMITTED",
-            Self::Released => "RELEASED",
-            Self::Expired => "EXPIRED",
-            Self::Returned => "RETURNED",
-        }
+text_enum!(
+    /// A reservation's state, as stored.
+    ReservationStatus {
+        Active => "ACTIVE",
+        Committed => "COMMITTED",
+        Released => "RELEASED",
+        Expired => "EXPIRED",
+        Returned => "RETURNED",
     }
-
-    fn parse(text: &str) -> Result<Self, Error> {
-        Ok(match text {
-            "ACTIVE" => Self::Active,
-            "COMMITTED" => Self::Committed,
-            "RELEASED" => Self::Released,
-            "EXPIRED" => Self::Expired,
-            "RETURNED" => Self::Returned,
-            other => return Err(Error::Corrupt(format!("reservation status {other:?}"))),
-        })
-    }
-}
+);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedLine {

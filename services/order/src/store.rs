@@ -9,28 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::error::Error;
-use ordermesh_runtime::{clock, db};
-
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Result<Self, Error> {
-                match text {
-                    $($text => Ok(Self::$variant),)+
-                    other => Err(Error::Corrupt(format!(concat!(stringify!($name), " {:?}"), other))),
-                }
-            }
-        }
-    };
-}
+use ordermesh_runtime::{clock, db, text_enum};
 
 text_enum!(
     /// An order's status, as stored.

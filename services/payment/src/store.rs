@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::error::Error;
-use ordermesh_runtime::{clock, db};
+use ordermesh_runtime::{clock, db, text_enum};
 
 /// Ledger account that captured money is paid into.
 pub const MERCHANT_REVENUE: &str = "merchant:revenue";
@@ -31,28 +31,10 @@ pub fn holds_ledger(account_id: &str) -> String {
     format!("holds:{account_id}")
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccountStatus {
-    Active,
-    Blocked,
-}
-
-impl AccountStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "ACTIVE",
-            Self::Blocked => "BLOCKED",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Self, Error> {
-        Ok(match text {
-            "ACTIVE" => Self::Active,
-            "BLOCKED" => Self::Blocked,
-            other => return Err(Error::Corrupt(format!("account status {other:?}"))),
-        })
-    }
-}
+text_enum!(
+    /// Whether an account may pay, as stored.
+    AccountStatus { Active => "ACTIVE", Blocked => "BLOCKED" }
+);
 
 /// A customer account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,37 +72,16 @@ pub struct SeedAccount {
     pub blocked: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PaymentStatus {
-    Authorized,
-    Declined,
-    Captured,
-    Voided,
-    Refunded,
-}
-
-impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Authorized => "AUTHORIZED",
-            Self::Declined => "DECLINED",
-            Self::Captured => "CAPTURED",
-            Self::Voided => "VOIDED",
-            Self::Refunded => "REFUNDED",
-        }
+text_enum!(
+    /// A payment's state, as stored.
+    PaymentStatus {
+        Authorized => "AUTHORIZED",
+        Declined => "DECLINED",
+        Captured => "CAPTURED",
+        Voided => "VOIDED",
+        Refunded => "REFUNDED",
     }
-
-    fn parse(text: &str) -> Result<Self, Error> {
-        Ok(match text {
-            "AUTHORIZED" => Self::Authorized,
-            "DECLINED" => Self::Declined,
-            "CAPTURED" => Self::Captured,
-            "VOIDED" => Self::Voided,
-            "REFUNDED" => Self::Refunded,
-            other => return Err(Error::Corrupt(format!("payment status {other:?}"))),
-        })
-    }
-}
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeclineReason {

@@ -30,3 +30,28 @@ pub mod telemetry;
 pub mod validate;
 
 pub use error::Error;
+
+/// Declares an enum stored as text (`as_str` to write it, `parse` to read it
+/// back). `parse` fails with the calling crate's `Error::Corrupt`, since an
+/// unknown value in the database is corrupt data, not bad input.
+#[macro_export]
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Result<Self, Error> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(Error::Corrupt(format!(concat!(stringify!($name), " {:?}"), other))),
+                }
+            }
+        }
+    };
+}
