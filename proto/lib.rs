@@ -84,6 +84,8 @@ pub mod error_reasons {
         pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
         pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
         pub const INVALID_PAYMENT_STATE: &str = "INVALID_PAYMENT_STATE";
+        pub const AUTHORIZATION_VOIDED: &str = "AUTHORIZATION_VOIDED";
+        pub const AUTHORIZATION_EXPIRED: &str = "AUTHORIZATION_EXPIRED";
     }
 
     /// Reasons of `ordermesh.order.v1` errors.
@@ -92,5 +94,13 @@ pub mod error_reasons {
         pub const ORDER_NOT_FOUND: &str = "ORDER_NOT_FOUND";
         pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
         pub const ORDER_NOT_CANCELLABLE: &str = "ORDER_NOT_CANCELLABLE";
+        pub const SAGA_NOT_FOUND: &str = "SAGA_NOT_FOUND";
+        pub const SAGA_FINISHED: &str = "SAGA_FINISHED";
+        /// CreateOrder with the availability precheck on: a line cannot be
+        /// filled now.
+        pub const INSUFFICIENT_STOCK: &str = "INSUFFICIENT_STOCK";
+        /// CreateOrder with the availability precheck on: a line names a SKU
+        /// the catalogue does not have.
+        pub const UNKNOWN_SKU: &str = "UNKNOWN_SKU";
     }
 }

@@ -4,6 +4,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{InventoryArgs, PaymentArgs, SagaArgs};
 use ordermesh_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -75,9 +77,12 @@ pub struct UpArgs {
     pub inventory_port: u16,
     #[arg(long, env = "ORDERMESH_PAYMENT_PORT", default_value_t = 50053)]
     pub payment_port: u16,
-    /// Seconds a stock reservation may stay uncommitted.
-    #[arg(long, env = "ORDERMESH_RESERVATION_TTL_SECS", default_value_t = 900)]
-    pub reservation_ttl_secs: u64,
+    #[command(flatten, next_help_heading = "Inventory")]
+    pub inventory: InventoryArgs,
+    #[command(flatten, next_help_heading = "Payment")]
+    pub payment: PaymentArgs,
+    #[command(flatten, next_help_heading = "Order saga")]
+    pub saga: SagaArgs,
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,
@@ -110,9 +115,12 @@ pub struct ServeArgs {
     /// Seed the demo catalogue or demo customers when missing (inventory, payment).
     #[arg(long, env = "ORDERMESH_SEED_DEMO")]
     pub seed_demo: bool,
-    /// Seconds a stock reservation may stay uncommitted (inventory only).
-    #[arg(long, env = "ORDERMESH_RESERVATION_TTL_SECS", default_value_t = 900)]
-    pub reservation_ttl_secs: u64,
+    #[command(flatten, next_help_heading = "Inventory")]
+    pub inventory: InventoryArgs,
+    #[command(flatten, next_help_heading = "Payment")]
+    pub payment: PaymentArgs,
+    #[command(flatten, next_help_heading = "Order saga")]
+    pub saga: SagaArgs,
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,

@@ -7,10 +7,10 @@
 //! variable) and passed down as plain config structs.
 
 mod cli;
+mod config;
 mod up;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -57,31 +57,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = ordermesh_runtime::shutdown::signal();
     match args.target {
         Target::Inventory => {
-            let mut config = ordermesh_inventory::Config::new(database_url);
-            config.mesh = mesh;
-            config.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
-            if args.seed_demo {
-                config.seed = ordermesh_inventory::demo::catalogue();
-            }
+            let config = config::inventory(database_url, &args.inventory, args.seed_demo, mesh);
             ordermesh_inventory::build(config)
                 .await?
                 .serve(listener, shutdown)
                 .await?;
         }
         Target::Payment => {
-            let mut config = ordermesh_payment::Config::new(database_url);
-            config.mesh = mesh;
-            if args.seed_demo {
-                config.seed = ordermesh_payment::demo::accounts();
-            }
+            let config = config::payment(database_url, &args.payment, args.seed_demo, mesh);
             ordermesh_payment::build(config)
                 .await?
                 .serve(listener, shutdown)
                 .await?;
         }
         Target::Order => {
-            let mut config = ordermesh_order::Config::new(database_url, args.inventory_url, args.payment_url);
-            config.mesh = mesh;
+            let config = config::order(
+                database_url,
+                args.inventory_url,
+                args.payment_url,
+                &args.saga,
+                mesh,
+            );
             ordermesh_order::build(config)
                 .await?
                 .serve(listener, shutdown)

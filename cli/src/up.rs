@@ -13,8 +13,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::bind;
 use crate::cli::UpArgs;
+use crate::{bind, config};
 use ordermesh_runtime::db::sqlite_url;
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -22,24 +22,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let inventory_addr = SocketAddr::new(args.host, args.inventory_port);
     let payment_addr = SocketAddr::new(args.host, args.payment_port);
     let mesh = crate::mesh_settings(args.policy.as_deref())?;
+    config::check_reservation_outlives_saga(&args.inventory, &args.saga)?;
     let inventory_listener = bind(inventory_addr).await?;
     let payment_listener = bind(payment_addr).await?;
     let order_listener = bind(order_addr).await?;
 
-    let mut inventory = ordermesh_inventory::Config::new(sqlite_url(&args.data_dir, "inventory")?);
-    inventory.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
-    inventory.seed = ordermesh_inventory::demo::catalogue();
-    inventory.mesh = mesh.clone();
-    let mut payment = ordermesh_payment::Config::new(sqlite_url(&args.data_dir, "payment")?);
-    payment.seed = ordermesh_payment::demo::accounts();
-    payment.mesh = mesh.clone();
-    let mut order = ordermesh_order::Config::new(
+    let inventory = config::inventory(
+        sqlite_url(&args.data_dir, "inventory")?,
+        &args.inventory,
+        true,
+        mesh.clone(),
+    );
+    let payment = config::payment(
+        sqlite_url(&args.data_dir, "payment")?,
+        &args.payment,
+        true,
+        mesh.clone(),
+    );
+    let order = config::order(
         sqlite_url(&args.data_dir, "order")?,
         format!("http://{inventory_addr}"),
         format!("http://{payment_addr}"),
+        &args.saga,
+        mesh,
     );
-
-    order.mesh = mesh;
     let inventory = ordermesh_inventory::build(inventory)
         .await
         .context("starting inventory")?;

@@ -137,14 +137,20 @@ pub fn test_policy() -> Policy {
     Policy::parse(text, []).expect("the test policy is valid")
 }
 
-/// Saga tuning for tests: quick retries, a two-second lease.
+/// Saga tuning for tests: quick retries, a three-second patience (so an
+/// outage of a second is waited out and a longer one compensates within a
+/// test), a three-second lease.
 pub fn fast_saga() -> SagaConfig {
     SagaConfig {
         call_timeout: Duration::from_secs(1),
-        max_step_attempts: 3,
+        patience: Duration::from_secs(3),
+        forward_window: Duration::from_secs(10),
+        max_compensation_attempts: 20,
         initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-        lease: Duration::from_secs(2),
+        max_backoff: Duration::from_millis(200),
+        compensation_max_backoff: Duration::from_millis(500),
+        lease: Duration::from_secs(3),
+        lease_margin: Duration::from_millis(200),
         recovery_interval: Duration::from_millis(200),
         crash_at: None,
     }

@@ -96,16 +96,15 @@ impl InventoryService for InventoryApi {
         let mut all = true;
         let mut out = Vec::with_capacity(lines.len());
         for line in lines {
-            let Some(&have) = available.get(&line.sku) else {
-                return Err(crate::Error::UnknownSku { sku: line.sku }.into());
-            };
-            let sufficient = have >= line.quantity;
+            let have = available.get(&line.sku).copied();
+            let sufficient = have.is_some_and(|have| have >= line.quantity);
             all &= sufficient;
             out.push(pb::LineAvailability {
                 sku: line.sku,
                 requested: line.quantity,
-                available: have,
+                available: have.unwrap_or(0),
                 sufficient,
+                known: have.is_some(),
             });
         }
         Ok(Response::new(pb::CheckAvailabilityResponse {
@@ -209,7 +208,7 @@ impl InventoryService for InventoryApi {
         require_id("order_id", &order_id)?;
         let reservation = self.store.release(&order_id).await?;
         Ok(Response::new(pb::ReleaseReservationResponse {
-            reservation: reservation.map(reservation_to_pb),
+            reservation: Some(reservation_to_pb(reservation)),
         }))
     }
 

@@ -62,8 +62,8 @@ pub struct Service {
 
 /// Connects to the database, applies migrations and seeds the catalogue.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
-    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(pool, config.reservation_ttl);
+    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(db, config.reservation_ttl);
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the catalogue failed");
     }
@@ -83,7 +83,15 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
-        let sweeper = tokio::spawn(sweep(self.store.clone(), self.config.sweep_interval));
+        let store = self.store.clone();
+        let sweeper = tokio::spawn(ordermesh_runtime::periodic::every(
+            "reservation expiry",
+            self.config.sweep_interval,
+            move || {
+                let store = store.clone();
+                async move { store.expire_due().await }
+            },
+        ));
         let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
             .max_decoding_message_size(self.config.mesh.max_request_bytes());
         let routes = Routes::new(server);
@@ -91,20 +99,9 @@ impl Service {
             .config
             .mesh
             .serve_options(SERVICE_NAME, self.config.mesh.build());
-        let pool = self.store.pool().clone();
-        let result = serve(routes, pool, listener, options, shutdown).await;
+        let db = self.store.db().clone();
+        let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();
         result
-    }
-}
-
-async fn sweep(store: Store, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if let Err(e) = store.expire_due().await {
-            tracing::warn!(error = %e, "expiry sweep failed");
-        }
     }
 }

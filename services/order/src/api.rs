@@ -1,9 +1,8 @@
 //! The `ordermesh.order.v1.OrderService` gRPC surface: validation,
-//! conversion, and handing orders to the saga runner. No SQL here.
+//! conversion, and handing orders to the saga runner (`place`, `cancel`).
+//! No SQL and no leases here.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -22,10 +21,7 @@ use ordermesh_runtime::{clock, paging};
 
 use crate::saga::SagaRunner;
 use crate::store::{self, Created, NewOrder, Store};
-
-/// A watcher re-reads the order at least this often, so it also sees
-/// changes made by another replica.
-const WATCH_POLL: Duration = Duration::from_secs(1);
+use crate::watch::WatchHub;
 
 /// The feature flag that makes CreateOrder refuse orders it can already
 /// see cannot be filled (rolled out per customer id).
@@ -34,7 +30,7 @@ pub const PRECHECK_FLAG: &str = "order_availability_precheck";
 pub struct OrderApi {
     store: Store,
     runner: SagaRunner,
-    updates: broadcast::Sender<Arc<store::Order>>,
+    watch: WatchHub,
     inventory: InventoryServiceClient<MeshChannel>,
     flags: Flags,
 }
@@ -43,14 +39,14 @@ impl OrderApi {
     pub fn new(
         store: Store,
         runner: SagaRunner,
-        updates: broadcast::Sender<Arc<store::Order>>,
+        watch: WatchHub,
         inventory: InventoryServiceClient<MeshChannel>,
         flags: Flags,
     ) -> Self {
         Self {
             store,
             runner,
-            updates,
+            watch,
             inventory,
             flags,
         }
@@ -59,45 +55,49 @@ impl OrderApi {
     /// With the precheck flag on for this customer: refuse an order whose
     /// lines are out of stock now, before anything is written. The check is
     /// advisory (stock can still run out before the reservation), and it
-    /// fails open: when inventory cannot answer, the saga decides.
-    async fn precheck(&self, request: &pb::CreateOrderRequest) -> Result<(), Status> {
-        if !self.flags.is_enabled(PRECHECK_FLAG, Some(&request.customer_id)) {
-            return Ok(());
-        }
+    /// fails open: when inventory cannot answer, the saga decides. Its
+    /// refusals are this service's errors, with this service's reasons.
+    async fn precheck(&self, new: &NewOrder) -> Result<(), Status> {
         let check = inventory_pb::CheckAvailabilityRequest {
-            lines: request
+            lines: new
                 .lines
                 .iter()
-                .map(|l| inventory_pb::StockLine {
-                    sku: l.sku.clone(),
-                    quantity: l.quantity,
+                .map(|(sku, quantity)| inventory_pb::StockLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
                 })
                 .collect(),
         };
         let mut client = self.inventory.clone();
-        match client.check_availability(check).await {
-            Ok(answer) => {
-                let answer = answer.into_inner();
-                if answer.available {
-                    return Ok(());
-                }
-                let short: Vec<String> = answer
-                    .lines
-                    .iter()
-                    .filter(|l| !l.sufficient)
-                    .map(|l| format!("{} (requested {}, available {})", l.sku, l.requested, l.available))
-                    .collect();
-                Err(Status::failed_precondition(format!(
-                    "insufficient stock: {}",
-                    short.join(", ")
-                )))
-            }
-            Err(status) if status.code() == tonic::Code::NotFound => Err(status),
+        let answer = match client.check_availability(check).await {
+            Ok(answer) => answer.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "availability precheck skipped");
-                Ok(())
+                return Ok(());
             }
+        };
+        if answer.available {
+            return Ok(());
         }
+        if let Some((index, line)) = answer.lines.iter().enumerate().find(|(_, l)| !l.known) {
+            return Err(crate::Error::UnknownSku {
+                field: format!("lines[{index}].sku"),
+                sku: line.sku.clone(),
+            }
+            .into());
+        }
+        let short: Vec<&inventory_pb::LineAvailability> =
+            answer.lines.iter().filter(|l| !l.sufficient).collect();
+        let detail = short
+            .iter()
+            .map(|l| format!("{} (requested {}, available {})", l.sku, l.requested, l.available))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(crate::Error::InsufficientStock {
+            sku: short.first().map(|l| l.sku.clone()).unwrap_or_default(),
+            detail,
+        }
+        .into())
     }
 }
 
@@ -116,9 +116,23 @@ fn status_to_pb(status: store::OrderStatus) -> pb::OrderStatus {
     }
 }
 
-fn reject_reason_to_pb(reason: &str) -> pb::RejectReason {
-    pb::RejectReason::from_str_name(&format!("REJECT_REASON_{reason}"))
-        .unwrap_or(pb::RejectReason::Unspecified)
+fn reject_reason_to_pb(reason: store::RejectReason) -> pb::RejectReason {
+    use store::RejectReason as R;
+    match reason {
+        R::NotRejected => pb::RejectReason::Unspecified,
+        R::OutOfStock => pb::RejectReason::OutOfStock,
+        R::UnknownSku => pb::RejectReason::UnknownSku,
+        R::UnknownCustomer => pb::RejectReason::UnknownCustomer,
+        R::InsufficientFunds => pb::RejectReason::InsufficientFunds,
+        R::AccountBlocked => pb::RejectReason::AccountBlocked,
+        R::AmountOverLimit => pb::RejectReason::AmountOverLimit,
+        R::ReservationExpired => pb::RejectReason::ReservationExpired,
+        R::ServiceUnavailable => pb::RejectReason::ServiceUnavailable,
+        R::CurrencyMismatch => pb::RejectReason::CurrencyMismatch,
+        R::StepRefused => pb::RejectReason::StepRefused,
+        R::Internal => pb::RejectReason::Internal,
+        R::AuthorizationExpired => pb::RejectReason::AuthorizationExpired,
+    }
 }
 
 pub fn order_to_pb(order: store::Order) -> pb::Order {
@@ -140,7 +154,7 @@ pub fn order_to_pb(order: store::Order) -> pb::Order {
             })
             .collect(),
         total: order.total_minor.map(money),
-        reject_reason: reject_reason_to_pb(&order.reject_reason).into(),
+        reject_reason: reject_reason_to_pb(order.reject_reason).into(),
         reject_detail: order.reject_detail,
         payment_id: order.payment_id,
         create_time: Some(clock::timestamp(order.create_time)),
@@ -169,21 +183,26 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let request = request.into_inner();
         validate_create(&request)?;
-        self.precheck(&request).await?;
         let new = NewOrder {
             order_id: uuid::Uuid::now_v7().to_string(),
             request_id: request.request_id,
             customer_id: request.customer_id,
             lines: request.lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
         };
-        let order = match self
-            .store
-            .create_order(&new, self.runner.owner(), self.runner.lease_until())
-            .await?
-        {
-            Created::New(order) => {
+        // A replay gets the first answer, before any other check: the
+        // precheck must not refuse a retry of an order that took the last unit.
+        if self.flags.is_enabled(PRECHECK_FLAG, Some(&new.customer_id)) {
+            if let Some(order) = self.store.replay_of(&new).await? {
+                tracing::info!(order_id = %order.order_id, request_id = %order.request_id, "CreateOrder replayed");
+                return Ok(Response::new(pb::CreateOrderResponse {
+                    order: Some(order_to_pb(order)),
+                }));
+            }
+            self.precheck(&new).await?;
+        }
+        let order = match self.runner.place(&new).await? {
+            Created::New(order, _) => {
                 tracing::info!(order_id = %order.order_id, customer_id = %order.customer_id, "order created");
-                self.runner.spawn(order.order_id.clone());
                 order
             }
             Created::Replay(order) => {
@@ -241,15 +260,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
-        let order = self
-            .store
-            .start_cancel(&order_id, self.runner.owner(), self.runner.lease_until())
-            .await?;
-        if order.status == store::OrderStatus::Cancelling {
-            tracing::info!(%order_id, "cancelling order");
-            let _ = self.updates.send(Arc::new(order.clone()));
-            self.runner.spawn(order_id);
-        }
+        let order = self.runner.cancel(&order_id).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_to_pb(order)),
         }))
@@ -264,18 +275,21 @@ impl OrderService for OrderApi {
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         // Subscribe before the first read so no change between them is missed.
-        let mut updates = self.updates.subscribe();
+        let mut updates = self.watch.subscribe(&order_id);
         let first = self.store.order(&order_id).await?.ok_or(crate::Error::NotFound {
             order_id: order_id.clone(),
         })?;
+        // Tells the hub which version this process has seen, so its poll for
+        // other replicas' changes does not re-read it.
+        self.watch.publish(&first);
         let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
         tokio::spawn(async move {
-            // Each recorded step arrives as a snapshot, in order; a watcher
-            // that lags, or a change made by another replica, is caught up by
-            // re-reading the order. Only status changes are sent.
-            let mut last = first.status;
-            let terminal = last.is_terminal();
+            // Snapshots arrive in order from this process's saga worker and
+            // from the hub's poll; only newer versions count, and only status
+            // changes are sent. A watcher that lags re-reads the order.
+            let mut last = (first.version, first.status);
+            let terminal = first.status.is_terminal();
             let send = |order: store::Order| pb::WatchOrderResponse {
                 order: Some(order_to_pb(order)),
             };
@@ -283,32 +297,30 @@ impl OrderService for OrderApi {
                 return;
             }
             loop {
-                let next = tokio::select! {
+                let order = tokio::select! {
                     update = updates.recv() => match update {
-                        Ok(order) if order.order_id != order_id => continue,
-                        Ok(order) => Some((*order).clone()),
-                        Err(broadcast::error::RecvError::Lagged(_)) => None,
+                        Ok(order) => (*order).clone(),
+                        Err(broadcast::error::RecvError::Lagged(_)) => match store.order(&order_id).await {
+                            Ok(Some(order)) => order,
+                            Ok(None) => return,
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into())).await;
+                                return;
+                            }
+                        },
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    () = tokio::time::sleep(WATCH_POLL) => None,
                     () = tx.closed() => return,
                 };
-                let order = match next {
-                    Some(order) => order,
-                    None => match store.order(&order_id).await {
-                        Ok(Some(order)) => order,
-                        Ok(None) => return,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    },
-                };
-                if order.status == last {
+                if order.version <= last.0 {
                     continue;
                 }
-                last = order.status;
-                let terminal = last.is_terminal();
+                let changed = order.status != last.1;
+                last = (order.version, order.status);
+                if !changed {
+                    continue;
+                }
+                let terminal = order.status.is_terminal();
                 if tx.send(Ok(send(order))).await.is_err() || terminal {
                     return;
                 }

@@ -3,26 +3,31 @@
 //!
 //! # Layout
 //! - [`store`]: orders, lines and saga rows in the order database.
-//! - [`saga`]: the saga runner and the recovery worker.
-//! - [`api`]: the gRPC surface (validation, conversion, WatchOrder).
+//! - [`saga`]: the saga: its decisions ([`saga::plan`]), its downstream calls
+//!   ([`saga::steps`]) and its workers ([`saga::runner`]).
+//! - [`api`]: the `OrderService` gRPC surface (validation, conversion).
+//! - [`admin`]: the `OrderAdminService` (sagas that need an operator).
+//! - [`watch`]: WatchOrder's feed (saga updates, one poll per process).
 //! - [`error`]: domain errors and their mapping to `tonic::Status`.
 //!
 //! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, clients) ->
 //! [`Service::serve`] on a listener the caller bound.
 
+pub mod admin;
 pub mod api;
 pub mod error;
 pub mod saga;
 pub mod store;
+pub mod watch;
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tonic::service::Routes;
 
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use ordermesh_proto::order::v1::order_admin_service_server::OrderAdminServiceServer;
 use ordermesh_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordermesh_runtime::server::{MeshSettings, serve};
@@ -43,6 +48,9 @@ pub struct Config {
     /// The payment service, e.g. `http://127.0.0.1:50053`.
     pub payment_url: String,
     pub saga: SagaConfig,
+    /// How often WatchOrder looks for changes made by other replicas (one
+    /// query per process, only while someone watches).
+    pub watch_poll_interval: Duration,
     pub mesh: MeshSettings,
 }
 
@@ -57,6 +65,7 @@ impl Config {
             inventory_url: inventory_url.into(),
             payment_url: payment_url.into(),
             saga: SagaConfig::default(),
+            watch_poll_interval: Duration::from_secs(1),
             mesh: MeshSettings::default(),
         }
     }
@@ -67,11 +76,10 @@ impl Config {
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] ordermesh_runtime::Error),
-    #[error("saga.lease ({lease:?}) must be longer than saga.call_timeout + saga.max_backoff ({needed:?})")]
-    LeaseTooShort {
-        lease: std::time::Duration,
-        needed: std::time::Duration,
-    },
+    #[error(
+        "saga.lease ({lease:?}) must be longer than saga.call_timeout + saga.lease_margin + saga.max_backoff ({needed:?})"
+    )]
+    LeaseTooShort { lease: Duration, needed: Duration },
     #[error("cannot build the mesh client stack: {0}")]
     Mesh(#[from] ordermesh_mesh::stack::MeshError),
 }
@@ -80,7 +88,8 @@ pub enum StartError {
 pub struct Service {
     store: Store,
     runner: SagaRunner,
-    updates: broadcast::Sender<Arc<store::Order>>,
+    watch: watch::WatchHub,
+    watch_poll_interval: Duration,
     inventory: InventoryServiceClient<MeshChannel>,
     mesh: Mesh,
     settings: MeshSettings,
@@ -89,17 +98,19 @@ pub struct Service {
 /// Connects to the database, applies migrations and prepares the clients of
 /// the inventory and payment services.
 pub async fn build(config: Config) -> Result<Service, StartError> {
-    // A lease that can lapse during one call and its back-off would let a
-    // second worker drive the saga concurrently.
-    let needed = config.saga.call_timeout + config.saga.max_backoff;
-    if config.saga.lease <= needed {
+    // A worker renews its lease before a call it would not cover; a lease
+    // shorter than one call, its margin and a back-off would lapse between
+    // two renewals of a worker that is waiting to retry.
+    let saga = &config.saga;
+    let needed = saga.call_timeout + saga.lease_margin + saga.max_backoff;
+    if saga.lease <= needed {
         return Err(StartError::LeaseTooShort {
-            lease: config.saga.lease,
+            lease: saga.lease,
             needed,
         });
     }
-    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(pool);
+    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(db);
     // Every outgoing call goes through the mesh stack (deadline, retry
     // budget, breaker, faults, balancing). Channels connect lazily, so the
     // service starts, and recovers sagas, while a peer is still down.
@@ -115,20 +126,34 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
                     .into(),
         },
     );
-    let inventory = InventoryServiceClient::new(mesh.client("inventory", &config.inventory_url)?);
-    let payment = PaymentServiceClient::new(mesh.client("payment", &config.payment_url)?);
-    let (updates, _) = broadcast::channel(1024);
-    let runner = SagaRunner::new(
-        store.clone(),
-        inventory.clone(),
-        payment,
-        config.saga,
-        updates.clone(),
-    );
+    let participant = |name: &str, url: &str| -> Result<_, StartError> {
+        let channel = mesh.client(name, url)?;
+        let handles = mesh
+            .downstream(name)
+            .expect("Mesh::client registers the downstream it builds");
+        Ok((channel, handles))
+    };
+    let (inventory_channel, inventory_mesh) = participant("inventory", &config.inventory_url)?;
+    let (payment_channel, payment_mesh) = participant("payment", &config.payment_url)?;
+    let inventory = InventoryServiceClient::new(inventory_channel);
+    let steps = saga::steps::Steps {
+        inventory: saga::steps::Participant {
+            client: inventory.clone(),
+            mesh: inventory_mesh,
+        },
+        payment: saga::steps::Participant {
+            client: PaymentServiceClient::new(payment_channel),
+            mesh: payment_mesh,
+        },
+        call_timeout: config.saga.call_timeout,
+    };
+    let watch = watch::WatchHub::new(store.clone());
+    let runner = SagaRunner::new(store.clone(), steps, config.saga, watch.clone());
     Ok(Service {
         store,
         runner,
-        updates,
+        watch,
+        watch_poll_interval: config.watch_poll_interval,
         inventory,
         mesh,
         settings: config.mesh,
@@ -149,20 +174,24 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
         let recovery = tokio::spawn(self.runner.clone().recover_forever());
+        let poll = tokio::spawn(self.watch.clone().poll_forever(self.watch_poll_interval));
         let api = api::OrderApi::new(
             self.store.clone(),
             self.runner.clone(),
-            self.updates.clone(),
+            self.watch.clone(),
             self.inventory.clone(),
             self.mesh.flags().clone(),
         );
-        let server =
-            OrderServiceServer::new(api).max_decoding_message_size(self.settings.max_request_bytes());
-        let routes = Routes::new(server);
-        let pool = self.store.pool().clone();
+        let max = self.settings.max_request_bytes();
+        let routes = Routes::new(OrderServiceServer::new(api).max_decoding_message_size(max)).add_service(
+            OrderAdminServiceServer::new(admin::OrderAdmin::new(self.store.clone(), self.runner.clone()))
+                .max_decoding_message_size(max),
+        );
+        let db = self.store.db().clone();
         let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
-        let result = serve(routes, pool, listener, options, shutdown).await;
+        let result = serve(routes, db, listener, options, shutdown).await;
         recovery.abort();
+        poll.abort();
         self.runner.stop();
         result
     }

@@ -61,13 +61,22 @@ fn payment_status(status: store::PaymentStatus) -> pb::PaymentStatus {
     }
 }
 
-fn decline_reason(reason: Option<store::DeclineReason>) -> pb::DeclineReason {
+fn decline_reason(reason: store::DeclineReason) -> pb::DeclineReason {
     use store::DeclineReason as R;
     match reason {
-        None => pb::DeclineReason::Unspecified,
-        Some(R::InsufficientFunds) => pb::DeclineReason::InsufficientFunds,
-        Some(R::AccountBlocked) => pb::DeclineReason::AccountBlocked,
-        Some(R::AmountOverLimit) => pb::DeclineReason::AmountOverLimit,
+        R::NotDeclined => pb::DeclineReason::Unspecified,
+        R::InsufficientFunds => pb::DeclineReason::InsufficientFunds,
+        R::AccountBlocked => pb::DeclineReason::AccountBlocked,
+        R::AmountOverLimit => pb::DeclineReason::AmountOverLimit,
+    }
+}
+
+fn void_reason(reason: store::VoidReason) -> pb::VoidReason {
+    use store::VoidReason as R;
+    match reason {
+        R::NotVoided => pb::VoidReason::Unspecified,
+        R::Requested => pb::VoidReason::Requested,
+        R::HoldExpired => pb::VoidReason::HoldExpired,
     }
 }
 
@@ -76,11 +85,23 @@ fn payment_to_pb(p: store::Payment) -> pb::Payment {
         amount: money(p.amount_minor, &p.currency_code),
         status: payment_status(p.status).into(),
         decline_reason: decline_reason(p.decline_reason).into(),
+        void_reason: void_reason(p.void_reason).into(),
+        expire_time: (p.status == store::PaymentStatus::Authorized).then(|| clock::timestamp(p.expire_time)),
         create_time: Some(clock::timestamp(p.create_time)),
         update_time: Some(clock::timestamp(p.update_time)),
         payment_id: p.payment_id,
         account_id: p.account_id,
         reference: p.reference,
+    }
+}
+
+fn ledger_entry_to_pb(e: store::LedgerEntry) -> pb::LedgerEntry {
+    pb::LedgerEntry {
+        amount: money(e.amount_minor, &e.currency_code),
+        create_time: Some(clock::timestamp(e.create_time)),
+        entry_id: e.entry_id,
+        payment_id: e.payment_id.unwrap_or_default(),
+        ledger_account: e.ledger_account,
     }
 }
 
@@ -177,18 +198,18 @@ impl PaymentService for PaymentApi {
             )
             .await?;
         match payment.decline_reason {
-            Some(reason) => tracing::info!(
-                payment_id = %payment.payment_id,
-                account_id = %payment.account_id,
-                reason = reason.as_str(),
-                "payment declined"
-            ),
-            None => tracing::info!(
+            store::DeclineReason::NotDeclined => tracing::info!(
                 payment_id = %payment.payment_id,
                 account_id = %payment.account_id,
                 amount_minor = payment.amount_minor,
                 status = payment.status.as_str(),
                 "payment authorized"
+            ),
+            reason => tracing::info!(
+                payment_id = %payment.payment_id,
+                account_id = %payment.account_id,
+                reason = reason.as_str(),
+                "payment declined"
             ),
         }
         Ok(Response::new(pb::AuthorizePaymentResponse {
@@ -216,10 +237,31 @@ impl PaymentService for PaymentApi {
         request: Request<pb::VoidAuthorizationRequest>,
     ) -> Result<Response<pb::VoidAuthorizationResponse>, Status> {
         let request = request.into_inner();
-        require_operation(&request.payment_id, &request.request_id)?;
-        let payment = self.store.void(&request.payment_id, &request.request_id).await?;
+        // Exactly one of payment_id and authorize_request_id names the payment.
+        let mut v = Violations::new();
+        v.require_id("request_id", &request.request_id);
+        match (
+            request.payment_id.is_empty(),
+            request.authorize_request_id.is_empty(),
+        ) {
+            (true, true) => v.add("payment_id", "is required (or set authorize_request_id)"),
+            (false, false) => v.add(
+                "authorize_request_id",
+                "must be empty when payment_id is set: name the payment one way",
+            ),
+            (false, true) => v.require_id("payment_id", &request.payment_id),
+            (true, false) => v.require_id("authorize_request_id", &request.authorize_request_id),
+        }
+        v.into_result()?;
+        let payment = if request.payment_id.is_empty() {
+            self.store
+                .void_by_authorize_key(&request.authorize_request_id, &request.request_id)
+                .await?
+        } else {
+            Some(self.store.void(&request.payment_id, &request.request_id).await?)
+        };
         Ok(Response::new(pb::VoidAuthorizationResponse {
-            payment: Some(payment_to_pb(payment)),
+            payment: payment.map(payment_to_pb),
         }))
     }
 
@@ -295,6 +337,56 @@ impl PaymentService for PaymentApi {
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.into_iter().map(payment_to_pb).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        request: Request<pb::ListLedgerEntriesRequest>,
+    ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        for (field, value) in [
+            ("ledger_account", &request.ledger_account),
+            ("payment_id", &request.payment_id),
+        ] {
+            if value.len() > MAX_ID_LEN {
+                v.add(field, format!("must be at most {MAX_ID_LEN} characters"));
+            }
+        }
+        v.into_result()?;
+        let size = paging::page_size(request.page_size)?;
+        let after = paging::decode_token(&request.page_token)?;
+        let mut entries = self
+            .store
+            .ledger_entries(
+                &request.ledger_account,
+                &request.payment_id,
+                after.as_deref(),
+                size + 1,
+            )
+            .await?;
+        let next_page_token = paging::next_page(&mut entries, size, |e| e.entry_id.clone());
+        Ok(Response::new(pb::ListLedgerEntriesResponse {
+            entries: entries.into_iter().map(ledger_entry_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn verify_ledger(
+        &self,
+        _request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let check = self.store.verify_ledger().await?;
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            balanced: check.balanced(),
+            totals: check
+                .totals
+                .iter()
+                .map(|(currency, total)| Money::new(*total, currency))
+                .collect(),
+            mismatched_account_ids: check.mismatched_account_ids,
+            entry_count: check.entry_count,
         }))
     }
 }

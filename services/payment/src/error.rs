@@ -34,6 +34,10 @@ pub enum Error {
         status: &'static str,
         action: &'static str,
     },
+    #[error("authorization request_id {request_id:?} was voided before it arrived; nothing is held")]
+    AuthorizationVoided { request_id: String },
+    #[error("payment {payment_id} was not captured within its hold time; its authorization expired")]
+    AuthorizationExpired { payment_id: String },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
@@ -76,6 +80,18 @@ impl From<Error> for Status {
                 Code::FailedPrecondition,
                 message,
                 reason::INVALID_PAYMENT_STATE,
+                ("payment_id", payment_id),
+            ),
+            Error::AuthorizationVoided { request_id } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                reason::AUTHORIZATION_VOIDED,
+                ("request_id", request_id),
+            ),
+            Error::AuthorizationExpired { payment_id } => with_reason(
+                Code::FailedPrecondition,
+                message,
+                reason::AUTHORIZATION_EXPIRED,
                 ("payment_id", payment_id),
             ),
             Error::Db(db) => ordermesh_runtime::status::database("payment", db),

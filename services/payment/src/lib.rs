@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`store`]: the database; every movement is a conditional update plus
-//!   two ledger entries that sum to zero, in one transaction.
+//!   two ledger entries that sum to zero, in one transaction; authorizations
+//!   hold for a limited time and a background sweep releases lapsed holds.
 //! - [`api`]: the gRPC surface (validation and conversion).
 //! - [`error`]: domain errors and their mapping to `tonic::Status`.
 //! - [`demo`]: the demo customers `ordermesh up` seeds.
@@ -16,6 +17,8 @@ pub mod demo;
 pub mod error;
 pub mod store;
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -27,6 +30,9 @@ pub use store::{SeedAccount, Store};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Seven days, as card networks commonly hold an authorization.
+pub const DEFAULT_AUTHORIZATION_HOLD: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Everything the payment service needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +40,12 @@ pub struct Config {
     pub database_url: String,
     /// Accounts created on start when missing.
     pub seed: Vec<SeedAccount>,
+    /// How long an uncaptured authorization holds its amount before it is
+    /// voided automatically (as a card authorization lapses): the safety net
+    /// for a hold its caller never finished.
+    pub authorization_hold: Duration,
+    /// How often lapsed holds are swept.
+    pub sweep_interval: Duration,
     pub mesh: MeshSettings,
 }
 
@@ -42,6 +54,8 @@ impl Config {
         Self {
             database_url: database_url.into(),
             seed: Vec::new(),
+            authorization_hold: DEFAULT_AUTHORIZATION_HOLD,
+            sweep_interval: Duration::from_secs(5),
             mesh: MeshSettings::default(),
         }
     }
@@ -51,18 +65,20 @@ impl Config {
 pub struct Service {
     store: Store,
     mesh: MeshSettings,
+    sweep_interval: Duration,
 }
 
 /// Connects to the database, applies migrations and seeds the accounts.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
-    let pool = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(pool);
+    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let store = Store::new(db, config.authorization_hold);
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the accounts failed");
     }
     Ok(Service {
         store,
         mesh: config.mesh,
+        sweep_interval: config.sweep_interval,
     })
 }
 
@@ -72,7 +88,8 @@ impl Service {
         &self.store
     }
 
-    /// Serves gRPC on `listener` until `shutdown` completes.
+    /// Serves gRPC on `listener` until `shutdown` completes, releasing lapsed
+    /// holds in the background meanwhile.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -81,8 +98,19 @@ impl Service {
         let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone()))
             .max_decoding_message_size(self.mesh.max_request_bytes());
         let routes = Routes::new(server);
-        let pool = self.store.pool().clone();
+        let store = self.store.clone();
+        let sweeper = tokio::spawn(ordermesh_runtime::periodic::every(
+            "authorization hold expiry",
+            self.sweep_interval,
+            move || {
+                let store = store.clone();
+                async move { store.expire_due().await }
+            },
+        ));
+        let db = self.store.db().clone();
         let options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
-        serve(routes, pool, listener, options, shutdown).await
+        let result = serve(routes, db, listener, options, shutdown).await;
+        sweeper.abort();
+        result
     }
 }

@@ -226,6 +226,8 @@ pub struct BreakerStats {
     pub half_opened: u64,
     pub closed: u64,
     pub rejected: u64,
+    /// The last state change (from, to), as the transition log names it.
+    pub last_transition: Option<(StateKind, StateKind)>,
 }
 
 /// The breaker's state machine. Time is passed in, so tests drive it with
@@ -271,15 +273,22 @@ impl CircuitBreaker {
         }
     }
 
-    fn transition(&mut self, to: State, now: Instant) {
-        let from = self.state(now);
-        self.epoch += 1;
-        self.state = to;
-        let to_kind = match &self.state {
+    /// The state as stored, without the move from open to half-open that
+    /// time alone makes (which [`CircuitBreaker::state`] reports).
+    fn stored_kind(&self) -> StateKind {
+        match &self.state {
             State::Closed(_) => StateKind::Closed,
             State::Open { .. } => StateKind::Open,
             State::HalfOpen { .. } => StateKind::HalfOpen,
-        };
+        }
+    }
+
+    fn transition(&mut self, to: State) {
+        let from = self.stored_kind();
+        self.epoch += 1;
+        self.state = to;
+        let to_kind = self.stored_kind();
+        self.stats.last_transition = Some((from, to_kind));
         match to_kind {
             StateKind::Open => self.stats.opened += 1,
             StateKind::HalfOpen => self.stats.half_opened += 1,
@@ -290,7 +299,7 @@ impl CircuitBreaker {
 
     fn open(&mut self, now: Instant) {
         let until = now + self.config.wait_in_open;
-        self.transition(State::Open { until }, now);
+        self.transition(State::Open { until });
     }
 
     /// Admits a call, or rejects it while open (or while half-open has
@@ -304,13 +313,10 @@ impl CircuitBreaker {
                     state: StateKind::Open,
                 });
             }
-            self.transition(
-                State::HalfOpen {
-                    admitted: 0,
-                    done: Tally::default(),
-                },
-                now,
-            );
+            self.transition(State::HalfOpen {
+                admitted: 0,
+                done: Tally::default(),
+            });
         }
         let epoch = self.epoch;
         match &mut self.state {
@@ -360,7 +366,7 @@ impl CircuitBreaker {
                         self.open(now);
                     } else {
                         let recent = Recent::new(self.config.window);
-                        self.transition(State::Closed(recent), now);
+                        self.transition(State::Closed(recent));
                     }
                 }
             }
@@ -619,6 +625,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(b.state(Instant::now()), StateKind::HalfOpen);
         let p1 = b.try_acquire(Instant::now()).expect("probe 1");
+        assert_eq!(
+            b.stats().last_transition,
+            Some((StateKind::Open, StateKind::HalfOpen)),
+            "the log names the state it left, not the state time reports"
+        );
         let p2 = b.try_acquire(Instant::now()).expect("probe 2");
         assert!(b.try_acquire(Instant::now()).is_err(), "only 2 probes");
         let now = Instant::now();
@@ -626,6 +637,10 @@ mod tests {
         assert_eq!(b.state(now), StateKind::HalfOpen, "waits for every probe");
         b.record(p2, false, FAST, now);
         assert_eq!(b.state(now), StateKind::Closed, "closes on successful probes");
+        assert_eq!(
+            b.stats().last_transition,
+            Some((StateKind::HalfOpen, StateKind::Closed))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -653,6 +668,11 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         let p1 = b.try_acquire(Instant::now()).expect("probe 1");
+        assert_eq!(
+            b.stats().last_transition,
+            Some((StateKind::Open, StateKind::HalfOpen)),
+            "the log names the state it left, not the state time reports"
+        );
         let _p2 = b.try_acquire(Instant::now()).expect("probe 2");
         b.cancel(p1);
         assert!(b.try_acquire(Instant::now()).is_ok(), "the slot came back");

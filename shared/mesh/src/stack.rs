@@ -21,7 +21,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
 use crate::balance::{self, BalanceError, BalancerHandle, EndpointStatus};
-use crate::breaker::{BreakerHandle, BreakerLayer, StateKind};
+use crate::breaker::{BreakerHandle, BreakerLayer, StateKind, not_sent_reason};
+use crate::classify::Classifier;
 use crate::deadline::DeadlineLayer;
 use crate::fault::{FaultLayer, FaultRule, Faults};
 use crate::flags::Flags;
@@ -86,6 +87,26 @@ pub struct Downstream {
     pub budget: Arc<RetryBudget>,
     pub balancer: BalancerHandle,
     pub faults: Faults,
+    /// The one classifier the breaker, retries and ejection of this
+    /// downstream judge outcomes by.
+    pub classifier: Arc<Classifier>,
+}
+
+impl Downstream {
+    /// Whether a failed call is worth trying again later (an outage, not an
+    /// answer): a server fault by the same classifier the breaker, the retry
+    /// layer and outlier ejection use, so callers above the mesh (the order
+    /// saga) agree with it on what "transient" means.
+    pub fn is_transient(&self, status: &tonic::Status) -> bool {
+        self.classifier.classify(status.code()).is_server_fault()
+    }
+
+    /// For a call the breaker refused without sending: how long until it lets
+    /// a probe through (zero when it already does).
+    pub fn breaker_retry_after(&self, status: &tonic::Status) -> Option<Duration> {
+        (not_sent_reason(status.metadata().as_ref()) == Some("breaker"))
+            .then(|| self.breaker.opens_for().unwrap_or(Duration::ZERO))
+    }
 }
 
 /// A snapshot of one downstream, for the admin endpoint.
@@ -165,7 +186,7 @@ impl Mesh {
         let service = ServiceBuilder::new()
             .layer(DeadlineLayer::new(settings.deadline))
             .layer(RetryLayer::new(settings.retry, budget.clone()))
-            .layer(BreakerLayer::new(breaker.clone(), classifier))
+            .layer(BreakerLayer::new(breaker.clone(), classifier.clone()))
             .layer(FaultLayer::new(faults.clone(), self.inner.flags.clone()))
             .service(balanced);
         self.inner
@@ -179,6 +200,7 @@ impl Mesh {
                     budget,
                     balancer,
                     faults,
+                    classifier: classifier.clone(),
                 },
             );
         Ok(MeshChannel {

@@ -6,6 +6,23 @@
 //! text ids), so one implementation serves both and the same tests prove both.
 //! The DDL is portable too (TEXT, BIGINT, CHECK, unique keys), so each service
 //! ships one migration set for both backends.
+//!
+//! # Writers and readers
+//! A [`Db`] holds two pools. On PostgreSQL they are the same pool. On SQLite
+//! they differ, because SQLite has one writer at a time:
+//! - `write`: one connection. Concurrent writers queue in the pool (fair,
+//!   bounded by the acquire timeout) instead of failing with `SQLITE_BUSY`.
+//!   Consequence: never acquire a second `write` connection while a
+//!   transaction is open in the same task (it would wait for itself).
+//! - `read`: several read-only connections. In WAL mode readers see the last
+//!   committed state and never wait for the writer, so `GetOrder`,
+//!   `ListOrders` and the health probe stay fast while sagas write.
+//!
+//! SQLite runs in WAL mode with `synchronous = NORMAL`: a commit is durable
+//! against a crash of the process (kill -9 included: the WAL is in the OS's
+//! page cache), and only a power loss or kernel crash can lose the last
+//! commits; `FULL` would add an fsync per commit for that case. A busy
+//! timeout covers the short moments a checkpoint holds the lock.
 
 use std::path::Path;
 use std::time::Duration;
@@ -52,27 +69,80 @@ pub fn sqlite_url(data_dir: &Path, service: &str) -> Result<String, Error> {
     ))
 }
 
-/// Connects to `url` and applies the service's migrations.
-///
-/// SQLite gets a single connection: it allows one writer at a time anyway,
-/// and one connection turns what would be `SQLITE_BUSY` failures under
-/// concurrent writes into an orderly queue. PostgreSQL gets a real pool.
-pub async fn connect(url: &str, migrations: &Migrator) -> Result<AnyPool, Error> {
-    sqlx::any::install_default_drivers();
-    let backend = Backend::of_url(url)?;
-    let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
-    let options = match backend {
-        Backend::Sqlite => options.max_connections(1),
-        Backend::Postgres => options.max_connections(10),
-    };
-    let pool = options.connect(url).await.map_err(Error::Connect)?;
-    migrations.run(&pool).await?;
-    Ok(pool)
+/// A service's database: a pool for writes and one for reads (see the
+/// module docs; on PostgreSQL both are the same pool).
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub write: AnyPool,
+    pub read: AnyPool,
+    pub backend: Backend,
 }
 
-/// True when the database answers a trivial query.
-pub async fn is_ready(pool: &AnyPool) -> bool {
-    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+/// How long a statement waits for SQLite's write lock (held briefly by the
+/// writer connection's commits and by WAL checkpoints).
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Read connections of a SQLite database.
+const SQLITE_READERS: u32 = 4;
+/// Connections of a PostgreSQL pool.
+const POSTGRES_CONNECTIONS: u32 = 10;
+
+/// Connects to `url` and applies the service's migrations.
+pub async fn connect(url: &str, migrations: &Migrator) -> Result<Db, Error> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of_url(url)?;
+    let options = || AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+    match backend {
+        Backend::Sqlite => {
+            let write = options()
+                .max_connections(1)
+                .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn, false).await }))
+                .connect(url)
+                .await
+                .map_err(Error::Connect)?;
+            // Migrations first: they create the file's WAL mode and tables
+            // before any reader opens it.
+            migrations.run(&write).await?;
+            let read = options()
+                .max_connections(SQLITE_READERS)
+                .after_connect(|conn, _| Box::pin(async move { sqlite_pragmas(conn, true).await }))
+                .connect(url)
+                .await
+                .map_err(Error::Connect)?;
+            Ok(Db { write, read, backend })
+        }
+        Backend::Postgres => {
+            let pool = options()
+                .max_connections(POSTGRES_CONNECTIONS)
+                .connect(url)
+                .await
+                .map_err(Error::Connect)?;
+            migrations.run(&pool).await?;
+            Ok(Db {
+                read: pool.clone(),
+                write: pool,
+                backend,
+            })
+        }
+    }
+}
+
+/// Per-connection SQLite settings (see the module docs for why).
+async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {
+    let mut pragmas = format!(
+        "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+    );
+    if read_only {
+        pragmas.push_str(" PRAGMA query_only = ON;");
+    }
+    // Fixed text from constants above, never input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas)).execute(conn).await?;
+    Ok(())
+}
+
+/// True when the database answers a trivial query (on the read pool, so a
+/// busy writer does not make a healthy service look down).
+pub async fn is_ready(db: &Db) -> bool {
+    sqlx::query("SELECT 1").execute(&db.read).await.is_ok()
 }
 
 /// True when the error is a unique-constraint violation (an idempotent

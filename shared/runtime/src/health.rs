@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -15,7 +14,7 @@ use crate::db;
 pub async fn track_database(
     reporter: HealthReporter,
     service_name: &'static str,
-    pool: AnyPool,
+    db: db::Db,
     interval: Duration,
     stop: impl Future<Output = ()>,
 ) {
@@ -27,7 +26,7 @@ pub async fn track_database(
         tokio::select! {
             () = &mut stop => break,
             _ = ticker.tick() => {
-                let status = if db::is_ready(&pool).await {
+                let status = if db::is_ready(&db).await {
                     ServingStatus::Serving
                 } else {
                     ServingStatus::NotServing

@@ -12,6 +12,7 @@
 //!   `google.rpc.BadRequest` details.
 //! - [`status`]: shared pieces of the services' error-to-status mappings.
 //! - [`paging`]: AIP-158 page sizes and opaque page tokens.
+//! - [`periodic`]: background sweeps on an interval.
 //! - [`clock`]: timestamps as integer microseconds, the storage format.
 //! - [`telemetry`]: the tracing subscriber.
 //!
@@ -23,6 +24,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod paging;
+pub mod periodic;
 pub mod server;
 pub mod shutdown;
 pub mod status;
@@ -31,9 +33,11 @@ pub mod validate;
 
 pub use error::Error;
 
-/// Declares an enum stored as text (`as_str` to write it, `parse` to read it
-/// back). `parse` fails with the calling crate's `Error::Corrupt`, since an
-/// unknown value in the database is corrupt data, not bad input.
+/// Declares an enum stored as text: `as_str` is what a query binds, and
+/// `parse` (also as `TryFrom<String>`, for `#[sqlx(try_from = "String")]` on a
+/// `FromRow` field) reads it back. Parsing fails with the calling crate's
+/// `Error::Corrupt`, since an unknown value in the database is corrupt data,
+/// not bad input. `ALL` lists every value (for exhaustive tests).
 #[macro_export]
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -51,6 +55,17 @@ macro_rules! text_enum {
                     $($text => Ok(Self::$variant),)+
                     other => Err(Error::Corrupt(format!(concat!(stringify!($name), " {:?}"), other))),
                 }
+            }
+
+            #[allow(dead_code)]
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+
+            fn try_from(text: String) -> Result<Self, Error> {
+                Self::parse(&text)
             }
         }
     };

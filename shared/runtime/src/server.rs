@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -54,7 +53,7 @@ impl ServeOptions {
 /// timeout) and returns.
 pub async fn serve(
     routes: Routes,
-    pool: AnyPool,
+    db: crate::db::Db,
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -84,7 +83,7 @@ pub async fn serve(
     let tracker = tokio::spawn(health::track_database(
         reporter,
         options.service_name,
-        pool,
+        db,
         options.health_interval,
         stopped(stop_rx.clone()),
     ));

@@ -80,7 +80,7 @@ impl InventoryService for Slow {
 
 struct Running {
     addr: std::net::SocketAddr,
-    pool: sqlx::AnyPool,
+    db: ordermesh_runtime::db::Db,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), ordermesh_runtime::Error>>,
     _dir: tempfile::TempDir,
@@ -89,7 +89,7 @@ struct Running {
 async fn start() -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = ordermesh_runtime::db::sqlite_url(dir.path(), "test").expect("url");
-    let pool = ordermesh_runtime::db::connect(&url, &MIGRATIONS)
+    let db = ordermesh_runtime::db::connect(&url, &MIGRATIONS)
         .await
         .expect("db");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -98,12 +98,12 @@ async fn start() -> Running {
     options.health_interval = Duration::from_millis(50);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let routes = Routes::new(InventoryServiceServer::new(Slow));
-    let task = tokio::spawn(serve(routes, pool.clone(), listener, options, async move {
+    let task = tokio::spawn(serve(routes, db.clone(), listener, options, async move {
         let _ = stopped.await;
     }));
     Running {
         addr,
-        pool,
+        db,
         stop,
         task,
         _dir: dir,
@@ -145,7 +145,8 @@ async fn health_follows_the_database() {
     let server = start().await;
     wait_for(server.addr, ServingStatus::Serving).await;
     // The database goes away: the server stays up but stops claiming to serve.
-    server.pool.close().await;
+    server.db.read.close().await;
+    server.db.write.close().await;
     wait_for(server.addr, ServingStatus::NotServing).await;
     let _ = server.stop.send(());
     let _ = server.task.await;

@@ -1,0 +1,129 @@
+//! One configuration path for `up` and `serve`: the flags every service
+//! takes (grouped per service, each with its environment variable), and the
+//! one function per service that turns them into its `Config`. `up` and
+//! `serve` differ only in where the database URLs and peer addresses come
+//! from.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use ordermesh_order::{CrashPoint, SagaConfig};
+use ordermesh_runtime::server::MeshSettings;
+
+/// Inventory settings.
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {
+    /// Seconds a stock reservation may stay uncommitted; it must outlast the
+    /// saga's windows (3 x patience + forward window).
+    #[arg(long, env = "ORDERMESH_RESERVATION_TTL_SECS", default_value_t = 900)]
+    pub reservation_ttl_secs: u64,
+}
+
+/// Payment settings.
+#[derive(Debug, Clone, Args)]
+pub struct PaymentArgs {
+    /// Seconds an uncaptured authorization holds its amount before it lapses
+    /// and the funds are released.
+    #[arg(long, env = "ORDERMESH_AUTHORIZATION_HOLD_SECS", default_value_t = 7 * 24 * 3600)]
+    pub authorization_hold_secs: u64,
+}
+
+/// Order saga settings.
+#[derive(Debug, Clone, Args)]
+pub struct SagaArgs {
+    /// Seconds a step before the payment is captured waits out an outage of
+    /// inventory or payment before the order is rejected.
+    #[arg(long, env = "ORDERMESH_SAGA_PATIENCE_SECS", default_value_t = 30)]
+    pub saga_patience_secs: u64,
+    /// Seconds a step after the capture retries an outage before the saga
+    /// stops for an operator (never refunded for an outage).
+    #[arg(long, env = "ORDERMESH_SAGA_FORWARD_WINDOW_SECS", default_value_t = 600)]
+    pub saga_forward_window_secs: u64,
+    /// Attempts of a compensating step before the saga stops for an operator
+    /// (OrderAdminService/ListSagas, RetrySaga).
+    #[arg(long, env = "ORDERMESH_SAGA_MAX_COMPENSATION_ATTEMPTS", default_value_t = 12)]
+    pub saga_max_compensation_attempts: i64,
+    /// Crash-test hook: freeze at this saga point (e.g. after-authorize) so a
+    /// test can kill -9 the process there. Never set in production.
+    #[arg(long, env = "ORDERMESH_CRASH_AT", hide = true, value_parser = parse_crash_point)]
+    pub crash_at: Option<CrashPoint>,
+}
+
+fn parse_crash_point(name: &str) -> Result<CrashPoint, String> {
+    CrashPoint::parse(name).ok_or_else(|| {
+        let names: Vec<String> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown crash point {name:?}; one of {}", names.join(", "))
+    })
+}
+
+impl SagaArgs {
+    pub fn saga(&self) -> SagaConfig {
+        SagaConfig {
+            patience: Duration::from_secs(self.saga_patience_secs),
+            forward_window: Duration::from_secs(self.saga_forward_window_secs),
+            max_compensation_attempts: self.saga_max_compensation_attempts,
+            crash_at: self.crash_at,
+            ..SagaConfig::default()
+        }
+    }
+}
+
+pub fn inventory(
+    database_url: String,
+    args: &InventoryArgs,
+    seed_demo: bool,
+    mesh: MeshSettings,
+) -> ordermesh_inventory::Config {
+    let mut config = ordermesh_inventory::Config::new(database_url);
+    config.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
+    if seed_demo {
+        config.seed = ordermesh_inventory::demo::catalogue();
+    }
+    config.mesh = mesh;
+    config
+}
+
+pub fn payment(
+    database_url: String,
+    args: &PaymentArgs,
+    seed_demo: bool,
+    mesh: MeshSettings,
+) -> ordermesh_payment::Config {
+    let mut config = ordermesh_payment::Config::new(database_url);
+    config.authorization_hold = Duration::from_secs(args.authorization_hold_secs);
+    if seed_demo {
+        config.seed = ordermesh_payment::demo::accounts();
+    }
+    config.mesh = mesh;
+    config
+}
+
+pub fn order(
+    database_url: String,
+    inventory_url: String,
+    payment_url: String,
+    args: &SagaArgs,
+    mesh: MeshSettings,
+) -> ordermesh_order::Config {
+    let mut config = ordermesh_order::Config::new(database_url, inventory_url, payment_url);
+    config.saga = args.saga();
+    config.mesh = mesh;
+    config
+}
+
+/// When inventory and the saga are configured together (`up`): a
+/// reservation must outlive every window the saga may wait before COMMIT,
+/// or a paid order could find its stock expired.
+pub fn check_reservation_outlives_saga(inventory: &InventoryArgs, saga: &SagaArgs) -> anyhow::Result<()> {
+    let needed = saga.saga().reservation_needed();
+    let ttl = Duration::from_secs(inventory.reservation_ttl_secs);
+    if ttl <= needed {
+        anyhow::bail!(
+            "--reservation-ttl-secs ({}) must be longer than 3 x --saga-patience-secs + --saga-forward-window-secs ({})",
+            ttl.as_secs(),
+            needed.as_secs()
+        );
+    }
+    Ok(())
+}

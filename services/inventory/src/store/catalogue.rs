@@ -1,0 +1,137 @@
+//! The catalogue: items and their stock buckets, seeding, idempotent stock
+//! adjustments, availability checks.
+
+use std::collections::HashMap;
+
+use ordermesh_runtime::{clock, db};
+
+use super::{Item, SeedItem, Store};
+use crate::error::Error;
+
+impl Store {
+    /// Creates the catalogue entries that do not exist yet; existing ones keep
+    /// their stock, so seeding on every start is harmless.
+    pub async fn seed(&self, items: &[SeedItem]) -> Result<(), Error> {
+        let now = clock::now_micros();
+        for item in items {
+            sqlx::query(concat!(
+                "INSERT INTO stock_items (",
+                item_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $6) ON CONFLICT (sku) DO NOTHING"
+            ))
+            .bind(&item.sku)
+            .bind(&item.name)
+            .bind(item.unit_price_minor)
+            .bind(&item.currency_code)
+            .bind(item.initial_stock)
+            .bind(now)
+            .execute(&self.db.write)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn item(&self, sku: &str) -> Result<Item, Error> {
+        sqlx::query_as::<_, Item>(concat!(
+            "SELECT ",
+            item_columns!(),
+            " FROM stock_items WHERE sku = $1"
+        ))
+        .bind(sku)
+        .fetch_optional(&self.db.read)
+        .await?
+        .ok_or_else(|| Error::UnknownSku { sku: sku.into() })
+    }
+
+    /// Items ordered by SKU after `after` (exclusive), at most `limit`.
+    pub async fn items_after(&self, after: Option<&str>, limit: i64) -> Result<Vec<Item>, Error> {
+        Ok(sqlx::query_as::<_, Item>(concat!(
+            "SELECT ",
+            item_columns!(),
+            " FROM stock_items WHERE sku > $1 ORDER BY sku LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.db.read)
+        .await?)
+    }
+
+    /// Adds `delta` to a SKU's available stock, once per `request_id`.
+    pub async fn adjust(&self, sku: &str, delta: i64, reason: &str, request_id: &str) -> Result<Item, Error> {
+        let now = clock::now_micros();
+        let mut tx = self.db.write.begin().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO stock_adjustments (request_id, sku, delta, reason, create_time) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(request_id)
+        .bind(sku)
+        .bind(delta)
+        .bind(reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                // A replay: the first request already applied the change,
+                // unless the key was used for a different change.
+                tx.rollback().await?;
+                let (first_sku, first_delta): (String, i64) =
+                    sqlx::query_as("SELECT sku, delta FROM stock_adjustments WHERE request_id = $1")
+                        .bind(request_id)
+                        .fetch_one(&self.db.read)
+                        .await?;
+                if first_sku != sku || first_delta != delta {
+                    return Err(Error::RequestIdReused {
+                        request_id: request_id.into(),
+                    });
+                }
+                return self.item(sku).await;
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                // The foreign key to stock_items rejects unknown SKUs.
+                return match self.item(sku).await {
+                    Err(unknown @ Error::UnknownSku { .. }) => Err(unknown),
+                    _ => Err(e.into()),
+                };
+            }
+        }
+        let updated = sqlx::query_as::<_, Item>(concat!(
+            "UPDATE stock_items SET available = available + $1, update_time = $2
+             WHERE sku = $3 AND available + $1 >= 0 RETURNING ",
+            item_columns!()
+        ))
+        .bind(delta)
+        .bind(now)
+        .bind(sku)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(item) = updated else {
+            tx.rollback().await?;
+            self.item(sku).await?;
+            return Err(Error::StockBelowZero {
+                sku: sku.into(),
+                delta,
+            });
+        };
+        tx.commit().await?;
+        Ok(item)
+    }
+
+    /// Current availability of each requested SKU (absent when unknown).
+    pub async fn availability(&self, skus: &[&str]) -> Result<HashMap<String, i64>, Error> {
+        let mut found = HashMap::new();
+        for sku in skus {
+            let available: Option<(i64,)> =
+                sqlx::query_as("SELECT available FROM stock_items WHERE sku = $1")
+                    .bind(*sku)
+                    .fetch_optional(&self.db.read)
+                    .await?;
+            if let Some((available,)) = available {
+                found.insert((*sku).to_owned(), available);
+            }
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,144 @@
+//! The inventory database: catalogue, stock buckets, reservations and
+//! adjustments.
+//!
+//! Every stock movement is a conditional `UPDATE` (`WHERE available >= $n`)
+//! inside the transaction that records why it happened, so concurrent
+//! reservations can never oversell and no value is read, changed in Rust and
+//! written back across an await. Every write transaction begins with a write,
+//! so it takes the write lock at once instead of upgrading a read lock.
+//!
+//! # Layout
+//! - this module: the stored types (typed rows read with `FromRow`; enums
+//!   stored as text and bound from their definitions).
+//! - [`catalogue`]: items, seeding, adjustments, availability.
+//! - [`reservations`]: reserve, commit, release, expiry.
+
+// Column lists are macros so that queries are `concat!`ed at compile time
+// (one fixed SQL text per query, nothing built at run time). Defined before
+// the modules that use them.
+macro_rules! item_columns {
+    () => {
+        "sku, name, unit_price_minor, currency_code, available, reserved, sold, create_time, update_time"
+    };
+}
+
+macro_rules! reservation_columns {
+    () => {
+        "order_id, status, total_minor, currency_code, expire_time, create_time, update_time"
+    };
+}
+
+mod catalogue;
+mod reservations;
+
+use std::time::Duration;
+
+use ordermesh_runtime::db::Db;
+use ordermesh_runtime::text_enum;
+
+use crate::error::Error;
+
+/// A catalogue entry with its stock buckets.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Item {
+    pub sku: String,
+    pub name: String,
+    pub unit_price_minor: i64,
+    pub currency_code: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+/// A catalogue entry to create when it does not exist yet.
+#[derive(Debug, Clone)]
+pub struct SeedItem {
+    pub sku: String,
+    pub name: String,
+    pub unit_price_minor: i64,
+    pub currency_code: String,
+    pub initial_stock: i64,
+}
+
+/// A requested line: SKU and quantity (already validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub sku: String,
+    pub quantity: i64,
+}
+
+text_enum!(
+    /// A reservation's state, as stored.
+    ReservationStatus {
+        Active => "ACTIVE",
+        Committed => "COMMITTED",
+        Released => "RELEASED",
+        Expired => "EXPIRED",
+        Returned => "RETURNED",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReservedLine {
+    pub sku: String,
+    pub quantity: i64,
+    pub unit_price_minor: i64,
+}
+
+/// A reservation's row; its lines are read apart.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+struct ReservationRow {
+    order_id: String,
+    #[sqlx(try_from = "String")]
+    status: ReservationStatus,
+    total_minor: i64,
+    currency_code: String,
+    expire_time: i64,
+    create_time: i64,
+    update_time: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub order_id: String,
+    pub status: ReservationStatus,
+    pub lines: Vec<ReservedLine>,
+    pub total_minor: i64,
+    pub currency_code: String,
+    pub expire_time: i64,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+impl ReservationRow {
+    fn with_lines(self, lines: Vec<ReservedLine>) -> Reservation {
+        Reservation {
+            order_id: self.order_id,
+            status: self.status,
+            lines,
+            total_minor: self.total_minor,
+            currency_code: self.currency_code,
+            expire_time: self.expire_time,
+            create_time: self.create_time,
+            update_time: self.update_time,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    reservation_ttl: Duration,
+}
+
+impl Store {
+    pub fn new(db: Db, reservation_ttl: Duration) -> Self {
+        Self { db, reservation_ttl }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}

@@ -1,0 +1,382 @@
+//! Reservations: stock held for an order, all lines or none, keyed (and
+//! idempotent) by the order id; committed (sold), released, or expired by a
+//! deadline stored with it.
+//!
+//! A release that arrives before the reservation (a compensation racing a
+//! reserve still in flight, or a late retry) records a RELEASED placeholder
+//! under the order id, so the late reserve replays it and holds nothing.
+//! Reserve and release both begin with an insert of that key: on PostgreSQL
+//! the second waits for the first to commit, and SQLite's single writer
+//! serializes them, so a release always sees the reservation it must undo.
+
+use sqlx::AnyConnection;
+
+use ordermesh_runtime::{clock, db};
+
+use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store};
+use crate::error::Error;
+
+/// How a reservation transition moves units between a SKU's buckets. The SQL
+/// is a fixed text per variant.
+#[derive(Debug, Clone, Copy)]
+enum Movement {
+    ReservedToAvailable,
+    ReservedToSold,
+    SoldToAvailable,
+}
+
+impl Movement {
+    fn sql(self) -> &'static str {
+        match self {
+            Movement::ReservedToAvailable => {
+                "UPDATE stock_items SET available = available + $1, reserved = reserved - $1, update_time = $2 WHERE sku = $3"
+            }
+            Movement::ReservedToSold => {
+                "UPDATE stock_items SET reserved = reserved - $1, sold = sold + $1, update_time = $2 WHERE sku = $3"
+            }
+            Movement::SoldToAvailable => {
+                "UPDATE stock_items SET available = available + $1, sold = sold - $1, update_time = $2 WHERE sku = $3"
+            }
+        }
+    }
+}
+
+/// Deadline bounds that match every reservation.
+const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
+
+/// What the stock row says after a line was taken.
+#[derive(sqlx::FromRow)]
+struct Taken {
+    unit_price_minor: i64,
+    currency_code: String,
+}
+
+impl Store {
+    /// Reserves every line for `order_id`, or none. A second call for the
+    /// same order returns the first reservation unchanged (also a RELEASED
+    /// placeholder left by a release that came first).
+    pub async fn reserve(&self, order_id: &str, lines: &[Line]) -> Result<Reservation, Error> {
+        let now = clock::now_micros();
+        let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
+        let mut tx = self.db.write.begin().await?;
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO reservations (",
+            reservation_columns!(),
+            ") VALUES ($1, $2, 0, '', $3, $4, $4)"
+        ))
+        .bind(order_id)
+        .bind(ReservationStatus::Active.as_str())
+        .bind(expire_time)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                // A replay, or a concurrent duplicate that won: its result.
+                tx.rollback().await?;
+                return self
+                    .reservation(order_id)
+                    .await?
+                    .ok_or_else(|| Error::ReservationNotFound {
+                        order_id: order_id.into(),
+                    });
+            }
+            Err(e) => return Err(e.into()),
+        }
+
+        let mut total: i64 = 0;
+        let mut currency: Option<String> = None;
+        let mut reserved = vec![None; lines.len()];
+        // Rows are locked in SKU order, so two orders naming the same SKUs in
+        // different orders cannot deadlock each other on PostgreSQL.
+        let mut by_sku: Vec<(usize, &Line)> = lines.iter().enumerate().collect();
+        by_sku.sort_by(|a, b| a.1.sku.cmp(&b.1.sku));
+        for (line_no, line) in by_sku {
+            let taken = sqlx::query_as::<_, Taken>(
+                "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
+                 WHERE sku = $3 AND available >= $1 RETURNING unit_price_minor, currency_code",
+            )
+            .bind(line.quantity)
+            .bind(now)
+            .bind(&line.sku)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(taken) = taken else {
+                // Lines taken so far are given back by the rollback.
+                let available: Option<(i64,)> =
+                    sqlx::query_as("SELECT available FROM stock_items WHERE sku = $1")
+                        .bind(&line.sku)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                tx.rollback().await?;
+                return Err(match available {
+                    None => Error::UnknownSku {
+                        sku: line.sku.clone(),
+                    },
+                    Some((available,)) => Error::InsufficientStock {
+                        sku: line.sku.clone(),
+                        requested: line.quantity,
+                        available,
+                    },
+                });
+            };
+            match &currency {
+                None => currency = Some(taken.currency_code.clone()),
+                Some(first) if *first != taken.currency_code => {
+                    let first = first.clone();
+                    tx.rollback().await?;
+                    return Err(Error::MixedCurrencies {
+                        first,
+                        second: taken.currency_code,
+                    });
+                }
+                Some(_) => {}
+            }
+            let Some(line_total) = taken
+                .unit_price_minor
+                .checked_mul(line.quantity)
+                .and_then(|t| t.checked_add(total))
+            else {
+                tx.rollback().await?;
+                return Err(Error::Corrupt("order total overflows".into()));
+            };
+            total = line_total;
+            sqlx::query(
+                "INSERT INTO reservation_lines (order_id, line_no, sku, quantity, unit_price_minor, currency_code)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(order_id)
+            .bind(line_no as i64)
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .bind(taken.unit_price_minor)
+            .bind(&taken.currency_code)
+            .execute(&mut *tx)
+            .await?;
+            reserved[line_no] = Some(ReservedLine {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                unit_price_minor: taken.unit_price_minor,
+            });
+        }
+        let currency = currency.unwrap_or_default();
+        sqlx::query("UPDATE reservations SET total_minor = $1, currency_code = $2 WHERE order_id = $3")
+            .bind(total)
+            .bind(&currency)
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Reservation {
+            order_id: order_id.into(),
+            status: ReservationStatus::Active,
+            lines: reserved.into_iter().flatten().collect(),
+            total_minor: total,
+            currency_code: currency,
+            expire_time,
+            create_time: now,
+            update_time: now,
+        })
+    }
+
+    pub async fn reservation(&self, order_id: &str) -> Result<Option<Reservation>, Error> {
+        let row = sqlx::query_as::<_, ReservationRow>(concat!(
+            "SELECT ",
+            reservation_columns!(),
+            " FROM reservations WHERE order_id = $1"
+        ))
+        .bind(order_id)
+        .fetch_optional(&self.db.read)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let lines = sqlx::query_as::<_, ReservedLine>(
+            "SELECT sku, quantity, unit_price_minor FROM reservation_lines WHERE order_id = $1 ORDER BY line_no",
+        )
+        .bind(order_id)
+        .fetch_all(&self.db.read)
+        .await?;
+        Ok(Some(row.with_lines(lines)))
+    }
+
+    /// [`transition_in`] in a transaction of its own.
+    async fn transition(
+        &self,
+        order_id: &str,
+        fromto: (ReservationStatus, ReservationStatus),
+        deadline: (i64, i64),
+        movement: Movement,
+    ) -> Result<bool, Error> {
+        let mut tx = self.db.write.begin().await?;
+        if transition_in(&mut tx, order_id, fromto, deadline, movement).await? {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    /// Gives an active reservation's units back, or a committed one's sold
+    /// units back to stock, and returns the reservation as it is afterwards
+    /// (RELEASED, RETURNED, or EXPIRED when its deadline came first).
+    /// Releasing twice is a no-op; releasing an order never reserved records
+    /// a RELEASED placeholder.
+    pub async fn release(&self, order_id: &str) -> Result<Reservation, Error> {
+        use ReservationStatus::*;
+        let now = clock::now_micros();
+        let mut tx = self.db.write.begin().await?;
+        // First the key: this waits for a reserve of the same order that is
+        // still in flight, so the updates below see what it did.
+        let placeholder = sqlx::query(concat!(
+            "INSERT INTO reservations (",
+            reservation_columns!(),
+            ") VALUES ($1, $2, 0, '', $3, $3, $3) ON CONFLICT (order_id) DO NOTHING"
+        ))
+        .bind(order_id)
+        .bind(Released.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if placeholder.rows_affected() == 0
+            && !transition_in(
+                &mut tx,
+                order_id,
+                (Active, Released),
+                ANY_DEADLINE,
+                Movement::ReservedToAvailable,
+            )
+            .await?
+        {
+            transition_in(
+                &mut tx,
+                order_id,
+                (Committed, Returned),
+                ANY_DEADLINE,
+                Movement::SoldToAvailable,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.reservation(order_id)
+            .await?
+            .ok_or_else(|| Error::ReservationNotFound {
+                order_id: order_id.into(),
+            })
+    }
+
+    /// Sells an active, unexpired reservation's units. Idempotent.
+    pub async fn commit(&self, order_id: &str) -> Result<Reservation, Error> {
+        use ReservationStatus::*;
+        let now = clock::now_micros();
+        self.transition(
+            order_id,
+            (Active, Committed),
+            (now, i64::MAX),
+            Movement::ReservedToSold,
+        )
+        .await?;
+        let reservation = self
+            .reservation(order_id)
+            .await?
+            .ok_or_else(|| Error::ReservationNotFound {
+                order_id: order_id.into(),
+            })?;
+        match reservation.status {
+            Committed => Ok(reservation),
+            Active => {
+                // Past its deadline but not swept yet: expire it now.
+                self.expire(order_id).await?;
+                Err(Error::ReservationExpired {
+                    order_id: order_id.into(),
+                })
+            }
+            Expired => Err(Error::ReservationExpired {
+                order_id: order_id.into(),
+            }),
+            other => Err(Error::ReservationNotActive {
+                order_id: order_id.into(),
+                status: other.as_str().into(),
+            }),
+        }
+    }
+
+    /// Expires one reservation if it is active and past its deadline.
+    pub async fn expire(&self, order_id: &str) -> Result<bool, Error> {
+        use ReservationStatus::*;
+        let now = clock::now_micros();
+        self.transition(
+            order_id,
+            (Active, Expired),
+            (i64::MIN, now),
+            Movement::ReservedToAvailable,
+        )
+        .await
+    }
+
+    /// Expires every active reservation past its deadline; returns how many.
+    /// The deadline lives in the database, so whoever looks next (this
+    /// background sweep, or a commit) enforces it, even after a restart.
+    pub async fn expire_due(&self) -> Result<usize, Error> {
+        let due: Vec<(String,)> = sqlx::query_as(
+            "SELECT order_id FROM reservations WHERE status = $1 AND expire_time <= $2 ORDER BY expire_time LIMIT 100",
+        )
+        .bind(ReservationStatus::Active.as_str())
+        .bind(clock::now_micros())
+        .fetch_all(&self.db.read)
+        .await?;
+        let mut expired = 0;
+        for (order_id,) in due {
+            if self.expire(&order_id).await? {
+                tracing::info!(%order_id, "reservation expired, stock returned");
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+}
+
+/// Moves a reservation from `from` to `to` and its units between buckets,
+/// on an open transaction, if its deadline lies in `expiring_after <
+/// deadline <= expiring_by`. False when the reservation was not in `from` (a
+/// concurrent caller or an earlier attempt already moved it): nothing written.
+async fn transition_in(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    (from, to): (ReservationStatus, ReservationStatus),
+    (expiring_after, expiring_by): (i64, i64),
+    movement: Movement,
+) -> Result<bool, Error> {
+    let now = clock::now_micros();
+    let moved = sqlx::query(
+        "UPDATE reservations SET status = $1, update_time = $2
+         WHERE order_id = $3 AND status = $4 AND expire_time > $5 AND expire_time <= $6",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(order_id)
+    .bind(from.as_str())
+    .bind(expiring_after)
+    .bind(expiring_by)
+    .execute(&mut *conn)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Ok(false);
+    }
+    let lines: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sku, quantity FROM reservation_lines WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    for (sku, quantity) in &lines {
+        sqlx::query(movement.sql())
+            .bind(*quantity)
+            .bind(now)
+            .bind(sku)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,503 @@
+//! The saga's workers: they perform what [`plan::decide`] decides and nothing
+//! else. A worker holds the saga's lease, keeps the saga and its order in
+//! memory (read once when it starts, then updated from what it records: no
+//! read per step), calls downstream only while its lease covers the call,
+//! and records each outcome fenced on the lease.
+//!
+//! At most one worker per saga per process (`running`, with a "drive again"
+//! flag for work that arrives while a worker finishes); across processes the
+//! lease decides. The recovery worker resumes every unfinished saga whose
+//! lease lapsed (after a crash), except those stopped for an operator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use ordermesh_runtime::clock;
+
+use super::plan::{self, Advance, Decision, StepResult};
+use super::steps::Steps;
+use super::{CrashPoint, SagaConfig};
+use crate::error::Error;
+use crate::store::Applied;
+use crate::store::{AdvanceError, Created, NewOrder, Order, Saga, SagaState, Store};
+use crate::watch::WatchHub;
+
+/// Runs sagas: at most one worker per saga in this process, fenced by the
+/// database lease across processes.
+#[derive(Clone)]
+pub struct SagaRunner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    steps: Steps,
+    config: SagaConfig,
+    policy: plan::Policy,
+    /// This process's lease identity.
+    owner: String,
+    /// Sagas a worker of this process drives, each with a "drive again" flag.
+    running: Mutex<HashMap<String, bool>>,
+    watch: WatchHub,
+    /// Set when the service shuts down: workers stop where they are.
+    stop: watch::Sender<bool>,
+}
+
+/// A saga being driven: its state, its order, and until when (by this
+/// process's monotonic clock) the lease this worker wrote is certainly
+/// still its own.
+struct Driven {
+    saga: Saga,
+    order: Order,
+    lease_valid_until: Instant,
+}
+
+/// Why a worker stopped before the saga finished.
+#[derive(Debug)]
+enum Halt {
+    /// Another worker owns the saga now.
+    LeaseLost,
+    /// Stopped for an operator.
+    NeedsAttention,
+    /// The service is shutting down.
+    Stopped,
+    /// The order database failed where nothing could be recorded.
+    Store(Error),
+}
+
+impl From<AdvanceError> for Halt {
+    fn from(e: AdvanceError) -> Self {
+        match e {
+            AdvanceError::LeaseLost(_) => Halt::LeaseLost,
+            AdvanceError::Store(e) => Halt::Store(e),
+        }
+    }
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Self {
+        Halt::Store(e)
+    }
+}
+
+impl Driven {
+    fn view(&self) -> plan::SagaView {
+        let age = clock::now_micros().saturating_sub(self.saga.step_since).max(0);
+        plan::SagaView {
+            kind: self.saga.kind,
+            state: self.saga.state,
+            step: self.saga.step,
+            stock_maybe_reserved: self.saga.stock_maybe_reserved,
+            payment_maybe_made: self.saga.payment_maybe_made,
+            payment_captured: self.saga.payment_captured,
+            attempts: self.saga.attempts,
+            step_maybe_sent: self.saga.step_maybe_sent,
+            step_age: Duration::from_micros(u64::try_from(age).unwrap_or(0)),
+        }
+    }
+
+    /// What the database now holds after `advance` was recorded.
+    fn apply(&mut self, advance: &Advance, applied: Applied) {
+        let (saga, order) = (&mut self.saga, &mut self.order);
+        if let Some(state) = advance.state {
+            saga.state = state;
+        }
+        if let Some(step) = advance.step {
+            saga.step = step;
+        }
+        if let Some(v) = advance.stock_maybe_reserved {
+            saga.stock_maybe_reserved = v;
+        }
+        if let Some(v) = advance.payment_maybe_made {
+            saga.payment_maybe_made = v;
+        }
+        if let Some(v) = advance.payment_captured {
+            saga.payment_captured = v;
+        }
+        saga.attempts = 0;
+        saga.step_maybe_sent = false;
+        saga.last_error.clear();
+        saga.step_since = applied.update_time;
+        if let Some(status) = advance.order_status {
+            order.status = status;
+        }
+        if let Some(payment_id) = &advance.payment_id {
+            order.payment_id.clone_from(payment_id);
+        }
+        if let Some((reason, detail)) = &advance.reject {
+            order.reject_reason = *reason;
+            order.reject_detail.clone_from(detail);
+        }
+        if let Some(pricing) = &advance.pricing {
+            order.total_minor = Some(pricing.total_minor);
+            order.currency_code.clone_from(&pricing.currency_code);
+            for (line, price) in order.lines.iter_mut().zip(&pricing.unit_prices) {
+                line.unit_price_minor = Some(*price);
+            }
+        }
+        order.update_time = applied.update_time;
+        order.version = applied.version;
+    }
+}
+
+impl SagaRunner {
+    pub fn new(store: Store, steps: Steps, config: SagaConfig, watch: WatchHub) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                steps,
+                policy: config.policy(),
+                config,
+                owner: format!("order-{}", uuid::Uuid::new_v4()),
+                running: Mutex::new(HashMap::new()),
+                watch,
+                stop: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// This worker's lease identity.
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// A lease taken now: its end in the database (wall clock) and in this
+    /// process (monotonic, counted from before the write).
+    fn new_lease(&self) -> (i64, Instant) {
+        let lease = self.inner.config.lease;
+        (
+            clock::now_micros().saturating_add(clock::micros(lease)),
+            Instant::now() + lease,
+        )
+    }
+
+    /// Records a new order with its saga and starts driving it; a replayed
+    /// request returns the first order and starts nothing.
+    pub async fn place(&self, new: &NewOrder) -> Result<Created, Error> {
+        let (until, valid_until) = self.new_lease();
+        let created = self.inner.store.create_order(new, self.owner(), until).await?;
+        if let Created::New(order, saga) = &created {
+            self.spawn(
+                &order.order_id,
+                Some(Driven {
+                    saga: saga.clone(),
+                    order: order.clone(),
+                    lease_valid_until: valid_until,
+                }),
+            );
+        }
+        Ok(created)
+    }
+
+    /// Accepts the cancel of a confirmed order and starts undoing it.
+    pub async fn cancel(&self, order_id: &str) -> Result<Order, Error> {
+        let (until, valid_until) = self.new_lease();
+        let (order, armed) = self
+            .inner
+            .store
+            .start_cancel(order_id, self.owner(), until)
+            .await?;
+        if let Some(saga) = armed {
+            self.crash_point(CrashPoint::CancelAccepted).await;
+            tracing::info!(%order_id, "cancelling order");
+            self.inner.watch.publish(&order);
+            self.spawn(
+                order_id,
+                Some(Driven {
+                    saga,
+                    order: order.clone(),
+                    lease_valid_until: valid_until,
+                }),
+            );
+        }
+        Ok(order)
+    }
+
+    /// Re-drives a saga an operator fixed the cause of (or one whose lease
+    /// lapsed). Returns the saga as it is now.
+    pub async fn retry(&self, order_id: &str) -> Result<Saga, Error> {
+        let (until, _) = self.new_lease();
+        let store = &self.inner.store;
+        if let Some(saga) = store.retry(order_id, self.owner(), until).await? {
+            tracing::info!(%order_id, step = saga.step.as_str(), "saga re-driven by an operator");
+            self.spawn(order_id, None);
+            return Ok(saga);
+        }
+        match store.saga(order_id).await? {
+            Some(saga) if saga.state == SagaState::Done => Err(Error::SagaFinished {
+                order_id: order_id.into(),
+            }),
+            Some(saga) => Ok(saga),
+            None => Err(Error::NotFound {
+                order_id: order_id.into(),
+            }),
+        }
+    }
+
+    /// Drives the saga of `order_id` in the background, unless this process
+    /// already does; then that worker drives it once more when done.
+    fn spawn(&self, order_id: &str, preloaded: Option<Driven>) {
+        {
+            let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = running.get_mut(order_id) {
+                *again = true;
+                return;
+            }
+            running.insert(order_id.to_owned(), false);
+        }
+        let runner = self.clone();
+        let order_id = order_id.to_owned();
+        let mut stop = self.inner.stop.subscribe();
+        tokio::spawn(async move {
+            let mut preloaded = preloaded;
+            loop {
+                let outcome = tokio::select! {
+                    outcome = runner.drive(&order_id, preloaded.take()) => outcome,
+                    _ = stop.wait_for(|stop| *stop) => Err(Halt::Stopped),
+                };
+                match &outcome {
+                    Ok(()) | Err(Halt::NeedsAttention) => {}
+                    Err(Halt::Stopped) => {
+                        // Shutting down: hand the saga to the next process at
+                        // once instead of after the lease lapses.
+                        let _ = runner.inner.store.release_lease(&order_id, runner.owner()).await;
+                        return;
+                    }
+                    Err(Halt::LeaseLost) => tracing::info!(%order_id, "saga owned by another worker"),
+                    Err(Halt::Store(e)) => {
+                        tracing::error!(%order_id, error = %e, "saga halted on a database error; recovery resumes it")
+                    }
+                }
+                let again = {
+                    let mut running = runner.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+                    if running.get(&order_id) == Some(&true) {
+                        running.insert(order_id.clone(), false);
+                        true
+                    } else {
+                        running.remove(&order_id);
+                        false
+                    }
+                };
+                if !again {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops every worker of this process where it is (shutdown). Their
+    /// sagas are durable; the next process resumes them.
+    pub fn stop(&self) {
+        let _ = self.inner.stop.send(true);
+    }
+
+    /// Resumes every saga whose lease lapsed, now and every
+    /// `recovery_interval`, until the task is dropped.
+    pub async fn recover_forever(self) {
+        let mut ticker = tokio::time::interval(self.inner.config.recovery_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.inner.store.orphaned_sagas(100).await {
+                Ok(orphans) => {
+                    for order_id in orphans {
+                        tracing::info!(%order_id, "resuming saga");
+                        self.spawn(&order_id, None);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "recovery scan failed"),
+            }
+        }
+    }
+
+    /// Freezes this worker for good at `point` when the crash-test hook names
+    /// it (the test then SIGKILLs the process).
+    async fn crash_point(&self, point: CrashPoint) {
+        if self.inner.config.crash_at == Some(point) {
+            eprintln!("{}", point.announcement());
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Takes the lease of a saga this process does not hold yet, and reads it.
+    async fn take(&self, order_id: &str) -> Result<Option<Driven>, Halt> {
+        let (until, valid_until) = self.new_lease();
+        if !self
+            .inner
+            .store
+            .acquire_lease(order_id, self.owner(), until)
+            .await?
+        {
+            return match self.inner.store.saga(order_id).await? {
+                Some(saga) if saga.state == SagaState::Done || saga.needs_attention => Ok(None),
+                _ => Err(Halt::LeaseLost),
+            };
+        }
+        let Some((mut saga, order)) = self.inner.store.load(order_id).await? else {
+            return Ok(None);
+        };
+        // Resumed after another worker (perhaps a crashed process, which
+        // recorded nothing of an attempt in flight): its current step may
+        // have been sent.
+        saga.step_maybe_sent = true;
+        Ok(Some(Driven {
+            saga,
+            order,
+            lease_valid_until: valid_until,
+        }))
+    }
+
+    /// Makes sure the lease covers a call: renews it when what is left would
+    /// not outlast the call plus the skew margin.
+    async fn ensure_lease(&self, driven: &mut Driven) -> Result<(), Halt> {
+        let config = &self.inner.config;
+        let remaining = driven.lease_valid_until.saturating_duration_since(Instant::now());
+        if plan::lease_covers(remaining, config.call_timeout, config.lease_margin) {
+            return Ok(());
+        }
+        let (until, valid_until) = self.new_lease();
+        if !self
+            .inner
+            .store
+            .renew_lease(&driven.saga.order_id, self.owner(), until)
+            .await?
+        {
+            return Err(Halt::LeaseLost);
+        }
+        driven.lease_valid_until = valid_until;
+        Ok(())
+    }
+
+    async fn drive(&self, order_id: &str, preloaded: Option<Driven>) -> Result<(), Halt> {
+        let mut driven = match preloaded {
+            Some(driven) => driven,
+            None => match self.take(order_id).await? {
+                Some(driven) => driven,
+                None => return Ok(()),
+            },
+        };
+        loop {
+            if driven.saga.state == SagaState::Done {
+                return Ok(());
+            }
+            let step = driven.saga.step;
+            let result = if Steps::calls(step) {
+                self.ensure_lease(&mut driven).await?;
+                let result = self.inner.steps.run(&driven.saga, &driven.order).await;
+                self.crash_point(CrashPoint::After(step)).await;
+                result
+            } else {
+                StepResult::Nothing
+            };
+            let decision = plan::decide(&driven.view(), result, &self.inner.policy, fastrand::f64());
+            self.perform(&mut driven, decision).await?;
+        }
+    }
+
+    /// Performs a decision: records it, or counts a failed attempt and waits,
+    /// or stops the saga for an operator.
+    async fn perform(&self, driven: &mut Driven, decision: Decision) -> Result<(), Halt> {
+        let store = &self.inner.store;
+        let order_id = driven.saga.order_id.clone();
+        match decision {
+            Decision::Record(advance) => {
+                let (until, valid_until) = self.new_lease();
+                match store.advance(&order_id, self.owner(), until, &advance).await {
+                    Ok(applied) => {
+                        let from = driven.saga.step;
+                        driven.apply(&advance, applied);
+                        driven.lease_valid_until = valid_until;
+                        self.inner.watch.publish(&driven.order);
+                        if let Some((reason, detail)) = &advance.reject
+                            && !detail.is_empty()
+                        {
+                            tracing::info!(%order_id, reason = reason.as_str(), %detail, "order compensating");
+                        }
+                        tracing::debug!(%order_id, from = from.as_str(), to = driven.saga.step.as_str(), "saga step recorded");
+                        Ok(())
+                    }
+                    Err(AdvanceError::LeaseLost(_)) => Err(Halt::LeaseLost),
+                    Err(AdvanceError::Store(e)) => {
+                        // The database failing counts as a failed attempt of
+                        // the step (which is repeated: it is idempotent).
+                        let failure = StepResult::Unavailable {
+                            detail: format!("recording {}: {e}", driven.saga.step.as_str()),
+                            maybe_sent: true,
+                            retry_after: None,
+                        };
+                        match plan::decide(&driven.view(), failure, &self.inner.policy, fastrand::f64()) {
+                            Decision::NeedsAttention { error } => self.park(driven, &error).await,
+                            _ => {
+                                let wait =
+                                    plan::backoff(driven.saga.attempts, &self.inner.policy, fastrand::f64());
+                                self.failed_attempt(driven, &e.to_string(), wait, true).await
+                            }
+                        }
+                    }
+                }
+            }
+            Decision::Retry {
+                wait,
+                error,
+                maybe_sent,
+            } => self.failed_attempt(driven, &error, wait, maybe_sent).await,
+            Decision::NeedsAttention { error } => self.park(driven, &error).await,
+        }
+    }
+
+    async fn failed_attempt(
+        &self,
+        driven: &mut Driven,
+        error: &str,
+        wait: Duration,
+        maybe_sent: bool,
+    ) -> Result<(), Halt> {
+        let order_id = &driven.saga.order_id;
+        driven.saga.step_maybe_sent |= maybe_sent;
+        match self
+            .inner
+            .store
+            .record_failure(order_id, self.owner(), error, driven.saga.step_maybe_sent)
+            .await
+        {
+            Ok(attempts) => driven.saga.attempts = attempts,
+            Err(AdvanceError::LeaseLost(_)) => return Err(Halt::LeaseLost),
+            Err(AdvanceError::Store(e)) => {
+                tracing::warn!(%order_id, error = %e, "cannot record a failed attempt");
+                driven.saga.attempts += 1;
+            }
+        }
+        driven.saga.last_error = error.to_owned();
+        tracing::warn!(
+            %order_id,
+            step = driven.saga.step.as_str(),
+            attempts = driven.saga.attempts,
+            wait_ms = wait.as_millis() as u64,
+            %error,
+            "saga step failed, will retry"
+        );
+        let mut stop = self.inner.stop.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            _ = stop.wait_for(|stop| *stop) => Err(Halt::Stopped),
+        }
+    }
+
+    async fn park(&self, driven: &mut Driven, error: &str) -> Result<(), Halt> {
+        let order_id = &driven.saga.order_id;
+        tracing::error!(
+            %order_id,
+            step = driven.saga.step.as_str(),
+            status = driven.order.status.as_str(),
+            %error,
+            "saga needs an operator (OrderAdminService/RetrySaga drives it again)"
+        );
+        self.inner.store.park(order_id, self.owner(), error).await?;
+        driven.saga.needs_attention = true;
+        Err(Halt::NeedsAttention)
+    }
+}

@@ -1,0 +1,259 @@
+//! Orders: created together with their saga row in one transaction (so an
+//! acknowledged order always has a saga to drive it), read, and listed.
+
+use ordermesh_runtime::{clock, db};
+
+use super::{
+    NewOrder, Order, OrderLine, OrderRow, OrderStatus, RejectReason, Saga, SagaKind, SagaState, Step, Store,
+};
+use crate::error::Error;
+
+/// The outcome of CreateOrder at the database.
+#[derive(Debug)]
+pub enum Created {
+    /// A new order and its saga, leased to the caller.
+    New(Order, Saga),
+    /// The order an earlier request with the same request id created.
+    Replay(Order),
+}
+
+/// A line with its order, for reading the lines of a page of orders at once.
+#[derive(sqlx::FromRow)]
+struct PageLine {
+    order_id: String,
+    sku: String,
+    quantity: i64,
+    unit_price_minor: Option<i64>,
+}
+
+impl Store {
+    /// Records a new order with its saga (leased to `owner` until
+    /// `lease_until`), or returns the order an earlier request with the same
+    /// request_id created.
+    pub async fn create_order(
+        &self,
+        new: &NewOrder,
+        owner: &str,
+        lease_until: i64,
+    ) -> Result<Created, Error> {
+        let now = clock::now_micros();
+        let fingerprint = new.fingerprint();
+        let mut tx = self.db.write.begin().await?;
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO orders (",
+            order_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, NULL, '', $6, '', '', $7, $7, 0)"
+        ))
+        .bind(&new.order_id)
+        .bind(&new.request_id)
+        .bind(&fingerprint)
+        .bind(&new.customer_id)
+        .bind(OrderStatus::Pending.as_str())
+        .bind(RejectReason::NotRejected.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return self.replay(new).await.map(Created::Replay);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (line_no, (sku, quantity)) in new.lines.iter().enumerate() {
+            sqlx::query("INSERT INTO order_lines (order_id, line_no, sku, quantity) VALUES ($1, $2, $3, $4)")
+                .bind(&new.order_id)
+                .bind(line_no as i64)
+                .bind(sku)
+                .bind(*quantity)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let saga = Saga {
+            order_id: new.order_id.clone(),
+            kind: SagaKind::Place,
+            state: SagaState::Running,
+            step: Step::Reserve,
+            stock_maybe_reserved: false,
+            payment_maybe_made: false,
+            payment_captured: false,
+            attempts: 0,
+            last_error: String::new(),
+            step_since: now,
+            needs_attention: false,
+            lease_owner: owner.into(),
+            lease_until,
+            update_time: now,
+            step_maybe_sent: false,
+        };
+        sqlx::query(concat!(
+            "INSERT INTO sagas (",
+            saga_columns!(),
+            ", create_time) VALUES ($1, $2, $3, $4, 0, 0, 0, 0, '', $5, 0, $6, $7, $5, 0, $5)"
+        ))
+        .bind(&saga.order_id)
+        .bind(saga.kind.as_str())
+        .bind(saga.state.as_str())
+        .bind(saga.step.as_str())
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let order = Order {
+            order_id: new.order_id.clone(),
+            request_id: new.request_id.clone(),
+            customer_id: new.customer_id.clone(),
+            status: OrderStatus::Pending,
+            lines: new
+                .lines
+                .iter()
+                .map(|(sku, quantity)| OrderLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    unit_price_minor: None,
+                })
+                .collect(),
+            total_minor: None,
+            currency_code: String::new(),
+            reject_reason: RejectReason::NotRejected,
+            reject_detail: String::new(),
+            payment_id: String::new(),
+            create_time: now,
+            update_time: now,
+            version: 0,
+        };
+        Ok(Created::New(order, saga))
+    }
+
+    /// The order an earlier CreateOrder with this request created: `None`
+    /// when the request id is new, an error when it was used for a
+    /// different order.
+    pub async fn replay_of(&self, new: &NewOrder) -> Result<Option<Order>, Error> {
+        let row = sqlx::query_as::<_, OrderRow>(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE request_id = $1"
+        ))
+        .bind(&new.request_id)
+        .fetch_optional(&self.db.read)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.request_fingerprint != new.fingerprint() {
+            return Err(Error::RequestIdReused {
+                request_id: new.request_id.clone(),
+                order_id: row.order_id,
+            });
+        }
+        let lines = self.lines(&row.order_id).await?;
+        Ok(Some(row.with_lines(lines)))
+    }
+
+    async fn replay(&self, new: &NewOrder) -> Result<Order, Error> {
+        self.replay_of(new)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("request_id {} conflicted but is missing", new.request_id)))
+    }
+
+    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, Error> {
+        Ok(sqlx::query_as::<_, OrderLine>(
+            "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+        )
+        .bind(order_id)
+        .fetch_all(&self.db.read)
+        .await?)
+    }
+
+    pub async fn order(&self, order_id: &str) -> Result<Option<Order>, Error> {
+        let row = sqlx::query_as::<_, OrderRow>(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE order_id = $1"
+        ))
+        .bind(order_id)
+        .fetch_optional(&self.db.read)
+        .await?;
+        match row {
+            Some(row) => {
+                let lines = self.lines(order_id).await?;
+                Ok(Some(row.with_lines(lines)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Orders newest first, optionally of one customer, strictly after the
+    /// keyset position `before` = (create_time, order_id). Two queries per
+    /// page: the orders, then all their lines.
+    pub async fn list_orders(
+        &self,
+        customer_id: &str,
+        before: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<Order>, Error> {
+        let (before_time, before_id) = before.unwrap_or((i64::MAX, String::new()));
+        let rows = sqlx::query_as::<_, OrderRow>(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE ($1 = '' OR customer_id = $1)
+               AND (create_time < $2 OR (create_time = $2 AND order_id < $3))
+             ORDER BY create_time DESC, order_id DESC LIMIT $4"
+        ))
+        .bind(customer_id)
+        .bind(before_time)
+        .bind(&before_id)
+        .bind(limit)
+        .fetch_all(&self.db.read)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The same page, as a subquery: one fixed statement for any page size.
+        let lines = sqlx::query_as::<_, PageLine>(
+            "SELECT order_id, sku, quantity, unit_price_minor FROM order_lines WHERE order_id IN (
+                SELECT order_id FROM orders WHERE ($1 = '' OR customer_id = $1)
+                  AND (create_time < $2 OR (create_time = $2 AND order_id < $3))
+                ORDER BY create_time DESC, order_id DESC LIMIT $4)
+             ORDER BY order_id, line_no",
+        )
+        .bind(customer_id)
+        .bind(before_time)
+        .bind(&before_id)
+        .bind(limit)
+        .fetch_all(&self.db.read)
+        .await?;
+        let mut by_order: std::collections::HashMap<String, Vec<OrderLine>> =
+            std::collections::HashMap::new();
+        for line in lines {
+            by_order.entry(line.order_id).or_default().push(OrderLine {
+                sku: line.sku,
+                quantity: line.quantity,
+                unit_price_minor: line.unit_price_minor,
+            });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let lines = by_order.remove(&row.order_id).unwrap_or_default();
+                row.with_lines(lines)
+            })
+            .collect())
+    }
+
+    /// Ids and versions of orders changed since `since` (microseconds),
+    /// oldest change first: how a process learns of changes other replicas
+    /// made to orders someone watches here.
+    pub async fn changed_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64, i64)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT order_id, version, update_time FROM orders WHERE update_time > $1 ORDER BY update_time LIMIT $2",
+        )
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.db.read)
+        .await?)
+    }
+}
