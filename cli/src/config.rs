@@ -44,6 +44,17 @@ pub struct SagaArgs {
     /// (OrderAdminService/ListSagas, RetrySaga).
     #[arg(long, env = "ORDERMESH_SAGA_MAX_COMPENSATION_ATTEMPTS", default_value_t = 12)]
     pub saga_max_compensation_attempts: i64,
+    /// Deadline of each call the saga makes to inventory or payment.
+    #[arg(long, env = "ORDERMESH_SAGA_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub saga_call_timeout_ms: u64,
+    /// How long a worker's claim on a saga lasts unrenewed: after a crash,
+    /// another process resumes the saga this long after its last write. Must
+    /// exceed the call timeout by the clock-skew margin (1 s).
+    #[arg(long, env = "ORDERMESH_SAGA_LEASE_MS", default_value_t = 15_000)]
+    pub saga_lease_ms: u64,
+    /// How often the recovery worker looks for sagas whose lease lapsed.
+    #[arg(long, env = "ORDERMESH_SAGA_RECOVERY_INTERVAL_MS", default_value_t = 5_000)]
+    pub saga_recovery_interval_ms: u64,
     /// Crash-test hook: freeze at this saga point (e.g. after-authorize) so a
     /// test can kill -9 the process there. Never set in production.
     #[arg(long, env = "ORDERMESH_CRASH_AT", hide = true, value_parser = parse_crash_point)]
@@ -63,6 +74,9 @@ impl SagaArgs {
             patience: Duration::from_secs(self.saga_patience_secs),
             forward_window: Duration::from_secs(self.saga_forward_window_secs),
             max_compensation_attempts: self.saga_max_compensation_attempts,
+            call_timeout: Duration::from_millis(self.saga_call_timeout_ms),
+            lease: Duration::from_millis(self.saga_lease_ms),
+            recovery_interval: Duration::from_millis(self.saga_recovery_interval_ms),
             crash_at: self.crash_at,
             ..SagaConfig::default()
         }

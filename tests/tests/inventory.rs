@@ -261,9 +261,128 @@ async fn bad_requests_name_their_fields(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// Issue item 3: a release racing a reserve of the same order that is still
+/// in flight. Whatever the interleaving, once both answered, the release's
+/// answer is the truth: it reports the stock back (RELEASED) and nothing
+/// stays reserved, or the reserve came second and replays the release.
+async fn a_release_racing_an_in_flight_reserve_leaves_nothing_reserved(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("RACE", 10_000), scarce("RACE-B", 10_000)];
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    for round in 0..40 {
+        let order_id = format!("race-{round}");
+        let mut reserve_client = mesh.inventory.clone();
+        let mut release_client = mesh.inventory.clone();
+        let reserving = pb::ReserveStockRequest {
+            order_id: order_id.clone(),
+            // Two lines make the reserve's transaction longer.
+            lines: vec![
+                pb::StockLine {
+                    sku: "RACE".into(),
+                    quantity: 3,
+                },
+                pb::StockLine {
+                    sku: "RACE-B".into(),
+                    quantity: 2,
+                },
+            ],
+        };
+        let releasing = pb::ReleaseReservationRequest {
+            order_id: order_id.clone(),
+        };
+        let (_, released) = tokio::join!(reserve_client.reserve_stock(reserving), async {
+            // Vary the head start so every interleaving comes up.
+            tokio::time::sleep(Duration::from_micros((round % 8) * 250)).await;
+            release_client.release_reservation(releasing).await
+        });
+        let released = released
+            .expect("release")
+            .into_inner()
+            .reservation
+            .expect("reservation");
+        assert_eq!(
+            released.status(),
+            pb::ReservationStatus::Released,
+            "round {round}: the release reports the stock back: {released:?}"
+        );
+        let stored = mesh
+            .inventory_store
+            .reservation(&order_id)
+            .await
+            .expect("read")
+            .expect("reservation");
+        assert_eq!(
+            stored.status,
+            ordermesh_inventory::store::ReservationStatus::Released,
+            "round {round}: nothing stays reserved after the release answered"
+        );
+    }
+    for sku in ["RACE", "RACE-B"] {
+        let item = mesh.stock(sku).await;
+        assert_eq!((item.available, item.reserved), (10_000, 0), "{item:?}");
+    }
+    mesh.shutdown().await;
+}
+
+/// A multi-line reservation whose last line (in the SKU order rows are
+/// locked in) fails gives back the lines it had already taken.
+async fn a_failing_last_line_rolls_back_the_lines_taken(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("A-FIRST", 10), scarce("B-SECOND", 10), scarce("Z-LAST", 1)];
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let mut client = mesh.inventory.clone();
+    let err = client
+        .reserve_stock(pb::ReserveStockRequest {
+            order_id: "rollback-1".into(),
+            // Listed out of order on purpose: the store takes A, then B,
+            // then fails on Z.
+            lines: vec![
+                pb::StockLine {
+                    sku: "Z-LAST".into(),
+                    quantity: 2,
+                },
+                pb::StockLine {
+                    sku: "A-FIRST".into(),
+                    quantity: 4,
+                },
+                pb::StockLine {
+                    sku: "B-SECOND".into(),
+                    quantity: 5,
+                },
+            ],
+        })
+        .await
+        .expect_err("Z-LAST has one unit");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("Z-LAST"), "{}", err.message());
+    for (sku, stock) in [("A-FIRST", 10), ("B-SECOND", 10), ("Z-LAST", 1)] {
+        let item = mesh.stock(sku).await;
+        assert_eq!(
+            (item.available, item.reserved),
+            (stock, 0),
+            "{sku} given back: {item:?}"
+        );
+    }
+    assert!(
+        mesh.inventory_store
+            .reservation("rollback-1")
+            .await
+            .expect("read")
+            .is_none(),
+        "nothing recorded: a retry may reserve once stock arrives"
+    );
+    mesh.shutdown().await;
+}
+
 both_backends!(
     concurrent_reservations_sell_exactly_the_last_units,
     reserve_is_idempotent_by_order_and_commit_sells,
     uncommitted_reservation_expires,
     bad_requests_name_their_fields,
+    a_release_racing_an_in_flight_reserve_leaves_nothing_reserved,
+    a_failing_last_line_rolls_back_the_lines_taken,
 );

@@ -603,6 +603,28 @@ async fn precheck_flag_refuses_unfillable_orders_up_front(backend: Backend) {
         .expect_err("refused up front");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains(LAMP), "{}", err.message());
+    // The refusal is this service's error, with this service's reason.
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("INSUFFICIENT_STOCK", "order.ordermesh")
+    );
+    let unknown = mesh
+        .create_order("flag-on-unknown", "alice", &[(CABLE, 1), ("NO-SUCH-SKU", 1)])
+        .await
+        .expect_err("unknown sku refused up front");
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    let violations = unknown
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations;
+    assert_eq!(violations[0].field, "lines[1].sku", "{violations:?}");
+    let info = unknown.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("UNKNOWN_SKU", "order.ordermesh")
+    );
+
     let fine = mesh
         .create_order("flag-on-ok", "alice", &[(LAMP, 1)])
         .await
@@ -611,6 +633,14 @@ async fn precheck_flag_refuses_unfillable_orders_up_front(backend: Backend) {
         mesh.wait_terminal(&fine.order_id).await.1.status(),
         OrderStatus::Confirmed
     );
+    // That order took the last lamp. A client retrying its request gets the
+    // first answer (the confirmed order), not the precheck's refusal.
+    let replay = mesh
+        .create_order("flag-on-ok", "alice", &[(LAMP, 1)])
+        .await
+        .expect("a replay is answered before any check");
+    assert_eq!(replay.order_id, fine.order_id);
+    assert_eq!(replay.status(), OrderStatus::Confirmed);
     let mut client = mesh.order.clone();
     let listed = client
         .list_orders(order_pb::ListOrdersRequest {

@@ -33,7 +33,7 @@ use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordermesh_runtime::server::{MeshSettings, serve};
 
 pub use error::Error;
-pub use saga::{CrashPoint, SagaConfig, SagaRunner};
+pub use saga::{CrashPoint, Pause, SagaConfig, SagaRunner};
 pub use store::Store;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -77,7 +77,8 @@ pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] ordermesh_runtime::Error),
     #[error(
-        "saga.lease ({lease:?}) must be longer than saga.call_timeout + saga.lease_margin + saga.max_backoff ({needed:?})"
+        "saga.lease ({lease:?}) must be longer than saga.call_timeout + saga.lease_margin ({needed:?}) \
+         (--saga-lease-ms, --saga-call-timeout-ms)"
     )]
     LeaseTooShort { lease: Duration, needed: Duration },
     #[error("cannot build the mesh client stack: {0}")]
@@ -98,11 +99,12 @@ pub struct Service {
 /// Connects to the database, applies migrations and prepares the clients of
 /// the inventory and payment services.
 pub async fn build(config: Config) -> Result<Service, StartError> {
-    // A worker renews its lease before a call it would not cover; a lease
-    // shorter than one call, its margin and a back-off would lapse between
-    // two renewals of a worker that is waiting to retry.
+    // A worker renews its lease before any call the lease would not cover
+    // with the clock-skew margin to spare; a shorter lease could never cover
+    // one. (A lease that lapses while a worker waits to retry is safe: the
+    // worker's next renewal or write is fenced.)
     let saga = &config.saga;
-    let needed = saga.call_timeout + saga.lease_margin + saga.max_backoff;
+    let needed = saga.call_timeout + saga.lease_margin;
     if saga.lease <= needed {
         return Err(StartError::LeaseTooShort {
             lease: saga.lease,
@@ -164,6 +166,11 @@ impl Service {
     /// The store, for tests and tools that check invariants.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The saga runner, for tests that count what it did.
+    pub fn runner(&self) -> &SagaRunner {
+        &self.runner
     }
 
     /// Serves gRPC on `listener` until `shutdown` completes; meanwhile the

@@ -115,6 +115,18 @@ pub struct SagaConfig {
     pub recovery_interval: Duration,
     /// Crash-test hook: where to freeze, if anywhere.
     pub crash_at: Option<CrashPoint>,
+    /// Chaos-test hook: the worker pauses between a step's call and its
+    /// record, as a starved process or a long GC pause would, so tests can
+    /// make leases lapse mid-step and a stale worker wake up after another
+    /// took its saga over.
+    pub pause_before_record: Option<Pause>,
+}
+
+/// A pause of `duration` in `percent` (0..=100) of the places it applies to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pause {
+    pub percent: f64,
+    pub duration: Duration,
 }
 
 impl Default for SagaConfig {
@@ -131,6 +143,7 @@ impl Default for SagaConfig {
             lease_margin: Duration::from_secs(1),
             recovery_interval: Duration::from_secs(5),
             crash_at: None,
+            pause_before_record: None,
         }
     }
 }

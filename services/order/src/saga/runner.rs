@@ -10,6 +10,7 @@
 //! lease lapsed (after a crash), except those stopped for an operator.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ struct Inner {
     watch: WatchHub,
     /// Set when the service shuts down: workers stop where they are.
     stop: watch::Sender<bool>,
+    /// Sagas this process took up without having started them (recovery,
+    /// re-drive): for tests and operators.
+    resumed: AtomicU64,
 }
 
 /// A saga being driven: its state, its order, and until when (by this
@@ -156,6 +160,7 @@ impl SagaRunner {
                 running: Mutex::new(HashMap::new()),
                 watch,
                 stop: watch::channel(false).0,
+                resumed: AtomicU64::new(0),
             }),
         }
     }
@@ -163,6 +168,12 @@ impl SagaRunner {
     /// This worker's lease identity.
     pub fn owner(&self) -> &str {
         &self.inner.owner
+    }
+
+    /// How many sagas this process took up that it was not driving (after
+    /// another worker's lease lapsed, or on an operator's re-drive).
+    pub fn resumed(&self) -> u64 {
+        self.inner.resumed.load(Ordering::Relaxed)
     }
 
     /// A lease taken now: its end in the database (wall clock) and in this
@@ -340,6 +351,7 @@ impl SagaRunner {
         let Some((mut saga, order)) = self.inner.store.load(order_id).await? else {
             return Ok(None);
         };
+        self.inner.resumed.fetch_add(1, Ordering::Relaxed);
         // Resumed after another worker (perhaps a crashed process, which
         // recorded nothing of an attempt in flight): its current step may
         // have been sent.
@@ -389,6 +401,11 @@ impl SagaRunner {
                 self.ensure_lease(&mut driven).await?;
                 let result = self.inner.steps.run(&driven.saga, &driven.order).await;
                 self.crash_point(CrashPoint::After(step)).await;
+                if let Some(pause) = self.inner.config.pause_before_record
+                    && fastrand::f64() * 100.0 < pause.percent
+                {
+                    tokio::time::sleep(pause.duration).await;
+                }
                 result
             } else {
                 StepResult::Nothing
