@@ -26,15 +26,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let payment_listener = bind(payment_addr).await?;
     let order_listener = bind(order_addr).await?;
 
-    let mut inventory = ordermesh_inventory::Config::new(sqlite_url(&args.data_dir, "inventory")?);
+    // A URL given per service (PostgreSQL, as the Helm chart's SingleBinary
+    // mode passes them) wins over the SQLite file under the data directory.
+    let database = |url: &Option<String>, name: &str| match url {
+        Some(url) => Ok(url.clone()),
+        None => sqlite_url(&args.data_dir, name),
+    };
+    let mut inventory = ordermesh_inventory::Config::new(database(&args.inventory_database_url, "inventory")?);
     inventory.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
     inventory.seed = ordermesh_inventory::demo::catalogue();
     inventory.mesh = mesh.clone();
-    let mut payment = ordermesh_payment::Config::new(sqlite_url(&args.data_dir, "payment")?);
+    let mut payment = ordermesh_payment::Config::new(database(&args.payment_database_url, "payment")?);
     payment.seed = ordermesh_payment::demo::accounts();
     payment.mesh = mesh.clone();
     let mut order = ordermesh_order::Config::new(
-        sqlite_url(&args.data_dir, "order")?,
+        database(&args.order_database_url, "order")?,
         format!("http://{inventory_addr}"),
         format!("http://{payment_addr}"),
     );
