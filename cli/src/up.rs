@@ -32,7 +32,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(url) => Ok(url.clone()),
         None => sqlite_url(&args.data_dir, name),
     };
-    let mut inventory = ordermesh_inventory::Config::new(database(&args.inventory_database_url, "inventory")?);
+    let mut inventory =
+        ordermesh_inventory::Config::new(database(&args.inventory_database_url, "inventory")?);
     inventory.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
     inventory.seed = ordermesh_inventory::demo::catalogue();
     inventory.mesh = mesh.clone();
