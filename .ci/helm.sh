@@ -47,6 +47,14 @@ for version in 1.37.0 1.27.0; do
 done
 echo "validated: ${renders[*]}"
 
+echo "== helm package"
+"$T/helm" package "$CHART" --destination "$OUT" >/dev/null
+packaged="$(ls "$OUT"/ordermesh-*.tgz)"
+# The packaged chart (what a registry serves) renders the same objects.
+"$T/helm" template ordermesh "$packaged" --namespace shop -f "$CHART/examples/minimal.yaml" \
+  | cmp -s - "$OUT/minimal.yaml" || { echo "helm.sh: $packaged renders differently from $CHART" >&2; exit 1; }
+echo "packaged: $packaged"
+
 echo "== chart checks"
 "$T/python" .ci/helm_checks.py "$OUT"
 
