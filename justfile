@@ -12,7 +12,8 @@ test:
 ci:
     bash .ci/run
 
-lint: fmt-check clippy buf-lint
+# Formatting, clippy, buf lint and buf breaking.
+lint: fmt-check clippy buf-lint buf-breaking
 
 fmt:
     cargo fmt --all
@@ -23,13 +24,33 @@ fmt-check:
 clippy:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Installs buf and grpcurl into target/tools.
+# Installs buf, grpcurl, helm, kubectl and the other tools into target/tools.
 tools:
     bash .ci/tools.sh
 
 buf-lint: tools
     cd proto && ../target/tools/bin/buf lint
 
-# Checks the contracts for wire-breaking changes against main.
+# Wire-breaking changes to proto/ against the previous commit (and main's merge base).
 buf-breaking: tools
-    cd proto && ../target/tools/bin/buf breaking --against '../.git#branch=main,subdir=proto'
+    bash .ci/buf-breaking.sh
+
+# The mesh's client-stack benchmarks (criterion; see the README's Benchmarks).
+bench:
+    cargo bench -p ordermesh-mesh
+
+# The README's chaos walkthrough, checked step by step, against a running `just up`.
+chaos address="127.0.0.1:50051": tools
+    bash scripts/chaos.sh {{address}}
+
+# Python and TypeScript clients from proto/ into target/clients/.
+gen-clients: tools
+    bash .ci/gen-clients.sh
+
+# The container image (needs Docker or another OCI image builder).
+docker tag="ordermesh:0.1.0":
+    docker build -t {{tag}} .
+
+# hadolint, helm lint --strict, manifests validated against Kubernetes schemas, wrong values refused.
+helm-lint: tools
+    bash .ci/helm.sh

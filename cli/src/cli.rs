@@ -28,6 +28,9 @@ pub enum Command {
     Up(UpArgs),
     /// Run one service (the Kubernetes mode).
     Serve(ServeArgs),
+    /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1);
+    /// for container health checks and `helm test`, where the image has no shell.
+    Health(HealthArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -86,6 +89,27 @@ pub struct UpArgs {
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,
+    /// The order service's database (`postgres://...`); default: SQLite under --data-dir.
+    #[arg(long, env = "ORDERMESH_ORDER_DATABASE_URL")]
+    pub order_database_url: Option<String>,
+    /// The inventory service's database; default: SQLite under --data-dir.
+    #[arg(long, env = "ORDERMESH_INVENTORY_DATABASE_URL")]
+    pub inventory_database_url: Option<String>,
+    /// The payment service's database; default: SQLite under --data-dir.
+    #[arg(long, env = "ORDERMESH_PAYMENT_DATABASE_URL")]
+    pub payment_database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The server, `http://host:port` or `host:port`.
+    pub address: String,
+    /// The health service name to ask about; "" is the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this many seconds (connecting included).
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,6 +8,7 @@
 
 mod cli;
 mod config;
+mod health;
 mod up;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Health(args) => health::run(args).await,
     }
 }
 

@@ -27,20 +27,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let payment_listener = bind(payment_addr).await?;
     let order_listener = bind(order_addr).await?;
 
+    // A URL given per service (PostgreSQL, as the Helm chart's SingleBinary
+    // mode passes them) wins over the SQLite file under the data directory.
+    let database = |url: &Option<String>, name: &str| match url {
+        Some(url) => Ok(url.clone()),
+        None => sqlite_url(&args.data_dir, name),
+    };
     let inventory = config::inventory(
-        sqlite_url(&args.data_dir, "inventory")?,
+        database(&args.inventory_database_url, "inventory")?,
         &args.inventory,
         true,
         mesh.clone(),
     );
     let payment = config::payment(
-        sqlite_url(&args.data_dir, "payment")?,
+        database(&args.payment_database_url, "payment")?,
         &args.payment,
         true,
         mesh.clone(),
     );
     let order = config::order(
-        sqlite_url(&args.data_dir, "order")?,
+        database(&args.order_database_url, "order")?,
         format!("http://{inventory_addr}"),
         format!("http://{payment_addr}"),
         &args.saga,

@@ -1,0 +1,58 @@
+//! `ordermesh health ADDRESS`: one `grpc.health.v1.Health/Check`, exit 0 when
+//! the answer is SERVING and 1 otherwise.
+//!
+//! Why it exists: the container image is distroless (no shell, no curl, no
+//! grpcurl), so `helm test` and container health checks run the binary itself
+//! rather than pulling a second image. Kubelet probes do not need it: they
+//! speak gRPC health natively.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::cli::HealthArgs;
+
+pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
+    let address = if args.address.contains("://") {
+        args.address.clone()
+    } else {
+        format!("http://{}", args.address)
+    };
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let status = tokio::time::timeout(timeout, check(&address, &args.service))
+        .await
+        .with_context(|| format!("{address}: no health answer within {}s", args.timeout_secs))??;
+    let service = &args.service;
+    match status {
+        ServingStatus::Serving => {
+            println!("{address} service {service:?}: SERVING");
+            Ok(())
+        }
+        other => anyhow::bail!("{address} service {service:?}: {}", other.as_str_name()),
+    }
+}
+
+async fn check(address: &str, service: &str) -> anyhow::Result<ServingStatus> {
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+        .with_context(|| format!("{address:?} is not a valid address (want http://host:port)"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {address}"))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!(
+                "{address} service {service:?}: {} {}",
+                status.code(),
+                status.message()
+            )
+        })?;
+    Ok(response.into_inner().status())
+}

@@ -1,0 +1,197 @@
+//! What the container image and the Helm chart rely on from the binary:
+//! `ordermesh health` (the chart's `helm test` pod and container health
+//! checks run it; the image has no shell), and the mesh policy plus the
+//! environment overrides the chart renders being accepted by the binary's own
+//! policy loader, with every downstream resolved through its headless Service.
+//!
+//! helm comes from `HELM`, else `target/tools/bin/helm` (`.ci/tools.sh`);
+//! missing, the chart test prints a SKIP line, except under `CI`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ordermesh_mesh::balance::EndpointSource;
+use ordermesh_mesh::policy::Policy;
+use support::{free_port, repo, tool};
+
+fn health(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .arg("health")
+        .args(args)
+        .output()
+        .expect("ordermesh health runs")
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn health_exits_zero_only_when_the_server_reports_serving() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+            .args(["serve", "inventory", "--listen", &addr, "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve inventory starts"),
+    );
+
+    // Not listening yet or not yet SERVING: exit 1. Wait for exit 0 with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let serving = loop {
+        let output = health(&[&addr, "--timeout-secs", "2"]);
+        if output.status.success() {
+            break output;
+        }
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(Instant::now() < deadline, "never SERVING: {output:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = String::from_utf8_lossy(&serving.stdout);
+    assert!(stdout.contains("SERVING"), "{stdout}");
+
+    // A named service, with the scheme spelt out.
+    let named = health(&[
+        &format!("http://{addr}"),
+        "--service",
+        "ordermesh.inventory.v1.InventoryService",
+    ]);
+    assert!(named.status.success(), "{named:?}");
+
+    // A service the server does not know: NOT_FOUND, exit 1, named in the message.
+    let unknown = health(&[&addr, "--service", "no.such.Service"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("no.such.Service") && stderr.contains("not found"),
+        "{stderr}"
+    );
+
+    // Nothing listening: exit 1, naming the address.
+    server.0.kill().expect("kill");
+    server.0.wait().expect("reaped");
+    let gone = health(&[&addr]);
+    assert_eq!(gone.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to http://{addr}")),
+        "{stderr}"
+    );
+
+    // A malformed address is refused with a message, not a panic.
+    let bad = health(&["not an address"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid address"));
+}
+
+fn helm_template(helm: &Path, values: &str, show_only: &str) -> String {
+    let chart = repo().join("helm/ordermesh");
+    let output = Command::new(helm)
+        .args(["template", "ordermesh", "--namespace", "shop"])
+        .arg(&chart)
+        .arg("-f")
+        .arg(chart.join("examples").join(values))
+        .args(["--show-only", show_only])
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template -f {values}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The `mesh-policy.toml: |` block of the rendered ConfigMap.
+fn rendered_policy(configmap: &str) -> String {
+    let mut lines = configmap
+        .lines()
+        .skip_while(|line| line.trim() != "mesh-policy.toml: |");
+    lines.next().expect("the ConfigMap has mesh-policy.toml");
+    lines
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The ORDERMESH_MESH__* variables of each rendered Deployment, by name.
+fn rendered_overrides(deployments: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut found: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    let mut pending: Option<String> = None;
+    for line in deployments.lines() {
+        let line = line.trim();
+        if line == "kind: Deployment" {
+            found.push((String::new(), Vec::new()));
+        } else if let (Some(name), Some(last)) = (line.strip_prefix("name: "), found.last_mut())
+            && last.0.is_empty()
+        {
+            last.0 = name.to_owned();
+        } else if let Some(name) = line.strip_prefix("- name: ORDERMESH_MESH__") {
+            pending = Some(format!("ORDERMESH_MESH__{name}"));
+        } else if let (Some(value), Some(name)) = (line.strip_prefix("value: "), pending.take())
+            && let Some(last) = found.last_mut()
+        {
+            last.1.push((name, value.trim_matches('"').to_owned()));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_services() {
+    let Some(helm) = tool("HELM", "helm", "chart mesh policies") else {
+        return;
+    };
+    for values in ["minimal.yaml", "production.yaml", "demo.yaml"] {
+        let policy = rendered_policy(&helm_template(&helm, values, "templates/configmap.yaml"));
+        assert!(policy.contains("[downstream.payment"), "{values}: {policy}");
+        let deployments = rendered_overrides(&helm_template(&helm, values, "templates/deployment.yaml"));
+        assert_eq!(deployments.len(), 4, "{values}: a Deployment per target");
+        for (deployment, overrides) in deployments {
+            let loaded = Policy::parse(&policy, overrides.clone())
+                .unwrap_or_else(|e| panic!("{values}, {deployment}: the binary refuses the policy: {e}"));
+            let callees: &[&str] = match deployment.rsplit('-').next() {
+                Some("gateway") => &["order", "inventory", "payment"],
+                Some("order") => &["inventory", "payment"],
+                _ => &[],
+            };
+            assert_eq!(
+                overrides.len(),
+                callees.len(),
+                "{values}, {deployment}: {overrides:?}"
+            );
+            for callee in callees {
+                let settings = loaded
+                    .downstream_settings(callee, "http://unused:1")
+                    .expect("downstream settings");
+                match settings.balancer.source {
+                    EndpointSource::Dns { host, port, .. } => {
+                        assert_eq!(host, format!("ordermesh-{callee}.shop.svc.cluster.local"));
+                        assert!(port >= 50051, "{callee} port {port}");
+                    }
+                    other => panic!("{values}, {deployment} -> {callee}: not DNS discovery: {other:?}"),
+                }
+            }
+        }
+    }
+    // SingleBinary: one policy, calls stay inside the process.
+    let policy = rendered_policy(&helm_template(
+        &helm,
+        "single-binary.yaml",
+        "templates/configmap.yaml",
+    ));
+    Policy::parse(&policy, Vec::new()).expect("the SingleBinary policy loads");
+}

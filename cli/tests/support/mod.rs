@@ -1,0 +1,132 @@
+//! What the binary-level tests share: free ports, a running `ordermesh up`
+//! that is killed on drop, and finding third-party tools (skipped when
+//! missing, except under `CI`, where a missing tool fails the test).
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("cli/ has a parent")
+        .to_path_buf()
+}
+
+/// A tool from `env_var`, else `target/tools/bin/<name>` (installed by
+/// `.ci/tools.sh`). `None` after a SKIP line when missing outside CI; a panic
+/// under CI.
+pub fn tool(env_var: &str, name: &str, test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env_var) {
+        return Some(path.into());
+    }
+    let local = repo().join("target/tools/bin").join(name);
+    if local.exists() {
+        return Some(local);
+    }
+    if in_ci() {
+        panic!("CI needs {name} for {test}: run .ci/tools.sh (or set {env_var})");
+    }
+    eprintln!("\n*** SKIP {test}: {name} not found (run .ci/tools.sh or set {env_var}) ***\n");
+    None
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `ordermesh up` on free loopback ports and its own data directory, killed
+/// (and reaped) on drop.
+pub struct Up {
+    pub child: Child,
+    pub order: u16,
+    pub inventory: u16,
+    pub payment: u16,
+    lines: mpsc::Receiver<String>,
+    data: tempfile::TempDir,
+}
+
+impl Up {
+    /// Starts `ordermesh up` with `extra` arguments and waits (with a
+    /// deadline) for its ready line.
+    pub fn start(extra: &[String]) -> Up {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (order, inventory, payment) = (free_port(), free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+            .args(["up", "--data-dir"])
+            .arg(data.path())
+            .args(["--order-port", &order.to_string()])
+            .args(["--inventory-port", &inventory.to_string()])
+            .args(["--payment-port", &payment.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ordermesh up starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let up = Up {
+            child,
+            order,
+            inventory,
+            payment,
+            lines,
+            data,
+        };
+        up.wait_for_line("ready", Duration::from_secs(60));
+        up
+    }
+
+    /// The `--data-dir` it runs with.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => {
+                    panic!("no line containing {needle:?} within {timeout:?}; output so far: {seen:#?}")
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,380 @@
+{{/*
+Names, labels and the checks that values.schema.json cannot express well.
+*/}}
+
+{{- define "ordermesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ordermesh.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The gRPC services, in the order their Deployments are rendered. */}}
+{{- define "ordermesh.services" -}}
+order inventory payment
+{{- end }}
+
+{{/* Every `ordermesh serve` target. */}}
+{{- define "ordermesh.targets" -}}
+gateway order inventory payment
+{{- end }}
+
+{{- define "ordermesh.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "ordermesh.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ordermesh
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: ctx = dict "root" $ "component" "order". */}}
+{{- define "ordermesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ordermesh.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "ordermesh.componentLabels" -}}
+{{ include "ordermesh.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "ordermesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ordermesh.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ordermesh.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+{{- end }}
+
+{{/* In-cluster name of a target's Service. */}}
+{{- define "ordermesh.host" -}}
+{{ include "ordermesh.fullname" .root }}-{{ .target }}
+{{- end }}
+
+{{/* Fully qualified name, for the mesh layer's DNS discovery. */}}
+{{- define "ordermesh.fqdn" -}}
+{{ include "ordermesh.host" . }}.{{ .root.Release.Namespace }}.svc.{{ .root.Values.clusterDomain }}
+{{- end }}
+
+{{- define "ordermesh.configName" -}}
+{{ include "ordermesh.fullname" . }}-config
+{{- end }}
+
+{{/* The Secret with the database URLs: the user's, or the one the chart makes. */}}
+{{- define "ordermesh.databaseSecret" -}}
+{{- default (printf "%s-database" (include "ordermesh.fullname" .)) .Values.database.existingSecret }}
+{{- end }}
+
+{{/* Whether the chart makes the database Secret (from database.urls or the demo PostgreSQL). */}}
+{{- define "ordermesh.makesDatabaseSecret" -}}
+{{- if and (not .Values.database.existingSecret) (or .Values.demo.postgresql.enabled .Values.database.urls.order) }}true{{ end }}
+{{- end }}
+
+{{- define "ordermesh.demoPostgresHost" -}}
+{{ include "ordermesh.fullname" . }}-demo-postgresql
+{{- end }}
+
+{{- define "ordermesh.demoNatsHost" -}}
+{{ include "ordermesh.fullname" . }}-demo-nats
+{{- end }}
+
+{{/*
+Cross-field checks, with messages that say what to set. Rendered by every
+Deployment template, so `helm install` and `helm template` stop here.
+*/}}
+{{- define "ordermesh.validate" -}}
+{{- $v := .Values }}
+{{- if and $v.database.existingSecret (or $v.database.urls.order $v.database.urls.inventory $v.database.urls.payment) }}
+{{- fail "database: set either database.existingSecret or database.urls, not both" }}
+{{- end }}
+{{- if and $v.demo.postgresql.enabled (or $v.database.existingSecret $v.database.urls.order $v.database.urls.inventory $v.database.urls.payment) }}
+{{- fail "database: demo.postgresql.enabled supplies the database URLs; unset database.existingSecret and database.urls" }}
+{{- end }}
+{{- if not (or $v.database.existingSecret $v.demo.postgresql.enabled) }}
+{{- $missing := list }}
+{{- range $service := list "order" "inventory" "payment" }}
+{{- if not (index $v.database.urls $service) }}{{ $missing = append $missing (printf "database.urls.%s" $service) }}{{ end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "database: ordermesh needs one PostgreSQL database per service. Set database.existingSecret to a Secret with the keys %s, %s and %s (see the README), or pass %s at install; for a self-contained demo add -f helm/ordermesh/examples/demo.yaml" $v.database.secretKeys.order $v.database.secretKeys.inventory $v.database.secretKeys.payment (join ", " $missing)) }}
+{{- end }}
+{{- end }}
+{{- if and $v.nats.url $v.nats.existingSecret }}
+{{- fail "nats: set either nats.url or nats.existingSecret, not both" }}
+{{- end }}
+{{- if and $v.demo.nats.enabled (or $v.nats.url $v.nats.existingSecret) }}
+{{- fail "nats: demo.nats.enabled supplies the NATS URL; unset nats.url and nats.existingSecret" }}
+{{- end }}
+{{- if and (eq $v.deploymentMode "Distributed") (not (or $v.nats.url $v.nats.existingSecret $v.demo.nats.enabled)) }}
+{{- fail "nats: Distributed mode needs NATS so events cross pods: set nats.url (e.g. nats://nats.nats.svc.cluster.local:4222) or nats.existingSecret" }}
+{{- end }}
+{{- if and (eq $v.auth.mode "production") (not (or $v.auth.jwksUrl $v.auth.jwksSecret.name)) }}
+{{- fail "auth: production mode needs the keys that sign client tokens: set auth.jwksUrl or auth.jwksSecret.name (a Secret with a JWKS document); auth.mode=development is for demos only" }}
+{{- end }}
+{{- if and (eq $v.auth.mode "production") $v.auth.hs256Secret.name }}
+{{- fail "auth: auth.hs256Secret is for development mode only; production verifies tokens with auth.jwksUrl or auth.jwksSecret" }}
+{{- end }}
+{{- if and $v.serviceMonitor.enabled (not $v.metrics.enabled) }}
+{{- fail "serviceMonitor: needs metrics.enabled (the port it scrapes)" }}
+{{- end }}
+{{- end }}
+
+{{/* ORDERMESH_NATS_URL, from the value, the Secret or the demo NATS. */}}
+{{- define "ordermesh.natsEnv" -}}
+{{- if .Values.nats.existingSecret -}}
+- name: ORDERMESH_NATS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.nats.existingSecret }}
+      key: {{ .Values.nats.secretKey }}
+{{- else if .Values.demo.nats.enabled -}}
+- name: ORDERMESH_NATS_URL
+  value: {{ printf "nats://%s:4222" (include "ordermesh.demoNatsHost" .) | quote }}
+{{- else if .Values.nats.url -}}
+- name: ORDERMESH_NATS_URL
+  value: {{ .Values.nats.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Settings every target shares. */}}
+{{- define "ordermesh.commonEnv" -}}
+- name: ORDERMESH_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: ORDERMESH_POLICY
+  value: /etc/ordermesh/config/mesh-policy.toml
+- name: ORDERMESH_DATA_DIR
+  value: /data
+{{ include "ordermesh.natsEnv" . -}}
+{{- end }}
+
+{{/* The gateway's settings (also used by `up` in SingleBinary mode). */}}
+{{- define "ordermesh.gatewayEnv" -}}
+{{- $v := .Values -}}
+- name: ORDERMESH_AUTH_MODE
+  value: {{ $v.auth.mode | quote }}
+{{- with $v.auth.issuer }}
+- name: ORDERMESH_JWT_ISSUER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.auth.audience }}
+- name: ORDERMESH_JWT_AUDIENCE
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.auth.jwksUrl }}
+- name: ORDERMESH_JWT_JWKS_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- if $v.auth.jwksSecret.name }}
+- name: ORDERMESH_JWT_JWKS_FILE
+  value: /etc/ordermesh/jwks/{{ $v.auth.jwksSecret.key }}
+{{- end }}
+{{- if $v.auth.hs256Secret.name }}
+- name: ORDERMESH_JWT_HS256_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.auth.hs256Secret.name }}
+      key: {{ $v.auth.hs256Secret.key }}
+{{- end }}
+{{- if $v.gatewayConfig }}
+- name: ORDERMESH_GATEWAY_CONFIG
+  value: /etc/ordermesh/config/gateway.toml
+{{- end }}
+{{- end }}
+
+{{/*
+One downstream: its URL (a plain tonic address) and, with DNS discovery, the
+mesh policy override that resolves its headless Service to one endpoint per
+pod. ctx = dict "root" $ "target" "payment".
+*/}}
+{{- define "ordermesh.downstreamEnv" -}}
+{{- $port := index .root.Values .target "port" -}}
+- name: ORDERMESH_{{ upper .target }}_URL
+  value: {{ printf "http://%s:%v" (include "ordermesh.host" .) $port | quote }}
+{{- if .root.Values.mesh.dnsDiscovery }}
+- name: ORDERMESH_MESH__DOWNSTREAM__{{ upper .target }}__DNS
+  value: {{ printf "%s:%v" (include "ordermesh.fqdn" .) $port | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The pod annotations and labels an external mesh needs. */}}
+{{- define "ordermesh.externalMeshAnnotations" -}}
+{{- if eq .Values.externalMesh.provider "linkerd" }}
+linkerd.io/inject: enabled
+{{- end }}
+{{- with .Values.externalMesh.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "ordermesh.externalMeshLabels" -}}
+{{- if eq .Values.externalMesh.provider "istio" }}
+sidecar.istio.io/inject: "true"
+{{- end }}
+{{- with .Values.externalMesh.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pod template shared by every Deployment.
+ctx = dict "root" $ "component" NAME "block" VALUES "args" LIST "env" YAML
+          "ports" LIST(dict name port) "probePort" PORT "gateway" BOOL
+(gRPC probes take a port number, not a port name.)
+*/}}
+{{- define "ordermesh.podTemplate" -}}
+{{- $root := .root }}
+{{- $v := $root.Values -}}
+metadata:
+  labels:
+    {{- include "ordermesh.componentLabels" . | nindent 4 }}
+    {{- with .block.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with (include "ordermesh.externalMeshLabels" $root) }}
+    {{- . | nindent 4 }}
+    {{- end }}
+  annotations:
+    {{- if $v.rolloutOnConfigChange }}
+    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- end }}
+    {{- with .block.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- with (include "ordermesh.externalMeshAnnotations" $root) }}
+    {{- . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "ordermesh.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+  enableServiceLinks: false
+  terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  {{- if $v.topologySpread.enabled }}
+  topologySpreadConstraints:
+    {{- range $key := $v.topologySpread.topologyKeys }}
+    - maxSkew: {{ $v.topologySpread.maxSkew }}
+      topologyKey: {{ $key }}
+      whenUnsatisfiable: {{ $v.topologySpread.whenUnsatisfiable }}
+      labelSelector:
+        matchLabels:
+          {{- include "ordermesh.selectorLabels" (dict "root" $root "component" $.component) | nindent 10 }}
+    {{- end }}
+  {{- end }}
+  {{- with .block.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .block.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .block.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: ordermesh
+      image: {{ include "ordermesh.image" $root }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      env:
+        {{- include "ordermesh.commonEnv" $root | nindent 8 }}
+        {{- .env | nindent 8 }}
+        {{- with .block.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      ports:
+        {{- range .ports }}
+        - name: {{ .name }}
+          containerPort: {{ .port }}
+          protocol: TCP
+        {{- end }}
+        {{- if $v.metrics.enabled }}
+        - name: metrics
+          containerPort: {{ $v.metrics.port }}
+          protocol: TCP
+        {{- end }}
+      startupProbe:
+        grpc:
+          port: {{ .probePort }}
+          service: ""
+        {{- toYaml $v.probes.startup | nindent 8 }}
+      readinessProbe:
+        grpc:
+          port: {{ .probePort }}
+          service: ""
+        {{- toYaml $v.probes.readiness | nindent 8 }}
+      livenessProbe:
+        grpc:
+          port: {{ .probePort }}
+          service: ""
+        {{- toYaml $v.probes.liveness | nindent 8 }}
+      resources:
+        {{- toYaml .block.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml $v.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/ordermesh/config
+          readOnly: true
+        {{- if and $v.auth.jwksSecret.name .gateway }}
+        - name: jwks
+          mountPath: /etc/ordermesh/jwks
+          readOnly: true
+        {{- end }}
+        # The root filesystem is read-only: the data directory (development
+        # signing key, SQLite when no database URL is set) and /tmp are scratch.
+        - name: data
+          mountPath: /data
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    # A directory mount (not subPath), so ConfigMap updates reach the files
+    # and the policy watcher sees them.
+    - name: config
+      configMap:
+        name: {{ include "ordermesh.configName" $root }}
+    {{- if and $v.auth.jwksSecret.name .gateway }}
+    - name: jwks
+      secret:
+        secretName: {{ $v.auth.jwksSecret.name }}
+        items:
+          - key: {{ $v.auth.jwksSecret.key }}
+            path: {{ $v.auth.jwksSecret.key }}
+    {{- end }}
+    - name: data
+      emptyDir:
+        sizeLimit: 256Mi
+    - name: tmp
+      emptyDir:
+        sizeLimit: 64Mi
+{{- end }}
