@@ -225,6 +225,37 @@ pub struct Saga {
     pub step_maybe_sent: bool,
 }
 
+impl Saga {
+    /// A saga at the start of `step`, leased to `owner`: what creating an
+    /// order and re-arming it for a cancel write.
+    fn starting(
+        order_id: &str,
+        (kind, state, step): (SagaKind, SagaState, Step),
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Saga {
+        let cancel = kind == SagaKind::Cancel;
+        Saga {
+            order_id: order_id.into(),
+            kind,
+            state,
+            step,
+            stock_maybe_reserved: cancel,
+            payment_maybe_made: cancel,
+            payment_captured: cancel,
+            attempts: 0,
+            last_error: String::new(),
+            step_since: now,
+            needs_attention: false,
+            lease_owner: owner.into(),
+            lease_until,
+            update_time: now,
+            step_maybe_sent: false,
+        }
+    }
+}
+
 impl From<SagaRow> for Saga {
     fn from(row: SagaRow) -> Self {
         Saga {

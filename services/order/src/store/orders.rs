@@ -39,23 +39,13 @@ impl Store {
         let now = clock::now_micros();
         let fingerprint = new.fingerprint();
         let mut tx = self.db.write.begin().await?;
-        let saga = Saga {
-            order_id: new.order_id.clone(),
-            kind: SagaKind::Place,
-            state: SagaState::Running,
-            step: Step::Reserve,
-            stock_maybe_reserved: false,
-            payment_maybe_made: false,
-            payment_captured: false,
-            attempts: 0,
-            last_error: String::new(),
-            step_since: now,
-            needs_attention: false,
-            lease_owner: owner.into(),
+        let saga = Saga::starting(
+            &new.order_id,
+            (SagaKind::Place, SagaState::Running, Step::Reserve),
+            owner,
             lease_until,
-            update_time: now,
-            step_maybe_sent: false,
-        };
+            now,
+        );
         let inserted = sqlx::query(concat!(
             "INSERT INTO orders (",
             order_columns!(),

@@ -270,23 +270,13 @@ impl Store {
         lease_until: i64,
     ) -> Result<(Order, Option<Saga>), Error> {
         let now = clock::now_micros();
-        let saga = Saga {
-            order_id: order_id.into(),
-            kind: SagaKind::Cancel,
-            state: SagaState::Compensating,
-            step: Step::UndoPayment,
-            stock_maybe_reserved: true,
-            payment_maybe_made: true,
-            payment_captured: true,
-            attempts: 0,
-            last_error: String::new(),
-            step_since: now,
-            needs_attention: false,
-            lease_owner: owner.into(),
+        let saga = Saga::starting(
+            order_id,
+            (SagaKind::Cancel, SagaState::Compensating, Step::UndoPayment),
+            owner,
             lease_until,
-            update_time: now,
-            step_maybe_sent: false,
-        };
+            now,
+        );
         let moved = sqlx::query(
             "UPDATE orders SET status = $1, saga_kind = $2, saga_state = $3, saga_step = $4,
                 stock_maybe_reserved = 1, payment_maybe_made = 1, payment_captured = 1, attempts = 0,
