@@ -99,7 +99,8 @@ impl TxHandler for Recorder {
     }
 }
 
-/// Counts calls to any handler (including ones the inbox answers).
+/// Counts finished calls of any handler (including ones the inbox answers),
+/// so a count reached means the call's effects are committed.
 pub struct Counted<H> {
     pub inner: H,
     pub calls: Arc<AtomicUsize>,
@@ -107,8 +108,9 @@ pub struct Counted<H> {
 
 impl<H: Handler> Handler for Counted<H> {
     async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
+        let result = self.inner.handle(event).await;
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.handle(event).await
+        result
     }
 }
 
