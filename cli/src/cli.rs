@@ -26,6 +26,8 @@ pub enum Command {
     Up(UpArgs),
     /// Run one service (the Kubernetes mode).
     Serve(ServeArgs),
+    /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
+    Events(crate::events::EventsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -7,6 +7,7 @@
 //! variable) and passed down as plain config structs.
 
 mod cli;
+mod events;
 mod up;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Events(args) => events::run(args).await,
     }
 }
 

@@ -128,11 +128,17 @@ impl ConsumerConfig {
         if !name_ok {
             return Err(crate::Error::invalid(
                 "consumer.name",
-                format!("{:?} must be non-empty ASCII letters, digits, '-' or '_'", self.name),
+                format!(
+                    "{:?} must be non-empty ASCII letters, digits, '-' or '_'",
+                    self.name
+                ),
             ));
         }
         if self.max_deliver == 0 {
-            return Err(crate::Error::invalid("consumer.max_deliver", "must be at least 1"));
+            return Err(crate::Error::invalid(
+                "consumer.max_deliver",
+                "must be at least 1",
+            ));
         }
         if self.ack_wait.is_zero() {
             return Err(crate::Error::invalid("consumer.ack_wait", "must be positive"));
@@ -176,7 +182,11 @@ mod tests {
     #[test]
     fn bad_names_and_foreign_filters_are_refused_naming_the_field() {
         let mut config = ConsumerConfig::new("time.line", BoundedContext::Orders);
-        assert!(config.validate().is_err_and(|e| e.to_string().contains("consumer.name")));
+        assert!(
+            config
+                .validate()
+                .is_err_and(|e| e.to_string().contains("consumer.name"))
+        );
         config.name = "timeline".into();
         config.filter_subjects = vec!["ordermesh.payments.v1.>".into()];
         assert!(

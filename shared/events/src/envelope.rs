@@ -237,8 +237,8 @@ mod tests {
 
     #[test]
     fn a_message_without_envelope_is_refused_naming_the_header() {
-        let err = Event::from_message("ordermesh.orders.v1.created", None, Bytes::new())
-            .expect_err("no headers");
+        let err =
+            Event::from_message("ordermesh.orders.v1.created", None, Bytes::new()).expect_err("no headers");
         assert!(err.to_string().contains("ce-id"), "{err}");
         let mut headers = Event::new("/x", &confirmed(), None).headers();
         headers.insert(header::CONTENT_TYPE, "application/json");

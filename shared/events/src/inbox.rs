@@ -11,8 +11,8 @@
 
 use sqlx::{Any, AnyPool, Transaction};
 
-use crate::envelope::now_micros;
 use crate::Error;
+use crate::envelope::now_micros;
 
 /// The inbox table, for the consumer's own database migrations.
 pub const DDL: &str = r#"

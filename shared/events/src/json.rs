@@ -17,11 +17,14 @@ static POOL: LazyLock<Option<DescriptorPool>> =
 
 /// The payload decoded to JSON, or an error text naming why it could not be.
 pub fn payload_json(ce_type: &str, data: &[u8]) -> Result<Value, String> {
-    let pool = POOL.as_ref().ok_or("the contracts' descriptor set does not decode")?;
+    let pool = POOL
+        .as_ref()
+        .ok_or("the contracts' descriptor set does not decode")?;
     let descriptor = pool
         .get_message_by_name(ce_type)
         .ok_or_else(|| format!("unknown event type {ce_type:?}"))?;
-    let message = DynamicMessage::decode(descriptor, data).map_err(|e| format!("cannot decode {ce_type}: {e}"))?;
+    let message =
+        DynamicMessage::decode(descriptor, data).map_err(|e| format!("cannot decode {ce_type}: {e}"))?;
     serde_json::to_value(&message).map_err(|e| format!("cannot render {ce_type}: {e}"))
 }
 

@@ -222,12 +222,27 @@ mod tests {
     #[test]
     fn wildcards_match_like_nats() {
         assert!(subject_matches("ordermesh.>", "ordermesh.orders.v1.created"));
-        assert!(subject_matches("ordermesh.*.v1.created", "ordermesh.orders.v1.created"));
-        assert!(!subject_matches("ordermesh.*.v1.created", "ordermesh.orders.v1.confirmed"));
-        assert!(!subject_matches("ordermesh.orders", "ordermesh.orders.v1.created"));
-        assert!(!subject_matches("ordermesh.orders.v1.created.x", "ordermesh.orders.v1.created"));
+        assert!(subject_matches(
+            "ordermesh.*.v1.created",
+            "ordermesh.orders.v1.created"
+        ));
+        assert!(!subject_matches(
+            "ordermesh.*.v1.created",
+            "ordermesh.orders.v1.confirmed"
+        ));
+        assert!(!subject_matches(
+            "ordermesh.orders",
+            "ordermesh.orders.v1.created"
+        ));
+        assert!(!subject_matches(
+            "ordermesh.orders.v1.created.x",
+            "ordermesh.orders.v1.created"
+        ));
         assert!(!subject_matches("ordermesh.orders.v1.>", "ordermesh.orders.v1"));
-        assert!(subjects_overlap("ordermesh.orders.v1.>", "ordermesh.*.v1.created"));
+        assert!(subjects_overlap(
+            "ordermesh.orders.v1.>",
+            "ordermesh.*.v1.created"
+        ));
         assert!(subjects_overlap("ordermesh.orders.v1.>", ">"));
         assert!(!subjects_overlap("ordermesh.orders.v1.>", "ordermesh.payments.>"));
         assert!(validate_filter("ordermesh.>.x").is_err());

@@ -27,9 +27,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sqlx::AnyConnection;
 
+use crate::Error;
 use crate::envelope::{Event, now_micros};
 use crate::kind::DomainEvent;
-use crate::Error;
 
 /// The outbox table. Add it to each service's migrations (portable SQL for
 /// SQLite and PostgreSQL); [`crate::inbox::DDL`] is its counterpart for
@@ -139,7 +139,9 @@ pub(crate) fn event_of_row(row: &sqlx::any::AnyRow) -> Result<(Event, String), E
 
 /// Rows not yet published (for tests and health checks).
 pub async fn pending_count(pool: &sqlx::AnyPool) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_us IS NULL")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_us IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }

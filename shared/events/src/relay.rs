@@ -28,10 +28,10 @@ use sqlx::AnyPool;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::Error;
 use crate::bus::Bus;
 use crate::envelope::{Event, now_micros};
 use crate::outbox::{SELECT_PENDING, event_of_row};
-use crate::Error;
 
 /// How the relay works.
 #[derive(Debug, Clone)]
@@ -83,11 +83,7 @@ impl Relay {
         let notifier = Notifier::default();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(pool, bus, config, notifier.clone(), stopped));
-        Self {
-            notifier,
-            stop,
-            task,
-        }
+        Self { notifier, stop, task }
     }
 
     /// The handle to poke after a commit.
@@ -108,7 +104,13 @@ impl Relay {
     }
 }
 
-async fn run(pool: AnyPool, bus: Bus, config: RelayConfig, notifier: Notifier, mut stopped: watch::Receiver<bool>) {
+async fn run(
+    pool: AnyPool,
+    bus: Bus,
+    config: RelayConfig,
+    notifier: Notifier,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut streams_ready = false;
     let mut backoff = config.initial_backoff;
     let mut last_prune = tokio::time::Instant::now();

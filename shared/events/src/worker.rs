@@ -19,11 +19,11 @@ use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool};
 
+use crate::Error;
 use crate::bus::{Bus, Delivery};
 use crate::config::ConsumerConfig;
 use crate::envelope::Event;
 use crate::inbox::{Claim, claim};
-use crate::Error;
 
 /// Why a handler did not process an event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,9 +23,7 @@ use async_nats::jetstream::{self, Context};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
-use super::{
-    Acker, DeadLetter, Delivery, Published, dead_letter_subject, replay_message_id,
-};
+use super::{Acker, DeadLetter, Delivery, Published, dead_letter_subject, replay_message_id};
 use crate::config::{BusSettings, ConsumerConfig, Retention};
 use crate::envelope::{Event, micros_of};
 use crate::kind::{BoundedContext, subject_matches, subjects_overlap};
@@ -68,11 +66,7 @@ impl JetStreamBus {
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.publish_timeout)
             .build(client.clone());
-        Ok(Self {
-            client,
-            js,
-            settings,
-        })
+        Ok(Self { client, js, settings })
     }
 
     /// The NATS client (for tools and tests).
@@ -214,13 +208,11 @@ impl JetStreamBus {
         Ok(futures::stream::select_all(streams)
             .filter_map(move |item| {
                 let event = match item {
-                    Ok(message) if subject_matches(&filter, &message.subject) => Some(
-                        Event::from_message(
-                            &message.subject,
-                            message.headers.as_ref(),
-                            message.payload.clone(),
-                        ),
-                    ),
+                    Ok(message) if subject_matches(&filter, &message.subject) => Some(Event::from_message(
+                        &message.subject,
+                        message.headers.as_ref(),
+                        message.payload.clone(),
+                    )),
                     Ok(_) => None,
                     Err(e) => Some(Err(Error::jetstream("tail", e))),
                 };
@@ -229,7 +221,12 @@ impl JetStreamBus {
             .boxed())
     }
 
-    pub(crate) async fn dead_letter(&self, delivery: &Delivery, consumer: &str, error: &str) -> Result<(), Error> {
+    pub(crate) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        consumer: &str,
+        error: &str,
+    ) -> Result<(), Error> {
         let Acker::JetStream(message) = &delivery.acker else {
             return Err(Error::jetstream("dead letter", "delivery is not from JetStream"));
         };
@@ -338,16 +335,18 @@ fn dead_letter_of(message: jetstream::message::StreamMessage) -> DeadLetter {
             .unwrap_or_default()
     };
     let topic = get(header::TOPIC);
-    let event = Event::from_message(&topic, Some(&message.headers), message.payload.clone())
-        .unwrap_or_else(|e| Event {
-            id: get(crate::envelope::header::ID),
-            source: get(crate::envelope::header::SOURCE),
-            ce_type: get(crate::envelope::header::TYPE),
-            subject: e.to_string(),
-            time_us: 0,
-            traceparent: None,
-            topic: topic.clone(),
-            data: message.payload.clone(),
+    let event =
+        Event::from_message(&topic, Some(&message.headers), message.payload.clone()).unwrap_or_else(|e| {
+            Event {
+                id: get(crate::envelope::header::ID),
+                source: get(crate::envelope::header::SOURCE),
+                ce_type: get(crate::envelope::header::TYPE),
+                subject: e.to_string(),
+                time_us: 0,
+                traceparent: None,
+                topic: topic.clone(),
+                data: message.payload.clone(),
+            }
         });
     let time = prost_types::Timestamp {
         seconds: message.time.unix_timestamp(),
@@ -427,7 +426,12 @@ impl JetStreamConsumer {
 fn delivery_of(message: jetstream::Message) -> Delivery {
     let (delivered, stream_sequence) = message
         .info()
-        .map(|info| (u32::try_from(info.delivered).unwrap_or(u32::MAX), info.stream_sequence))
+        .map(|info| {
+            (
+                u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                info.stream_sequence,
+            )
+        })
         .unwrap_or((1, 0));
     let topic = message.subject.to_string();
     let event = Event::from_message(&topic, message.headers.as_ref(), message.payload.clone())
@@ -437,7 +441,6 @@ fn delivery_of(message: jetstream::Message) -> Delivery {
         topic,
         delivered,
         stream_sequence,
-        acker: Acker::JetStream(message),
+        acker: Acker::JetStream(Box::new(message)),
     }
 }
-

@@ -24,10 +24,10 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use super::{DeadLetter, Delivery, Published, replay_message_id};
+use crate::Error;
 use crate::config::{BusSettings, ConsumerConfig};
 use crate::envelope::{Event, now_micros};
 use crate::kind::{BoundedContext, subject_matches};
-use crate::Error;
 
 /// Messages kept per stream when the settings give no limit.
 const DEFAULT_MAX_MESSAGES: usize = 100_000;
@@ -96,7 +96,10 @@ impl MemoryBus {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; carry on.
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores `event` under `message_id` unless that id was seen within the

@@ -64,7 +64,7 @@ impl DeadLetter {
 /// consumers and admin API.
 #[derive(Clone)]
 pub enum Bus {
-    JetStream(jetstream::JetStreamBus),
+    JetStream(std::sync::Arc<jetstream::JetStreamBus>),
     Memory(memory::MemoryBus),
 }
 
@@ -81,7 +81,8 @@ impl Bus {
     /// JetStream at `url`. Returns at once even when NATS is down (the
     /// client keeps reconnecting; publishes fail until it is back).
     pub async fn connect(url: &str, settings: BusSettings) -> Result<Self, Error> {
-        Ok(Bus::JetStream(jetstream::JetStreamBus::connect(url, settings).await?))
+        let bus = jetstream::JetStreamBus::connect(url, settings).await?;
+        Ok(Bus::JetStream(std::sync::Arc::new(bus)))
     }
 
     /// The in-process broker.
@@ -112,10 +113,12 @@ impl Bus {
         self.publish_all(std::slice::from_ref(event))
             .await
             .pop()
-            .unwrap_or_else(|| Err(Error::Publish {
-                topic: event.topic.clone(),
-                reason: "no result".into(),
-            }))
+            .unwrap_or_else(|| {
+                Err(Error::Publish {
+                    topic: event.topic.clone(),
+                    reason: "no result".into(),
+                })
+            })
     }
 
     /// Publishes events pipelined (all sent, then all acks awaited); one
@@ -131,7 +134,7 @@ impl Bus {
     pub async fn consumer(&self, config: &ConsumerConfig) -> Result<Consumer, Error> {
         config.validate()?;
         match self {
-            Bus::JetStream(bus) => Ok(Consumer::JetStream(bus.consumer(config).await?)),
+            Bus::JetStream(bus) => Ok(Consumer::JetStream(Box::new(bus.consumer(config).await?))),
             Bus::Memory(bus) => Ok(Consumer::Memory(bus.consumer(config))),
         }
     }
@@ -210,7 +213,7 @@ pub(crate) fn replay_message_id(event_id: &str, dead_letter_id: u64) -> String {
 
 /// A bound durable consumer.
 pub enum Consumer {
-    JetStream(jetstream::JetStreamConsumer),
+    JetStream(Box<jetstream::JetStreamConsumer>),
     Memory(memory::MemoryConsumer),
 }
 
@@ -238,7 +241,7 @@ pub struct Delivery {
 }
 
 pub(crate) enum Acker {
-    JetStream(async_nats::jetstream::Message),
+    JetStream(Box<async_nats::jetstream::Message>),
     Memory(memory::MemoryAcker),
 }
 

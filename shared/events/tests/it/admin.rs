@@ -38,7 +38,9 @@ async fn serve(bus: Bus) -> EventAdminServiceClient<Channel> {
 }
 
 async fn admin_tails_lists_and_replays(kind: BusKind) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let mut client = serve(bus.clone()).await;
 
     let mut tail = client
@@ -60,7 +62,10 @@ async fn admin_tails_lists_and_replays(kind: BusKind) {
         .expect("event");
     let event = Event::from_pb(first.event.expect("event"));
     assert_eq!(event.id, wanted.id, "the filter skips the confirmed event");
-    assert_eq!(event.decode::<pb::OrderCreated>().expect("decodes").order_id, "o-1");
+    assert_eq!(
+        event.decode::<pb::OrderCreated>().expect("decodes").order_id,
+        "o-1"
+    );
 
     let bad = client
         .tail_events(pb::TailEventsRequest {
@@ -116,7 +121,10 @@ async fn admin_tails_lists_and_replays(kind: BusKind) {
         .await
         .expect("replay")
         .into_inner();
-    assert_eq!(replayed.dead_letter.expect("dead letter").dead_letter_id, first.dead_letter_id);
+    assert_eq!(
+        replayed.dead_letter.expect("dead letter").dead_letter_id,
+        first.dead_letter_id
+    );
     let left = client
         .list_dead_letters(pb::ListDeadLettersRequest::default())
         .await

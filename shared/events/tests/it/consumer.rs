@@ -40,7 +40,10 @@ impl Worker {
     /// Stops between deliveries.
     async fn stop(self) {
         let _ = self.stop.send(());
-        self.task.await.expect("worker task").expect("worker ends cleanly");
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker ends cleanly");
     }
 
     /// Dies wherever it is, as a killed process.
@@ -68,7 +71,9 @@ async fn publish_created(bus: &Bus, order_id: &str) -> Event {
 }
 
 async fn consumer_killed_mid_handling_applies_its_effect_once(kind: BusKind, backend: Backend) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let config = config("timeline");
 
@@ -99,10 +104,21 @@ async fn consumer_killed_mid_handling_applies_its_effect_once(kind: BusKind, bac
     let second = publish_created(&bus, "o-2").await;
     let hanging = Recorder::new("timeline");
     hanging.hang.store(true, Ordering::SeqCst);
-    let worker = Worker::spawn(&bus, config.clone(), Inboxed::new(db.pool.clone(), "timeline", hanging.clone()));
-    eventually(SHORT, "the worker is inside the handler", || async { hanging.calls() >= 1 }).await;
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "timeline", hanging.clone()),
+    );
+    eventually(SHORT, "the worker is inside the handler", || async {
+        hanging.calls() >= 1
+    })
+    .await;
     worker.kill().await;
-    assert_eq!(db.effects("timeline", &second.id).await, 0, "rolled back with the worker");
+    assert_eq!(
+        db.effects("timeline", &second.id).await,
+        0,
+        "rolled back with the worker"
+    );
 
     // A new worker gets both again after ack_wait: each effect exactly once.
     let recorder = Recorder::new("timeline");
@@ -112,17 +128,27 @@ async fn consumer_killed_mid_handling_applies_its_effect_once(kind: BusKind, bac
         db.effects("timeline", &second.id).await == 1 && calls.load(Ordering::SeqCst) >= 2
     })
     .await;
-    assert_eq!(db.effects("timeline", &first.id).await, 1, "the redelivery of a committed event has no effect");
+    assert_eq!(
+        db.effects("timeline", &first.id).await,
+        1,
+        "the redelivery of a committed event has no effect"
+    );
     // Both were acked: nothing comes back after another ack_wait.
     tokio::time::sleep(config.ack_wait * 2).await;
     assert_eq!(db.effects("timeline", &first.id).await, 1);
     assert_eq!(db.effects("timeline", &second.id).await, 1);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "no further redelivery after the acks");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no further redelivery after the acks"
+    );
     worker.stop().await;
 }
 
 async fn poison_message_is_dead_lettered_and_replayable(kind: BusKind, backend: Backend) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let mut fragile_config = config("fragile");
     fragile_config.max_deliver = 3;
@@ -130,7 +156,11 @@ async fn poison_message_is_dead_lettered_and_replayable(kind: BusKind, backend: 
     fragile.broken.store(true, Ordering::SeqCst);
     let steady = Recorder::new("steady");
     let (steady_handler, steady_calls) = counted(Inboxed::new(db.pool.clone(), "steady", steady.clone()));
-    let fragile_worker = Worker::spawn(&bus, fragile_config.clone(), Inboxed::new(db.pool.clone(), "fragile", fragile.clone()));
+    let fragile_worker = Worker::spawn(
+        &bus,
+        fragile_config.clone(),
+        Inboxed::new(db.pool.clone(), "fragile", fragile.clone()),
+    );
     let steady_worker = Worker::spawn(&bus, config("steady"), steady_handler);
 
     let event = publish_created(&bus, "o-poison").await;
@@ -162,30 +192,53 @@ async fn poison_message_is_dead_lettered_and_replayable(kind: BusKind, backend: 
     fragile.broken.store(false, Ordering::SeqCst);
     let replayed = bus.replay(letter.id).await.expect("replay");
     assert_eq!(replayed.event.id, event.id);
-    assert!(bus.dead_letters(0, 10).await.expect("list").is_empty(), "replay removes it");
+    assert!(
+        bus.dead_letters(0, 10).await.expect("list").is_empty(),
+        "replay removes it"
+    );
     eventually(SHORT, "the replay is handled by both consumers", || async {
         db.effects("fragile", &event.id).await == 1 && steady_calls.load(Ordering::SeqCst) >= 2
     })
     .await;
-    assert_eq!(db.effects("steady", &event.id).await, 1, "the inbox skips the replay for consumers that had it");
-    assert!(matches!(bus.replay(letter.id).await, Err(Error::DeadLetterNotFound(_))));
+    assert_eq!(
+        db.effects("steady", &event.id).await,
+        1,
+        "the inbox skips the replay for consumers that had it"
+    );
+    assert!(matches!(
+        bus.replay(letter.id).await,
+        Err(Error::DeadLetterNotFound(_))
+    ));
     fragile_worker.stop().await;
     steady_worker.stop().await;
 }
 
 async fn crashed_last_attempt_is_dead_lettered(kind: BusKind, backend: Backend) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let mut config = config("oneshot");
     config.max_deliver = 1;
     let recorder = Recorder::new("oneshot");
     recorder.hang.store(true, Ordering::SeqCst);
     let event = publish_created(&bus, "o-hang").await;
-    let worker = Worker::spawn(&bus, config.clone(), Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()));
-    eventually(SHORT, "the only attempt started", || async { recorder.calls() == 1 }).await;
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()),
+    );
+    eventually(SHORT, "the only attempt started", || async {
+        recorder.calls() == 1
+    })
+    .await;
     worker.kill().await;
 
-    let worker = Worker::spawn(&bus, config.clone(), Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()));
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()),
+    );
     eventually(SHORT, "the message reaches the dead letters", || async {
         !bus.dead_letters(0, 10).await.expect("list").is_empty()
     })
@@ -208,8 +261,12 @@ crate::per_bus_and_backend!(
 /// envelope is dead-lettered on its first delivery, handler not called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_without_envelope_is_dead_lettered_at_once() {
-    let Some((bus, Some(nats))) = bus(BusKind::Nats).await else { return };
-    let Some(db) = Db::new(Backend::Sqlite).await else { return };
+    let Some((bus, Some(nats))) = bus(BusKind::Nats).await else {
+        return;
+    };
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
     let js = async_nats::jetstream::new(nats.client().await);
     js.publish("ordermesh.orders.v1.created", "not protobuf".into())
         .await
@@ -217,14 +274,22 @@ async fn message_without_envelope_is_dead_lettered_at_once() {
         .await
         .expect("stored");
     let recorder = Recorder::new("strict");
-    let worker = Worker::spawn(&bus, config("strict"), Inboxed::new(db.pool.clone(), "strict", recorder.clone()));
+    let worker = Worker::spawn(
+        &bus,
+        config("strict"),
+        Inboxed::new(db.pool.clone(), "strict", recorder.clone()),
+    );
     eventually(SHORT, "dead-lettered", || async {
         !bus.dead_letters(0, 10).await.expect("list").is_empty()
     })
     .await;
     let dead = bus.dead_letters(0, 10).await.expect("list");
     assert_eq!(dead[0].deliveries, 1);
-    assert!(dead[0].error.contains("not an ordermesh event"), "{}", dead[0].error);
+    assert!(
+        dead[0].error.contains("not an ordermesh event"),
+        "{}",
+        dead[0].error
+    );
     assert_eq!(dead[0].event.data.as_ref(), b"not protobuf");
     assert_eq!(recorder.calls(), 0);
     worker.stop().await;

@@ -143,10 +143,7 @@ impl NatsServer {
     /// outside CI.
     pub async fn start() -> Option<Self> {
         let Some(binary) = nats_server_binary() else {
-            skip(
-                "nats-server 2.10+",
-                "run `bash .ci/tools.sh` or set NATS_SERVER",
-            );
+            skip("nats-server 2.10+", "run `bash .ci/tools.sh` or set NATS_SERVER");
             return None;
         };
         let mut server = Self {
@@ -170,7 +167,10 @@ impl NatsServer {
             .expect("nats-server starts");
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "nats-server did not listen on {} within 10 s",
@@ -217,7 +217,9 @@ pub async fn bus(kind: BusKind) -> Option<(Bus, Option<NatsServer>)> {
         BusKind::Memory => Some((Bus::in_process(bus_settings()), None)),
         BusKind::Nats => {
             let server = NatsServer::start().await?;
-            let bus = Bus::connect(&server.url(), bus_settings()).await.expect("bus connects");
+            let bus = Bus::connect(&server.url(), bus_settings())
+                .await
+                .expect("bus connects");
             bus.ensure_streams().await.expect("streams");
             Some((bus, Some(server)))
         }
@@ -287,7 +289,10 @@ async fn postgres_database() -> Option<String> {
     let mut conn = match sqlx::AnyConnection::connect(&admin).await {
         Ok(conn) => conn,
         Err(e) => {
-            skip("PostgreSQL", &format!("{admin}: {e}; set ORDERMESH_TEST_POSTGRES_URL"));
+            skip(
+                "PostgreSQL",
+                &format!("{admin}: {e}; set ORDERMESH_TEST_POSTGRES_URL"),
+            );
             return None;
         }
     };
@@ -314,7 +319,10 @@ where
         if condition().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?}: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

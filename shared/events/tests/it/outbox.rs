@@ -45,7 +45,9 @@ async fn drain(bus: &Bus, name: &str, context: BoundedContext) -> Vec<Event> {
 }
 
 async fn published_events_arrive_with_cloudevents_headers(backend: Backend) {
-    let Some(nats) = NatsServer::start().await else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let bus = Bus::connect(&nats.url(), bus_settings()).await.expect("connect");
     let relay = Relay::spawn(db.pool.clone(), bus.clone(), relay_config());
@@ -55,9 +57,26 @@ async fn published_events_arrive_with_cloudevents_headers(backend: Backend) {
     // transactions on two more aggregates.
     let mut committed: Vec<Event> = Vec::new();
     let mut tx = db.pool.begin().await.expect("begin");
-    committed.push(outbox.add(&mut tx, &order_created("o-1"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")).await.expect("add"));
-    committed.push(outbox.add(&mut tx, &order_confirmed("o-1"), None).await.expect("add"));
-    let captured = outbox.add(&mut tx, &payment_captured("p-1", "o-1"), None).await.expect("add");
+    committed.push(
+        outbox
+            .add(
+                &mut tx,
+                &order_created("o-1"),
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            )
+            .await
+            .expect("add"),
+    );
+    committed.push(
+        outbox
+            .add(&mut tx, &order_confirmed("o-1"), None)
+            .await
+            .expect("add"),
+    );
+    let captured = outbox
+        .add(&mut tx, &payment_captured("p-1", "o-1"), None)
+        .await
+        .expect("add");
     tx.commit().await.expect("commit");
     relay.notifier().notify();
     for round in 0..5 {
@@ -73,7 +92,10 @@ async fn published_events_arrive_with_cloudevents_headers(backend: Backend) {
             relay.notifier().notify();
         }
     }
-    eventually(SHORT, "the relay publishes every row", || async { db.pending().await == 0 }).await;
+    eventually(SHORT, "the relay publishes every row", || async {
+        db.pending().await == 0
+    })
+    .await;
 
     let js = async_nats::jetstream::new(nats.client().await);
     let orders = js.get_stream("ORDERS").await.expect("ORDERS stream");
@@ -97,18 +119,24 @@ async fn published_events_arrive_with_cloudevents_headers(backend: Backend) {
         assert_eq!(h(header::TYPE).as_deref(), Some(event.ce_type.as_str()));
         assert_eq!(h(header::SUBJECT).as_deref(), Some(event.subject.as_str()));
         assert_eq!(h(header::CONTENT_TYPE).as_deref(), Some("application/protobuf"));
-        assert_eq!(h("Nats-Msg-Id").as_deref(), Some(id.as_str()), "dedup id is the event id");
+        assert_eq!(
+            h("Nats-Msg-Id").as_deref(),
+            Some(id.as_str()),
+            "dedup id is the event id"
+        );
         let time: prost_types::Timestamp = h(header::TIME).expect("ce-time").parse().expect("RFC 3339");
         assert_eq!(time, ordermesh_events::envelope::timestamp(event.time_us));
         assert_eq!(h(header::TRACEPARENT), event.traceparent);
         match message.subject.as_str() {
             "ordermesh.orders.v1.created" => {
-                let created: pb::OrderCreated = prost::Message::decode(message.payload.clone()).expect("decodes");
+                let created: pb::OrderCreated =
+                    prost::Message::decode(message.payload.clone()).expect("decodes");
                 assert_eq!(created.order_id, event.subject);
                 assert_eq!(created.lines.len(), 1);
             }
             "ordermesh.orders.v1.confirmed" => {
-                let confirmed: pb::OrderConfirmed = prost::Message::decode(message.payload.clone()).expect("decodes");
+                let confirmed: pb::OrderConfirmed =
+                    prost::Message::decode(message.payload.clone()).expect("decodes");
                 assert_eq!(confirmed.total.expect("total").amount_minor, 8999);
             }
             other => panic!("unexpected subject {other}"),
@@ -130,12 +158,17 @@ async fn published_events_arrive_with_cloudevents_headers(backend: Backend) {
     let event = Event::from_message(&message.subject, Some(&message.headers), message.payload.clone())
         .expect("envelope parses");
     assert_eq!(event.id, captured.id);
-    assert_eq!(event.decode::<pb::PaymentCaptured>().expect("decodes").payment_id, "p-1");
+    assert_eq!(
+        event.decode::<pb::PaymentCaptured>().expect("decodes").payment_id,
+        "p-1"
+    );
     relay.shutdown().await;
 }
 
 async fn republishing_a_row_stores_one_message(kind: BusKind, backend: Backend) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let relay = Relay::spawn(db.pool.clone(), bus.clone(), relay_config());
     let outbox = Outbox::new("/ordermesh/test");
@@ -167,7 +200,9 @@ async fn republishing_a_row_stores_one_message(kind: BusKind, backend: Backend) 
 }
 
 async fn nothing_is_lost_while_nats_is_down(backend: Backend) {
-    let Some(mut nats) = NatsServer::start().await else { return };
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     let bus = Bus::connect(&nats.url(), bus_settings()).await.expect("connect");
     bus.ensure_streams().await.expect("streams");
@@ -180,18 +215,28 @@ async fn nothing_is_lost_while_nats_is_down(backend: Backend) {
     nats.stop().await;
     let mut ids = HashSet::from([before.id]);
     for i in 0..20 {
-        ids.insert(commit_created(&db.pool, &outbox, &format!("o-{}", i % 4)).await.id);
+        ids.insert(
+            commit_created(&db.pool, &outbox, &format!("o-{}", i % 4))
+                .await
+                .id,
+        );
         relay.notifier().notify();
     }
     // The outage lasts a while, so the relay fails and backs off; nothing may
     // be marked sent meanwhile.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(db.pending().await, 20, "nothing counts as sent while NATS is down");
+    assert_eq!(
+        db.pending().await,
+        20,
+        "nothing counts as sent while NATS is down"
+    );
 
     nats.restart().await;
-    eventually(Duration::from_secs(30), "the relay catches up after NATS returns", || async {
-        db.pending().await == 0
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the relay catches up after NATS returns",
+        || async { db.pending().await == 0 },
+    )
     .await;
     let events = drain(&bus, "audit", BoundedContext::Orders).await;
     let got: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
@@ -201,7 +246,9 @@ async fn nothing_is_lost_while_nats_is_down(backend: Backend) {
 }
 
 async fn rows_committed_before_a_crash_are_published_by_the_next_relay(kind: BusKind, backend: Backend) {
-    let Some((bus, _nats)) = bus(kind).await else { return };
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
     let Some(db) = Db::new(backend).await else { return };
     // The process dies after committing, before its relay published.
     let crashed = Relay::spawn(db.pool.clone(), bus.clone(), relay_config());
@@ -214,14 +261,20 @@ async fn rows_committed_before_a_crash_are_published_by_the_next_relay(kind: Bus
     assert_eq!(db.pending().await, 5);
     // The next process's relay finds the rows without being notified.
     let relay = Relay::spawn(db.pool.clone(), bus.clone(), relay_config());
-    eventually(SHORT, "rows sent by the new relay", || async { db.pending().await == 0 }).await;
+    eventually(SHORT, "rows sent by the new relay", || async {
+        db.pending().await == 0
+    })
+    .await;
     let events = drain(&bus, "audit", BoundedContext::Orders).await;
     assert_eq!(events.iter().map(|e| e.id.clone()).collect::<HashSet<_>>(), ids);
     assert_eq!(events.len(), 5);
     relay.shutdown().await;
 }
 
-crate::per_backend!(published_events_arrive_with_cloudevents_headers, nothing_is_lost_while_nats_is_down);
+crate::per_backend!(
+    published_events_arrive_with_cloudevents_headers,
+    nothing_is_lost_while_nats_is_down
+);
 
 mod any_bus {
     use super::*;

@@ -27,8 +27,12 @@ fn python() -> Option<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_py_reads_an_event_and_its_cloudevents_headers() {
     let Some(python) = python() else { return };
-    let Some(nats) = NatsServer::start().await else { return };
-    let Some(db) = Db::new(Backend::Sqlite).await else { return };
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
     let bus = Bus::connect(&nats.url(), bus_settings()).await.expect("connect");
     let relay = Relay::spawn(db.pool.clone(), bus, RelayConfig::default());
     let event = commit_created(&db.pool, &Outbox::new("/ordermesh/order"), "o-py").await;
@@ -67,7 +71,10 @@ async fn nats_py_reads_an_event_and_its_cloudevents_headers() {
         assert_eq!(headers["ce-type"], "ordermesh.events.v1.OrderCreated");
         assert_eq!(headers["ce-subject"], "o-py");
         assert_eq!(headers["content-type"], "application/protobuf");
-        assert_eq!(headers["ce-time"], ordermesh_events::envelope::rfc3339(event.time_us).as_str());
+        assert_eq!(
+            headers["ce-time"],
+            ordermesh_events::envelope::rfc3339(event.time_us).as_str()
+        );
         assert_eq!(
             headers["traceparent"],
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -47,7 +47,11 @@ pub fn payment_captured(payment_id: &str, order_id: &str) -> pb::PaymentCaptured
 pub async fn commit_created(pool: &AnyPool, outbox: &Outbox, order_id: &str) -> Event {
     let mut tx = pool.begin().await.expect("begin");
     let event = outbox
-        .add(&mut tx, &order_created(order_id), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
+        .add(
+            &mut tx,
+            &order_created(order_id),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        )
         .await
         .expect("outbox insert");
     tx.commit().await.expect("commit");
