@@ -9,7 +9,7 @@
 //! Each row gets `aggregate_seq` = the aggregate's highest + 1 and a
 //! `created_us` never below the aggregate's previous row, both computed by
 //! the insert itself; the relay reads pending rows by (`created_us`,
-//! `aggregate_seq`). This relies on what the services do anyway: writes to
+//! `aggregate_seq`, then `event_id`). This relies on what the services do anyway: writes to
 //! one aggregate are serialized (the saga's fenced lease, conditional stock
 //! and balance updates). Two unserialized writers of one aggregate would
 //! collide on the unique (`aggregate_id`, `aggregate_seq`) key and one
@@ -50,7 +50,7 @@ CREATE TABLE outbox (
     sent_us       BIGINT,
     UNIQUE (aggregate_id, aggregate_seq)
 );
-CREATE INDEX outbox_pending ON outbox (created_us, aggregate_seq) WHERE sent_us IS NULL;
+CREATE INDEX outbox_pending ON outbox (created_us, aggregate_seq, event_id) WHERE sent_us IS NULL;
 CREATE INDEX outbox_sent ON outbox (sent_us) WHERE sent_us IS NOT NULL;
 "#;
 
@@ -108,13 +108,27 @@ pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Error
     Ok(())
 }
 
-/// A pending row as the relay reads it.
+/// Pending rows in publishing order, from the start.
 pub(crate) const SELECT_PENDING: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
-     payload, occur_us, aggregate_id FROM outbox WHERE sent_us IS NULL \
-     ORDER BY created_us, aggregate_seq LIMIT $1";
+     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox WHERE sent_us IS NULL \
+     ORDER BY created_us, aggregate_seq, event_id LIMIT $1";
 
-/// Turns a row of [`SELECT_PENDING`] back into the event (and its aggregate).
-pub(crate) fn event_of_row(row: &sqlx::any::AnyRow) -> Result<(Event, String), Error> {
+/// Pending rows in publishing order after a key (`$2, $3, $4`).
+pub(crate) const SELECT_PENDING_AFTER: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
+     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox WHERE sent_us IS NULL \
+     AND (created_us, aggregate_seq, event_id) > ($2, $3, $4) \
+     ORDER BY created_us, aggregate_seq, event_id LIMIT $1";
+
+/// A pending row as the relay reads it.
+pub(crate) struct Pending {
+    pub event: Event,
+    pub aggregate_id: String,
+    pub aggregate_seq: i64,
+    pub created_us: i64,
+}
+
+/// Turns a row of [`SELECT_PENDING`] back into the event and its position.
+pub(crate) fn pending_of_row(row: &sqlx::any::AnyRow) -> Result<Pending, Error> {
     use sqlx::Row;
     let payload: String = row.try_get("payload")?;
     let event_id: String = row.try_get("event_id")?;
@@ -122,8 +136,8 @@ pub(crate) fn event_of_row(row: &sqlx::any::AnyRow) -> Result<(Event, String), E
         topic: "outbox".into(),
         reason: format!("event {event_id}: payload is not base64: {e}"),
     })?;
-    Ok((
-        Event {
+    Ok(Pending {
+        event: Event {
             id: event_id,
             source: row.try_get("ce_source")?,
             ce_type: row.try_get("ce_type")?,
@@ -133,8 +147,10 @@ pub(crate) fn event_of_row(row: &sqlx::any::AnyRow) -> Result<(Event, String), E
             topic: row.try_get("topic")?,
             data: data.into(),
         },
-        row.try_get("aggregate_id")?,
-    ))
+        aggregate_id: row.try_get("aggregate_id")?,
+        aggregate_seq: row.try_get("aggregate_seq")?,
+        created_us: row.try_get("created_us")?,
+    })
 }
 
 /// Rows not yet published (for tests and health checks).
