@@ -4,17 +4,21 @@
 //! - Wakes promptly after a commit (the service calls [`Notifier::notify`])
 //!   and also polls slowly, so a row whose poke was lost (a crash right after
 //!   commit, another process's commit) still goes out.
-//! - Reads a batch per query and publishes it pipelined; one UPDATE marks the
-//!   batch sent. Per event that is one INSERT in the service's transaction
-//!   and a share of two relay statements. Rounds woken by commits start at
-//!   most every `min_round_interval`, so under load many commits share one
-//!   round instead of each costing the database an extra write.
+//! - Reads a batch per query and publishes it pipelined. Per event that is
+//!   one INSERT in the service's transaction and a share of the relay's
+//!   reads and mark-sent writes, which are batched so the relay adds few
+//!   writes (each a commit, on SQLite with fsyncs) whatever the event rate:
+//!   rounds woken by commits start at most every `min_round_interval`
+//!   (commits meanwhile share the round), and acked rows are marked sent
+//!   together at most every `mark_interval` (or per full batch), off the
+//!   publishing path ([`rounds`]).
 //! - Order per aggregate: a batch is published in waves (the first pending
 //!   row of every aggregate, then the second, ...); after a failed wave the
 //!   batch stops, so no later row of an aggregate overtakes an earlier one.
 //! - A row is marked sent only after the publish ack. A crash after the ack
 //!   but before the mark re-publishes the row, and JetStream's duplicate
-//!   window (message id = event id) stores it once.
+//!   window (message id = event id) stores it once; so a deferred mark costs
+//!   at most a re-publish, never a loss.
 //! - While the bus is down, publishing fails and the relay backs off
 //!   exponentially (up to `max_backoff`), then catches up in full batches.
 //!
@@ -22,7 +26,8 @@
 //! replicas) are safe, duplicates are dropped by the message id, but waste
 //! work.
 
-use std::collections::HashMap;
+mod rounds;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +37,10 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::bus::Bus;
-use crate::envelope::{Event, now_micros};
-use crate::outbox::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
+use crate::envelope::now_micros;
+use rounds::Rounds;
+
+pub use rounds::relay_batch;
 
 /// How the relay works.
 #[derive(Debug, Clone)]
@@ -46,6 +53,11 @@ pub struct RelayConfig {
     /// commits. Adds at most this much latency. A round that found a full
     /// batch goes on at once (catching up).
     pub min_round_interval: Duration,
+    /// Longest time acked rows wait to be marked sent together (a full
+    /// batch is marked at once). Rows are never published twice by one
+    /// relay meanwhile; after a crash they are, and JetStream drops the
+    /// duplicates.
+    pub mark_interval: Duration,
     /// The safety-net poll when no notification comes.
     pub poll_interval: Duration,
     /// First and largest wait after a failure (doubling in between).
@@ -60,6 +72,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 256,
             min_round_interval: Duration::from_millis(5),
+            mark_interval: Duration::from_millis(100),
             poll_interval: Duration::from_secs(1),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
@@ -120,7 +133,7 @@ async fn run(
     notifier: Notifier,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut state = Rounds::new(pool.clone(), bus.clone(), config.batch_size);
+    let mut state = Rounds::new(pool.clone(), bus.clone(), config.batch_size, config.mark_interval);
     let mut streams_ready = false;
     let mut backoff = config.initial_backoff;
     let mut last_prune = tokio::time::Instant::now();
@@ -153,13 +166,21 @@ async fn run(
                     catching_up = true;
                     continue; // more are waiting: catch up without sleeping
                 }
+                if state.has_unmarked() {
+                    // Come back to mark them even if nothing else happens.
+                    state.flush_marks(false).await;
+                }
                 if last_prune.elapsed() >= config.poll_interval {
                     last_prune = tokio::time::Instant::now();
                     if let Err(e) = prune(&pool, config.sent_retention).await {
                         tracing::warn!(error = %e, "outbox prune failed");
                     }
                 }
-                config.poll_interval
+                if state.has_unmarked() {
+                    config.mark_interval.min(config.poll_interval)
+                } else {
+                    config.poll_interval
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay round failed");
@@ -176,155 +197,7 @@ async fn run(
             _ = stopped.changed() => break,
         }
     }
-    if let Err(e) = state.finish_marking().await {
-        tracing::warn!(error = %e, "outbox mark-sent failed at shutdown; rows will be re-published");
-    }
-}
-
-/// The position of a row in publishing order.
-type Key = (i64, i64, String);
-
-/// Relay rounds with their pipeline: while catching up, the mark-sent write
-/// of one batch runs while the next batch is read and published (the read
-/// starts after the previous batch's last key, so it does not see rows whose
-/// mark is still in flight). Once caught up, the mark is awaited and the
-/// next read starts from the beginning again, which also picks up rows that
-/// committed late with an earlier `created_us` (another aggregate's; one
-/// aggregate's rows are never committed out of order).
-struct Rounds {
-    pool: AnyPool,
-    bus: Bus,
-    limit: usize,
-    after: Option<Key>,
-    marking: Option<JoinHandle<Result<(), Error>>>,
-}
-
-impl Rounds {
-    fn new(pool: AnyPool, bus: Bus, limit: usize) -> Self {
-        Self {
-            pool,
-            bus,
-            limit,
-            after: None,
-            marking: None,
-        }
-    }
-
-    async fn finish_marking(&mut self) -> Result<(), Error> {
-        match self.marking.take() {
-            Some(task) => task.await.unwrap_or_else(|e| {
-                Err(Error::Envelope {
-                    topic: "outbox".into(),
-                    reason: format!("mark-sent task failed: {e}"),
-                })
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Reads up to `limit` pending rows, publishes them in per-aggregate
-    /// waves, starts marking what was acked. Returns how many were read.
-    async fn round(&mut self) -> Result<usize, Error> {
-        let result = self.publish_batch().await;
-        if !matches!(result, Ok(n) if n >= self.limit) {
-            // Caught up or failed: settle the marks, read from the start next time.
-            self.after = None;
-            self.finish_marking().await?;
-        }
-        result
-    }
-
-    async fn publish_batch(&mut self) -> Result<usize, Error> {
-        let limit = i64::try_from(self.limit).unwrap_or(i64::MAX);
-        let rows = match &self.after {
-            None => {
-                sqlx::query(SELECT_PENDING)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            Some((created, seq, id)) => {
-                sqlx::query(SELECT_PENDING_AFTER)
-                    .bind(limit)
-                    .bind(*created)
-                    .bind(*seq)
-                    .bind(id)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut waves: Vec<Vec<Event>> = Vec::new();
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let mut last = None;
-        for row in &rows {
-            let pending = pending_of_row(row)?;
-            let wave = seen.entry(pending.aggregate_id).or_insert(0);
-            if waves.len() <= *wave {
-                waves.push(Vec::new());
-            }
-            last = Some((
-                pending.created_us,
-                pending.aggregate_seq,
-                pending.event.id.clone(),
-            ));
-            waves[*wave].push(pending.event);
-            *wave += 1;
-        }
-        let mut sent: Vec<String> = Vec::with_capacity(rows.len());
-        let mut failure = None;
-        for wave in &waves {
-            for (event, result) in wave.iter().zip(self.bus.publish_all(wave).await) {
-                match result {
-                    Ok(_) => sent.push(event.id.clone()),
-                    Err(e) => failure = failure.or(Some(e)),
-                }
-            }
-            if failure.is_some() {
-                break;
-            }
-        }
-        // At most one mark in flight: the previous batch's ends first.
-        self.finish_marking().await?;
-        let pool = self.pool.clone();
-        self.marking = Some(tokio::spawn(async move { mark_sent(&pool, &sent).await }));
-        self.after = last;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(rows.len()),
-        }
-    }
-}
-
-/// One round without the pipeline (for tools and tests): reads up to
-/// `limit` pending rows, publishes them, marks the acked ones sent.
-pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usize, Error> {
-    let mut rounds = Rounds::new(pool.clone(), bus.clone(), limit);
-    let result = rounds.publish_batch().await;
-    rounds.finish_marking().await?;
-    result
-}
-
-async fn mark_sent(pool: &AnyPool, ids: &[String]) -> Result<(), Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    // Bounded statements: PostgreSQL allows 65,535 parameters.
-    for chunk in ids.chunks(1000) {
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "UPDATE outbox SET sent_us = $1 WHERE event_id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
-        for id in chunk {
-            query = query.bind(id);
-        }
-        query.execute(pool).await?;
-    }
-    Ok(())
+    state.flush_marks(true).await;
 }
 
 async fn prune(pool: &AnyPool, retention: Duration) -> Result<(), Error> {
