@@ -112,18 +112,20 @@ impl Rounds {
     }
 
     async fn publish_batch(&mut self) -> Result<usize, Error> {
-        // Skipped rows still count against LIMIT: ask for that many more.
-        let limit = i64::try_from(self.limit + self.excluded.len()).unwrap_or(i64::MAX);
         let rows = match &self.after {
             None => {
+                // Skipped (published, unmarked) rows count against LIMIT.
+                let limit = i64::try_from(self.limit + self.excluded.len()).unwrap_or(i64::MAX);
                 sqlx::query(SELECT_PENDING)
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
             Some((created, seq, id)) => {
+                // What was published so far lies before the key (the loop
+                // below still skips any published row it meets).
                 sqlx::query(SELECT_PENDING_AFTER)
-                    .bind(limit)
+                    .bind(i64::try_from(self.limit).unwrap_or(i64::MAX))
                     .bind(*created)
                     .bind(*seq)
                     .bind(id)
