@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
-use async_nats::jetstream::{self, Context};
+use async_nats::jetstream::{self, Context, ErrorCode};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
@@ -185,11 +186,21 @@ impl JetStreamBus {
             if !subjects_overlap(filter, &context.subjects()) {
                 continue;
             }
-            let stream = self
-                .js
-                .get_stream_no_info(context.stream())
-                .await
-                .map_err(|e| Error::jetstream("get stream", e))?;
+            let stream = match self.js.get_stream(context.stream()).await {
+                Ok(stream) => stream,
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                        return Err(Error::jetstream(
+                            "tail",
+                            format!(
+                                "stream {} does not exist on this NATS yet (no ordermesh service has started with it)",
+                                context.stream()
+                            ),
+                        ));
+                    }
+                    _ => return Err(Error::jetstream("get stream", e)),
+                },
+            };
             // An ordered ephemeral consumer from now on; the filter is applied
             // here, since the server wants a filter inside the stream's subjects.
             let messages = stream
@@ -276,6 +287,13 @@ impl JetStreamBus {
                     out.push(dead_letter_of(message));
                 }
                 Err(e) if matches!(e.kind(), stream::RawMessageErrorKind::NoMessageFound) => break,
+                // No dead-letter stream yet (no service has started here): none.
+                Err(e)
+                    if matches!(e.kind(), stream::RawMessageErrorKind::JetStream(js)
+                        if js.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+                {
+                    break;
+                }
                 Err(e) => return Err(Error::jetstream("list dead letters", e)),
             }
         }
