@@ -15,15 +15,7 @@ use crate::Error;
 use crate::envelope::now_micros;
 
 /// The inbox table, for the consumer's own database migrations.
-pub const DDL: &str = r#"
-CREATE TABLE inbox (
-    consumer     TEXT NOT NULL,
-    event_id     TEXT NOT NULL,
-    processed_us BIGINT NOT NULL,
-    PRIMARY KEY (consumer, event_id)
-);
-CREATE INDEX inbox_by_time ON inbox (processed_us);
-"#;
+pub const DDL: &str = include_str!("../sql/inbox.sql");
 
 /// What [`claim`] found.
 pub enum Claim {

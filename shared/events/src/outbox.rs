@@ -34,25 +34,7 @@ use crate::kind::DomainEvent;
 /// The outbox table. Add it to each service's migrations (portable SQL for
 /// SQLite and PostgreSQL); [`crate::inbox::DDL`] is its counterpart for
 /// consumers.
-pub const DDL: &str = r#"
-CREATE TABLE outbox (
-    event_id      TEXT PRIMARY KEY,
-    aggregate_id  TEXT NOT NULL,
-    aggregate_seq BIGINT NOT NULL,
-    topic         TEXT NOT NULL,
-    ce_type       TEXT NOT NULL,
-    ce_source     TEXT NOT NULL,
-    ce_subject    TEXT NOT NULL,
-    traceparent   TEXT,
-    payload       TEXT NOT NULL,
-    occur_us      BIGINT NOT NULL,
-    created_us    BIGINT NOT NULL,
-    sent_us       BIGINT,
-    UNIQUE (aggregate_id, aggregate_seq)
-);
-CREATE INDEX outbox_pending ON outbox (created_us, aggregate_seq, event_id) WHERE sent_us IS NULL;
-CREATE INDEX outbox_sent ON outbox (sent_us) WHERE sent_us IS NOT NULL;
-"#;
+pub const DDL: &str = include_str!("../sql/outbox.sql");
 
 const INSERT: &str = "INSERT INTO outbox (event_id, aggregate_id, aggregate_seq, topic, ce_type, ce_source, \
      ce_subject, traceparent, payload, occur_us, created_us) \

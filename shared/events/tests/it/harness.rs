@@ -263,13 +263,12 @@ impl Db {
             Backend::Postgres => options.max_connections(8),
         };
         let pool = options.connect(&url).await.expect("connect to the test database");
+        // Whole files at once, as a service's embedded migrations run them.
         for ddl in [outbox::DDL, inbox::DDL, EFFECTS_DDL] {
-            for statement in ddl.split(';').filter(|s| !s.trim().is_empty()) {
-                sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
-                    .execute(&pool)
-                    .await
-                    .expect("DDL applies");
-            }
+            sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                .execute(&pool)
+                .await
+                .expect("DDL applies");
         }
         Some(Self { pool, _dir: dir })
     }
