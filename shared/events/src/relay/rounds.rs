@@ -26,7 +26,7 @@ use crate::outbox::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
 type Key = (i64, i64, String);
 
 /// A mark-sent write in flight and the rows it marks.
-type Mark = (JoinHandle<Result<(), Error>>, Vec<String>);
+type Mark = (JoinHandle<Result<(), Error>>, Vec<Key>);
 
 pub(super) struct Rounds {
     pool: AnyPool,
@@ -37,7 +37,7 @@ pub(super) struct Rounds {
     /// Published, not yet known to be marked sent.
     excluded: HashSet<String>,
     /// Published, waiting for the next mark.
-    unmarked: Vec<String>,
+    unmarked: Vec<Key>,
     marking: Option<Mark>,
     last_mark: Instant,
 }
@@ -72,7 +72,7 @@ impl Rounds {
                     return;
                 }
                 match task.await {
-                    Ok(Ok(())) => ids.iter().for_each(|id| {
+                    Ok(Ok(())) => ids.iter().for_each(|(_, _, id)| {
                         self.excluded.remove(id);
                     }),
                     Ok(Err(e)) => {
@@ -134,6 +134,7 @@ impl Rounds {
             }
         };
         let mut waves: Vec<Vec<Event>> = Vec::new();
+        let mut keys: HashMap<String, Key> = HashMap::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut read = 0;
         for row in &rows {
@@ -149,11 +150,13 @@ impl Rounds {
             if waves.len() <= *wave {
                 waves.push(Vec::new());
             }
-            self.after = Some((
+            let key = (
                 pending.created_us,
                 pending.aggregate_seq,
                 pending.event.id.clone(),
-            ));
+            );
+            self.after = Some(key.clone());
+            keys.insert(pending.event.id.clone(), key);
             waves[*wave].push(pending.event);
             *wave += 1;
         }
@@ -162,8 +165,10 @@ impl Rounds {
             for (event, result) in wave.iter().zip(self.bus.publish_all(wave).await) {
                 match result {
                     Ok(_) => {
-                        self.excluded.insert(event.id.clone());
-                        self.unmarked.push(event.id.clone());
+                        if let Some(key) = keys.remove(&event.id) {
+                            self.excluded.insert(event.id.clone());
+                            self.unmarked.push(key);
+                        }
                     }
                     Err(e) => failure = failure.or(Some(e)),
                 }
@@ -188,19 +193,34 @@ pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usiz
     result
 }
 
-async fn mark_sent(pool: &AnyPool, ids: &[String]) -> Result<(), Error> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+/// Marks rows sent. The key range lets both databases find the rows
+/// through the pending-rows index instead of scanning the table for the
+/// `IN` list (PostgreSQL picks a sequential scan for a long list).
+async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
+    let mut keys = keys.to_vec();
+    keys.sort();
     // Bounded statements: PostgreSQL allows 65,535 parameters.
-    for chunk in ids.chunks(1000) {
-        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let (Some(lo), Some(hi)) = (chunk.first(), chunk.last()) else {
+            continue;
+        };
+        let placeholders: Vec<String> = (8..chunk.len() + 8).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "UPDATE outbox SET sent_us = $1 WHERE event_id IN ({})",
+            "UPDATE outbox SET sent_us = $1 WHERE sent_us IS NULL \
+             AND (created_us, aggregate_seq, event_id) >= ($2, $3, $4) \
+             AND (created_us, aggregate_seq, event_id) <= ($5, $6, $7) \
+             AND event_id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_micros());
-        for id in chunk {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_micros())
+            .bind(lo.0)
+            .bind(lo.1)
+            .bind(&lo.2)
+            .bind(hi.0)
+            .bind(hi.1)
+            .bind(&hi.2);
+        for (_, _, id) in chunk {
             query = query.bind(id);
         }
         query.execute(pool).await?;
