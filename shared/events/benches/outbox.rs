@@ -4,7 +4,8 @@
 //!    message ids as the relay sends), 256 in flight, acks awaited; and one
 //!    awaiting each ack before the next publish.
 //! 2. relay drain: N committed outbox rows, then the relay publishes them
-//!    all (read, publish, ack, mark sent): events/s next to the raw rate.
+//!    all: events/s until the stream holds them all (next to the raw rate),
+//!    and until every row is marked sent (marks are batched).
 //! 3. end to end: one event per committed transaction at a fixed 1,000/s
 //!    for 5 s; a durable pull consumer acks each; commit-to-consumer latency
 //!    p50/p99/max.
@@ -14,7 +15,9 @@
 //! CPU time per event (this process, and nats-server) comes from /proc.
 //! Run: `bash .ci/tools.sh && cargo bench -p ordermesh-events --bench outbox`
 //! (SQLite always; PostgreSQL too when one answers at
-//! ORDERMESH_TEST_POSTGRES_URL or the local default).
+//! ORDERMESH_TEST_POSTGRES_URL or the local default). `BENCH_EVENTS` sets N
+//! (20,000), `BENCH_BATCH` the relay batch, `BENCH_LOG=sqlx::query=debug`
+//! logs every statement with its time to stderr.
 
 #[allow(dead_code)]
 #[path = "../tests/it/harness.rs"]
@@ -139,6 +142,9 @@ async fn relay_drain(nats: &NatsServer, db: &Db) -> f64 {
         }
         tx.commit().await.expect("commit");
     }
+    let js = async_nats::jetstream::new(nats.client().await);
+    let mut stream = js.get_stream("ORDERS").await.expect("stream");
+    let stored_before = stream.info().await.expect("info").state.messages;
     let cpu = Cpu::start(nats);
     let started = Instant::now();
     let batch_size = std::env::var("BENCH_BATCH")
@@ -153,16 +159,29 @@ async fn relay_drain(nats: &NatsServer, db: &Db) -> f64 {
             ..RelayConfig::default()
         },
     );
+    // Published: the stream holds every event.
+    while stream.info().await.expect("info").state.messages < stored_before + n() as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let published = started.elapsed();
+    let cpu_published = cpu.per_event(n());
+    // Marked: no row is pending any more (marks are batched, up to 100 ms later).
     while outbox::pending_count(&db.pool).await.expect("count") > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let elapsed = started.elapsed();
+    let marked = started.elapsed();
     relay.shutdown().await;
     report(
-        "outbox relay drain (read, publish, mark)",
+        "outbox relay drain, all marked sent",
         n(),
-        elapsed,
+        marked,
         cpu.per_event(n()),
+    );
+    report(
+        "outbox relay drain, all in the stream",
+        n(),
+        published,
+        cpu_published,
     )
 }
 
@@ -307,6 +326,13 @@ async fn run_backend(backend: Backend, raw: f64) {
 }
 
 fn main() {
+    // BENCH_LOG=sqlx::query=debug shows each statement with its time.
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
