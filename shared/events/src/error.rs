@@ -20,6 +20,9 @@ pub enum Error {
     UnknownType(String),
     #[error("cannot decode {ce_type} payload: {reason}")]
     Decode { ce_type: String, reason: String },
+    /// An outbox row that cannot be turned back into its event.
+    #[error("outbox row {event_id}: {reason}")]
+    OutboxRow { event_id: String, reason: String },
     #[error("dead letter {0:?} not found")]
     DeadLetterNotFound(String),
     /// Bad input (a subject filter, a page token, a consumer name).

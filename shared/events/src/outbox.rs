@@ -114,9 +114,9 @@ pub(crate) fn pending_of_row(row: &sqlx::any::AnyRow) -> Result<Pending, Error> 
     use sqlx::Row;
     let payload: String = row.try_get("payload")?;
     let event_id: String = row.try_get("event_id")?;
-    let data = BASE64.decode(payload.as_bytes()).map_err(|e| Error::Envelope {
-        topic: "outbox".into(),
-        reason: format!("event {event_id}: payload is not base64: {e}"),
+    let data = BASE64.decode(payload.as_bytes()).map_err(|e| Error::OutboxRow {
+        event_id: event_id.clone(),
+        reason: format!("payload is not base64: {e}"),
     })?;
     Ok(Pending {
         event: Event {
