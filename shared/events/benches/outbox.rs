@@ -282,6 +282,40 @@ async fn commit_baseline(nats: &NatsServer, db: &Db, count: usize) -> f64 {
     )
 }
 
+/// One event per transaction flat out, `count` events: with the outbox
+/// insert but no relay, then with the relay running but no consumer. With
+/// [`commit_baseline`] and the end-to-end run this splits the CPU per event
+/// into the database, the outbox insert, the relay and the consumer.
+async fn cost_breakdown(nats: &NatsServer, db: &Db, count: usize) {
+    let outbox = Outbox::new("/bench");
+    for relay_on in [false, true] {
+        let bus = Bus::connect(&nats.url(), bus_settings()).await.expect("connect");
+        let relay = relay_on.then(|| Relay::spawn(db.pool.clone(), bus, RelayConfig::default()));
+        let cpu = Cpu::start(nats);
+        let started = Instant::now();
+        for i in 0..count {
+            let mut tx = db.pool.begin().await.expect("begin");
+            outbox.add(&mut tx, &payload(i), None).await.expect("insert");
+            tx.commit().await.expect("commit");
+            if let Some(relay) = &relay {
+                relay.notifier().notify();
+            }
+        }
+        if let Some(relay) = relay {
+            while outbox::pending_count(&db.pool).await.expect("count") > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            relay.shutdown().await;
+        }
+        let label = if relay_on {
+            "outbox insert + relay, no consumer"
+        } else {
+            "outbox insert in the transaction, no relay"
+        };
+        report(label, count, started.elapsed(), cpu.per_event(count));
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -297,6 +331,7 @@ async fn run_backend(backend: Backend, raw: f64) {
     let Some(db) = Db::new(backend).await else { return };
     println!("--- {backend:?} ---");
     commit_baseline(&nats, &db, 5000).await;
+    cost_breakdown(&nats, &db, 5000).await;
     let drain = relay_drain(&nats, &db).await;
     println!(
         "    relay drain / raw pipelined publish: {:.0}%",
