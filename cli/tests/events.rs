@@ -123,7 +123,14 @@ async fn dead_letter_one(bus: &Bus) -> Event {
     config.filter_subjects = vec!["ordermesh.orders.v1.created".into()];
     let mut consumer = bus.consumer(&config).await.expect("bind");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while bus.dead_letters(0, 10).await.expect("list").is_empty() {
+    // The refuser may dead-letter the tailed events first; wait for ours.
+    while !bus
+        .dead_letters(0, 100)
+        .await
+        .expect("list")
+        .iter()
+        .any(|d| d.event.id == event.id)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no dead letter within 20 s"
