@@ -31,6 +31,8 @@ pub enum Command {
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1);
     /// for container health checks and `helm test`, where the image has no shell.
     Health(HealthArgs),
+    /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
+    Events(crate::events::EventsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -9,6 +9,7 @@
 mod cli;
 mod config;
 mod health;
+mod events;
 mod up;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Events(args) => events::run(args).await,
     }
 }
 
