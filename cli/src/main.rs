@@ -8,8 +8,8 @@
 
 mod cli;
 mod config;
-mod health;
 mod events;
+mod health;
 mod up;
 
 use std::net::SocketAddr;
