@@ -74,6 +74,7 @@ pub mod error_reasons {
         pub const RESERVATION_NOT_ACTIVE: &str = "RESERVATION_NOT_ACTIVE";
         pub const STOCK_BELOW_ZERO: &str = "STOCK_BELOW_ZERO";
         pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+        pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
     }
 
     /// Reasons of `ordermesh.payment.v1` errors.

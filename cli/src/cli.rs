@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{InventoryArgs, PaymentArgs, SagaArgs};
+use crate::config::{EventArgs, InventoryArgs, PaymentArgs, SagaArgs};
 use ordermesh_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -88,6 +88,8 @@ pub struct UpArgs {
     pub payment: PaymentArgs,
     #[command(flatten, next_help_heading = "Order saga")]
     pub saga: SagaArgs,
+    #[command(flatten, next_help_heading = "Events")]
+    pub events: EventArgs,
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,
@@ -147,6 +149,8 @@ pub struct ServeArgs {
     pub payment: PaymentArgs,
     #[command(flatten, next_help_heading = "Order saga")]
     pub saga: SagaArgs,
+    #[command(flatten, next_help_heading = "Events")]
+    pub events: EventArgs,
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,

@@ -8,8 +8,35 @@ use std::time::Duration;
 
 use clap::Args;
 
+use ordermesh_events::Bus;
 use ordermesh_order::{CrashPoint, SagaConfig};
 use ordermesh_runtime::server::MeshSettings;
+
+/// Where events go: NATS JetStream, or the process's in-process broker.
+#[derive(Debug, Clone, Args)]
+pub struct EventArgs {
+    /// NATS JetStream for domain events, e.g. nats://127.0.0.1:4222; without
+    /// it, an in-process broker (one per process, shared by `up`'s services).
+    #[arg(long, env = "ORDERMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+impl EventArgs {
+    /// The bus: JetStream at the URL (its streams created or updated), or a
+    /// fresh in-process broker.
+    pub async fn bus(&self) -> anyhow::Result<ordermesh_events::Bus> {
+        use anyhow::Context;
+        let settings = ordermesh_events::BusSettings::default();
+        let bus = ordermesh_events::Bus::from_url(self.nats_url.as_deref(), settings)
+            .await
+            .context("events bus (--nats-url / ORDERMESH_NATS_URL)")?;
+        if let Err(e) = bus.ensure_streams().await {
+            // NATS may still be starting: consumers and the relay retry.
+            tracing::warn!(error = %e, "cannot create the event streams yet; they are retried");
+        }
+        Ok(bus)
+    }
+}
 
 /// Inventory settings.
 #[derive(Debug, Clone, Args)]
@@ -87,9 +114,10 @@ pub fn inventory(
     database_url: String,
     args: &InventoryArgs,
     seed_demo: bool,
-    mesh: MeshSettings,
+    (mesh, bus): (MeshSettings, Bus),
 ) -> ordermesh_inventory::Config {
     let mut config = ordermesh_inventory::Config::new(database_url);
+    config.bus = bus;
     config.reservation_ttl = Duration::from_secs(args.reservation_ttl_secs);
     if seed_demo {
         config.seed = ordermesh_inventory::demo::catalogue();
@@ -102,9 +130,10 @@ pub fn payment(
     database_url: String,
     args: &PaymentArgs,
     seed_demo: bool,
-    mesh: MeshSettings,
+    (mesh, bus): (MeshSettings, Bus),
 ) -> ordermesh_payment::Config {
     let mut config = ordermesh_payment::Config::new(database_url);
+    config.bus = bus;
     config.authorization_hold = Duration::from_secs(args.authorization_hold_secs);
     if seed_demo {
         config.seed = ordermesh_payment::demo::accounts();
@@ -118,9 +147,10 @@ pub fn order(
     inventory_url: String,
     payment_url: String,
     args: &SagaArgs,
-    mesh: MeshSettings,
+    (mesh, bus): (MeshSettings, Bus),
 ) -> ordermesh_order::Config {
     let mut config = ordermesh_order::Config::new(database_url, inventory_url, payment_url);
+    config.bus = bus;
     config.saga = args.saga();
     config.mesh = mesh;
     config

@@ -53,6 +53,7 @@ pub fn mesh_settings(path: Option<&std::path::Path>) -> anyhow::Result<MeshSetti
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mesh = mesh_settings(args.policy.as_deref())?;
+    let bus = args.events.bus().await?;
     let database_url = match &args.database_url {
         Some(url) => url.clone(),
         None => ordermesh_runtime::db::sqlite_url(&args.data_dir, args.target.name())?,
@@ -61,14 +62,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = ordermesh_runtime::shutdown::signal();
     match args.target {
         Target::Inventory => {
-            let config = config::inventory(database_url, &args.inventory, args.seed_demo, mesh);
+            let config = config::inventory(database_url, &args.inventory, args.seed_demo, (mesh, bus));
             ordermesh_inventory::build(config)
                 .await?
                 .serve(listener, shutdown)
                 .await?;
         }
         Target::Payment => {
-            let config = config::payment(database_url, &args.payment, args.seed_demo, mesh);
+            let config = config::payment(database_url, &args.payment, args.seed_demo, (mesh, bus));
             ordermesh_payment::build(config)
                 .await?
                 .serve(listener, shutdown)
@@ -80,7 +81,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.inventory_url,
                 args.payment_url,
                 &args.saga,
-                mesh,
+                (mesh, bus),
             );
             ordermesh_order::build(config)
                 .await?

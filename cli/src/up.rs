@@ -22,6 +22,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let inventory_addr = SocketAddr::new(args.host, args.inventory_port);
     let payment_addr = SocketAddr::new(args.host, args.payment_port);
     let mesh = crate::mesh_settings(args.policy.as_deref())?;
+    // One bus for the three services: with no NATS, they share one
+    // in-process broker, so each sees the others' events.
+    let bus = args.events.bus().await?;
     config::check_reservation_outlives_saga(&args.inventory, &args.saga)?;
     let inventory_listener = bind(inventory_addr).await?;
     let payment_listener = bind(payment_addr).await?;
@@ -37,20 +40,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         database(&args.inventory_database_url, "inventory")?,
         &args.inventory,
         true,
-        mesh.clone(),
+        (mesh.clone(), bus.clone()),
     );
     let payment = config::payment(
         database(&args.payment_database_url, "payment")?,
         &args.payment,
         true,
-        mesh.clone(),
+        (mesh.clone(), bus.clone()),
     );
     let order = config::order(
         database(&args.order_database_url, "order")?,
         format!("http://{inventory_addr}"),
         format!("http://{payment_addr}"),
         &args.saga,
-        mesh,
+        (mesh, bus),
     );
     let inventory = ordermesh_inventory::build(inventory)
         .await

@@ -106,6 +106,9 @@ pub struct MeshOptions {
     pub authorization_hold: Duration,
     /// Put a [`proxy::Proxy`] between the order service and payment.
     pub payment_proxy: bool,
+    /// Events over NATS JetStream at this URL; else one in-process broker
+    /// shared by the three services.
+    pub nats_url: Option<String>,
 }
 
 impl MeshOptions {
@@ -121,6 +124,7 @@ impl MeshOptions {
             policy: test_policy(),
             authorization_hold: ordermesh_payment::DEFAULT_AUTHORIZATION_HOLD,
             payment_proxy: false,
+            nats_url: None,
         }
     }
 }

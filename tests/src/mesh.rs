@@ -21,6 +21,8 @@ use ordermesh_proto::payment::v1 as payment_pb;
 use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use ordermesh_runtime::server::MeshSettings;
 
+use ordermesh_events::{Bus, BusSettings};
+
 use crate::audit::Audit;
 use crate::proxy::Proxy;
 use crate::{Backend, MeshOptions, Policy, SagaConfig, postgres_database};
@@ -56,10 +58,11 @@ async fn listener() -> (TcpListener, SocketAddr) {
 
 async fn spawn_inventory(
     db: &str,
-    options: &MeshOptions,
+    (options, bus): (&MeshOptions, &Bus),
     listener: TcpListener,
 ) -> (ordermesh_inventory::Store, Running) {
     let mut config = ordermesh_inventory::Config::new(db);
+    config.bus = bus.clone();
     config.seed = options.catalogue.clone();
     config.reservation_ttl = options.reservation_ttl;
     config.sweep_interval = Duration::from_millis(100);
@@ -84,10 +87,11 @@ async fn spawn_inventory(
 
 async fn spawn_payment(
     db: &str,
-    options: &MeshOptions,
+    (options, bus): (&MeshOptions, &Bus),
     listener: TcpListener,
 ) -> (ordermesh_payment::Store, Running) {
     let mut config = ordermesh_payment::Config::new(db);
+    config.bus = bus.clone();
     config.seed = options.accounts.clone();
     config.authorization_hold = options.authorization_hold;
     config.sweep_interval = Duration::from_millis(100);
@@ -123,12 +127,12 @@ impl OrderProcess {
     /// given URLs.
     pub async fn start(
         db: &str,
-        inventory_url: &str,
-        payment_url: &str,
+        (inventory_url, payment_url): (&str, &str),
         saga: SagaConfig,
-        policy: Policy,
+        (policy, bus): (Policy, Bus),
     ) -> Self {
         let mut config = ordermesh_order::Config::new(db, inventory_url, payment_url);
+        config.bus = bus;
         config.saga = saga;
         config.watch_poll_interval = Duration::from_millis(200);
         config.mesh = MeshSettings {
@@ -178,6 +182,8 @@ pub struct Mesh {
     pub payment_store: ordermesh_payment::Store,
     pub order_store: ordermesh_order::Store,
     pub order_runner: ordermesh_order::SagaRunner,
+    /// The services' one event bus.
+    pub bus: Bus,
     /// Between the order service and payment, when the options ask for it.
     pub payment_proxy: Option<Proxy>,
     inventory_addr: SocketAddr,
@@ -211,11 +217,15 @@ impl Mesh {
                 postgres_database("postgres variant").await?,
             ),
         };
+        let bus = Bus::from_url(options.nats_url.as_deref(), BusSettings::default())
+            .await
+            .expect("event bus");
         let (inventory_listener, inventory_addr) = listener().await;
         let (inventory_store, inventory_running) =
-            spawn_inventory(&inventory_db, &options, inventory_listener).await;
+            spawn_inventory(&inventory_db, (&options, &bus), inventory_listener).await;
         let (payment_listener, payment_addr) = listener().await;
-        let (payment_store, payment_running) = spawn_payment(&payment_db, &options, payment_listener).await;
+        let (payment_store, payment_running) =
+            spawn_payment(&payment_db, (&options, &bus), payment_listener).await;
         let payment_proxy = if options.payment_proxy {
             Some(Proxy::start(payment_addr).await)
         } else {
@@ -226,10 +236,9 @@ impl Mesh {
             .map_or_else(|| format!("http://{payment_addr}"), Proxy::url);
         let order = OrderProcess::start(
             &order_db,
-            &format!("http://{inventory_addr}"),
-            &payment_url_for_order,
+            (&format!("http://{inventory_addr}"), &payment_url_for_order),
             options.saga.clone(),
-            options.policy.clone(),
+            (options.policy.clone(), bus.clone()),
         )
         .await;
         Some(Mesh {
@@ -241,6 +250,7 @@ impl Mesh {
             payment_store,
             order_store: order.store.clone(),
             order_runner: order.runner.clone(),
+            bus,
             payment_proxy,
             inventory_addr,
             payment_addr,
@@ -262,10 +272,9 @@ impl Mesh {
     pub async fn start_order_replica(&self, saga: SagaConfig) -> OrderProcess {
         OrderProcess::start(
             &self.order_db,
-            &format!("http://{}", self.inventory_addr),
-            &self.payment_url_for_order,
+            (&format!("http://{}", self.inventory_addr), &self.payment_url_for_order),
             saga,
-            self.options.policy.clone(),
+            (self.options.policy.clone(), self.bus.clone()),
         )
         .await
     }
@@ -289,7 +298,7 @@ impl Mesh {
         let listener = TcpListener::bind(self.payment_addr)
             .await
             .expect("rebind the payment port");
-        let (store, running) = spawn_payment(&self.payment_db, &self.options, listener).await;
+        let (store, running) = spawn_payment(&self.payment_db, (&self.options, &self.bus), listener).await;
         self.payment_store = store;
         self.services.push(("payment", running));
     }
@@ -300,7 +309,7 @@ impl Mesh {
         let listener = TcpListener::bind(self.inventory_addr)
             .await
             .expect("rebind the inventory port");
-        let (store, running) = spawn_inventory(&self.inventory_db, &self.options, listener).await;
+        let (store, running) = spawn_inventory(&self.inventory_db, (&self.options, &self.bus), listener).await;
         self.inventory_store = store;
         self.services.push(("inventory", running));
     }

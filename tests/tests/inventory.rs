@@ -17,6 +17,7 @@ fn scarce(sku: &str, stock: i64) -> SeedItem {
         unit_price_minor: 100,
         currency_code: "USD".into(),
         initial_stock: stock,
+        low_stock_threshold: 0,
     }
 }
 

@@ -35,8 +35,23 @@ fn item_to_pb(item: store::Item) -> pb::StockItem {
         sold: item.sold,
         create_time: Some(clock::timestamp(item.create_time)),
         update_time: Some(clock::timestamp(item.update_time)),
+        low_stock_threshold: item.low_stock_threshold,
     }
 }
+
+fn alert_to_pb(alert: store::RestockAlert) -> pb::RestockAlert {
+    pb::RestockAlert {
+        alert_time: Some(clock::timestamp(alert.alert_time)),
+        sku: alert.sku,
+        available: alert.available,
+        threshold: alert.threshold,
+        order_id: alert.order_id,
+        event_id: alert.event_id,
+    }
+}
+
+/// Longest product name.
+const MAX_NAME_LEN: usize = 200;
 
 fn reservation_status(status: store::ReservationStatus) -> pb::ReservationStatus {
     use store::ReservationStatus as S;
@@ -221,6 +236,66 @@ impl InventoryService for InventoryApi {
         let reservation = self.store.commit(&order_id).await?;
         Ok(Response::new(pb::CommitReservationResponse {
             reservation: Some(reservation_to_pb(reservation)),
+        }))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.require_id("sku", &request.sku);
+        if let Some(name) = &request.name {
+            v.require_text("name", name, MAX_NAME_LEN);
+        }
+        if let Some(price) = &request.unit_price {
+            if price.amount_minor < 0 {
+                v.add("unit_price.amount_minor", "must be at least 0");
+            }
+            if !ordermesh_runtime::validate::is_currency_code(&price.currency_code) {
+                v.add(
+                    "unit_price.currency_code",
+                    "must be an ISO 4217 code of three upper-case letters",
+                );
+            }
+        }
+        if request.low_stock_threshold.is_some_and(|t| t < 0) {
+            v.add("low_stock_threshold", "must be at least 0");
+        }
+        if request.name.is_none() && request.unit_price.is_none() && request.low_stock_threshold.is_none() {
+            v.add("name", "set at least one of name, unit_price, low_stock_threshold");
+        }
+        v.into_result()?;
+        let update = store::ProductUpdate {
+            name: request.name,
+            unit_price: request.unit_price.map(|m| (m.amount_minor, m.currency_code)),
+            low_stock_threshold: request.low_stock_threshold,
+        };
+        let item = self.store.update_product(&request.sku, &update).await?;
+        tracing::info!(sku = %item.sku, "product updated");
+        Ok(Response::new(pb::UpdateProductResponse {
+            item: Some(item_to_pb(item)),
+        }))
+    }
+
+    async fn list_restock_alerts(
+        &self,
+        request: Request<pb::ListRestockAlertsRequest>,
+    ) -> Result<Response<pb::ListRestockAlertsResponse>, Status> {
+        let request = request.into_inner();
+        if request.sku.len() > ordermesh_runtime::validate::MAX_ID_LEN {
+            return Err(ordermesh_runtime::validate::invalid_field("sku", "is too long"));
+        }
+        let size = paging::page_size(request.page_size)?;
+        let before = paging::decode_time_id(&request.page_token)?;
+        let mut alerts = self.store.restock_alerts(&request.sku, before, size + 1).await?;
+        let next_page_token = paging::next_page(&mut alerts, size, |a| {
+            paging::time_id_key(a.alert_time, &a.event_id)
+        });
+        Ok(Response::new(pb::ListRestockAlertsResponse {
+            alerts: alerts.into_iter().map(alert_to_pb).collect(),
+            next_page_token,
         }))
     }
 }

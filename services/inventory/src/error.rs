@@ -30,8 +30,16 @@ pub enum Error {
     StockBelowZero { sku: String, delta: i64 },
     #[error("request_id {request_id:?} was already used for a different adjustment")]
     RequestIdReused { request_id: String },
+    #[error("unit_price.currency_code: sku {sku:?} is priced in {catalogue}, not {requested}")]
+    CurrencyMismatch {
+        sku: String,
+        catalogue: String,
+        requested: String,
+    },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("event outbox error: {0}")]
+    Events(#[from] ordermesh_events::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -89,7 +97,14 @@ impl From<Error> for Status {
                 reason::REQUEST_ID_REUSED,
                 ("request_id", request_id),
             ),
+            Error::CurrencyMismatch { sku, .. } => with_reason(
+                Code::InvalidArgument,
+                message,
+                reason::CURRENCY_MISMATCH,
+                ("sku", sku),
+            ),
             Error::Db(db) => ordermesh_runtime::status::database("inventory", db),
+            Error::Events(events) => ordermesh_runtime::status::internal("inventory", events),
             Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("inventory", detail),
         }
     }

@@ -6,10 +6,12 @@
 //! - [`api`]: the gRPC surface (validation and conversion).
 //! - [`error`]: domain errors and their mapping to `tonic::Status`.
 //! - [`demo`]: the demo catalogue `ordermesh up` seeds.
+//! - [`alerts`]: the consumer recording restock alerts from StockLow events.
 //!
 //! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, seed) ->
 //! [`Service::serve`] on a listener the caller bound.
 
+pub mod alerts;
 pub mod api;
 pub mod demo;
 pub mod error;
@@ -20,6 +22,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use ordermesh_events::{BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents};
+use ordermesh_proto::events::v1::StockLow;
 use ordermesh_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
 use ordermesh_runtime::server::{MeshSettings, serve};
 
@@ -27,6 +31,9 @@ pub use error::Error;
 pub use store::{SeedItem, Store};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The CloudEvents source of inventory events.
+pub const EVENT_SOURCE: &str = "/ordermesh/inventory";
 
 /// Everything the inventory service needs to start.
 #[derive(Debug, Clone)]
@@ -39,6 +46,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Catalogue entries created on start when missing.
     pub seed: Vec<SeedItem>,
+    /// Where its events go (JetStream, or the process's in-process broker).
+    pub bus: Bus,
     pub mesh: MeshSettings,
 }
 
@@ -49,6 +58,7 @@ impl Config {
             reservation_ttl: Duration::from_secs(15 * 60),
             sweep_interval: Duration::from_secs(1),
             seed: Vec::new(),
+            bus: Bus::in_process(BusSettings::default()),
             mesh: MeshSettings::default(),
         }
     }
@@ -57,17 +67,27 @@ impl Config {
 /// A built inventory service, ready to serve.
 pub struct Service {
     store: Store,
+    events: ServiceEvents,
     config: Config,
 }
 
 /// Connects to the database, applies migrations and seeds the catalogue.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
     let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(db, config.reservation_ttl);
+    let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone());
+    let store = Store::new(db.clone(), config.reservation_ttl, events.publisher().clone());
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the catalogue failed");
     }
-    Ok(Service { store, config })
+    // Restock alerts: one per StockLow event, exactly once (its inbox).
+    let mut alerts = ConsumerConfig::new(alerts::CONSUMER, BoundedContext::Inventory);
+    alerts.filter_subjects = vec![<StockLow as DomainEvent>::KIND.subject()];
+    events.consume(alerts, Inboxed::new(db.write, alerts::CONSUMER, alerts::RestockAlerts));
+    Ok(Service {
+        store,
+        events,
+        config,
+    })
 }
 
 impl Service {
@@ -94,7 +114,7 @@ impl Service {
         ));
         let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
             .max_decoding_message_size(self.config.mesh.max_request_bytes());
-        let routes = Routes::new(server);
+        let routes = Routes::new(server).add_service(self.events.admin());
         let options = self
             .config
             .mesh
@@ -102,6 +122,7 @@ impl Service {
         let db = self.store.db().clone();
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();
+        self.events.shutdown().await;
         result
     }
 }

@@ -108,4 +108,33 @@ impl OrderAdminService for OrderAdmin {
             saga: Some(saga_to_pb(saga)),
         }))
     }
+
+    async fn list_confirmation_notices(
+        &self,
+        request: Request<pb::ListConfirmationNoticesRequest>,
+    ) -> Result<Response<pb::ListConfirmationNoticesResponse>, Status> {
+        let request = request.into_inner();
+        if request.customer_id.len() > ordermesh_runtime::validate::MAX_ID_LEN {
+            return Err(ordermesh_runtime::validate::invalid_field("customer_id", "is too long"));
+        }
+        let size = paging::page_size(request.page_size)?;
+        let before = paging::decode_time_id(&request.page_token)?;
+        let mut notices = self.store.notices(&request.customer_id, before, size + 1).await?;
+        let next_page_token = paging::next_page(&mut notices, size, |n| {
+            paging::time_id_key(n.create_time, &n.order_id)
+        });
+        Ok(Response::new(pb::ListConfirmationNoticesResponse {
+            notices: notices
+                .into_iter()
+                .map(|n| pb::ConfirmationNotice {
+                    create_time: Some(clock::timestamp(n.create_time)),
+                    order_id: n.order_id,
+                    customer_id: n.customer_id,
+                    message: n.message,
+                    event_id: n.event_id,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
 }

@@ -19,8 +19,9 @@ use ordermesh_proto::order::v1::order_service_server::OrderService;
 use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, require_id};
 use ordermesh_runtime::{clock, paging};
 
+use crate::catalogue::{Catalogue, Lookup};
 use crate::saga::SagaRunner;
-use crate::store::{self, Created, NewOrder, Store};
+use crate::store::{self, Created, NewLine, NewOrder, Store};
 use crate::watch::WatchHub;
 
 /// The feature flag that makes CreateOrder refuse orders it can already
@@ -32,6 +33,7 @@ pub struct OrderApi {
     runner: SagaRunner,
     watch: WatchHub,
     inventory: InventoryServiceClient<MeshChannel>,
+    catalogue: Catalogue,
     flags: Flags,
 }
 
@@ -41,6 +43,7 @@ impl OrderApi {
         runner: SagaRunner,
         watch: WatchHub,
         inventory: InventoryServiceClient<MeshChannel>,
+        catalogue: Catalogue,
         flags: Flags,
     ) -> Self {
         Self {
@@ -48,8 +51,28 @@ impl OrderApi {
             runner,
             watch,
             inventory,
+            catalogue,
             flags,
         }
+    }
+
+    /// The request's lines, named from the catalogue cache; the lookups say
+    /// which SKUs inventory does not know.
+    async fn named_lines(&self, lines: Vec<pb::CreateOrderLine>) -> (Vec<NewLine>, Vec<Lookup>) {
+        let lookups = futures::future::join_all(lines.iter().map(|l| self.catalogue.lookup(&l.sku))).await;
+        let named = lines
+            .into_iter()
+            .zip(&lookups)
+            .map(|(line, lookup)| NewLine {
+                name: match lookup {
+                    Lookup::Known(product) => product.name.clone(),
+                    Lookup::Unknown | Lookup::Unreachable => String::new(),
+                },
+                sku: line.sku,
+                quantity: line.quantity,
+            })
+            .collect();
+        (named, lookups)
     }
 
     /// With the precheck flag on for this customer: refuse an order whose
@@ -57,14 +80,22 @@ impl OrderApi {
     /// advisory (stock can still run out before the reservation), and it
     /// fails open: when inventory cannot answer, the saga decides. Its
     /// refusals are this service's errors, with this service's reasons.
-    async fn precheck(&self, new: &NewOrder) -> Result<(), Status> {
+    async fn precheck(&self, new: &NewOrder, lookups: &[Lookup]) -> Result<(), Status> {
+        // The catalogue cache already knows an unknown SKU (inventory said so).
+        if let Some(index) = lookups.iter().position(|l| *l == Lookup::Unknown) {
+            return Err(crate::Error::UnknownSku {
+                field: format!("lines[{index}].sku"),
+                sku: new.lines[index].sku.clone(),
+            }
+            .into());
+        }
         let check = inventory_pb::CheckAvailabilityRequest {
             lines: new
                 .lines
                 .iter()
-                .map(|(sku, quantity)| inventory_pb::StockLine {
-                    sku: sku.clone(),
-                    quantity: *quantity,
+                .map(|line| inventory_pb::StockLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
                 })
                 .collect(),
         };
@@ -116,7 +147,7 @@ fn status_to_pb(status: store::OrderStatus) -> pb::OrderStatus {
     }
 }
 
-fn reject_reason_to_pb(reason: store::RejectReason) -> pb::RejectReason {
+pub fn reject_reason_to_pb(reason: store::RejectReason) -> pb::RejectReason {
     use store::RejectReason as R;
     match reason {
         R::NotRejected => pb::RejectReason::Unspecified,
@@ -151,6 +182,7 @@ pub fn order_to_pb(order: store::Order) -> pb::Order {
                 line_total: l.unit_price_minor.map(|p| money(p.saturating_mul(l.quantity))),
                 sku: l.sku,
                 quantity: l.quantity,
+                name: l.name,
             })
             .collect(),
         total: order.total_minor.map(money),
@@ -183,11 +215,12 @@ impl OrderService for OrderApi {
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let request = request.into_inner();
         validate_create(&request)?;
+        let (lines, lookups) = self.named_lines(request.lines).await;
         let new = NewOrder {
             order_id: uuid::Uuid::now_v7().to_string(),
             request_id: request.request_id,
             customer_id: request.customer_id,
-            lines: request.lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
+            lines,
         };
         // A replay gets the first answer, before any other check: the
         // precheck must not refuse a retry of an order that took the last unit.
@@ -198,7 +231,7 @@ impl OrderService for OrderApi {
                     order: Some(order_to_pb(order)),
                 }));
             }
-            self.precheck(&new).await?;
+            self.precheck(&new, &lookups).await?;
         }
         let order = match self.runner.place(&new).await? {
             Created::New(order, _) => {
@@ -327,5 +360,37 @@ impl OrderService for OrderApi {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_order_timeline(
+        &self,
+        request: Request<pb::GetOrderTimelineRequest>,
+    ) -> Result<Response<pb::GetOrderTimelineResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        require_id("order_id", &order_id)?;
+        if self.store.order(&order_id).await?.is_none() {
+            return Err(crate::Error::NotFound { order_id }.into());
+        }
+        let entries = self
+            .store
+            .timeline(&order_id)
+            .await?
+            .into_iter()
+            .map(|entry| {
+                use base64::Engine;
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(entry.payload.as_bytes())
+                    .map_err(|e| crate::Error::Corrupt(format!("timeline payload of {}: {e}", entry.event_id)))?;
+                Ok(pb::TimelineEntry {
+                    occur_time: Some(clock::timestamp(entry.occur_time)),
+                    event_id: entry.event_id,
+                    r#type: entry.ce_type,
+                    source: entry.ce_source,
+                    summary: entry.summary,
+                    data,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::Error>>()?;
+        Ok(Response::new(pb::GetOrderTimelineResponse { entries }))
     }
 }

@@ -27,6 +27,8 @@ pub enum Error {
     UnknownSku { field: String, sku: String },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("event outbox error: {0}")]
+    Events(#[from] ordermesh_events::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -81,6 +83,7 @@ impl From<Error> for Status {
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             Error::Db(db) => ordermesh_runtime::status::database("order", db),
+            Error::Events(events) => ordermesh_runtime::status::internal("order", events),
             Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("order", detail),
         }
     }

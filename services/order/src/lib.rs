@@ -8,6 +8,10 @@
 //! - [`api`]: the `OrderService` gRPC surface (validation, conversion).
 //! - [`admin`]: the `OrderAdminService` (sagas that need an operator).
 //! - [`watch`]: WatchOrder's feed (saga updates, one poll per process).
+//! - [`projections`]: the consumers of events: each order's timeline, and
+//!   the confirmation notices.
+//! - [`catalogue`]: the catalogue read cache, invalidated by inventory's
+//!   ProductUpdated events.
 //! - [`error`]: domain errors and their mapping to `tonic::Status`.
 //!
 //! Shape: [`Config`] (plain data) -> [`build`] (pool, migrations, clients) ->
@@ -15,7 +19,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod catalogue;
 pub mod error;
+pub mod projections;
 pub mod saga;
 pub mod store;
 pub mod watch;
@@ -25,7 +31,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use ordermesh_events::{BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents};
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
+use ordermesh_proto::events::v1::OrderConfirmed;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::order::v1::order_admin_service_server::OrderAdminServiceServer;
 use ordermesh_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
@@ -37,6 +45,12 @@ pub use saga::{CrashPoint, Pause, SagaConfig, SagaRunner};
 pub use store::Store;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The CloudEvents source of order events.
+pub const EVENT_SOURCE: &str = "/ordermesh/order";
+
+/// Most catalogue entries the cache keeps.
+const CATALOGUE_CAPACITY: usize = 10_000;
 
 /// Everything the order service needs to start.
 #[derive(Debug, Clone)]
@@ -51,6 +65,11 @@ pub struct Config {
     /// How often WatchOrder looks for changes made by other replicas (one
     /// query per process, only while someone watches).
     pub watch_poll_interval: Duration,
+    /// How long a catalogue cache entry may serve without an update event.
+    pub catalogue_ttl: Duration,
+    /// Where its events go and come from (JetStream, or the process's
+    /// in-process broker, which `up` shares between the services).
+    pub bus: Bus,
     pub mesh: MeshSettings,
 }
 
@@ -66,6 +85,8 @@ impl Config {
             payment_url: payment_url.into(),
             saga: SagaConfig::default(),
             watch_poll_interval: Duration::from_secs(1),
+            catalogue_ttl: Duration::from_secs(300),
+            bus: Bus::in_process(BusSettings::default()),
             mesh: MeshSettings::default(),
         }
     }
@@ -92,6 +113,8 @@ pub struct Service {
     watch: watch::WatchHub,
     watch_poll_interval: Duration,
     inventory: InventoryServiceClient<MeshChannel>,
+    catalogue: catalogue::Catalogue,
+    events: ServiceEvents,
     mesh: Mesh,
     settings: MeshSettings,
 }
@@ -112,7 +135,21 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
         });
     }
     let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(db);
+    let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone());
+    let store = Store::new(db.clone(), events.publisher().clone());
+    // The timeline follows all three streams; the notifier, confirmations.
+    for (name, context) in projections::TIMELINE_CONSUMERS {
+        events.consume(
+            ConsumerConfig::new(name, context),
+            Inboxed::new(db.write.clone(), name, projections::Timeline),
+        );
+    }
+    let mut notifier = ConsumerConfig::new(projections::NOTIFIER, BoundedContext::Orders);
+    notifier.filter_subjects = vec![<OrderConfirmed as DomainEvent>::KIND.subject()];
+    events.consume(
+        notifier,
+        Inboxed::new(db.write.clone(), projections::NOTIFIER, projections::Notifier),
+    );
     // Every outgoing call goes through the mesh stack (deadline, retry
     // budget, breaker, faults, balancing). Channels connect lazily, so the
     // service starts, and recovers sagas, while a peer is still down.
@@ -151,12 +188,15 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     };
     let watch = watch::WatchHub::new(store.clone());
     let runner = SagaRunner::new(store.clone(), steps, config.saga, watch.clone());
+    let catalogue = catalogue::Catalogue::new(inventory.clone(), config.catalogue_ttl, CATALOGUE_CAPACITY);
     Ok(Service {
         store,
         runner,
         watch,
         watch_poll_interval: config.watch_poll_interval,
         inventory,
+        catalogue,
+        events,
         mesh,
         settings: config.mesh,
     })
@@ -182,24 +222,29 @@ impl Service {
     ) -> Result<(), ordermesh_runtime::Error> {
         let recovery = tokio::spawn(self.runner.clone().recover_forever());
         let poll = tokio::spawn(self.watch.clone().poll_forever(self.watch_poll_interval));
+        let catalogue_updates = tokio::spawn(self.catalogue.clone().follow(self.events.bus().clone()));
         let api = api::OrderApi::new(
             self.store.clone(),
             self.runner.clone(),
             self.watch.clone(),
             self.inventory.clone(),
+            self.catalogue.clone(),
             self.mesh.flags().clone(),
         );
         let max = self.settings.max_request_bytes();
         let routes = Routes::new(OrderServiceServer::new(api).max_decoding_message_size(max)).add_service(
             OrderAdminServiceServer::new(admin::OrderAdmin::new(self.store.clone(), self.runner.clone()))
                 .max_decoding_message_size(max),
-        );
+        )
+        .add_service(self.events.admin());
         let db = self.store.db().clone();
         let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
         let result = serve(routes, db, listener, options, shutdown).await;
         recovery.abort();
         poll.abort();
+        catalogue_updates.abort();
         self.runner.stop();
+        self.events.shutdown().await;
         result
     }
 }

@@ -40,6 +40,8 @@ pub enum Error {
     AuthorizationExpired { payment_id: String },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("event outbox error: {0}")]
+    Events(#[from] ordermesh_events::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -95,6 +97,7 @@ impl From<Error> for Status {
                 ("payment_id", payment_id),
             ),
             Error::Db(db) => ordermesh_runtime::status::database("payment", db),
+            Error::Events(events) => ordermesh_runtime::status::internal("payment", events),
             Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("payment", detail),
         }
     }

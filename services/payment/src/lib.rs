@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! - [`store`]: the database; every movement is a conditional update plus
-//!   two ledger entries that sum to zero, in one transaction; authorizations
-//!   hold for a limited time and a background sweep releases lapsed holds.
+//!   two ledger entries that sum to zero, and its event in the outbox, in one
+//!   transaction; authorizations hold for a limited time and a background
+//!   sweep releases lapsed holds.
 //! - [`api`]: the gRPC surface (validation and conversion).
 //! - [`error`]: domain errors and their mapping to `tonic::Status`.
 //! - [`demo`]: the demo customers `ordermesh up` seeds.
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use ordermesh_events::{Bus, BusSettings, ServiceEvents};
 use ordermesh_proto::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
 use ordermesh_runtime::server::{MeshSettings, serve};
 
@@ -29,6 +31,9 @@ pub use error::Error;
 pub use store::{SeedAccount, Store};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The CloudEvents source of payment events.
+pub const EVENT_SOURCE: &str = "/ordermesh/payment";
 
 /// Seven days, as card networks commonly hold an authorization.
 pub const DEFAULT_AUTHORIZATION_HOLD: Duration = Duration::from_secs(7 * 24 * 60 * 60);
@@ -46,6 +51,8 @@ pub struct Config {
     pub authorization_hold: Duration,
     /// How often lapsed holds are swept.
     pub sweep_interval: Duration,
+    /// Where its events go (JetStream, or the process's in-process broker).
+    pub bus: Bus,
     pub mesh: MeshSettings,
 }
 
@@ -56,6 +63,7 @@ impl Config {
             seed: Vec::new(),
             authorization_hold: DEFAULT_AUTHORIZATION_HOLD,
             sweep_interval: Duration::from_secs(5),
+            bus: Bus::in_process(BusSettings::default()),
             mesh: MeshSettings::default(),
         }
     }
@@ -64,6 +72,7 @@ impl Config {
 /// A built payment service, ready to serve.
 pub struct Service {
     store: Store,
+    events: ServiceEvents,
     mesh: MeshSettings,
     sweep_interval: Duration,
 }
@@ -71,12 +80,14 @@ pub struct Service {
 /// Connects to the database, applies migrations and seeds the accounts.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
     let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let store = Store::new(db, config.authorization_hold);
+    let events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus);
+    let store = Store::new(db, config.authorization_hold, events.publisher().clone());
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the accounts failed");
     }
     Ok(Service {
         store,
+        events,
         mesh: config.mesh,
         sweep_interval: config.sweep_interval,
     })
@@ -97,7 +108,7 @@ impl Service {
     ) -> Result<(), ordermesh_runtime::Error> {
         let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone()))
             .max_decoding_message_size(self.mesh.max_request_bytes());
-        let routes = Routes::new(server);
+        let routes = Routes::new(server).add_service(self.events.admin());
         let store = self.store.clone();
         let sweeper = tokio::spawn(ordermesh_runtime::periodic::every(
             "authorization hold expiry",
@@ -111,6 +122,7 @@ impl Service {
         let options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();
+        self.events.shutdown().await;
         result
     }
 }

@@ -23,6 +23,7 @@
 //!   exactly-once.
 //! - [`worker`]: the consumer loop: handle, ack, retry with back-off, dead-letter.
 //! - [`admin`]: the `EventAdminService` gRPC server.
+//! - [`service`]: the plumbing every service starts (relay, publisher, admin).
 //! - [`json`]: events as JSON (by `ce-type`, through prost-reflect).
 //! - [`error`]: the crate's error type.
 
@@ -36,6 +37,7 @@ pub mod json;
 pub mod kind;
 pub mod outbox;
 pub mod relay;
+pub mod service;
 pub mod worker;
 
 pub use bus::{Bus, DeadLetter, Delivery, Published};
@@ -43,8 +45,9 @@ pub use config::{BusSettings, ConsumerConfig, Retention, StreamSettings};
 pub use envelope::Event;
 pub use error::Error;
 pub use kind::{BoundedContext, DomainEvent, EventKind};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, Publisher};
 pub use relay::{Notifier, Relay, RelayConfig};
+pub use service::ServiceEvents;
 pub use worker::{Handler, HandlerError, Inboxed, TxHandler};
 
 /// The stream holding dead letters.

@@ -143,3 +143,41 @@ pub async fn pending_count(pool: &sqlx::AnyPool) -> Result<i64, Error> {
             .await?,
     )
 }
+
+/// What a service's store holds to publish events: its outbox (with the
+/// service's `ce-source`) and the notifier of the relay that publishes it.
+/// Events are written with [`Publisher::add`] inside the transaction of the
+/// change that causes them; [`Publisher::committed`] after the commit wakes
+/// the relay (without it the relay's poll finds the rows a little later).
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    outbox: Outbox,
+    notifier: crate::relay::Notifier,
+}
+
+impl Publisher {
+    pub fn new(outbox: Outbox, notifier: crate::relay::Notifier) -> Self {
+        Self { outbox, notifier }
+    }
+
+    /// The event for `payload` from this service (to insert later with
+    /// [`Publisher::insert`], when a caller builds it outside the store).
+    pub fn event<E: DomainEvent>(&self, payload: &E) -> Event {
+        Event::new(&self.outbox.source, payload, None)
+    }
+
+    /// Adds `payload` as an event inside the caller's open transaction.
+    pub async fn add<E: DomainEvent>(&self, conn: &mut AnyConnection, payload: &E) -> Result<(), Error> {
+        insert(conn, &self.event(payload)).await
+    }
+
+    /// Inserts an event built with [`Publisher::event`].
+    pub async fn insert(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), Error> {
+        insert(conn, event).await
+    }
+
+    /// Call after committing a transaction that added events.
+    pub fn committed(&self) {
+        self.notifier.notify();
+    }
+}

@@ -26,6 +26,15 @@ pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
+/// The stored microsecond value of a protobuf timestamp (inverse of
+/// [`timestamp`]; saturating).
+pub fn micros_of(timestamp: &prost_types::Timestamp) -> i64 {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos / 1_000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,5 +55,12 @@ mod tests {
                 nanos: 999_999_000
             }
         );
+    }
+
+    #[test]
+    fn micros_round_trip_through_timestamps() {
+        for micros in [0, 1, 1_500_000, -1, -1_500_001, 1_795_687_832_591_910] {
+            assert_eq!(micros_of(&timestamp(micros)), micros, "{micros}");
+        }
     }
 }

@@ -31,6 +31,12 @@ pub fn database(service: &str, error: &sqlx::Error) -> Status {
     }
 }
 
+/// Any other internal failure (e.g. writing an event): INTERNAL, detail logged.
+pub fn internal(service: &str, error: &dyn std::fmt::Display) -> Status {
+    tracing::error!(service, %error, "internal error");
+    Status::internal(format!("{service} internal error"))
+}
+
 /// Stored data that cannot be read back: INTERNAL, detail logged.
 pub fn corrupt(service: &str, detail: &str) -> Status {
     tracing::error!(service, %detail, "stored data corrupt");

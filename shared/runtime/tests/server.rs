@@ -76,6 +76,18 @@ impl InventoryService for Slow {
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
+    async fn update_product(
+        &self,
+        _: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
+    async fn list_restock_alerts(
+        &self,
+        _: Request<pb::ListRestockAlertsRequest>,
+    ) -> Result<Response<pb::ListRestockAlertsResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 }
 
 struct Running {

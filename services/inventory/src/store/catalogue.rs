@@ -5,8 +5,17 @@ use std::collections::HashMap;
 
 use ordermesh_runtime::{clock, db};
 
-use super::{Item, SeedItem, Store};
+use super::{Item, SeedItem, Store, events};
 use crate::error::Error;
+
+/// What UpdateProduct changes: each field when set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProductUpdate {
+    pub name: Option<String>,
+    /// Amount in minor units and its currency (which must be the SKU's).
+    pub unit_price: Option<(i64, String)>,
+    pub low_stock_threshold: Option<i64>,
+}
 
 impl Store {
     /// Creates the catalogue entries that do not exist yet; existing ones keep
@@ -17,7 +26,7 @@ impl Store {
             sqlx::query(concat!(
                 "INSERT INTO stock_items (",
                 item_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $6) ON CONFLICT (sku) DO NOTHING"
+                ") VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $6, $7) ON CONFLICT (sku) DO NOTHING"
             ))
             .bind(&item.sku)
             .bind(&item.name)
@@ -25,6 +34,7 @@ impl Store {
             .bind(&item.currency_code)
             .bind(item.initial_stock)
             .bind(now)
+            .bind(item.low_stock_threshold)
             .execute(&self.db.write)
             .await?;
         }
@@ -115,7 +125,47 @@ impl Store {
                 delta,
             });
         };
+        events::adjusted(&self.events, &mut tx, &item, (delta, request_id)).await?;
         tx.commit().await?;
+        self.events.committed();
+        Ok(item)
+    }
+
+    /// Changes a catalogue entry's name, unit price (in its currency) or
+    /// low-stock threshold, whichever are given, and publishes
+    /// ProductUpdated. Reservations already made keep their price.
+    pub async fn update_product(&self, sku: &str, update: &ProductUpdate) -> Result<Item, Error> {
+        let mut tx = self.db.write.begin().await?;
+        let updated = sqlx::query_as::<_, Item>(concat!(
+            "UPDATE stock_items SET name = COALESCE($1, name), unit_price_minor = COALESCE($2, unit_price_minor),
+                low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = $4
+             WHERE sku = $5 AND ($6 = '' OR currency_code = $6) RETURNING ",
+            item_columns!()
+        ))
+        .bind(update.name.as_deref())
+        .bind(update.unit_price.as_ref().map(|(amount, _)| *amount))
+        .bind(update.low_stock_threshold)
+        .bind(clock::now_micros())
+        .bind(sku)
+        .bind(update.unit_price.as_ref().map_or("", |(_, currency)| currency.as_str()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(item) = updated else {
+            tx.rollback().await?;
+            let current = self.item(sku).await?;
+            return Err(Error::CurrencyMismatch {
+                sku: sku.into(),
+                catalogue: current.currency_code,
+                requested: update
+                    .unit_price
+                    .as_ref()
+                    .map(|(_, currency)| currency.clone())
+                    .unwrap_or_default(),
+            });
+        };
+        events::product_updated(&self.events, &mut tx, &item).await?;
+        tx.commit().await?;
+        self.events.committed();
         Ok(item)
     }
 

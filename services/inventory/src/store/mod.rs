@@ -10,15 +10,21 @@
 //! # Layout
 //! - this module: the stored types (typed rows read with `FromRow`; enums
 //!   stored as text and bound from their definitions).
-//! - [`catalogue`]: items, seeding, adjustments, availability.
+//! - [`catalogue`]: items, seeding, adjustments, product updates,
+//!   availability.
 //! - [`reservations`]: reserve, commit, release, expiry.
+//! - [`events`]: the events each change writes in its own transaction
+//!   (StockReserved, StockCommitted, StockReleased, StockAdjusted, StockLow,
+//!   ProductUpdated).
+//! - [`alerts`]: restock alerts recorded from StockLow events.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
 // (one fixed SQL text per query, nothing built at run time). Defined before
 // the modules that use them.
 macro_rules! item_columns {
     () => {
-        "sku, name, unit_price_minor, currency_code, available, reserved, sold, create_time, update_time"
+        "sku, name, unit_price_minor, currency_code, available, reserved, sold, create_time, update_time,
+         low_stock_threshold"
     };
 }
 
@@ -28,15 +34,21 @@ macro_rules! reservation_columns {
     };
 }
 
+pub mod alerts;
 mod catalogue;
+mod events;
 mod reservations;
 
 use std::time::Duration;
 
+use ordermesh_events::Publisher;
 use ordermesh_runtime::db::Db;
 use ordermesh_runtime::text_enum;
 
 use crate::error::Error;
+
+pub use alerts::{AlertCursor, RestockAlert};
+pub use catalogue::ProductUpdate;
 
 /// A catalogue entry with its stock buckets.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -50,6 +62,8 @@ pub struct Item {
     pub sold: i64,
     pub create_time: i64,
     pub update_time: i64,
+    /// StockLow is published when `available` falls below this (0: never).
+    pub low_stock_threshold: i64,
 }
 
 /// A catalogue entry to create when it does not exist yet.
@@ -60,6 +74,7 @@ pub struct SeedItem {
     pub unit_price_minor: i64,
     pub currency_code: String,
     pub initial_stock: i64,
+    pub low_stock_threshold: i64,
 }
 
 /// A requested line: SKU and quantity (already validated).
@@ -131,11 +146,17 @@ impl ReservationRow {
 pub struct Store {
     db: Db,
     reservation_ttl: Duration,
+    /// Writes each change's events in the change's transaction.
+    events: Publisher,
 }
 
 impl Store {
-    pub fn new(db: Db, reservation_ttl: Duration) -> Self {
-        Self { db, reservation_ttl }
+    pub fn new(db: Db, reservation_ttl: Duration, events: Publisher) -> Self {
+        Self {
+            db,
+            reservation_ttl,
+            events,
+        }
     }
 
     pub fn db(&self) -> &Db {

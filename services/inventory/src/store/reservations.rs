@@ -14,7 +14,9 @@ use sqlx::AnyConnection;
 
 use ordermesh_runtime::{clock, db};
 
-use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store};
+use ordermesh_events::Publisher;
+
+use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store, events};
 use crate::error::Error;
 
 /// How a reservation transition moves units between a SKU's buckets. The SQL
@@ -50,6 +52,8 @@ const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
 struct Taken {
     unit_price_minor: i64,
     currency_code: String,
+    available: i64,
+    low_stock_threshold: i64,
 }
 
 impl Store {
@@ -75,7 +79,8 @@ impl Store {
         for (line_no, line) in by_sku {
             let taken = sqlx::query_as::<_, Taken>(
                 "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
-                 WHERE sku = $3 AND available >= $1 RETURNING unit_price_minor, currency_code",
+                 WHERE sku = $3 AND available >= $1
+                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold",
             )
             .bind(line.quantity)
             .bind(now)
@@ -162,6 +167,12 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let mut reserved_lines = Vec::with_capacity(lines.len());
+        let lows: Vec<(&Line, Taken)> = reserved
+            .iter()
+            .flatten()
+            .filter(|(line, taken)| events::crossed_low(taken.available, line.quantity, taken.low_stock_threshold))
+            .cloned()
+            .collect();
         for (line_no, (line, taken)) in reserved.into_iter().flatten().enumerate() {
             sqlx::query(
                 "INSERT INTO reservation_lines (order_id, line_no, sku, quantity, unit_price_minor, currency_code)
@@ -181,8 +192,7 @@ impl Store {
                 unit_price_minor: taken.unit_price_minor,
             });
         }
-        tx.commit().await?;
-        Ok(Reservation {
+        let reservation = Reservation {
             order_id: order_id.into(),
             status: ReservationStatus::Active,
             lines: reserved_lines,
@@ -191,7 +201,21 @@ impl Store {
             expire_time,
             create_time: now,
             update_time: now,
-        })
+        };
+        events::reservation_changed(&self.events, &mut tx, &reservation).await?;
+        for (line, taken) in &lows {
+            events::stock_low(
+                &self.events,
+                &mut tx,
+                (&line.sku, taken.available, taken.low_stock_threshold),
+                order_id,
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.events.committed();
+        Ok(reservation)
     }
 
     pub async fn reservation(&self, order_id: &str) -> Result<Option<Reservation>, Error> {
@@ -224,9 +248,10 @@ impl Store {
         movement: Movement,
     ) -> Result<Option<Reservation>, Error> {
         let mut tx = self.db.write.begin().await?;
-        let moved = transition_in(&mut tx, order_id, fromto, deadline, movement).await?;
+        let moved = transition_in(&mut tx, &self.events, order_id, fromto, deadline, movement).await?;
         if moved.is_some() {
             tx.commit().await?;
+            self.events.committed();
         } else {
             tx.rollback().await?;
         }
@@ -259,6 +284,7 @@ impl Store {
         } else {
             match transition_in(
                 &mut tx,
+                &self.events,
                 order_id,
                 (Active, Released),
                 ANY_DEADLINE,
@@ -270,6 +296,7 @@ impl Store {
                 None => {
                     transition_in(
                         &mut tx,
+                        &self.events,
                         order_id,
                         (Committed, Returned),
                         ANY_DEADLINE,
@@ -281,6 +308,7 @@ impl Store {
         };
         tx.commit().await?;
         if let Some(moved) = moved {
+            self.events.committed();
             return Ok(moved);
         }
         self.reservation(order_id)
@@ -374,6 +402,7 @@ impl Store {
 /// it): nothing written.
 async fn transition_in(
     conn: &mut AnyConnection,
+    events: &Publisher,
     order_id: &str,
     (from, to): (ReservationStatus, ReservationStatus),
     (expiring_after, expiring_by): (i64, i64),
@@ -410,5 +439,7 @@ async fn transition_in(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(Some(moved.with_lines(lines)))
+    let moved = moved.with_lines(lines);
+    events::reservation_changed(events, conn, &moved).await?;
+    Ok(Some(moved))
 }

@@ -105,6 +105,17 @@ pub struct Advance {
     pub pricing: Option<Pricing>,
     /// Reject reason and detail (`NotRejected` and empty to clear them).
     pub reject: Option<(RejectReason, String)>,
+    /// The order event this record publishes (in the same transaction).
+    pub event: Option<OrderEvent>,
+}
+
+/// The order events a saga record publishes: the terminal ones (the order's
+/// creation is published by CreateOrder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEvent {
+    Confirmed,
+    Rejected,
+    Cancelled,
 }
 
 /// What the driver does next.
@@ -416,10 +427,17 @@ fn result_name(result: &StepResult) -> &'static str {
 }
 
 fn done_advance(status: OrderStatus) -> Advance {
+    let event = match status {
+        OrderStatus::Confirmed => Some(OrderEvent::Confirmed),
+        OrderStatus::Rejected => Some(OrderEvent::Rejected),
+        OrderStatus::Cancelled => Some(OrderEvent::Cancelled),
+        _ => None,
+    };
     Advance {
         state: Some(SagaState::Done),
         step: Some(Step::Finish),
         order_status: Some(status),
+        event,
         ..Advance::default()
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use ordermesh_runtime::clock;
 
-use super::plan::{self, Advance, Decision, StepResult};
+use super::plan::{self, Advance, Decision, OrderEvent, StepResult};
 use super::steps::Steps;
 use super::{CrashPoint, SagaConfig};
 use crate::error::Error;
@@ -422,8 +422,12 @@ impl SagaRunner {
         let order_id = driven.saga.order_id.clone();
         match decision {
             Decision::Record(advance) => {
+                let event = advance.event.map(|kind| self.order_event(driven, &advance, kind));
                 let (until, valid_until) = self.new_lease();
-                match store.advance(&order_id, self.owner(), until, &advance).await {
+                match store
+                    .advance(&order_id, self.owner(), until, &advance, event.as_ref())
+                    .await
+                {
                     Ok(applied) => {
                         let from = driven.saga.step;
                         driven.apply(&advance, applied);
@@ -463,6 +467,50 @@ impl SagaRunner {
                 maybe_sent,
             } => self.failed_attempt(driven, &error, wait, maybe_sent).await,
             Decision::NeedsAttention { error } => self.park(driven, &error).await,
+        }
+    }
+
+    /// The order event a record publishes, from the order as the record
+    /// leaves it.
+    fn order_event(&self, driven: &Driven, advance: &Advance, kind: OrderEvent) -> ordermesh_events::Event {
+        use ordermesh_proto::common::v1::Money;
+        use ordermesh_proto::events::v1 as pb;
+        let order = &driven.order;
+        let events = self.inner.store.events();
+        let total = order
+            .total_minor
+            .map(|amount| Money::new(amount, &order.currency_code));
+        let occur_time = Some(clock::timestamp(clock::now_micros()));
+        match kind {
+            OrderEvent::Confirmed => events.event(&pb::OrderConfirmed {
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                total,
+                payment_id: advance
+                    .payment_id
+                    .clone()
+                    .unwrap_or_else(|| order.payment_id.clone()),
+                occur_time,
+            }),
+            OrderEvent::Rejected => {
+                let (reason, detail) = advance
+                    .reject
+                    .clone()
+                    .unwrap_or_else(|| (order.reject_reason, order.reject_detail.clone()));
+                events.event(&pb::OrderRejected {
+                    order_id: order.order_id.clone(),
+                    customer_id: order.customer_id.clone(),
+                    reject_reason: crate::api::reject_reason_to_pb(reason).into(),
+                    reject_detail: detail,
+                    occur_time,
+                })
+            }
+            OrderEvent::Cancelled => events.event(&pb::OrderCancelled {
+                order_id: order.order_id.clone(),
+                customer_id: order.customer_id.clone(),
+                refund: total,
+                occur_time,
+            }),
         }
     }
 

@@ -14,6 +14,8 @@
 //! - [`orders`]: creating an order with its saga, reading and listing orders.
 //! - [`sagas`]: the saga's part of the row: leases, recording step outcomes
 //!   and failures, parking for an operator, cancel, recovery and admin reads.
+//! - [`projections`]: the timeline and confirmation notices the consumers
+//!   build from events.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
 // (one fixed SQL text per query, nothing built at run time). Defined before
@@ -35,8 +37,10 @@ macro_rules! saga_columns {
 }
 
 mod orders;
+pub mod projections;
 mod sagas;
 
+use ordermesh_events::Publisher;
 use ordermesh_runtime::db::Db;
 use ordermesh_runtime::text_enum;
 
@@ -114,6 +118,8 @@ pub struct OrderLine {
     pub sku: String,
     pub quantity: i64,
     pub unit_price_minor: Option<i64>,
+    /// The product's name when the order was placed (display only).
+    pub name: String,
 }
 
 /// An order row; its lines are read apart.
@@ -284,7 +290,16 @@ pub struct NewOrder {
     pub order_id: String,
     pub request_id: String,
     pub customer_id: String,
-    pub lines: Vec<(String, i64)>,
+    pub lines: Vec<NewLine>,
+}
+
+/// A line as ordered, with the product's display name from the catalogue
+/// cache (empty when unknown; the reservation is what prices it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLine {
+    pub sku: String,
+    pub quantity: i64,
+    pub name: String,
 }
 
 impl NewOrder {
@@ -293,8 +308,8 @@ impl NewOrder {
     /// requests look alike.
     pub fn fingerprint(&self) -> String {
         let mut out = format!("{}:{}", self.customer_id.len(), self.customer_id);
-        for (sku, quantity) in &self.lines {
-            out.push_str(&format!("|{}:{}*{quantity}", sku.len(), sku));
+        for line in &self.lines {
+            out.push_str(&format!("|{}:{}*{}", line.sku.len(), line.sku, line.quantity));
         }
         out
     }
@@ -303,28 +318,42 @@ impl NewOrder {
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Writes the order's events in the transactions that change it.
+    events: Publisher,
 }
 
 impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, events: Publisher) -> Self {
+        Self { db, events }
     }
 
     pub fn db(&self) -> &Db {
         &self.db
     }
+
+    /// The order events' publisher (to build an event a record carries).
+    pub fn events(&self) -> &Publisher {
+        &self.events
+    }
 }
 
 #[cfg(test)]
 mod fingerprint_tests {
-    use super::NewOrder;
+    use super::{NewLine, NewOrder};
 
     fn order(customer: &str, lines: &[(&str, i64)]) -> NewOrder {
         NewOrder {
             order_id: String::new(),
             request_id: String::new(),
             customer_id: customer.into(),
-            lines: lines.iter().map(|(s, q)| ((*s).into(), *q)).collect(),
+            lines: lines
+                .iter()
+                .map(|(sku, quantity)| NewLine {
+                    sku: (*sku).into(),
+                    quantity: *quantity,
+                    name: format!("name of {sku}"),
+                })
+                .collect(),
         }
     }
 
@@ -342,5 +371,9 @@ mod fingerprint_tests {
             order("c", &[("x", 1)]).fingerprint(),
             order("c", &[("x", 1)]).fingerprint()
         );
+        // The display name is not part of what makes two requests the same.
+        let mut renamed = order("c", &[("x", 1)]);
+        renamed.lines[0].name = "a new name".into();
+        assert_eq!(renamed.fingerprint(), order("c", &[("x", 1)]).fingerprint());
     }
 }

@@ -24,6 +24,7 @@ struct PageLine {
     sku: String,
     quantity: i64,
     unit_price_minor: Option<i64>,
+    name: String,
 }
 
 impl Store {
@@ -74,16 +75,38 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        for (line_no, (sku, quantity)) in new.lines.iter().enumerate() {
-            sqlx::query("INSERT INTO order_lines (order_id, line_no, sku, quantity) VALUES ($1, $2, $3, $4)")
-                .bind(&new.order_id)
-                .bind(line_no as i64)
-                .bind(sku)
-                .bind(*quantity)
-                .execute(&mut *tx)
-                .await?;
+        for (line_no, line) in new.lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO order_lines (order_id, line_no, sku, quantity, name) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&new.order_id)
+            .bind(line_no as i64)
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .bind(&line.name)
+            .execute(&mut *tx)
+            .await?;
         }
+        self.events
+            .add(
+                &mut tx,
+                &ordermesh_proto::events::v1::OrderCreated {
+                    order_id: new.order_id.clone(),
+                    customer_id: new.customer_id.clone(),
+                    lines: new
+                        .lines
+                        .iter()
+                        .map(|line| ordermesh_proto::events::v1::OrderedLine {
+                            sku: line.sku.clone(),
+                            quantity: line.quantity,
+                        })
+                        .collect(),
+                    occur_time: Some(clock::timestamp(now)),
+                },
+            )
+            .await?;
         tx.commit().await?;
+        self.events.committed();
         let order = Order {
             order_id: new.order_id.clone(),
             request_id: new.request_id.clone(),
@@ -92,10 +115,11 @@ impl Store {
             lines: new
                 .lines
                 .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: sku.clone(),
-                    quantity: *quantity,
+                .map(|line| OrderLine {
+                    sku: line.sku.clone(),
+                    quantity: line.quantity,
                     unit_price_minor: None,
+                    name: line.name.clone(),
                 })
                 .collect(),
             total_minor: None,
@@ -143,7 +167,7 @@ impl Store {
 
     pub(super) async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, Error> {
         Ok(sqlx::query_as::<_, OrderLine>(
-            "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
+            "SELECT sku, quantity, unit_price_minor, name FROM order_lines WHERE order_id = $1 ORDER BY line_no",
         )
         .bind(order_id)
         .fetch_all(&self.db.read)
@@ -196,7 +220,7 @@ impl Store {
         }
         // The same page, as a subquery: one fixed statement for any page size.
         let lines = sqlx::query_as::<_, PageLine>(
-            "SELECT order_id, sku, quantity, unit_price_minor FROM order_lines WHERE order_id IN (
+            "SELECT order_id, sku, quantity, unit_price_minor, name FROM order_lines WHERE order_id IN (
                 SELECT order_id FROM orders WHERE ($1 = '' OR customer_id = $1)
                   AND (create_time < $2 OR (create_time = $2 AND order_id < $3))
                 ORDER BY create_time DESC, order_id DESC LIMIT $4)
@@ -215,6 +239,7 @@ impl Store {
                 sku: line.sku,
                 quantity: line.quantity,
                 unit_price_minor: line.unit_price_minor,
+                name: line.name,
             });
         }
         Ok(rows

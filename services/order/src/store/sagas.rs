@@ -9,6 +9,7 @@
 
 use ordermesh_runtime::clock;
 
+use ordermesh_events::Event;
 use sqlx::FromRow;
 
 use super::{Order, OrderRow, OrderStatus, Saga, SagaKind, SagaRow, SagaState, Step, Store};
@@ -181,14 +182,16 @@ impl Store {
 
     /// Records a step's outcome and starts the next step, atomically with
     /// the order's change, and renews the lease: one UPDATE of the order's
-    /// row, fenced on the lease (plus the lines' prices when a reservation
-    /// priced them, in the same transaction).
+    /// row, fenced on the lease (plus, in the same transaction, the lines'
+    /// prices when a reservation priced them and the order's event when the
+    /// record publishes one).
     pub async fn advance(
         &self,
         order_id: &str,
         owner: &str,
         lease_until: i64,
         advance: &Advance,
+        event: Option<&Event>,
     ) -> Result<Applied, AdvanceError> {
         let now = clock::now_micros();
         let (reject_reason, reject_detail) = match &advance.reject {
@@ -236,9 +239,9 @@ impl Store {
                 })
             })
         };
-        let Some(pricing) = pricing else {
+        if pricing.is_none() && event.is_none() {
             return fenced(record.fetch_optional(&self.db.write).await?);
-        };
+        }
         let mut tx = self.db.write.begin().await?;
         let applied = match fenced(record.fetch_optional(&mut *tx).await?) {
             Ok(applied) => applied,
@@ -247,7 +250,7 @@ impl Store {
                 return Err(lost);
             }
         };
-        for (line_no, price) in pricing.unit_prices.iter().enumerate() {
+        for (line_no, price) in pricing.iter().flat_map(|p| p.unit_prices.iter()).enumerate() {
             sqlx::query("UPDATE order_lines SET unit_price_minor = $1 WHERE order_id = $2 AND line_no = $3")
                 .bind(*price)
                 .bind(order_id)
@@ -255,7 +258,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(event) = event {
+            self.events.insert(&mut tx, event).await.map_err(Error::from)?;
+        }
         tx.commit().await?;
+        if event.is_some() {
+            self.events.committed();
+        }
         Ok(applied)
     }
 

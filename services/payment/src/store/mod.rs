@@ -44,6 +44,7 @@ mod tests;
 
 use std::time::Duration;
 
+use ordermesh_events::Publisher;
 use ordermesh_runtime::db::Db;
 use ordermesh_runtime::text_enum;
 
@@ -189,11 +190,13 @@ pub struct Store {
     db: Db,
     /// How long an uncaptured authorization holds its amount.
     hold: Duration,
+    /// Writes each movement's event in the movement's transaction.
+    events: Publisher,
 }
 
 impl Store {
-    pub fn new(db: Db, hold: Duration) -> Self {
-        Self { db, hold }
+    pub fn new(db: Db, hold: Duration, events: Publisher) -> Self {
+        Self { db, hold, events }
     }
 
     pub fn db(&self) -> &Db {

@@ -12,6 +12,8 @@
 
 use sqlx::AnyConnection;
 
+use ordermesh_events::{Event, Publisher};
+use ordermesh_proto::events::v1 as pb;
 use ordermesh_runtime::{clock, db};
 
 use super::{
@@ -316,8 +318,11 @@ impl Store {
                 now,
             )
             .await?;
+            let event = event_of(&self.events, Happened::Authorized, &payment);
+            self.events.insert(&mut tx, &event).await?;
         }
         tx.commit().await?;
+        self.events.committed();
         Ok(payment)
     }
 
@@ -432,8 +437,9 @@ impl Store {
                 }
             }
         }
-        if let Some(moved) = move_payment(&mut tx, op, payment_id).await? {
+        if let Some(moved) = move_payment(&mut tx, &self.events, op, payment_id).await? {
             tx.commit().await?;
+            self.events.committed();
             return Ok(moved);
         }
         tx.rollback().await?;
@@ -467,9 +473,10 @@ impl Store {
     /// key; the payment when it moved.
     async fn transition(&self, op: Operation, payment_id: &str) -> Result<Option<Payment>, Error> {
         let mut tx = self.db.write.begin().await?;
-        let moved = move_payment(&mut tx, op, payment_id).await?;
+        let moved = move_payment(&mut tx, &self.events, op, payment_id).await?;
         if moved.is_some() {
             tx.commit().await?;
+            self.events.committed();
         } else {
             tx.rollback().await?;
         }
@@ -506,12 +513,13 @@ impl Store {
     }
 }
 
-/// The conditional status change of `op` with its balance change and ledger
-/// pair, on an open transaction; the payment as moved. `None` when the
-/// payment was not in `op`'s from-status (or outside its hold bounds):
+/// The conditional status change of `op` with its balance change, ledger
+/// pair and event, on an open transaction; the payment as moved. `None` when
+/// the payment was not in `op`'s from-status (or outside its hold bounds):
 /// nothing was written.
 async fn move_payment(
     conn: &mut AnyConnection,
+    events: &Publisher,
     op: Operation,
     payment_id: &str,
 ) -> Result<Option<Payment>, Error> {
@@ -556,5 +564,67 @@ async fn move_payment(
         now,
     )
     .await?;
+    events.insert(conn, &event_of(events, op.into(), &moved)).await?;
     Ok(Some(moved))
+}
+
+/// What happened to a payment, for its event.
+#[derive(Debug, Clone, Copy)]
+enum Happened {
+    Authorized,
+    Captured,
+    Voided,
+    Refunded,
+}
+
+impl From<Operation> for Happened {
+    fn from(op: Operation) -> Self {
+        match op {
+            Operation::Capture => Happened::Captured,
+            Operation::Void | Operation::Expire => Happened::Voided,
+            Operation::Refund => Happened::Refunded,
+        }
+    }
+}
+
+/// The event of a payment's movement (the order it pays is its reference).
+fn event_of(events: &Publisher, happened: Happened, payment: &Payment) -> Event {
+    let payment_id = payment.payment_id.clone();
+    let order_id = payment.reference.clone();
+    let account_id = payment.account_id.clone();
+    let amount = Some(ordermesh_proto::common::v1::Money::new(
+        payment.amount_minor,
+        &payment.currency_code,
+    ));
+    let occur_time = Some(clock::timestamp(payment.update_time));
+    match happened {
+        Happened::Authorized => events.event(&pb::PaymentAuthorized {
+            payment_id,
+            order_id,
+            account_id,
+            amount,
+            occur_time,
+        }),
+        Happened::Captured => events.event(&pb::PaymentCaptured {
+            payment_id,
+            order_id,
+            account_id,
+            amount,
+            occur_time,
+        }),
+        Happened::Voided => events.event(&pb::PaymentVoided {
+            payment_id,
+            order_id,
+            account_id,
+            amount,
+            occur_time,
+        }),
+        Happened::Refunded => events.event(&pb::PaymentRefunded {
+            payment_id,
+            order_id,
+            account_id,
+            amount,
+            occur_time,
+        }),
+    }
 }

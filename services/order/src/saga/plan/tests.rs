@@ -644,6 +644,16 @@ fn every_combination_decides_and_keeps_the_saga_promises() {
                         );
                         assert_eq!(saga.kind, SagaKind::Place, "{case}");
                     }
+                    // A terminal record publishes the matching event, and
+                    // only a terminal record publishes one.
+                    let expected_event = match a.order_status {
+                        Some(OrderStatus::Confirmed) => Some(OrderEvent::Confirmed),
+                        Some(OrderStatus::Rejected) => Some(OrderEvent::Rejected),
+                        Some(OrderStatus::Cancelled) => Some(OrderEvent::Cancelled),
+                        _ => None,
+                    };
+                    assert_eq!(a.event, expected_event, "{case}");
+                    assert_eq!(a.event.is_some(), a.state == Some(SagaState::Done), "{case}");
                     // Cancels end cancelled, placements confirmed or rejected.
                     if a.state == Some(SagaState::Done) {
                         let want: &[OrderStatus] = match (saga.kind, saga.state) {

@@ -1,0 +1,171 @@
+//! The events inventory publishes, built from what a change wrote and
+//! written in the change's own transaction (the outbox; see
+//! `ordermesh_events::outbox`).
+//!
+//! StockLow fires when a change takes a SKU's available stock from at or
+//! above its threshold to below it: one alert per crossing, not one per
+//! order while stock stays low.
+
+use sqlx::AnyConnection;
+
+use ordermesh_events::Publisher;
+use ordermesh_proto::common::v1::Money;
+use ordermesh_proto::events::v1 as pb;
+use ordermesh_runtime::clock;
+
+use super::{Item, Reservation, ReservationStatus};
+use crate::error::Error;
+
+fn lines(reservation: &Reservation) -> Vec<pb::StockLine> {
+    reservation
+        .lines
+        .iter()
+        .map(|line| pb::StockLine {
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            unit_price: Some(Money::new(line.unit_price_minor, &reservation.currency_code)),
+        })
+        .collect()
+}
+
+/// The event of a reservation's change: reserved, committed, or released
+/// (released, returned or expired).
+pub(super) async fn reservation_changed(
+    events: &Publisher,
+    conn: &mut AnyConnection,
+    reservation: &Reservation,
+) -> Result<(), Error> {
+    use ReservationStatus::*;
+    let order_id = reservation.order_id.clone();
+    let occur_time = Some(clock::timestamp(reservation.update_time));
+    let released = |cause: pb::ReleaseCause| pb::StockReleased {
+        order_id: order_id.clone(),
+        lines: lines(reservation),
+        cause: cause.into(),
+        occur_time,
+    };
+    match reservation.status {
+        Active => {
+            events
+                .add(
+                    conn,
+                    &pb::StockReserved {
+                        order_id: order_id.clone(),
+                        lines: lines(reservation),
+                        expire_time: Some(clock::timestamp(reservation.expire_time)),
+                        occur_time,
+                    },
+                )
+                .await?
+        }
+        Committed => {
+            events
+                .add(
+                    conn,
+                    &pb::StockCommitted {
+                        order_id: order_id.clone(),
+                        lines: lines(reservation),
+                        occur_time,
+                    },
+                )
+                .await?
+        }
+        Released => events.add(conn, &released(pb::ReleaseCause::Released)).await?,
+        Returned => events.add(conn, &released(pb::ReleaseCause::Returned)).await?,
+        Expired => events.add(conn, &released(pb::ReleaseCause::Expired)).await?,
+    }
+    Ok(())
+}
+
+/// True when taking `taken` units left `available` below `threshold` from
+/// at or above it.
+pub(super) fn crossed_low(available: i64, taken: i64, threshold: i64) -> bool {
+    threshold > 0 && available < threshold && available.saturating_add(taken) >= threshold
+}
+
+/// StockLow for a SKU that just crossed its threshold (`order_id` empty
+/// for an adjustment).
+pub(super) async fn stock_low(
+    events: &Publisher,
+    conn: &mut AnyConnection,
+    (sku, available, threshold): (&str, i64, i64),
+    order_id: &str,
+    now: i64,
+) -> Result<(), Error> {
+    events
+        .add(
+            conn,
+            &pb::StockLow {
+                sku: sku.into(),
+                available,
+                threshold,
+                order_id: order_id.into(),
+                occur_time: Some(clock::timestamp(now)),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn adjusted(
+    events: &Publisher,
+    conn: &mut AnyConnection,
+    item: &Item,
+    (delta, request_id): (i64, &str),
+) -> Result<(), Error> {
+    events
+        .add(
+            conn,
+            &pb::StockAdjusted {
+                sku: item.sku.clone(),
+                request_id: request_id.into(),
+                delta,
+                available: item.available,
+                occur_time: Some(clock::timestamp(item.update_time)),
+            },
+        )
+        .await?;
+    if crossed_low(item.available, -delta, item.low_stock_threshold) {
+        stock_low(
+            events,
+            conn,
+            (&item.sku, item.available, item.low_stock_threshold),
+            "",
+            item.update_time,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn product_updated(events: &Publisher, conn: &mut AnyConnection, item: &Item) -> Result<(), Error> {
+    events
+        .add(
+            conn,
+            &pb::ProductUpdated {
+                sku: item.sku.clone(),
+                name: item.name.clone(),
+                unit_price: Some(Money::new(item.unit_price_minor, &item.currency_code)),
+                occur_time: Some(clock::timestamp(item.update_time)),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crossed_low;
+
+    #[test]
+    fn stock_low_fires_once_per_crossing() {
+        // Threshold 5: from 6 to 4 crosses; from 4 to 3 does not (already low).
+        assert!(crossed_low(4, 2, 5));
+        assert!(crossed_low(4, 1, 5), "from exactly 5 to 4");
+        assert!(!crossed_low(3, 1, 5), "already below");
+        assert!(!crossed_low(5, 1, 5), "still at the threshold");
+        assert!(!crossed_low(0, 1, 0), "threshold 0: never");
+        // A restock (negative take) never crosses downwards.
+        assert!(!crossed_low(10, -6, 5));
+    }
+}

@@ -1,0 +1,77 @@
+//! What every ordermesh service does with events, in one place: relay its
+//! outbox to the bus, hand its store a [`Publisher`], run its consumers,
+//! serve `EventAdminService` (so `ordermesh events tail` works against any
+//! service's port), and stop all of it on shutdown.
+
+use sqlx::AnyPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::EventAdmin;
+use crate::{Bus, ConsumerConfig, Handler, Publisher, Relay, RelayConfig};
+use ordermesh_proto::events::v1::event_admin_service_server::EventAdminServiceServer;
+
+/// A service's running event plumbing.
+pub struct ServiceEvents {
+    bus: Bus,
+    relay: Relay,
+    publisher: Publisher,
+    stop: watch::Sender<bool>,
+    consumers: Vec<JoinHandle<()>>,
+}
+
+impl ServiceEvents {
+    /// Starts relaying the outbox in `pool` (the service's write pool) to
+    /// `bus`; `source` is the service's CloudEvents source, e.g.
+    /// `/ordermesh/order`. Needs a tokio runtime.
+    pub fn start(source: &str, pool: AnyPool, bus: Bus) -> Self {
+        let relay = Relay::spawn(pool, bus.clone(), RelayConfig::default());
+        let publisher = Publisher::new(crate::Outbox::new(source), relay.notifier());
+        Self {
+            bus,
+            relay,
+            publisher,
+            stop: watch::channel(false).0,
+            consumers: Vec::new(),
+        }
+    }
+
+    /// Runs `handler` on `config`'s durable consumer until shutdown.
+    pub fn consume<H: Handler>(&mut self, config: ConsumerConfig, handler: H) {
+        let mut stop = self.stop.subscribe();
+        let bus = self.bus.clone();
+        self.consumers.push(tokio::spawn(async move {
+            let name = config.name.clone();
+            let stopped = async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = crate::worker::run(bus, config, handler, stopped).await {
+                tracing::error!(consumer = %name, error = %e, "consumer stopped");
+            }
+        }));
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The `EventAdminService` over this service's bus.
+    pub fn admin(&self) -> EventAdminServiceServer<EventAdmin> {
+        EventAdmin::new(self.bus.clone()).into_server()
+    }
+
+    /// Stops the consumers (between deliveries) and the relay after its
+    /// current round; rows not yet published are published by the next
+    /// process, deliveries not yet acked are redelivered.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for consumer in self.consumers {
+            let _ = consumer.await;
+        }
+        self.relay.shutdown().await;
+    }
+}
