@@ -22,19 +22,14 @@ pub struct EventArgs {
 }
 
 impl EventArgs {
-    /// The bus: JetStream at the URL (its streams created or updated), or a
-    /// fresh in-process broker.
+    /// The bus: JetStream at the URL, or a fresh in-process broker (each
+    /// service creates the streams it needs when it starts).
     pub async fn bus(&self) -> anyhow::Result<ordermesh_events::Bus> {
         use anyhow::Context;
         let settings = ordermesh_events::BusSettings::default();
-        let bus = ordermesh_events::Bus::from_url(self.nats_url.as_deref(), settings)
+        ordermesh_events::Bus::from_url(self.nats_url.as_deref(), settings)
             .await
-            .context("events bus (--nats-url / ORDERMESH_NATS_URL)")?;
-        if let Err(e) = bus.ensure_streams().await {
-            // NATS may still be starting: consumers and the relay retry.
-            tracing::warn!(error = %e, "cannot create the event streams yet; they are retried");
-        }
-        Ok(bus)
+            .context("events bus (--nats-url / ORDERMESH_NATS_URL)")
     }
 }
 

@@ -26,6 +26,7 @@ pub mod proxy;
 use std::time::Duration;
 
 pub use mesh::{Mesh, OrderProcess};
+pub use ordermesh_events::testing::NatsServer;
 pub use ordermesh_mesh::policy::Policy;
 pub use ordermesh_order::{CrashPoint, Pause, SagaConfig};
 
@@ -56,6 +57,47 @@ macro_rules! both_backends {
                     super::$scenario($crate::Backend::Postgres).await;
                 }
             )+
+        }
+    };
+}
+
+/// Which event bus a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    /// The in-process broker the services share (as in `ordermesh up`).
+    Memory,
+    /// A real `nats-server -js` started for the test.
+    Nats,
+}
+
+/// Generates one `#[tokio::test]` per bus and backend from an async scenario
+/// `fn(BusKind, Backend)`.
+#[macro_export]
+macro_rules! per_bus_and_backend {
+    ($($scenario:ident),+ $(,)?) => {
+        mod memory_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario($crate::BusKind::Memory, $crate::Backend::Sqlite).await;
+            })+
+        }
+        mod memory_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario($crate::BusKind::Memory, $crate::Backend::Postgres).await;
+            })+
+        }
+        mod nats_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario($crate::BusKind::Nats, $crate::Backend::Sqlite).await;
+            })+
+        }
+        mod nats_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                super::$scenario($crate::BusKind::Nats, $crate::Backend::Postgres).await;
+            })+
         }
     };
 }

@@ -135,7 +135,7 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
         });
     }
     let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
-    let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone());
+    let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone()).await;
     let store = Store::new(db.clone(), events.publisher().clone());
     // The timeline follows all three streams; the notifier, confirmations.
     for (name, context) in projections::TIMELINE_CONSUMERS {

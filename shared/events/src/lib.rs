@@ -25,6 +25,7 @@
 //! - [`admin`]: the `EventAdminService` gRPC server.
 //! - [`service`]: the plumbing every service starts (relay, publisher, admin).
 //! - [`json`]: events as JSON (by `ce-type`, through prost-reflect).
+//! - [`testing`]: a real nats-server for tests and benches.
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod kind;
 pub mod outbox;
 pub mod relay;
 pub mod service;
+pub mod testing;
 pub mod worker;
 
 pub use bus::{Bus, DeadLetter, Delivery, Published};

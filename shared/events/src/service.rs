@@ -21,10 +21,15 @@ pub struct ServiceEvents {
 }
 
 impl ServiceEvents {
-    /// Starts relaying the outbox in `pool` (the service's write pool) to
-    /// `bus`; `source` is the service's CloudEvents source, e.g.
-    /// `/ordermesh/order`. Needs a tokio runtime.
-    pub fn start(source: &str, pool: AnyPool, bus: Bus) -> Self {
+    /// Creates (or updates) the event streams, then starts relaying the
+    /// outbox in `pool` (the service's write pool) to `bus`; `source` is the
+    /// service's CloudEvents source, e.g. `/ordermesh/order`. NATS being down
+    /// does not stop the service: the relay and consumers retry, and create
+    /// the streams when it is back.
+    pub async fn start(source: &str, pool: AnyPool, bus: Bus) -> Self {
+        if let Err(e) = bus.ensure_streams().await {
+            tracing::warn!(error = %e, "cannot create the event streams yet; retried when NATS answers");
+        }
         let relay = Relay::spawn(pool, bus.clone(), RelayConfig::default());
         let publisher = Publisher::new(crate::Outbox::new(source), relay.notifier());
         Self {
