@@ -43,6 +43,9 @@ pub struct Cluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     pub backend: Backend,
+    /// Events over NATS JetStream at this URL, else each process's own
+    /// in-process broker.
+    nats_url: Option<String>,
     databases: HashMap<&'static str, String>,
     ports: HashMap<&'static str, u16>,
     children: HashMap<&'static str, Child>,
@@ -70,6 +73,16 @@ impl Cluster {
     /// freezing at `order_crash_at`, if given); `None` when the backend is
     /// unavailable outside CI (the test then passes as skipped).
     pub async fn start(bin: &Path, backend: Backend, order_crash_at: Option<&str>) -> Option<Cluster> {
+        Self::start_with_nats(bin, backend, order_crash_at, None).await
+    }
+
+    /// [`Cluster::start`], with every process's events on NATS at `nats_url`.
+    pub async fn start_with_nats(
+        bin: &Path,
+        backend: Backend,
+        order_crash_at: Option<&str>,
+        nats_url: Option<&str>,
+    ) -> Option<Cluster> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut databases = HashMap::new();
         for service in SERVICES {
@@ -86,6 +99,7 @@ impl Cluster {
             bin: bin.to_owned(),
             dir,
             backend,
+            nats_url: nats_url.map(str::to_owned),
             databases,
             ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
             children: HashMap::new(),
@@ -132,6 +146,9 @@ impl Cluster {
             if key.starts_with("ORDERMESH_") {
                 command.env_remove(key);
             }
+        }
+        if let Some(url) = &self.nats_url {
+            command.env("ORDERMESH_NATS_URL", url);
         }
         match service {
             "order" => {
