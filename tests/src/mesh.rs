@@ -272,7 +272,10 @@ impl Mesh {
     pub async fn start_order_replica(&self, saga: SagaConfig) -> OrderProcess {
         OrderProcess::start(
             &self.order_db,
-            (&format!("http://{}", self.inventory_addr), &self.payment_url_for_order),
+            (
+                &format!("http://{}", self.inventory_addr),
+                &self.payment_url_for_order,
+            ),
             saga,
             (self.options.policy.clone(), self.bus.clone()),
         )
@@ -309,7 +312,8 @@ impl Mesh {
         let listener = TcpListener::bind(self.inventory_addr)
             .await
             .expect("rebind the inventory port");
-        let (store, running) = spawn_inventory(&self.inventory_db, (&self.options, &self.bus), listener).await;
+        let (store, running) =
+            spawn_inventory(&self.inventory_db, (&self.options, &self.bus), listener).await;
         self.inventory_store = store;
         self.services.push(("inventory", running));
     }

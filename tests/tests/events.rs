@@ -119,21 +119,35 @@ async fn an_orders_events_arrive_and_build_its_timeline(bus: BusKind, backend: B
     assert_eq!(payload.payment_id, order.payment_id);
     assert!(confirmed.time_us > 0);
     let headers = confirmed.headers();
-    for header in ["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject"] {
+    for header in [
+        "ce-specversion",
+        "ce-id",
+        "ce-source",
+        "ce-type",
+        "ce-time",
+        "ce-subject",
+    ] {
         assert!(headers.get(header).is_some(), "{header} in {headers:?}");
     }
 
     // The timeline: the same six (plus nothing twice), in occurrence order.
-    let entries = eventually(Duration::from_secs(15), "the timeline has all six events", async || {
-        let entries = timeline(&mesh, &order.order_id).await;
-        (entries.len() >= 6).then_some(entries)
-    })
+    let entries = eventually(
+        Duration::from_secs(15),
+        "the timeline has all six events",
+        async || {
+            let entries = timeline(&mesh, &order.order_id).await;
+            (entries.len() >= 6).then_some(entries)
+        },
+    )
     .await;
     let times: Vec<i64> = entries
         .iter()
         .map(|e| ordermesh_runtime::clock::micros_of(e.occur_time.as_ref().expect("time")))
         .collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "occurrence order: {entries:#?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "occurrence order: {entries:#?}"
+    );
     let ids: BTreeSet<&str> = entries.iter().map(|e| e.event_id.as_str()).collect();
     assert_eq!(ids.len(), entries.len(), "each event once");
     let sources: BTreeSet<&str> = entries.iter().map(|e| e.source.as_str()).collect();
@@ -149,7 +163,9 @@ async fn an_orders_events_arrive_and_build_its_timeline(bus: BusKind, backend: B
         Some(type_of::<events_pb::OrderConfirmed>())
     );
     assert!(
-        entries.iter().any(|e| e.summary.contains("stock reserved: 2 x KB-001")),
+        entries
+            .iter()
+            .any(|e| e.summary.contains("stock reserved: 2 x KB-001")),
         "{entries:#?}"
     );
 
@@ -172,10 +188,14 @@ async fn an_orders_events_arrive_and_build_its_timeline(bus: BusKind, backend: B
     .await;
     // The republished copy went through the notifier after the first; once
     // the timeline shows it, the notifier has had it too.
-    eventually(Duration::from_secs(10), "the republished copy is consumed", async || {
-        let entries = timeline(&mesh, &order.order_id).await;
-        entries.iter().any(|e| e.event_id == again.id).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the republished copy is consumed",
+        async || {
+            let entries = timeline(&mesh, &order.order_id).await;
+            entries.iter().any(|e| e.event_id == again.id).then_some(())
+        },
+    )
     .await;
     let notices_after = admin
         .list_confirmation_notices(order_pb::ListConfirmationNoticesRequest::default())
@@ -217,7 +237,12 @@ async fn low_stock_raises_one_restock_alert(bus: BusKind, backend: Backend) {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let alert = &alerts[0];
     assert_eq!(
-        (alert.sku.as_str(), alert.available, alert.threshold, alert.order_id.as_str()),
+        (
+            alert.sku.as_str(),
+            alert.available,
+            alert.threshold,
+            alert.order_id.as_str()
+        ),
         (LAMP, 0, 1, created.order_id.as_str())
     );
     // A cable order stays above its threshold: no alert.
@@ -226,9 +251,11 @@ async fn low_stock_raises_one_restock_alert(bus: BusKind, backend: Backend) {
         .await
         .expect("created");
     mesh.wait_terminal(&cable.order_id).await;
-    eventually(Duration::from_secs(10), "the cable order's timeline", async || {
-        (timeline(&mesh, &cable.order_id).await.len() >= 6).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the cable order's timeline",
+        async || (timeline(&mesh, &cable.order_id).await.len() >= 6).then_some(()),
+    )
     .await;
     let after = inventory
         .list_restock_alerts(inventory_pb::ListRestockAlertsRequest::default())
@@ -267,14 +294,18 @@ async fn a_product_update_reaches_the_catalogue_cache(bus: BusKind, backend: Bac
         .expect("item");
     assert_eq!(updated.name, "Mechanical keyboard, second edition");
     let mut attempt = 0;
-    let renamed = eventually(Duration::from_secs(10), "the new name on a new order", async || {
-        attempt += 1;
-        let order = mesh
-            .create_order(&format!("named-{attempt}"), "alice", &[(KEYBOARD, 1)])
-            .await
-            .expect("created");
-        (order.lines[0].name == "Mechanical keyboard, second edition").then_some(order)
-    })
+    let renamed = eventually(
+        Duration::from_secs(10),
+        "the new name on a new order",
+        async || {
+            attempt += 1;
+            let order = mesh
+                .create_order(&format!("named-{attempt}"), "alice", &[(KEYBOARD, 1)])
+                .await
+                .expect("created");
+            (order.lines[0].name == "Mechanical keyboard, second edition").then_some(order)
+        },
+    )
     .await;
     let (_, renamed) = mesh.wait_terminal(&renamed.order_id).await;
     assert_eq!(
@@ -293,7 +324,11 @@ async fn a_product_update_reaches_the_catalogue_cache(bus: BusKind, backend: Bac
         .await
         .expect_err("invalid");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    for field in ["unit_price.amount_minor", "unit_price.currency_code", "low_stock_threshold"] {
+    for field in [
+        "unit_price.amount_minor",
+        "unit_price.currency_code",
+        "low_stock_threshold",
+    ] {
         assert!(err.message().contains(field), "{field}: {}", err.message());
     }
     mesh.shutdown().await;
@@ -329,10 +364,14 @@ async fn events_written_while_nats_is_down_arrive_once_it_is_back(backend: Backe
     }
     nats.restart().await;
     for order_id in &ids {
-        let entries = eventually(Duration::from_secs(30), "the order's events after NATS returned", async || {
-            let entries = timeline(&mesh, order_id).await;
-            (entries.len() >= 6).then_some(entries)
-        })
+        let entries = eventually(
+            Duration::from_secs(30),
+            "the order's events after NATS returned",
+            async || {
+                let entries = timeline(&mesh, order_id).await;
+                (entries.len() >= 6).then_some(entries)
+            },
+        )
         .await;
         assert_eq!(entries.len(), 6, "each event once: {entries:#?}");
     }
@@ -341,11 +380,15 @@ async fn events_written_while_nats_is_down_arrive_once_it_is_back(backend: Backe
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let jetstream = async_nats::jetstream::new(client);
     for stream in ["ORDERS", "INVENTORY", "PAYMENTS"] {
-        let messages = eventually(Duration::from_secs(10), "the stream's count settles", async || {
-            let mut info = jetstream.get_stream(stream).await.ok()?;
-            let messages = info.info().await.ok()?.state.messages;
-            (messages >= 10).then_some(messages)
-        })
+        let messages = eventually(
+            Duration::from_secs(10),
+            "the stream's count settles",
+            async || {
+                let mut info = jetstream.get_stream(stream).await.ok()?;
+                let messages = info.info().await.ok()?.state.messages;
+                (messages >= 10).then_some(messages)
+            },
+        )
         .await;
         assert_eq!(messages, 10, "{stream}: every event once");
     }

@@ -264,7 +264,10 @@ impl InventoryService for InventoryApi {
             v.add("low_stock_threshold", "must be at least 0");
         }
         if request.name.is_none() && request.unit_price.is_none() && request.low_stock_threshold.is_none() {
-            v.add("name", "set at least one of name, unit_price, low_stock_threshold");
+            v.add(
+                "name",
+                "set at least one of name, unit_price, low_stock_threshold",
+            );
         }
         v.into_result()?;
         let update = store::ProductUpdate {

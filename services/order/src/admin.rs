@@ -115,7 +115,10 @@ impl OrderAdminService for OrderAdmin {
     ) -> Result<Response<pb::ListConfirmationNoticesResponse>, Status> {
         let request = request.into_inner();
         if request.customer_id.len() > ordermesh_runtime::validate::MAX_ID_LEN {
-            return Err(ordermesh_runtime::validate::invalid_field("customer_id", "is too long"));
+            return Err(ordermesh_runtime::validate::invalid_field(
+                "customer_id",
+                "is too long",
+            ));
         }
         let size = paging::page_size(request.page_size)?;
         let before = paging::decode_time_id(&request.page_token)?;

@@ -380,7 +380,9 @@ impl OrderService for OrderApi {
                 use base64::Engine;
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(entry.payload.as_bytes())
-                    .map_err(|e| crate::Error::Corrupt(format!("timeline payload of {}: {e}", entry.event_id)))?;
+                    .map_err(|e| {
+                        crate::Error::Corrupt(format!("timeline payload of {}: {e}", entry.event_id))
+                    })?;
                 Ok(pb::TimelineEntry {
                     occur_time: Some(clock::timestamp(entry.occur_time)),
                     event_id: entry.event_id,

@@ -31,7 +31,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use ordermesh_events::{BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents};
+use ordermesh_events::{
+    BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents,
+};
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use ordermesh_proto::events::v1::OrderConfirmed;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -232,11 +234,12 @@ impl Service {
             self.mesh.flags().clone(),
         );
         let max = self.settings.max_request_bytes();
-        let routes = Routes::new(OrderServiceServer::new(api).max_decoding_message_size(max)).add_service(
-            OrderAdminServiceServer::new(admin::OrderAdmin::new(self.store.clone(), self.runner.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(self.events.admin());
+        let routes = Routes::new(OrderServiceServer::new(api).max_decoding_message_size(max))
+            .add_service(
+                OrderAdminServiceServer::new(admin::OrderAdmin::new(self.store.clone(), self.runner.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(self.events.admin());
         let db = self.store.db().clone();
         let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
         let result = serve(routes, db, listener, options, shutdown).await;

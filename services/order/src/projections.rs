@@ -64,18 +64,35 @@ pub fn describe(event: &Event) -> Result<Option<(String, String)>, HandlerError>
     }
     let described = if is!(pb::OrderCreated) {
         let e: pb::OrderCreated = event.decode().map_err(undecodable)?;
-        let ordered: Vec<String> = e.lines.iter().map(|l| format!("{} x {}", l.quantity, l.sku)).collect();
+        let ordered: Vec<String> = e
+            .lines
+            .iter()
+            .map(|l| format!("{} x {}", l.quantity, l.sku))
+            .collect();
         (e.order_id, format!("order placed: {}", ordered.join(", ")))
     } else if is!(pb::OrderConfirmed) {
         let e: pb::OrderConfirmed = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("order confirmed: {} charged", money(e.total.as_ref())))
+        (
+            e.order_id,
+            format!("order confirmed: {} charged", money(e.total.as_ref())),
+        )
     } else if is!(pb::OrderRejected) {
         let e: pb::OrderRejected = event.decode().map_err(undecodable)?;
-        let reason = e.reject_reason().as_str_name().trim_start_matches("REJECT_REASON_").to_owned();
-        (e.order_id, format!("order rejected: {reason} ({})", e.reject_detail))
+        let reason = e
+            .reject_reason()
+            .as_str_name()
+            .trim_start_matches("REJECT_REASON_")
+            .to_owned();
+        (
+            e.order_id,
+            format!("order rejected: {reason} ({})", e.reject_detail),
+        )
     } else if is!(pb::OrderCancelled) {
         let e: pb::OrderCancelled = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("order cancelled: {} refunded", money(e.refund.as_ref())))
+        (
+            e.order_id,
+            format!("order cancelled: {} refunded", money(e.refund.as_ref())),
+        )
     } else if is!(pb::StockReserved) {
         let e: pb::StockReserved = event.decode().map_err(undecodable)?;
         (e.order_id.clone(), format!("stock reserved: {}", lines(&e.lines)))
@@ -84,8 +101,15 @@ pub fn describe(event: &Event) -> Result<Option<(String, String)>, HandlerError>
         (e.order_id.clone(), format!("stock sold: {}", lines(&e.lines)))
     } else if is!(pb::StockReleased) {
         let e: pb::StockReleased = event.decode().map_err(undecodable)?;
-        let cause = e.cause().as_str_name().trim_start_matches("RELEASE_CAUSE_").to_lowercase();
-        (e.order_id.clone(), format!("stock back ({cause}): {}", lines(&e.lines)))
+        let cause = e
+            .cause()
+            .as_str_name()
+            .trim_start_matches("RELEASE_CAUSE_")
+            .to_lowercase();
+        (
+            e.order_id.clone(),
+            format!("stock back ({cause}): {}", lines(&e.lines)),
+        )
     } else if is!(pb::StockLow) {
         let e: pb::StockLow = event.decode().map_err(undecodable)?;
         if e.order_id.is_empty() {
@@ -93,20 +117,35 @@ pub fn describe(event: &Event) -> Result<Option<(String, String)>, HandlerError>
         }
         (
             e.order_id,
-            format!("stock of {} low: {} left (threshold {})", e.sku, e.available, e.threshold),
+            format!(
+                "stock of {} low: {} left (threshold {})",
+                e.sku, e.available, e.threshold
+            ),
         )
     } else if is!(pb::PaymentAuthorized) {
         let e: pb::PaymentAuthorized = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("payment authorized: {} held", money(e.amount.as_ref())))
+        (
+            e.order_id,
+            format!("payment authorized: {} held", money(e.amount.as_ref())),
+        )
     } else if is!(pb::PaymentCaptured) {
         let e: pb::PaymentCaptured = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("payment captured: {}", money(e.amount.as_ref())))
+        (
+            e.order_id,
+            format!("payment captured: {}", money(e.amount.as_ref())),
+        )
     } else if is!(pb::PaymentVoided) {
         let e: pb::PaymentVoided = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("payment voided: {} released", money(e.amount.as_ref())))
+        (
+            e.order_id,
+            format!("payment voided: {} released", money(e.amount.as_ref())),
+        )
     } else if is!(pb::PaymentRefunded) {
         let e: pb::PaymentRefunded = event.decode().map_err(undecodable)?;
-        (e.order_id, format!("payment refunded: {}", money(e.amount.as_ref())))
+        (
+            e.order_id,
+            format!("payment refunded: {}", money(e.amount.as_ref())),
+        )
     } else {
         return Ok(None);
     };

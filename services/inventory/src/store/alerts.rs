@@ -25,7 +25,12 @@ pub struct RestockAlert {
 pub type AlertCursor = (i64, String);
 
 /// Records the alert of a StockLow event, on the consumer's transaction.
-pub async fn record(conn: &mut AnyConnection, event_id: &str, low: &pb::StockLow, now: i64) -> Result<(), Error> {
+pub async fn record(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    low: &pb::StockLow,
+    now: i64,
+) -> Result<(), Error> {
     let alert_time = low.occur_time.as_ref().map_or(now, clock::micros_of);
     sqlx::query(
         "INSERT INTO restock_alerts (event_id, sku, available, threshold, order_id, alert_time)

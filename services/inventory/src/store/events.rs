@@ -138,7 +138,11 @@ pub(super) async fn adjusted(
     Ok(())
 }
 
-pub(super) async fn product_updated(events: &Publisher, conn: &mut AnyConnection, item: &Item) -> Result<(), Error> {
+pub(super) async fn product_updated(
+    events: &Publisher,
+    conn: &mut AnyConnection,
+    item: &Item,
+) -> Result<(), Error> {
     events
         .add(
             conn,

@@ -170,7 +170,9 @@ impl Store {
         let lows: Vec<(&Line, Taken)> = reserved
             .iter()
             .flatten()
-            .filter(|(line, taken)| events::crossed_low(taken.available, line.quantity, taken.low_stock_threshold))
+            .filter(|(line, taken)| {
+                events::crossed_low(taken.available, line.quantity, taken.low_stock_threshold)
+            })
             .cloned()
             .collect();
         for (line_no, (line, taken)) in reserved.into_iter().flatten().enumerate() {
