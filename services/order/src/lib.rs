@@ -143,7 +143,7 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     for (name, context) in projections::TIMELINE_CONSUMERS {
         events.consume(
             ConsumerConfig::new(name, context),
-            Inboxed::new(db.write.clone(), name, projections::Timeline),
+            projections::Timeline::new(db.write.clone()),
         );
     }
     let mut notifier = ConsumerConfig::new(projections::NOTIFIER, BoundedContext::Orders);

@@ -6,14 +6,18 @@
 //! - the notifier: one consumer of OrderConfirmed records one notice per
 //!   confirmed order.
 //!
-//! Both record their effect in the same transaction as their inbox entry, so
-//! a redelivery (a consumer killed mid-way, an ack lost) changes nothing.
+//! A redelivery (a consumer killed mid-way, an ack lost) changes nothing:
+//! the notifier records its notice in the same transaction as its inbox
+//! entry; the timeline needs no inbox, because its one write is keyed by the
+//! event id itself (`ON CONFLICT DO NOTHING`), so it is one statement per
+//! event where an inbox would make it a transaction of three, six times per
+//! order.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sqlx::AnyConnection;
 
-use ordermesh_events::{BoundedContext, DomainEvent, Event, HandlerError, TxHandler};
+use ordermesh_events::{BoundedContext, DomainEvent, Event, Handler, HandlerError, TxHandler};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::events::v1 as pb;
 use ordermesh_runtime::clock;
@@ -153,10 +157,19 @@ pub fn describe(event: &Event) -> Result<Option<(String, String)>, HandlerError>
 }
 
 /// Appends each event about an order to its timeline.
-pub struct Timeline;
+pub struct Timeline {
+    pool: sqlx::AnyPool,
+}
 
-impl TxHandler for Timeline {
-    async fn handle(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), HandlerError> {
+impl Timeline {
+    /// Writes through `pool` (the service's write pool).
+    pub fn new(pool: sqlx::AnyPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl Handler for Timeline {
+    async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
         let Some((order_id, summary)) = describe(event)? else {
             return Ok(());
         };
@@ -169,7 +182,8 @@ impl TxHandler for Timeline {
             summary,
             payload: BASE64.encode(&event.data),
         };
-        projections::record_timeline(conn, &entry)
+        let mut conn = self.pool.acquire().await?;
+        projections::record_timeline(&mut conn, &entry)
             .await
             .map_err(|e| HandlerError::transient(e.to_string()))
     }
