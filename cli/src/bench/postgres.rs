@@ -178,7 +178,7 @@ pub async fn all_databases(admin_url: &str) -> anyhow::Result<Vec<String>> {
     let mut conn = sqlx::AnyConnection::connect(admin_url)
         .await
         .with_context(|| format!("connecting to {admin_url} (--postgres-url)"))?;
-    let rows = sqlx::query("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY datname")
+    let rows = sqlx::query("SELECT CAST(datname AS TEXT) FROM pg_database WHERE NOT datistemplate ORDER BY datname")
         .fetch_all(&mut conn)
         .await?;
     Ok(rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect())
@@ -232,7 +232,7 @@ pub async fn counters(stats_url: &str, databases: &[String], statements: bool) -
     };
     if statements {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT d.datname, s.query, CAST(SUM(s.calls) AS BIGINT)
+            "SELECT CAST(d.datname AS TEXT), s.query, CAST(SUM(s.calls) AS BIGINT)
              FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
              WHERE d.datname IN ({list}) GROUP BY d.datname, s.query"
         )))
