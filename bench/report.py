@@ -147,9 +147,18 @@ def targets(runs, suffix):
         ms = get(r(f"{setup}-c8"), "target", "start_to_healthy_ms")
         rows.append(Row(f"start to healthy, {label}", "< 1 s", ms, " ms", None if ms is None else ms < 1000))
     growth = get(r("long"), "rss_kib", "up", "growth_pct")
+    series = get(r("long"), "rss_series_kib", "series", "up") or []
+    half = None
+    if len(series) >= 4:
+        mid = series[len(series) // 2]
+        half = (series[-1] - mid) * 100.0 / mid if mid else None
     rows.append(Row("RSS growth over the long run (`up`, c=8)", "< 10 %", growth, " %",
                     None if growth is None else growth < 10,
-                    note=f"window {fmt(get(r('long'), 'window_s'), 0)} s"))
+                    note=(f"window {fmt(get(r('long'), 'window_s'), 0)} s after a "
+                          f"{fmt(get(r('long'), 'warmup_s'), 0)} s warm-up; RSS "
+                          f"{fmt(series[0] / 1024 if series else None)} MB at the load's start, "
+                          f"{fmt(series[-1] / 1024 if series else None)} MB at its end; "
+                          f"second half of the run: {fmt(half, 1)} %")))
     return rows
 
 

@@ -108,7 +108,7 @@ fn open_loop_and_watchers_on_up_report_their_own_figures() {
     assert!(number(&json, &["watch", "average_active_watchers"]) > 0.0, "{:#}", json["watch"]);
     assert!(number(&json, &["watch", "subscriptions_per_s"]) > 0.0);
     assert!(number(&json, &["watch", "phase_a_flow_only", "ordermesh_cpu_ms_per_s"]) > 0.0);
-    assert_eq!(json["watch"]["watcher_errors"], 0);
+    assert_eq!(json["watch"]["watcher_errors"], serde_json::json!({}), "{:#}", json["watch"]);
 }
 
 #[test]

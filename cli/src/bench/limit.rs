@@ -6,8 +6,8 @@
 //!   the calls the order service makes itself). An order is six calls:
 //!   the client's CreateOrder and WatchOrder, and the saga's ReserveStock,
 //!   AuthorizePayment, CapturePayment and CommitReservation.
-//! - Commit floor: a loop of `BEGIN; UPDATE one row; COMMIT` on a scratch
-//!   table through sqlx on the same backend; its CPU per commit, split into
+//! - Commit floor: eight concurrent loops of `BEGIN; UPDATE one row; COMMIT`
+//!   on a scratch table through sqlx on the same backend (a row per loop); its CPU per commit, split into
 //!   the database server's and the client's (on SQLite both are the client).
 //! - Statement floor: a loop of a one-row primary-key read (autocommit).
 //!
@@ -112,16 +112,22 @@ pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f
     let db = ordermesh_runtime::db::connect(&url, &sqlx::migrate::Migrator::DEFAULT)
         .await
         .context("connecting to the scratch database")?;
-    sqlx::raw_sql("CREATE TABLE scratch (id BIGINT PRIMARY KEY, v BIGINT NOT NULL); INSERT INTO scratch VALUES (1, 0)")
+    sqlx::raw_sql("CREATE TABLE scratch (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
         .execute(&db.write)
         .await?;
+    for id in 0..LOOPS {
+        sqlx::query("INSERT INTO scratch (id, v) VALUES ($1, 0)")
+            .bind(id)
+            .execute(&db.write)
+            .await?;
+    }
     let write = db.write.clone();
-    let (commit_client, commit_server, commits_per_s) = measure_loop(server.as_ref(), each, || {
+    let (commit_client, commit_server, commits_per_s) = measure_loops(server.as_ref(), each, move |id| {
         let write = write.clone();
         async move {
             let mut tx = write.begin().await?;
             sqlx::query("UPDATE scratch SET v = v + 1 WHERE id = $1")
-                .bind(1_i64)
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -130,11 +136,11 @@ pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f
     })
     .await?;
     let read = db.read.clone();
-    let (statement_client, statement_server, _) = measure_loop(server.as_ref(), each, || {
+    let (statement_client, statement_server, _) = measure_loops(server.as_ref(), each, move |id| {
         let read = read.clone();
         async move {
             sqlx::query("SELECT v FROM scratch WHERE id = $1")
-                .bind(1_i64)
+                .bind(id)
                 .fetch_one(&read)
                 .await?;
             Ok(())
@@ -146,23 +152,45 @@ pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f
     Ok((commit_client, commit_server, commits_per_s, statement_client, statement_server))
 }
 
-/// Runs `body` in a loop for `each` (after a short warm-up); returns the
-/// client's and the server's CPU ms per iteration and iterations per second.
-async fn measure_loop<F, Fut>(server: Option<&Members>, each: Duration, mut body: F) -> anyhow::Result<(f64, f64, f64)>
+/// Concurrent loops of the calibration, each on a row of its own (as the
+/// services commit concurrently: a serial loop would charge every commit a
+/// sleep and a wake-up the real system shares through group commit, and
+/// overstate the floor).
+const LOOPS: i64 = 8;
+
+/// Runs `body(loop id)` in [`LOOPS`] concurrent loops for `each` (after a
+/// short warm-up); returns the client's and the server's CPU ms per
+/// iteration and iterations per second.
+async fn measure_loops<F, Fut>(server: Option<&Members>, each: Duration, body: F) -> anyhow::Result<(f64, f64, f64)>
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    F: Fn(i64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    for _ in 0..50 {
-        body().await?;
-    }
+    let run = |until: Instant| {
+        let mut loops = tokio::task::JoinSet::new();
+        for id in 0..LOOPS {
+            let body = body.clone();
+            loops.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    body(id).await?;
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            });
+        }
+        async move {
+            let mut total = 0;
+            while let Some(done) = loops.join_next().await {
+                total += done??;
+            }
+            anyhow::Ok(total)
+        }
+    };
+    run(Instant::now() + Duration::from_millis(200)).await?;
     let (c0, s0) = (procstat::self_ticks(), server.map(CpuSnapshot::take));
     let began = Instant::now();
-    let mut n = 0u64;
-    while began.elapsed() < each {
-        body().await?;
-        n += 1;
-    }
+    let n = run(began + each).await?;
     let elapsed = began.elapsed();
     let n_f = n.max(1) as f64;
     let client = procstat::ticks_to_ms(procstat::self_ticks().saturating_sub(c0)) / n_f;

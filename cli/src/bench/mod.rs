@@ -102,6 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let customer_id = customer.as_ref().map(|c| c.id.clone()).unwrap_or_default();
     let mut probe = Probe::new(&mesh);
+    let rss = RssSampler::start(&mesh.processes, Duration::from_secs(1));
     let mut watch_report = serde_json::Value::Null;
     let outcome = match args.scenario {
         Scenario::Echo => echo(&mesh, &plan, args.client, &order_channels, &mut probe).await?,
@@ -149,6 +150,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
 
+    let rss_series = rss.stop().await;
     let db_counts_from = match &args.db_counts_from {
         Some(path) => Some(report::db_counts_from(path)?),
         None => None,
@@ -162,6 +164,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         customer: customer.as_ref(),
         watch: watch_report,
         db_counts_from,
+        rss_series,
     });
     println!("{}", report::summary(&json));
     if let Some(path) = &args.json {
@@ -169,6 +172,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// RSS of every ordermesh process, sampled from the start of the load
+/// (warm-up included) to its end: the memory run's curve.
+struct RssSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::collections::BTreeMap<String, Vec<u64>>>,
+}
+
+impl RssSampler {
+    fn start(processes: &[(String, u32)], every: Duration) -> Self {
+        let processes = processes.to_vec();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut series: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for (name, pid) in &processes {
+                            series.entry(name.clone()).or_default().push(procstat::rss_kib(*pid).unwrap_or(0));
+                        }
+                    }
+                    _ = &mut stopped => return series,
+                }
+            }
+        });
+        RssSampler { stop, task }
+    }
+
+    async fn stop(self) -> std::collections::BTreeMap<String, Vec<u64>> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
 }
 
 async fn start(args: &BenchArgs) -> anyhow::Result<Mesh> {

@@ -24,6 +24,8 @@ pub struct Inputs<'a> {
     pub watch: Value,
     /// (commits, statements) per order from another run.
     pub db_counts_from: Option<(f64, f64)>,
+    /// RSS (KiB) per process, every second from the load's start.
+    pub rss_series: BTreeMap<String, Vec<u64>>,
 }
 
 /// Statements and commits per order recorded by an earlier run's JSON.
@@ -54,6 +56,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         customer,
         watch,
         db_counts_from,
+        rss_series,
     } = inputs;
     let ok = outcome.ok.max(1) as f64;
     let seconds = outcome.elapsed.as_secs_f64().max(1e-9);
@@ -153,6 +156,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "window_end": end,
             "growth_pct": (*start > 0).then(|| (*end as f64 - *start as f64) * 100.0 / *start as f64),
         }))).collect::<BTreeMap<_, _>>(),
+        "rss_series_kib": { "interval_s": 1, "from": "load start (warm-up included)", "series": rss_series },
         "limit": limit,
         "watch": watch,
     })

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use ordermesh_mesh::classify::code_name;
 use ordermesh_proto::mesh::v1 as mesh_pb;
 use ordermesh_proto::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use ordermesh_proto::order::v1 as order_pb;
@@ -65,9 +66,12 @@ pub async fn set_hold(admin: &mut MeshAdminServiceClient<Channel>, hold: Option<
 /// Counts of the watchers.
 #[derive(Default)]
 struct Watchers {
+    /// Streams open now (answered at least once).
     active: AtomicI64,
+    /// Streams that answered (a refused one did no database read).
     subscriptions: AtomicU64,
-    errors: AtomicU64,
+    /// Refused or broken streams by gRPC code.
+    errors: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// The watch-order [`Window`]: phase A happens inside `start` (the flow is
@@ -128,25 +132,37 @@ impl WatchWindow {
                 loop {
                     let order_id = newest.borrow_and_update().clone();
                     if !order_id.is_empty() {
-                        counts.active.fetch_add(1, Ordering::AcqRel);
-                        counts.subscriptions.fetch_add(1, Ordering::AcqRel);
+                        let mut opened = false;
                         let follow = async {
                             let mut stream = client
                                 .watch_order(order_pb::WatchOrderRequest { order_id })
                                 .await?
                                 .into_inner();
-                            while stream.message().await?.is_some() {}
+                            while stream.message().await?.is_some() {
+                                if !opened {
+                                    opened = true;
+                                    counts.active.fetch_add(1, Ordering::AcqRel);
+                                    counts.subscriptions.fetch_add(1, Ordering::AcqRel);
+                                }
+                            }
                             Ok::<(), tonic::Status>(())
                         };
                         let ended = tokio::select! {
                             r = follow => Some(r),
                             _ = stop.changed() => None,
                         };
-                        counts.active.fetch_sub(1, Ordering::AcqRel);
+                        if opened {
+                            counts.active.fetch_sub(1, Ordering::AcqRel);
+                        }
                         match ended {
                             None => return,
-                            Some(Err(_)) => {
-                                counts.errors.fetch_add(1, Ordering::AcqRel);
+                            Some(Err(status)) => {
+                                *counts
+                                    .errors
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .entry(code_name(status.code()))
+                                    .or_default() += 1;
                             }
                             Some(Ok(())) => {}
                         }
@@ -226,7 +242,7 @@ impl Window for WatchWindow {
             self.report = json!({
                 "watchers": self.watchers,
                 "average_active_watchers": avg_active,
-                "watcher_errors": self.counts.errors.load(Ordering::Acquire),
+                "watcher_errors": self.counts.errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 "subscriptions_per_s": subscriptions as f64 / b_seconds,
                 "statements_per_get_order": self.statements_per_get,
                 "phase_a_flow_only": a,
