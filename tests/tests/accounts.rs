@@ -91,7 +91,10 @@ async fn an_opened_and_credited_account_pays_through_the_saga(backend: Backend) 
     assert_eq!(third.status(), order_pb::OrderStatus::Confirmed, "{third:?}");
     assert_eq!(mesh.balance("kim").await, 30_000 + 50_000 - 2 * 27_900);
     assert_eq!(
-        mesh.payment_store.customer_ledger_balance("kim").await.expect("ledger"),
+        mesh.payment_store
+            .customer_ledger_balance("kim")
+            .await
+            .expect("ledger"),
         mesh.balance("kim").await
     );
     let check = payment

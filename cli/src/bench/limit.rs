@@ -93,8 +93,14 @@ pub fn lower_limit(floor: &Floor, per_order: Option<(f64, f64)>, cores: f64) -> 
 /// A database to calibrate on: SQLite in a scratch file, or a scratch
 /// database on the PostgreSQL server (whose processes are measured).
 pub enum ScratchDb {
-    Sqlite { dir: std::path::PathBuf },
-    Postgres { admin_url: String, name: String, server: Option<Members> },
+    Sqlite {
+        dir: std::path::PathBuf,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+        server: Option<Members>,
+    },
 }
 
 /// CPU per commit and per statement on `db` (client, server), each loop
@@ -102,7 +108,11 @@ pub enum ScratchDb {
 pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f64, f64, f64, f64, f64)> {
     let (url, server) = match db {
         ScratchDb::Sqlite { dir } => (ordermesh_runtime::db::sqlite_url(dir, "scratch")?, None),
-        ScratchDb::Postgres { admin_url, name, server } => {
+        ScratchDb::Postgres {
+            admin_url,
+            name,
+            server,
+        } => {
             super::postgres::create_database(admin_url, name).await?;
             (super::postgres::database_url(admin_url, name), server.clone())
         }
@@ -149,7 +159,13 @@ pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f
     .await?;
     db.write.close().await;
     db.read.close().await;
-    Ok((commit_client, commit_server, commits_per_s, statement_client, statement_server))
+    Ok((
+        commit_client,
+        commit_server,
+        commits_per_s,
+        statement_client,
+        statement_server,
+    ))
 }
 
 /// Concurrent loops of the calibration, each on a row of its own (as the
@@ -161,7 +177,11 @@ const LOOPS: i64 = 8;
 /// Runs `body(loop id)` in [`LOOPS`] concurrent loops for `each` (after a
 /// short warm-up); returns the client's and the server's CPU ms per
 /// iteration and iterations per second.
-async fn measure_loops<F, Fut>(server: Option<&Members>, each: Duration, body: F) -> anyhow::Result<(f64, f64, f64)>
+async fn measure_loops<F, Fut>(
+    server: Option<&Members>,
+    each: Duration,
+    body: F,
+) -> anyhow::Result<(f64, f64, f64)>
 where
     F: Fn(i64) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -226,10 +246,16 @@ mod tests {
     fn the_limit_adds_rpcs_commits_and_statements_beyond_the_commits() {
         // 4 commits and 20 statements: 12 ride in the commits, 8 are extra.
         let limit = lower_limit(&floor(), Some((4.0, 20.0)), 2.0);
-        assert!(close(limit.ordermesh_ms, 6.0 * 0.010 + 4.0 * 0.020 + 4.0 * 0.030 + 8.0 * 0.005));
+        assert!(close(
+            limit.ordermesh_ms,
+            6.0 * 0.010 + 4.0 * 0.020 + 4.0 * 0.030 + 8.0 * 0.005
+        ));
         assert!(close(limit.database_ms, 4.0 * 0.050 + 8.0 * 0.010));
         assert!(close(limit.client_ms, 2.0 * 0.020));
-        assert!(close(limit.total_ms, limit.ordermesh_ms + limit.database_ms + limit.client_ms));
+        assert!(close(
+            limit.total_ms,
+            limit.ordermesh_ms + limit.database_ms + limit.client_ms
+        ));
         assert!(close(limit.orders_per_s, 2000.0 / limit.total_ms));
         assert!(limit.includes_database);
 

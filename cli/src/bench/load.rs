@@ -55,7 +55,10 @@ pub struct Done {
 #[cfg(test)]
 impl Done {
     pub fn ok() -> Self {
-        Done { tag: "", result: Ok(()) }
+        Done {
+            tag: "",
+            result: Ok(()),
+        }
     }
 
     pub fn err(key: impl Into<String>) -> Self {
@@ -277,7 +280,10 @@ where
     // Requests still in flight finish (or are dropped after a deadline);
     // they are outside the window either way.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         tasks.abort_all();
     }
     let mut counts = shared.counts();
@@ -287,7 +293,10 @@ where
         ok: counts.ok,
         errors: std::mem::take(&mut counts.errors),
         elapsed: end.duration_since(start),
-        started: shared.started.load(Ordering::Acquire).min(plan.budget.unwrap_or(u64::MAX)),
+        started: shared
+            .started
+            .load(Ordering::Acquire)
+            .min(plan.budget.unwrap_or(u64::MAX)),
         budget_exhausted: shared.budget_exhausted.load(Ordering::Acquire),
     }
 }
@@ -378,7 +387,10 @@ mod tests {
             Box::pin(async move {
                 let _serial = busy.lock().await;
                 let now = Instant::now();
-                let (stall_from, stall_to) = (begin + Duration::from_millis(500), begin + Duration::from_millis(1500));
+                let (stall_from, stall_to) = (
+                    begin + Duration::from_millis(500),
+                    begin + Duration::from_millis(1500),
+                );
                 if now >= stall_from && now < stall_to {
                     tokio::time::sleep_until(stall_to).await;
                 }
@@ -413,11 +425,18 @@ mod tests {
         // 200 intended sends in 2 s; the ~100 due during the 1 s stall wait
         // for its end: from up to a second down to nothing.
         assert!((195..=201).contains(&open.ok), "{} ok", open.ok);
-        assert!(p.max_ms >= 990.0, "the first request of the stall waited ~1 s: {p:?}");
+        assert!(
+            p.max_ms >= 990.0,
+            "the first request of the stall waited ~1 s: {p:?}"
+        );
         assert!(p.p90_ms >= 750.0, "a tenth waited 800 ms or more: {p:?}");
         assert!(p.p50_ms <= 150.0 && p.p50_ms >= 1.0, "{p:?}");
         let waited = open.latency.len() - open.latency.count_between(0, 100_000);
-        assert!((95..=105).contains(&waited), "{waited} of {} waited over 100 ms", open.ok);
+        assert!(
+            (95..=105).contains(&waited),
+            "{waited} of {} waited over 100 ms",
+            open.ok
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -432,7 +451,11 @@ mod tests {
         )
         .await;
         let p = Percentiles::of(&closed.latency);
-        assert_eq!(closed.latency.len() - closed.latency.count_between(0, 100_000), 1, "{p:?}");
+        assert_eq!(
+            closed.latency.len() - closed.latency.count_between(0, 100_000),
+            1,
+            "{p:?}"
+        );
         assert!(p.p99_ms < 5.0, "{p:?}");
         assert!(p.max_ms >= 990.0, "{p:?}");
     }
@@ -466,7 +489,7 @@ mod tests {
     async fn warm_up_is_not_counted_errors_are_keyed_and_the_budget_ends_the_window() {
         let op = |seq: u64| async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            if seq % 4 == 0 {
+            if seq.is_multiple_of(4) {
                 Done::err("REJECTED:OUT_OF_STOCK")
             } else {
                 Done::ok()
@@ -484,7 +507,12 @@ mod tests {
         )
         .await;
         // 2 workers x 100 requests/s x 1 s, a quarter of them errors.
-        assert!((199..=201).contains(&(out.ok + out.errors["REJECTED:OUT_OF_STOCK"])), "{} ok, {:?}", out.ok, out.errors);
+        assert!(
+            (199..=201).contains(&(out.ok + out.errors["REJECTED:OUT_OF_STOCK"])),
+            "{} ok, {:?}",
+            out.ok,
+            out.errors
+        );
         assert!((148..=152).contains(&out.ok), "{} ok, {:?}", out.ok, out.errors);
         assert!((out.throughput() - 150.0).abs() < 3.0, "{}", out.throughput());
 

@@ -84,7 +84,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None
     } else {
         scenarios::restock(&mut inventory, &args.sku, &run_id).await?;
-        Some(scenarios::customer(&mut payment, &mut inventory, &args.sku, &run_id, args.customer.as_deref()).await?)
+        Some(
+            scenarios::customer(
+                &mut payment,
+                &mut inventory,
+                &args.sku,
+                &run_id,
+                args.customer.as_deref(),
+            )
+            .await?,
+        )
     };
 
     // The limit first, on a quiet mesh.
@@ -111,7 +120,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             plan.budget = None;
             let client = OrderServiceClient::new(order_channels[0].clone());
             let ids = scenarios::seed_orders(&client, &customer_id, &args.sku, &run_id, seeded).await?;
-            let clients: Vec<_> = order_channels.iter().cloned().map(OrderServiceClient::new).collect();
+            let clients: Vec<_> = order_channels
+                .iter()
+                .cloned()
+                .map(OrderServiceClient::new)
+                .collect();
             load::run(
                 &plan,
                 move |seq| {
@@ -123,7 +136,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
         }
         Scenario::CreateOrder => {
-            let clients: Vec<_> = order_channels.iter().cloned().map(OrderServiceClient::new).collect();
+            let clients: Vec<_> = order_channels
+                .iter()
+                .cloned()
+                .map(OrderServiceClient::new)
+                .collect();
             let (sku, follow, run) = (args.sku.clone(), args.follow, run_id.clone());
             load::run(
                 &plan,
@@ -143,7 +160,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
         }
         Scenario::WatchOrder => {
-            let (outcome, report) = watch_order(&args, &mesh, &plan, &order_channels, &customer_id, &run_id).await?;
+            let (outcome, report) =
+                watch_order(&args, &mesh, &plan, &order_channels, &customer_id, &run_id).await?;
             watch_report = report.0;
             probe = report.1;
             outcome
@@ -277,7 +295,9 @@ async fn calibrate(mesh: &Mesh) -> anyhow::Result<limit::Floor> {
         fn start(&mut self) -> futures::future::BoxFuture<'_, ()> {
             Box::pin(async {
                 self.at[0] = (
-                    self.server.as_ref().map_or(0, |m| procstat::CpuSnapshot::take(m).ticks.values().sum()),
+                    self.server
+                        .as_ref()
+                        .map_or(0, |m| procstat::CpuSnapshot::take(m).ticks.values().sum()),
                     procstat::self_ticks(),
                 );
             })
@@ -285,7 +305,9 @@ async fn calibrate(mesh: &Mesh) -> anyhow::Result<limit::Floor> {
         fn end(&mut self) -> futures::future::BoxFuture<'_, ()> {
             Box::pin(async {
                 self.at[1] = (
-                    self.server.as_ref().map_or(0, |m| procstat::CpuSnapshot::take(m).ticks.values().sum()),
+                    self.server
+                        .as_ref()
+                        .map_or(0, |m| procstat::CpuSnapshot::take(m).ticks.values().sum()),
                     procstat::self_ticks(),
                 );
             })
@@ -326,7 +348,10 @@ async fn calibrate(mesh: &Mesh) -> anyhow::Result<limit::Floor> {
         }),
         ("postgres", Some(db)) if !db.admin_url.is_empty() => Some(limit::ScratchDb::Postgres {
             admin_url: db.admin_url.clone(),
-            name: format!("om_bench_{}_scratch", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            name: format!(
+                "om_bench_{}_scratch",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
             server: db.processes.clone(),
         }),
         _ => None,
@@ -364,7 +389,9 @@ async fn watch_order(
                 let _ = scenarios::get_order(client.clone(), ids[i % ids.len()].clone()).await;
             }
             let after = postgres::counters(&db.stats_url, &db.databases, true).await?;
-            postgres::delta(&before, &after).statements.map(|s| s as f64 / n as f64)
+            postgres::delta(&before, &after)
+                .statements
+                .map(|s| s as f64 / n as f64)
         }
         _ => None,
     };

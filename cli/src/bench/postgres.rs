@@ -23,7 +23,9 @@ pub struct Cluster {
 
 fn pg_bin() -> anyhow::Result<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("no PostgreSQL under /usr/lib/postgresql (apt-get install postgresql, or pass --postgres-url)")?
+        .context(
+            "no PostgreSQL under /usr/lib/postgresql (apt-get install postgresql, or pass --postgres-url)",
+        )?
         .filter_map(|e| Some(e.ok()?.path().join("bin")))
         .filter(|bin| bin.join("initdb").exists())
         .collect();
@@ -82,7 +84,10 @@ impl Cluster {
         }
         let data = dir.path().join("data");
         let mut initdb = pg_command(&bin, "initdb");
-        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres"]);
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres"]);
         run(initdb, "initdb")?;
         let port = super::target::free_port()?;
         let options = format!(
@@ -178,10 +183,14 @@ pub async fn all_databases(admin_url: &str) -> anyhow::Result<Vec<String>> {
     let mut conn = sqlx::AnyConnection::connect(admin_url)
         .await
         .with_context(|| format!("connecting to {admin_url} (--postgres-url)"))?;
-    let rows = sqlx::query("SELECT CAST(datname AS TEXT) FROM pg_database WHERE NOT datistemplate ORDER BY datname")
-        .fetch_all(&mut conn)
-        .await?;
-    Ok(rows.iter().filter_map(|r| r.try_get::<String, _>(0).ok()).collect())
+    let rows =
+        sqlx::query("SELECT CAST(datname AS TEXT) FROM pg_database WHERE NOT datistemplate ORDER BY datname")
+            .fetch_all(&mut conn)
+            .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect())
 }
 
 /// Whether the server at `admin_url` counts statements (the extension
@@ -299,7 +308,10 @@ mod tests {
     #[test]
     fn database_urls_keep_the_server_and_swap_the_name() {
         assert_eq!(
-            database_url("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "om_x"),
+            database_url(
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+                "om_x"
+            ),
             "postgres://postgres@127.0.0.1:5432/om_x"
         );
     }
@@ -310,7 +322,10 @@ mod tests {
         let before = PgCounters {
             commits: 100,
             rollbacks: 1,
-            statements: Some(HashMap::from([(key("om_b_order", "SELECT 1"), 10), (key("om_b_order", "BEGIN"), 5)])),
+            statements: Some(HashMap::from([
+                (key("om_b_order", "SELECT 1"), 10),
+                (key("om_b_order", "BEGIN"), 5),
+            ])),
         };
         let after = PgCounters {
             commits: 130,
@@ -328,6 +343,9 @@ mod tests {
         assert_eq!(d.top[0].calls, 40);
         assert_eq!(d.top[0].database, "payment");
         assert_eq!(d.top[0].query, "UPDATE accounts SET x");
-        assert_eq!(delta(&PgCounters::default(), &PgCounters::default()).statements, None);
+        assert_eq!(
+            delta(&PgCounters::default(), &PgCounters::default()).statements,
+            None
+        );
     }
 }

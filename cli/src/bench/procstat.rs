@@ -51,10 +51,7 @@ pub fn parse_stat(text: &str) -> Result<ProcStat, String> {
     if close < open {
         return Err("')' before '('".into());
     }
-    let pid = text[..open]
-        .trim()
-        .parse()
-        .map_err(|e| format!("pid: {e}"))?;
+    let pid = text[..open].trim().parse().map_err(|e| format!("pid: {e}"))?;
     let comm = text[open + 1..close].to_owned();
     // Fields after the name, numbered as in proc(5) from 3 (state).
     let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
@@ -272,7 +269,10 @@ mod tests {
         assert_eq!(stat.pid, 4242);
         assert_eq!(stat.comm, "postgres: a) b");
         assert_eq!(stat.ppid, 17);
-        assert_eq!((stat.utime, stat.stime, stat.cutime, stat.cstime), (150, 37, 9, 4));
+        assert_eq!(
+            (stat.utime, stat.stime, stat.cutime, stat.cstime),
+            (150, 37, 9, 4)
+        );
         assert_eq!(stat.starttime, 123_456);
         assert_eq!(stat.own_ticks(), 187);
         assert!(parse_stat("12 (truncated) S 1 2").is_err());

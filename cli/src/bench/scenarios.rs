@@ -59,7 +59,9 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
     let result = client
-        .check(HealthCheckRequest { service: String::new() })
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .map(|_| ())
         .map_err(|s| status_key(&s));
@@ -265,7 +267,11 @@ async fn get_account(
 }
 
 /// Adds a million units of `sku` so no run runs out of stock.
-pub async fn restock(inventory: &mut InventoryServiceClient<Channel>, sku: &str, run_id: &str) -> anyhow::Result<()> {
+pub async fn restock(
+    inventory: &mut InventoryServiceClient<Channel>,
+    sku: &str,
+    run_id: &str,
+) -> anyhow::Result<()> {
     inventory
         .adjust_stock(inventory_pb::AdjustStockRequest {
             sku: sku.to_owned(),

@@ -84,7 +84,9 @@ async fn wait_serving(urls: &[String], children: &mut [Child], within: Duration)
             let serving = async {
                 let channel = endpoint.connect().await.ok()?;
                 let answer = HealthClient::new(channel)
-                    .check(HealthCheckRequest { service: String::new() })
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
                     .await
                     .ok()?;
                 Some(answer.into_inner().status() == ServingStatus::Serving)
@@ -94,7 +96,9 @@ async fn wait_serving(urls: &[String], children: &mut [Child], within: Duration)
             }
             for child in children.iter_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("a server exited during start-up ({status}); see its log in the bench's temporary directory");
+                    bail!(
+                        "a server exited during start-up ({status}); see its log in the bench's temporary directory"
+                    );
                 }
             }
             if tokio::time::Instant::now() > deadline {
@@ -256,7 +260,11 @@ pub async fn existing(
 ) -> anyhow::Result<Mesh> {
     let mut processes: Vec<(String, u32)> = Vec::new();
     if pids.is_empty() {
-        for (name, url) in [("order", order_url), ("inventory", inventory_url), ("payment", payment_url)] {
+        for (name, url) in [
+            ("order", order_url),
+            ("inventory", inventory_url),
+            ("payment", payment_url),
+        ] {
             for pid in port_of(url).map(procstat::listening_on).unwrap_or_default() {
                 match processes.iter_mut().find(|(_, p)| *p == pid) {
                     Some((n, _)) => *n = format!("{n}+{name}"),
@@ -297,7 +305,11 @@ pub async fn existing(
     };
     Ok(Mesh {
         kind: "target",
-        backend: if postgres_url.is_some() { "postgres" } else { "unknown" },
+        backend: if postgres_url.is_some() {
+            "postgres"
+        } else {
+            "unknown"
+        },
         order_url: order_url.to_owned(),
         inventory_url: inventory_url.to_owned(),
         payment_url: payment_url.to_owned(),

@@ -42,7 +42,10 @@ fn phase(probe: &Probe, seconds: f64) -> serde_json::Value {
     })
 }
 
-pub async fn set_hold(admin: &mut MeshAdminServiceClient<Channel>, hold: Option<Duration>) -> anyhow::Result<()> {
+pub async fn set_hold(
+    admin: &mut MeshAdminServiceClient<Channel>,
+    hold: Option<Duration>,
+) -> anyhow::Result<()> {
     let rules = hold
         .map(|hold| mesh_pb::FaultRule {
             method: "CapturePayment".into(),

@@ -120,7 +120,14 @@ const MAX_DISPLAY_NAME_LEN: usize = 200;
 
 /// Records violations of a required (or, with `required` false, optional)
 /// amount in `min..=MAX_AMOUNT_MINOR` at `field`, in `currency` when given.
-fn check_money(v: &mut Violations, field: &str, money: Option<&Money>, min: i64, required: bool, currency: Option<&str>) {
+fn check_money(
+    v: &mut Violations,
+    field: &str,
+    money: Option<&Money>,
+    min: i64,
+    required: bool,
+    currency: Option<&str>,
+) {
     let Some(money) = money else {
         if required {
             v.add(field, "is required");
@@ -160,8 +167,22 @@ fn new_account(request: &pb::OpenAccountRequest) -> Result<store::NewAccount, St
     let opening = request.opening_balance.as_ref();
     check_money(&mut v, "opening_balance", opening, 0, true, None);
     let currency = opening.map(|m| m.currency_code.as_str());
-    check_money(&mut v, "credit_limit", request.credit_limit.as_ref(), 0, false, currency);
-    check_money(&mut v, "payment_limit", request.payment_limit.as_ref(), 0, false, currency);
+    check_money(
+        &mut v,
+        "credit_limit",
+        request.credit_limit.as_ref(),
+        0,
+        false,
+        currency,
+    );
+    check_money(
+        &mut v,
+        "payment_limit",
+        request.payment_limit.as_ref(),
+        0,
+        false,
+        currency,
+    );
     v.into_result()?;
     let Some(opening) = opening else {
         return Err(invalid_field("opening_balance", "is required"));
@@ -529,7 +550,11 @@ mod tests {
             ..Default::default()
         })
         .expect_err("no opening balance");
-        assert!(missing.message().contains("opening_balance"), "{}", missing.message());
+        assert!(
+            missing.message().contains("opening_balance"),
+            "{}",
+            missing.message()
+        );
 
         let account = new_account(&pb::OpenAccountRequest {
             request_id: "r".into(),

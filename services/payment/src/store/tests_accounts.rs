@@ -60,7 +60,10 @@ async fn open_account_posts_the_opening_balance_once_per_request_id() {
         store.ledger_balance(EQUITY_OPENING).await.expect("equity"),
         equity_before - 250_000
     );
-    assert_eq!(store.customer_ledger_balance("zoe").await.expect("ledger"), 250_000);
+    assert_eq!(
+        store.customer_ledger_balance("zoe").await.expect("ledger"),
+        250_000
+    );
 
     // The key reused for different values; a new key for an existing account.
     let reused = store
@@ -75,7 +78,10 @@ async fn open_account_posts_the_opening_balance_once_per_request_id() {
         .expect_err("exists");
     assert!(matches!(exists, Error::AccountExists { .. }), "{exists:?}");
     assert_eq!(code(exists), Code::AlreadyExists);
-    assert_eq!(store.account("alice").await.expect("alice").balance_minor, 500_000);
+    assert_eq!(
+        store.account("alice").await.expect("alice").balance_minor,
+        500_000
+    );
     // The refused key stayed free: it can open another account.
     store
         .open_account("open-2", &new_account("yan", 0))
@@ -119,7 +125,10 @@ async fn credit_adds_funds_once_per_request_id_and_an_opened_account_can_pay() {
         .await
         .expect("authorize");
     assert_eq!(payment.status, PaymentStatus::Authorized);
-    store.capture(&payment.payment_id, "pay-1c").await.expect("capture");
+    store
+        .capture(&payment.payment_id, "pay-1c")
+        .await
+        .expect("capture");
     assert_eq!(store.account("wes").await.expect("wes").balance_minor, 500);
     assert_balanced(&store).await;
 }
@@ -157,6 +166,9 @@ async fn concurrent_duplicate_credits_credit_once() {
         let account = credit.expect("task").expect("every duplicate answers");
         assert_eq!(account.account_id, "bob");
     }
-    assert_eq!(store.account("bob").await.expect("bob").balance_minor, 2_000 + 700);
+    assert_eq!(
+        store.account("bob").await.expect("bob").balance_minor,
+        2_000 + 700
+    );
     assert_balanced(&store).await;
 }
