@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// an older commit for before/after figures.
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Mesh policy file for the servers a run starts (`--policy` of `up` and
+    /// `serve`), e.g. a higher `[server] concurrency_limit` for many
+    /// concurrent watchers.
+    #[arg(long)]
+    pub server_policy: Option<PathBuf>,
     /// ordermesh processes of a --target mesh (default: whoever listens on
     /// its ports).
     #[arg(long = "pids", alias = "pid", value_delimiter = ',')]

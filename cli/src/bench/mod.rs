@@ -240,8 +240,16 @@ async fn start(args: &BenchArgs) -> anyhow::Result<Mesh> {
     }
     let bin = target::server_bin(args.server_bin.as_ref())?;
     match args.start.unwrap_or(Start::Up) {
-        Start::Up => target::start_up(&bin).await,
-        Start::Serve => target::start_serve(&bin, args.postgres_url.as_deref(), !args.pg_fsync_off).await,
+        Start::Up => target::start_up(&bin, args.server_policy.as_deref()).await,
+        Start::Serve => {
+            target::start_serve(
+                &bin,
+                args.postgres_url.as_deref(),
+                !args.pg_fsync_off,
+                args.server_policy.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -406,6 +414,7 @@ async fn watch_order(
         watcher_channels,
         newest_rx,
         statements_per_get,
+        args.watch_hold,
     );
     // The flow: open loop (50 orders/s unless --rate says otherwise).
     let flow = Plan {

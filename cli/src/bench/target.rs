@@ -110,8 +110,16 @@ async fn wait_serving(urls: &[String], children: &mut [Child], within: Duration)
     Ok(())
 }
 
+fn with_policy(mut args: Vec<String>, policy: Option<&Path>) -> Vec<String> {
+    if let Some(policy) = policy {
+        args.push("--policy".into());
+        args.push(policy.display().to_string());
+    }
+    args
+}
+
 /// `ordermesh up` on free ports and SQLite files in a temporary directory.
-pub async fn start_up(bin: &Path) -> anyhow::Result<Mesh> {
+pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
     let ports = [free_port()?, free_port()?, free_port()?];
     let args: Vec<String> = [
@@ -127,6 +135,7 @@ pub async fn start_up(bin: &Path) -> anyhow::Result<Mesh> {
     ]
     .map(String::from)
     .to_vec();
+    let args = with_policy(args, policy);
     let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     let began = Instant::now();
     let mut children = vec![spawn(bin, &args, &dir.path().join("up.log"))?];
@@ -154,7 +163,12 @@ pub async fn start_up(bin: &Path) -> anyhow::Result<Mesh> {
 
 /// Three `ordermesh serve` processes, each on its own fresh database on the
 /// PostgreSQL server at `postgres_url`, or on a cluster the bench starts.
-pub async fn start_serve(bin: &Path, postgres_url: Option<&str>, fsync: bool) -> anyhow::Result<Mesh> {
+pub async fn start_serve(
+    bin: &Path,
+    postgres_url: Option<&str>,
+    fsync: bool,
+    policy: Option<&Path>,
+) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
     let (cluster, admin_url) = match postgres_url {
         Some(url) => (None, url.to_owned()),
@@ -199,6 +213,7 @@ pub async fn start_serve(bin: &Path, postgres_url: Option<&str>, fsync: bool) ->
             ]),
             _ => args.push("--seed-demo".into()),
         }
+        let args = with_policy(args, policy);
         children.push(spawn(bin, &args, &dir.path().join(format!("{name}.log")))?);
     }
     wait_serving(&urls, &mut children, Duration::from_secs(60)).await?;

@@ -8,7 +8,9 @@
 //! phase B the same flow plus N watchers, each following the newest order
 //! until it ends and then the next. The difference per watcher-second is
 //! what a watcher costs while it waits; a subscription's first read (one
-//! GetOrder's statements, measured before the flow starts) is counted apart.
+//! GetOrder's statements, measured before the flow starts) is counted apart,
+//! and only reads count as the watchers' (the flow's writes vary by a saga
+//! step or two between windows).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -95,6 +97,9 @@ pub struct WatchWindow {
     samples: Arc<std::sync::Mutex<Vec<i64>>>,
     pub report: serde_json::Value,
     statements_per_get: Option<f64>,
+    /// How long each order is held: the flow reaches its steady state (every
+    /// step of the saga happening at the arrival rate) only after it.
+    hold: Duration,
 }
 
 impl WatchWindow {
@@ -105,6 +110,7 @@ impl WatchWindow {
         channels: Vec<Channel>,
         newest: watch::Receiver<String>,
         statements_per_get: Option<f64>,
+        hold: Duration,
     ) -> Self {
         WatchWindow {
             a: Probe::new(mesh),
@@ -121,6 +127,7 @@ impl WatchWindow {
             samples: Arc::default(),
             report: serde_json::Value::Null,
             statements_per_get,
+            hold,
         }
     }
 
@@ -195,7 +202,9 @@ impl WatchWindow {
 impl Window for WatchWindow {
     fn start(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {
-            // Phase A: the flow alone.
+            // Phase A: the flow alone, once orders complete as fast as they
+            // arrive.
+            tokio::time::sleep(self.hold + Duration::from_millis(500)).await;
             self.a.start().await;
             let began = Instant::now();
             tokio::time::sleep(self.duration).await;
@@ -238,11 +247,54 @@ impl Window for WatchWindow {
             let subscribe_statements = self
                 .statements_per_get
                 .map(|per_get| per_get * subscriptions as f64 / b_seconds);
-            let beyond = match (added_statements, subscribe_statements) {
+            // Watchers only read: the reads they add beyond their first
+            // ones, so that the flow's own writes (a saga step more or less
+            // in a window) do not count as theirs.
+            let reads_per_s = |d: &super::postgres::PgDelta, seconds: f64| -> f64 {
+                d.top
+                    .iter()
+                    .filter(|t| t.query.trim_start().to_ascii_uppercase().starts_with("SELECT"))
+                    .map(|t| t.calls as f64)
+                    .sum::<f64>()
+                    / seconds
+            };
+            let added_reads = match (self.a.pg_delta(), self.b.pg_delta()) {
+                (Some(da), Some(db)) if db.statements.is_some() => {
+                    Some(reads_per_s(&db, b_seconds) - reads_per_s(&da, self.a_seconds.max(1e-6)))
+                }
+                _ => None,
+            };
+            let beyond = match (added_reads, subscribe_statements) {
                 (Some(added), Some(sub)) => per_watcher(Some(added - sub)),
                 _ => None,
             };
+            // Which statements the watchers added, per second.
+            let mut added_by_statement: Vec<(String, String, f64)> = Vec::new();
+            if let (Some(da), Some(db)) = (self.a.pg_delta(), self.b.pg_delta()) {
+                let a_seconds = self.a_seconds.max(1e-6);
+                for t in &db.top {
+                    let before = da
+                        .top
+                        .iter()
+                        .find(|x| x.database == t.database && x.query == t.query)
+                        .map_or(0.0, |x| x.calls as f64 / a_seconds);
+                    let added = t.calls as f64 / b_seconds - before;
+                    if added > 1.0 {
+                        added_by_statement.push((
+                            t.database.clone(),
+                            t.query.chars().take(200).collect(),
+                            added,
+                        ));
+                    }
+                }
+                added_by_statement.sort_by(|x, y| y.2.total_cmp(&x.2));
+                added_by_statement.truncate(8);
+            }
             self.report = json!({
+                "added_by_statement_per_s": added_by_statement
+                    .iter()
+                    .map(|(database, query, per_s)| json!({"database": database, "per_s": per_s, "query": query}))
+                    .collect::<Vec<_>>(),
                 "watchers": self.watchers,
                 "average_active_watchers": avg_active,
                 "watcher_errors": self.counts.errors.lock().unwrap_or_else(|p| p.into_inner()).clone(),
@@ -252,6 +304,7 @@ impl Window for WatchWindow {
                 "phase_b_with_watchers": b,
                 "added_statements_per_s": added_statements,
                 "added_statements_per_watcher_s": per_watcher(added_statements),
+                "added_reads_per_s": added_reads,
                 "added_statements_per_watcher_s_beyond_subscribe": beyond,
                 "added_commits_per_s": added("commits_per_s"),
                 "added_ordermesh_cpu_ms_per_watcher_s": per_watcher(added("ordermesh_cpu_ms_per_s")),
