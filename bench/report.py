@@ -138,9 +138,10 @@ def targets(runs, suffix):
     refused = get(r("watch-default-policy"), "watch", "watcher_errors")
     active = get(r("watch-default-policy"), "watch", "average_active_watchers")
     if refused is not None:
-        rows.append(Row("WatchOrder: watchers served at once with the default policy (of 1,000)", "1,000",
+        rows.append(Row("WatchOrder with the default policy: watchers streaming at once (of 1,000)", "1,000",
                         active, "", None if active is None else active >= 990,
-                        note="refused streams by code: " + (", ".join(f"{k} {v}" for k, v in refused.items()) or "none")))
+                        note="subscriptions refused in bursts (watchers that then took the next order): "
+                             + (", ".join(f"{k} {v}" for k, v in refused.items()) or "none")))
     idle = get(r("serve-c8"), "target", "idle_rss_kib") or {}
     worst = max(idle.values()) / 1024 if idle else None
     rows.append(Row("idle RSS per service (`serve`), largest", "< 20 MB", worst, " MB",

@@ -85,10 +85,11 @@ pair "up-open100" --start up --scenario create-order --rate 100 --no-limit
 pair "echo" --start up --scenario echo --client both --concurrency 1
 pair "get-order" --start up --scenario get-order --concurrency 8
 # The watchers' flow must fit alice's balance in a baseline run: 25 orders/s.
-# A WatchOrder stream holds one of the server's concurrent-call slots for its
-# life (default 256, the rest are shed with RESOURCE_EXHAUSTED): the policy
-# raises the limit so that 1,000 watchers are served; the default's refusals
-# are measured by the run without it.
+# Watchers jump to the newest order together, so their subscriptions come in
+# bursts larger than the server's concurrent-call limit (256 by default; the
+# rest are shed with RESOURCE_EXHAUSTED and try the next order): the policy
+# raises the limit to measure watchers without refusals; the run without it
+# counts the default's refusals.
 printf '[server]\nconcurrency_limit = 2000\n' > "$OUT/watch-policy.toml"
 pair "watch" --start serve --scenario watch-order --watchers 1000 --rate 25 --watch-hold 3s \
   --server-policy "$(realpath "$OUT/watch-policy.toml")"
