@@ -270,7 +270,11 @@ pub struct TopStatement {
 /// calls (most first).
 #[derive(Debug, Clone, Default)]
 pub struct PgDelta {
+    /// Transactions committed (`xact_commit`: read-only autocommit
+    /// statements count too).
     pub commits: i64,
+    /// `COMMIT` statements: the explicit write transactions.
+    pub commit_statements: Option<i64>,
     pub rollbacks: i64,
     pub statements: Option<i64>,
     pub top: Vec<TopStatement>,
@@ -280,6 +284,7 @@ pub fn delta(before: &PgCounters, after: &PgCounters) -> PgDelta {
     let mut out = PgDelta {
         commits: after.commits - before.commits,
         rollbacks: after.rollbacks - before.rollbacks,
+        commit_statements: None,
         statements: None,
         top: Vec::new(),
     };
@@ -296,6 +301,12 @@ pub fn delta(before: &PgCounters, after: &PgCounters) -> PgDelta {
             .collect();
         top.sort_by(|x, y| y.calls.cmp(&x.calls).then_with(|| x.query.cmp(&y.query)));
         out.statements = Some(top.iter().map(|t| t.calls).sum());
+        out.commit_statements = Some(
+            top.iter()
+                .filter(|t| t.query.trim().eq_ignore_ascii_case("COMMIT"))
+                .map(|t| t.calls)
+                .sum(),
+        );
         out.top = top;
     }
     out
@@ -334,12 +345,14 @@ mod tests {
                 (key("om_b_order", "SELECT 1"), 15),
                 (key("om_b_order", "BEGIN"), 5),
                 (key("om_b_payment", "UPDATE  accounts\n SET x"), 40),
+                (key("om_b_payment", "COMMIT"), 7),
             ])),
         };
         let d = delta(&before, &after);
         assert_eq!(d.commits, 30);
-        assert_eq!(d.statements, Some(45));
-        assert_eq!(d.top.len(), 2);
+        assert_eq!(d.commit_statements, Some(7));
+        assert_eq!(d.statements, Some(52));
+        assert_eq!(d.top.len(), 3);
         assert_eq!(d.top[0].calls, 40);
         assert_eq!(d.top[0].database, "payment");
         assert_eq!(d.top[0].query, "UPDATE accounts SET x");

@@ -33,7 +33,8 @@ pub fn db_counts_from(path: &Path) -> anyhow::Result<(f64, f64)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let field = |k: &str| json["database"][k].as_f64();
-    match (field("commits_per_request"), field("statements_per_request")) {
+    let commits = field("commit_statements_per_request").or_else(|| field("commits_per_request"));
+    match (commits, field("statements_per_request")) {
         (Some(c), Some(s)) => Ok((c, s)),
         _ => anyhow::bail!(
             "{} has no database.commits_per_request and statements_per_request (a PostgreSQL run's JSON)",
@@ -67,6 +68,10 @@ pub fn build(inputs: Inputs<'_>) -> Value {
     let pg = probe.pg_delta();
     let statements_per_request = pg.as_ref().and_then(|d| d.statements).map(|s| s as f64 / ok);
     let commits_per_request = pg.as_ref().map(|d| d.commits as f64 / ok);
+    let commit_statements_per_request = pg
+        .as_ref()
+        .and_then(|d| d.commit_statements)
+        .map(|c| c as f64 / ok);
 
     let (mode, concurrency, rate) = match outcome_mode(args) {
         Mode::Closed { concurrency } => ("closed", Some(concurrency), None),
@@ -74,7 +79,10 @@ pub fn build(inputs: Inputs<'_>) -> Value {
     };
     let rss = probe.rss();
     let limit = floor.map(|floor| {
-        let counts = match (commits_per_request, statements_per_request) {
+        // Write transactions (COMMIT statements) are what pay a WAL flush;
+        // read-only autocommit statements also count in xact_commit and are
+        // charged as statements instead.
+        let counts = match (commit_statements_per_request, statements_per_request) {
             (Some(c), Some(s)) => Some((c, s)),
             _ => db_counts_from,
         };
@@ -83,7 +91,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         json!({
             "floor": floor,
             "rpcs_per_order": limit::RPCS_PER_ORDER,
-            "database_counts_from": if commits_per_request.is_some() && statements_per_request.is_some() {
+            "database_counts_from": if commit_statements_per_request.is_some() && statements_per_request.is_some() {
                 "this run"
             } else if db_counts_from.is_some() {
                 "--db-counts-from"
@@ -142,6 +150,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "backend": mesh.backend,
             "statements_per_request": statements_per_request,
             "commits_per_request": commits_per_request,
+            "commit_statements_per_request": commit_statements_per_request,
             "rollbacks": pg.as_ref().map(|d| d.rollbacks),
             "statements_counted": pg.as_ref().is_some_and(|d| d.statements.is_some()),
             "error": probe.pg_error,
