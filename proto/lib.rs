@@ -45,7 +45,7 @@ pub mod order {
     }
 }
 
-/// `ordermesh.events.v1`: domain event payloads.
+/// `ordermesh.events.v1`: domain event payloads and the event admin API.
 pub mod events {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/ordermesh.events.v1.rs"));

@@ -34,6 +34,8 @@ pub enum Command {
     /// Load over gRPC with CPU, database work and the machine's limit
     /// measured in the same run (see bench/run.sh for the comparison set).
     Bench(crate::bench::BenchArgs),
+    /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
+    Events(crate::events::EventsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

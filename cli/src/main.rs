@@ -9,6 +9,7 @@
 mod bench;
 mod cli;
 mod config;
+mod events;
 mod health;
 mod up;
 
@@ -32,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Events(args) => events::run(args).await,
     }
 }
 

@@ -91,7 +91,8 @@ impl Audit {
         }
     }
 
-    async fn payment_of(&self, order_id: &str) -> Vec<payment_pb::Payment> {
+    /// The payments made under an order's authorization key (at most one).
+    pub async fn payment_of(&self, order_id: &str) -> Vec<payment_pb::Payment> {
         let mut client = self.payment.clone();
         client
             .list_payments(payment_pb::ListPaymentsRequest {

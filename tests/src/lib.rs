@@ -125,24 +125,27 @@ impl MeshOptions {
     }
 }
 
-/// A mesh policy for tests: breakers that open after a handful of calls and
-/// probe again after half a second, so outages and recoveries fit in a test.
+/// The mesh policy of the tests, as a policy file: breakers that open after
+/// a handful of calls and probe again after half a second, so outages and
+/// recoveries fit in a test.
+pub const TEST_POLICY: &str = r#"
+[downstream.payment.breaker]
+window_size = 8
+minimum_calls = 4
+wait_in_open_ms = 500
+permitted_in_half_open = 2
+[downstream.inventory.breaker]
+window_size = 8
+minimum_calls = 4
+wait_in_open_ms = 500
+permitted_in_half_open = 2
+[flags.fault_injection]
+enabled = true
+"#;
+
+/// [`TEST_POLICY`], parsed.
 pub fn test_policy() -> Policy {
-    let text = r#"
-        [downstream.payment.breaker]
-        window_size = 8
-        minimum_calls = 4
-        wait_in_open_ms = 500
-        permitted_in_half_open = 2
-        [downstream.inventory.breaker]
-        window_size = 8
-        minimum_calls = 4
-        wait_in_open_ms = 500
-        permitted_in_half_open = 2
-        [flags.fault_injection]
-        enabled = true
-    "#;
-    Policy::parse(text, []).expect("the test policy is valid")
+    Policy::parse(TEST_POLICY, []).expect("the test policy is valid")
 }
 
 /// Saga tuning for tests: quick retries, a three-second patience (so an

@@ -496,17 +496,7 @@ impl Mesh {
 
     /// The payment made under an order's authorization key, if any.
     pub async fn payment_of(&self, order_id: &str) -> Option<payment_pb::Payment> {
-        let mut client = self.payment.clone();
-        client
-            .list_payments(payment_pb::ListPaymentsRequest {
-                authorize_request_id: format!("{order_id}:authorize"),
-                ..Default::default()
-            })
-            .await
-            .expect("ListPayments")
-            .into_inner()
-            .payments
-            .pop()
+        self.audit().payment_of(order_id).await.pop()
     }
 
     /// The invariants that hold whenever no saga is in flight: the audit of

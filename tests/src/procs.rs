@@ -24,21 +24,6 @@ use crate::{Backend, postgres_database};
 /// The services, in start order.
 pub const SERVICES: [&str; 3] = ["inventory", "payment", "order"];
 
-/// Breakers that probe again after half a second (as the in-process tests'
-/// policy), so a restarted service is used again at once.
-const POLICY: &str = r#"
-[downstream.payment.breaker]
-window_size = 8
-minimum_calls = 4
-wait_in_open_ms = 500
-permitted_in_half_open = 2
-[downstream.inventory.breaker]
-window_size = 8
-minimum_calls = 4
-wait_in_open_ms = 500
-permitted_in_half_open = 2
-"#;
-
 /// The order saga's timing in these tests: a short patience and lease, so
 /// recovery after a kill happens within seconds.
 const SAGA_FLAGS: &[&str] = &[
@@ -96,7 +81,7 @@ impl Cluster {
             };
             databases.insert(service, url);
         }
-        std::fs::write(dir.path().join("policy.toml"), POLICY).expect("policy file");
+        std::fs::write(dir.path().join("policy.toml"), crate::TEST_POLICY).expect("policy file");
         let mut cluster = Cluster {
             bin: bin.to_owned(),
             dir,

@@ -41,7 +41,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::discover::Change;
 use tower::load::PeakEwma;
 use tower::load::completion::{CompleteOnResponse, TrackCompletionFuture};
@@ -142,10 +141,6 @@ pub struct EndpointStatus {
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 const EWMA_DECAY_NS: f64 = 10_000_000_000.0;
 
-/// Requests queued in front of the balancer while it has no ready endpoint
-/// (e.g. before the first DNS answer); beyond that callers wait for room.
-const QUEUE_BOUND: usize = 1024;
-
 type EndpointFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 type Discovered = Result<Change<String, PeakEwma<Endpoint>>, Infallible>;
 type BalanceFuture = futures::future::MapErr<
@@ -213,15 +208,36 @@ pub fn balanced(
     }
     let balance = Balance::new(UnboundedReceiverStream::new(rx));
     let balanced = Balanced {
-        inner: Buffer::new(balance, QUEUE_BOUND),
+        shared: Arc::new(SharedBalance {
+            balance: Mutex::new(balance),
+            ready: Arc::new(tokio::sync::Notify::new()),
+        }),
     };
     Ok((balanced, BalancerHandle { shared }))
 }
 
+type Balancer = Balance<UnboundedReceiverStream<Discovered>, Request<Body>>;
+
 /// The balanced transport: use it as a tonic client's channel.
+///
+/// The p2c balancer is not `Clone`; tower's answer is a `Buffer`, which puts
+/// a channel send and a wake of its worker task on every call. The
+/// balancer's own work per call is a few microseconds, so it is shared here
+/// under a mutex instead and driven by the calling task: a call takes the
+/// lock, polls the balancer ready, dispatches and releases it, then awaits
+/// the response without it. A call that finds no ready endpoint waits for the
+/// balancer's own wake-up, or for another call that found one (the balancer
+/// keeps only the last waker it was polled with, so callers that wait
+/// together are woken through `ready`).
 #[derive(Clone)]
 pub struct Balanced {
-    inner: Buffer<Request<Body>, BalanceFuture>,
+    shared: Arc<SharedBalance>,
+}
+
+struct SharedBalance {
+    balance: Mutex<Balancer>,
+    /// Woken when a call found the balancer ready.
+    ready: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Balanced {
@@ -233,14 +249,60 @@ impl fmt::Debug for Balanced {
 impl Service<Request<Body>> for Balanced {
     type Response = Response<Body>;
     type Error = BoxError;
-    type Future = tower::buffer::future::ResponseFuture<BalanceFuture>;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: readiness is awaited inside the call, per call.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        self.inner.call(request)
+        let dispatch = Dispatch {
+            notified: self.shared.ready.clone().notified_owned(),
+            shared: Arc::clone(&self.shared),
+            request: Some(request),
+        };
+        Box::pin(async move { dispatch.await?.await })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Waits until the balancer is ready, then hands it the request.
+    struct Dispatch {
+        #[pin]
+        notified: tokio::sync::futures::OwnedNotified,
+        shared: Arc<SharedBalance>,
+        request: Option<Request<Body>>,
+    }
+}
+
+impl Future for Dispatch {
+    type Output = Result<BalanceFuture, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            // Registered before the balancer is polled, so a readiness
+            // another call finds meanwhile is not missed.
+            if this.notified.as_mut().poll(cx).is_ready() {
+                this.notified.set(this.shared.ready.clone().notified_owned());
+                continue;
+            }
+            let mut balance = this.shared.balance.lock().unwrap_or_else(PoisonError::into_inner);
+            return match balance.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let Some(request) = this.request.take() else {
+                        return Poll::Ready(Err("balanced call polled after dispatch".into()));
+                    };
+                    let future = balance.call(request);
+                    drop(balance);
+                    this.shared.ready.notify_waiters();
+                    Poll::Ready(Ok(future))
+                }
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
     }
 }
 
@@ -855,5 +917,67 @@ mod tests {
         assert!(
             matches!(error, BalanceError::InvalidEndpoint { ref endpoint, .. } if endpoint == "not a uri")
         );
+    }
+
+    /// Calls waiting together for the first endpoint are all dispatched
+    /// once it arrives. The balancer keeps only the last waker it was polled
+    /// with; the others are woken by the dispatch that found it ready.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_waiting_together_for_an_endpoint_are_all_dispatched() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(
+            "test",
+            EjectionPolicy::default(),
+            Arc::new(Classifier::default()),
+            Duration::from_secs(1),
+            tx,
+            tokio::runtime::Handle::current(),
+        ));
+        let balanced = Balanced {
+            shared: Arc::new(SharedBalance {
+                balance: Mutex::new(Balance::new(UnboundedReceiverStream::new(rx))),
+                ready: Arc::new(tokio::sync::Notify::new()),
+            }),
+        };
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let mut service = balanced.clone();
+                let waiting = Arc::clone(&waiting);
+                tokio::spawn(async move {
+                    let request = Request::builder()
+                        .uri("http://test/grpc.health.v1.Health/Check")
+                        .body(Body::empty())
+                        .expect("request");
+                    let mut call = service.call(request);
+                    // Counts the call once it polled the empty balancer.
+                    let mut counted = false;
+                    // Answered or refused: either way dispatched, not lost.
+                    let _ = std::future::poll_fn(|cx| {
+                        let polled = call.as_mut().poll(cx);
+                        if polled.is_pending() && !counted {
+                            counted = true;
+                            waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        polled
+                    })
+                    .await;
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while waiting.load(std::sync::atomic::Ordering::SeqCst) < 8 {
+            assert!(Instant::now() < deadline, "every call waits for an endpoint");
+            tokio::task::yield_now().await;
+        }
+        let address = "http://127.0.0.1:1".to_owned();
+        let channel = shared.channel(&address).expect("valid uri");
+        shared.add(address, channel);
+        for call in calls {
+            tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .expect("every waiting call is dispatched")
+                .expect("call task");
+        }
     }
 }

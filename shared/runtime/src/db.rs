@@ -90,7 +90,15 @@ const POSTGRES_CONNECTIONS: u32 = 10;
 pub async fn connect(url: &str, migrations: &Migrator) -> Result<Db, Error> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of_url(url)?;
-    let options = || AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+    // No ping before each acquire (sqlx's default): it is one more round
+    // trip per statement (to the SQLite worker thread, or to PostgreSQL). A
+    // broken connection fails its statement instead, which the caller sees
+    // as a database error and retries like any other.
+    let options = || {
+        AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+    };
     match backend {
         Backend::Sqlite => {
             let write = options()

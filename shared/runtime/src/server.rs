@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use ordermesh_mesh::admin::MeshAdmin;
 use ordermesh_mesh::deadline::InheritDeadlineLayer;
@@ -93,7 +93,10 @@ pub async fn serve(
         .clone()
         .map(|path| tokio::spawn(options.mesh.clone().watch_file(path, Duration::from_secs(2))));
     let local = listener.local_addr().ok();
-    let incoming = TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: gRPC writes a response's
+    // headers, data and trailers as separate small writes, and with Nagle's
+    // algorithm the last waits for the client's delayed ACK (40 ms on Linux).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limit = options.mesh.policy().server.concurrency_limit;
     let server = Server::builder()
         .layer(

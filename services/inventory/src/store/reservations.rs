@@ -4,10 +4,11 @@
 //!
 //! A release that arrives before the reservation (a compensation racing a
 //! reserve still in flight, or a late retry) records a RELEASED placeholder
-//! under the order id, so the late reserve replays it and holds nothing.
-//! Reserve and release both begin with an insert of that key: on PostgreSQL
-//! the second waits for the first to commit, and SQLite's single writer
-//! serializes them, so a release always sees the reservation it must undo.
+//! under the order id, so the late reserve collides with it, rolls back and
+//! replays it: it holds nothing. Reserve and release both insert that key
+//! inside their transactions: on PostgreSQL the second waits for the first
+//! to commit, and SQLite's single writer serializes them, so a release always
+//! sees the reservation it must undo.
 
 use sqlx::AnyConnection;
 
@@ -45,7 +46,7 @@ impl Movement {
 const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
 
 /// What the stock row says after a line was taken.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct Taken {
     unit_price_minor: i64,
     currency_code: String,
@@ -55,36 +56,15 @@ impl Store {
     /// Reserves every line for `order_id`, or none. A second call for the
     /// same order returns the first reservation unchanged (also a RELEASED
     /// placeholder left by a release that came first).
+    ///
+    /// One transaction: take each line's units (conditional updates, in SKU
+    /// order), then record the reservation under the order id and its lines.
+    /// A duplicate's record collides on the order id and the whole
+    /// transaction rolls back, units included, so the stock moves once.
     pub async fn reserve(&self, order_id: &str, lines: &[Line]) -> Result<Reservation, Error> {
         let now = clock::now_micros();
         let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
         let mut tx = self.db.write.begin().await?;
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO reservations (",
-            reservation_columns!(),
-            ") VALUES ($1, $2, 0, '', $3, $4, $4)"
-        ))
-        .bind(order_id)
-        .bind(ReservationStatus::Active.as_str())
-        .bind(expire_time)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if db::is_unique_violation(&e) => {
-                // A replay, or a concurrent duplicate that won: its result.
-                tx.rollback().await?;
-                return self
-                    .reservation(order_id)
-                    .await?
-                    .ok_or_else(|| Error::ReservationNotFound {
-                        order_id: order_id.into(),
-                    });
-            }
-            Err(e) => return Err(e.into()),
-        }
-
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
         let mut reserved = vec![None; lines.len()];
@@ -110,6 +90,11 @@ impl Store {
                         .fetch_optional(&mut *tx)
                         .await?;
                 tx.rollback().await?;
+                // A replay answers with the first result, even when the
+                // stock it took is gone now.
+                if let Some(existing) = self.reservation(order_id).await? {
+                    return Ok(existing);
+                }
                 return Err(match available {
                     None => Error::UnknownSku {
                         sku: line.sku.clone(),
@@ -126,6 +111,9 @@ impl Store {
                 Some(first) if *first != taken.currency_code => {
                     let first = first.clone();
                     tx.rollback().await?;
+                    if let Some(existing) = self.reservation(order_id).await? {
+                        return Ok(existing);
+                    }
                     return Err(Error::MixedCurrencies {
                         first,
                         second: taken.currency_code,
@@ -142,6 +130,39 @@ impl Store {
                 return Err(Error::Corrupt("order total overflows".into()));
             };
             total = line_total;
+            reserved[line_no] = Some((line, taken));
+        }
+        let currency = currency.unwrap_or_default();
+        let recorded = sqlx::query(concat!(
+            "INSERT INTO reservations (",
+            reservation_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $6)"
+        ))
+        .bind(order_id)
+        .bind(ReservationStatus::Active.as_str())
+        .bind(total)
+        .bind(&currency)
+        .bind(expire_time)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        match recorded {
+            Ok(_) => {}
+            Err(e) if db::is_unique_violation(&e) => {
+                // A replay, a concurrent duplicate that won, or a release
+                // that came first: its record is the answer; nothing moved.
+                tx.rollback().await?;
+                return self
+                    .reservation(order_id)
+                    .await?
+                    .ok_or_else(|| Error::ReservationNotFound {
+                        order_id: order_id.into(),
+                    });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let mut reserved_lines = Vec::with_capacity(lines.len());
+        for (line_no, (line, taken)) in reserved.into_iter().flatten().enumerate() {
             sqlx::query(
                 "INSERT INTO reservation_lines (order_id, line_no, sku, quantity, unit_price_minor, currency_code)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -154,24 +175,17 @@ impl Store {
             .bind(&taken.currency_code)
             .execute(&mut *tx)
             .await?;
-            reserved[line_no] = Some(ReservedLine {
+            reserved_lines.push(ReservedLine {
                 sku: line.sku.clone(),
                 quantity: line.quantity,
                 unit_price_minor: taken.unit_price_minor,
             });
         }
-        let currency = currency.unwrap_or_default();
-        sqlx::query("UPDATE reservations SET total_minor = $1, currency_code = $2 WHERE order_id = $3")
-            .bind(total)
-            .bind(&currency)
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Reservation {
             order_id: order_id.into(),
             status: ReservationStatus::Active,
-            lines: reserved.into_iter().flatten().collect(),
+            lines: reserved_lines,
             total_minor: total,
             currency_code: currency,
             expire_time,
@@ -208,15 +222,15 @@ impl Store {
         fromto: (ReservationStatus, ReservationStatus),
         deadline: (i64, i64),
         movement: Movement,
-    ) -> Result<bool, Error> {
+    ) -> Result<Option<Reservation>, Error> {
         let mut tx = self.db.write.begin().await?;
-        if transition_in(&mut tx, order_id, fromto, deadline, movement).await? {
+        let moved = transition_in(&mut tx, order_id, fromto, deadline, movement).await?;
+        if moved.is_some() {
             tx.commit().await?;
-            Ok(true)
         } else {
             tx.rollback().await?;
-            Ok(false)
         }
+        Ok(moved)
     }
 
     /// Gives an active reservation's units back, or a committed one's sold
@@ -240,8 +254,10 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if placeholder.rows_affected() == 0
-            && !transition_in(
+        let moved = if placeholder.rows_affected() == 1 {
+            None
+        } else {
+            match transition_in(
                 &mut tx,
                 order_id,
                 (Active, Released),
@@ -249,17 +265,24 @@ impl Store {
                 Movement::ReservedToAvailable,
             )
             .await?
-        {
-            transition_in(
-                &mut tx,
-                order_id,
-                (Committed, Returned),
-                ANY_DEADLINE,
-                Movement::SoldToAvailable,
-            )
-            .await?;
-        }
+            {
+                Some(released) => Some(released),
+                None => {
+                    transition_in(
+                        &mut tx,
+                        order_id,
+                        (Committed, Returned),
+                        ANY_DEADLINE,
+                        Movement::SoldToAvailable,
+                    )
+                    .await?
+                }
+            }
+        };
         tx.commit().await?;
+        if let Some(moved) = moved {
+            return Ok(moved);
+        }
         self.reservation(order_id)
             .await?
             .ok_or_else(|| Error::ReservationNotFound {
@@ -271,13 +294,17 @@ impl Store {
     pub async fn commit(&self, order_id: &str) -> Result<Reservation, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();
-        self.transition(
-            order_id,
-            (Active, Committed),
-            (now, i64::MAX),
-            Movement::ReservedToSold,
-        )
-        .await?;
+        if let Some(committed) = self
+            .transition(
+                order_id,
+                (Active, Committed),
+                (now, i64::MAX),
+                Movement::ReservedToSold,
+            )
+            .await?
+        {
+            return Ok(committed);
+        }
         let reservation = self
             .reservation(order_id)
             .await?
@@ -307,13 +334,15 @@ impl Store {
     pub async fn expire(&self, order_id: &str) -> Result<bool, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();
-        self.transition(
-            order_id,
-            (Active, Expired),
-            (i64::MIN, now),
-            Movement::ReservedToAvailable,
-        )
-        .await
+        Ok(self
+            .transition(
+                order_id,
+                (Active, Expired),
+                (i64::MIN, now),
+                Movement::ReservedToAvailable,
+            )
+            .await?
+            .is_some())
     }
 
     /// Expires every active reservation past its deadline; returns how many.
@@ -340,43 +369,46 @@ impl Store {
 
 /// Moves a reservation from `from` to `to` and its units between buckets,
 /// on an open transaction, if its deadline lies in `expiring_after <
-/// deadline <= expiring_by`. False when the reservation was not in `from` (a
-/// concurrent caller or an earlier attempt already moved it): nothing written.
+/// deadline <= expiring_by`; returns it as moved. `None` when the reservation
+/// was not in `from` (a concurrent caller or an earlier attempt already moved
+/// it): nothing written.
 async fn transition_in(
     conn: &mut AnyConnection,
     order_id: &str,
     (from, to): (ReservationStatus, ReservationStatus),
     (expiring_after, expiring_by): (i64, i64),
     movement: Movement,
-) -> Result<bool, Error> {
+) -> Result<Option<Reservation>, Error> {
     let now = clock::now_micros();
-    let moved = sqlx::query(
+    let moved = sqlx::query_as::<_, ReservationRow>(concat!(
         "UPDATE reservations SET status = $1, update_time = $2
-         WHERE order_id = $3 AND status = $4 AND expire_time > $5 AND expire_time <= $6",
-    )
+         WHERE order_id = $3 AND status = $4 AND expire_time > $5 AND expire_time <= $6 RETURNING ",
+        reservation_columns!()
+    ))
     .bind(to.as_str())
     .bind(now)
     .bind(order_id)
     .bind(from.as_str())
     .bind(expiring_after)
     .bind(expiring_by)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    if moved.rows_affected() != 1 {
-        return Ok(false);
-    }
-    let lines: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, quantity FROM reservation_lines WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    for (sku, quantity) in &lines {
+    let Some(moved) = moved else {
+        return Ok(None);
+    };
+    let lines = sqlx::query_as::<_, ReservedLine>(
+        "SELECT sku, quantity, unit_price_minor FROM reservation_lines WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for line in &lines {
         sqlx::query(movement.sql())
-            .bind(*quantity)
+            .bind(line.quantity)
             .bind(now)
-            .bind(sku)
+            .bind(&line.sku)
             .execute(&mut *conn)
             .await?;
     }
-    Ok(true)
+    Ok(Some(moved.with_lines(lines)))
 }

@@ -1,17 +1,19 @@
-//! The order database: orders, their lines, and one durable saga row each.
+//! The order database: orders with their saga's state in the same row, and
+//! their lines.
 //!
-//! Every saga step's outcome is written in one transaction together with the
-//! order's own status change, and only by the worker holding the saga's lease
-//! (the saga update is fenced on `lease_owner`, and it is the transaction's
-//! first write, so a worker whose lease was taken over cannot write).
+//! Every saga step's outcome is written by one UPDATE of the order's row,
+//! together with the order's own status change, and only by the worker
+//! holding the saga's lease (the update is fenced on `lease_owner`, so a
+//! worker whose lease was taken over writes nothing). One row, one statement:
+//! the cheapest durable record a step can have.
 //!
 //! # Layout
 //! - this module: the stored types. Rows are read with `FromRow`; enums are
 //!   stored as text and bound from their definitions (`as_str`), never
 //!   written as SQL literals.
 //! - [`orders`]: creating an order with its saga, reading and listing orders.
-//! - [`sagas`]: the saga row: leases, recording step outcomes and failures,
-//!   parking for an operator, cancel, recovery and admin reads.
+//! - [`sagas`]: the saga's part of the row: leases, recording step outcomes
+//!   and failures, parking for an operator, cancel, recovery and admin reads.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
 // (one fixed SQL text per query, nothing built at run time). Defined before
@@ -23,11 +25,12 @@ macro_rules! order_columns {
     };
 }
 
+/// The saga's columns of an order row, named as [`SagaRow`] reads them.
 macro_rules! saga_columns {
     () => {
-        "order_id, kind, state, step, stock_maybe_reserved, payment_maybe_made, payment_captured,
-         attempts, last_error, step_since, needs_attention, lease_owner, lease_until, update_time,
-         step_maybe_sent"
+        "order_id, saga_kind AS kind, saga_state AS state, saga_step AS step, stock_maybe_reserved,
+         payment_maybe_made, payment_captured, attempts, last_error, step_since, needs_attention,
+         lease_owner, lease_until, update_time, step_maybe_sent"
     };
 }
 
@@ -171,7 +174,7 @@ impl OrderRow {
     }
 }
 
-/// A saga row as stored (flags are integers in portable DDL).
+/// A saga as stored in its order's row (flags are integers in portable DDL).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 struct SagaRow {
     order_id: String,
@@ -220,6 +223,37 @@ pub struct Saga {
     pub update_time: i64,
     /// Some attempt of the current step may have reached its service.
     pub step_maybe_sent: bool,
+}
+
+impl Saga {
+    /// A saga at the start of `step`, leased to `owner`: what creating an
+    /// order and re-arming it for a cancel write.
+    fn starting(
+        order_id: &str,
+        (kind, state, step): (SagaKind, SagaState, Step),
+        owner: &str,
+        lease_until: i64,
+        now: i64,
+    ) -> Saga {
+        let cancel = kind == SagaKind::Cancel;
+        Saga {
+            order_id: order_id.into(),
+            kind,
+            state,
+            step,
+            stock_maybe_reserved: cancel,
+            payment_maybe_made: cancel,
+            payment_captured: cancel,
+            attempts: 0,
+            last_error: String::new(),
+            step_since: now,
+            needs_attention: false,
+            lease_owner: owner.into(),
+            lease_until,
+            update_time: now,
+            step_maybe_sent: false,
+        }
+    }
 }
 
 impl From<SagaRow> for Saga {

@@ -1,4 +1,4 @@
-//! Orders: created together with their saga row in one transaction (so an
+//! Orders: created with their saga's state in the same row (so an
 //! acknowledged order always has a saga to drive it), read, and listed.
 
 use ordermesh_runtime::{clock, db};
@@ -39,10 +39,18 @@ impl Store {
         let now = clock::now_micros();
         let fingerprint = new.fingerprint();
         let mut tx = self.db.write.begin().await?;
+        let saga = Saga::starting(
+            &new.order_id,
+            (SagaKind::Place, SagaState::Running, Step::Reserve),
+            owner,
+            lease_until,
+            now,
+        );
         let inserted = sqlx::query(concat!(
             "INSERT INTO orders (",
             order_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, NULL, '', $6, '', '', $7, $7, 0)"
+            ", saga_kind, saga_state, saga_step, step_since, lease_owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, NULL, '', $6, '', '', $7, $7, 0, $8, $9, $10, $7, $11, $12)"
         ))
         .bind(&new.order_id)
         .bind(&new.request_id)
@@ -51,6 +59,11 @@ impl Store {
         .bind(OrderStatus::Pending.as_str())
         .bind(RejectReason::NotRejected.as_str())
         .bind(now)
+        .bind(saga.kind.as_str())
+        .bind(saga.state.as_str())
+        .bind(saga.step.as_str())
+        .bind(owner)
+        .bind(lease_until)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -70,37 +83,6 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let saga = Saga {
-            order_id: new.order_id.clone(),
-            kind: SagaKind::Place,
-            state: SagaState::Running,
-            step: Step::Reserve,
-            stock_maybe_reserved: false,
-            payment_maybe_made: false,
-            payment_captured: false,
-            attempts: 0,
-            last_error: String::new(),
-            step_since: now,
-            needs_attention: false,
-            lease_owner: owner.into(),
-            lease_until,
-            update_time: now,
-            step_maybe_sent: false,
-        };
-        sqlx::query(concat!(
-            "INSERT INTO sagas (",
-            saga_columns!(),
-            ", create_time) VALUES ($1, $2, $3, $4, 0, 0, 0, 0, '', $5, 0, $6, $7, $5, 0, $5)"
-        ))
-        .bind(&saga.order_id)
-        .bind(saga.kind.as_str())
-        .bind(saga.state.as_str())
-        .bind(saga.step.as_str())
-        .bind(now)
-        .bind(owner)
-        .bind(lease_until)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         let order = Order {
             order_id: new.order_id.clone(),
@@ -159,7 +141,7 @@ impl Store {
             .ok_or_else(|| Error::Corrupt(format!("request_id {} conflicted but is missing", new.request_id)))
     }
 
-    async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, Error> {
+    pub(super) async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, Error> {
         Ok(sqlx::query_as::<_, OrderLine>(
             "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no",
         )

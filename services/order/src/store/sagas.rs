@@ -1,5 +1,6 @@
-//! The saga row: leases, step outcomes and failed attempts, parking for an
-//! operator, re-arming for a cancel, and the reads of recovery and admin.
+//! The saga's part of an order's row: leases, step outcomes and failed
+//! attempts, parking for an operator, re-arming for a cancel, and the reads
+//! of recovery and admin.
 //!
 //! Fencing: every write a worker makes is conditional on `lease_owner` being
 //! that worker, so a worker whose lease another took over writes nothing.
@@ -8,7 +9,9 @@
 
 use ordermesh_runtime::clock;
 
-use super::{Order, OrderStatus, Saga, SagaKind, SagaRow, SagaState, Step, Store};
+use sqlx::FromRow;
+
+use super::{Order, OrderRow, OrderStatus, Saga, SagaKind, SagaRow, SagaState, Step, Store};
 use crate::error::Error;
 use crate::saga::plan::Advance;
 
@@ -49,8 +52,9 @@ impl Store {
     /// saga is done or needs attention.
     pub async fn acquire_lease(&self, order_id: &str, owner: &str, until: i64) -> Result<bool, Error> {
         let taken = sqlx::query(
-            "UPDATE sagas SET lease_owner = $1, lease_until = $2
-             WHERE order_id = $3 AND state <> $4 AND needs_attention = 0 AND (lease_owner = $1 OR lease_until < $5)",
+            "UPDATE orders SET lease_owner = $1, lease_until = $2
+             WHERE order_id = $3 AND saga_state <> $4 AND needs_attention = 0
+               AND (lease_owner = $1 OR lease_until < $5)",
         )
         .bind(owner)
         .bind(until)
@@ -66,7 +70,7 @@ impl Store {
     /// saga over (or it finished meanwhile): the caller must stop.
     pub async fn renew_lease(&self, order_id: &str, owner: &str, until: i64) -> Result<bool, Error> {
         let renewed = sqlx::query(
-            "UPDATE sagas SET lease_until = $1 WHERE order_id = $2 AND lease_owner = $3 AND state <> $4",
+            "UPDATE orders SET lease_until = $1 WHERE order_id = $2 AND lease_owner = $3 AND saga_state <> $4",
         )
         .bind(until)
         .bind(order_id)
@@ -79,7 +83,7 @@ impl Store {
 
     /// Gives a lease back so any worker may pick the saga up at once.
     pub async fn release_lease(&self, order_id: &str, owner: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE sagas SET lease_until = 0 WHERE order_id = $1 AND lease_owner = $2")
+        sqlx::query("UPDATE orders SET lease_until = 0 WHERE order_id = $1 AND lease_owner = $2")
             .bind(order_id)
             .bind(owner)
             .execute(&self.db.write)
@@ -87,22 +91,32 @@ impl Store {
         Ok(())
     }
 
-    /// The saga and its order, read once when a worker starts driving it.
+    /// The saga and its order, read once when a worker starts driving it:
+    /// one row, and the order's lines.
     pub async fn load(&self, order_id: &str) -> Result<Option<(Saga, Order)>, Error> {
-        let Some(saga) = self.saga(order_id).await? else {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            order_columns!(),
+            ", ",
+            saga_columns!(),
+            " FROM orders WHERE order_id = $1"
+        ))
+        .bind(order_id)
+        .fetch_optional(&self.db.read)
+        .await?;
+        let Some(row) = row else {
             return Ok(None);
         };
-        let Some(order) = self.order(order_id).await? else {
-            return Err(Error::Corrupt(format!("saga {order_id} has no order")));
-        };
-        Ok(Some((saga, order)))
+        let saga = Saga::from(SagaRow::from_row(&row)?);
+        let lines = self.lines(order_id).await?;
+        Ok(Some((saga, OrderRow::from_row(&row)?.with_lines(lines))))
     }
 
     pub async fn saga(&self, order_id: &str) -> Result<Option<Saga>, Error> {
         Ok(sqlx::query_as::<_, SagaRow>(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM sagas WHERE order_id = $1"
+            " FROM orders WHERE order_id = $1"
         ))
         .bind(order_id)
         .fetch_optional(&self.db.read)
@@ -121,7 +135,7 @@ impl Store {
         maybe_sent: bool,
     ) -> Result<i64, AdvanceError> {
         let attempts: Option<(i64,)> = sqlx::query_as(
-            "UPDATE sagas SET attempts = attempts + 1, last_error = $1, update_time = $2,
+            "UPDATE orders SET attempts = attempts + 1, last_error = $1, update_time = $2,
                 step_maybe_sent = COALESCE($5, step_maybe_sent)
              WHERE order_id = $3 AND lease_owner = $4 RETURNING attempts",
         )
@@ -145,7 +159,7 @@ impl Store {
     /// given back; the recovery worker leaves it alone until `retry`.
     pub async fn park(&self, order_id: &str, owner: &str, error: &str) -> Result<(), AdvanceError> {
         let parked = sqlx::query(
-            "UPDATE sagas SET needs_attention = 1, attempts = attempts + 1, last_error = $1, update_time = $2,
+            "UPDATE orders SET needs_attention = 1, attempts = attempts + 1, last_error = $1, update_time = $2,
                 lease_until = 0
              WHERE order_id = $3 AND lease_owner = $4",
         )
@@ -166,7 +180,9 @@ impl Store {
     }
 
     /// Records a step's outcome and starts the next step, atomically with
-    /// the order's change, and renews the lease.
+    /// the order's change, and renews the lease: one UPDATE of the order's
+    /// row, fenced on the lease (plus the lines' prices when a reservation
+    /// priced them, in the same transaction).
     pub async fn advance(
         &self,
         order_id: &str,
@@ -175,52 +191,34 @@ impl Store {
         advance: &Advance,
     ) -> Result<Applied, AdvanceError> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
-        let fenced = sqlx::query(
-            "UPDATE sagas SET
-                state = COALESCE($1, state),
-                step = COALESCE($2, step),
+        let (reject_reason, reject_detail) = match &advance.reject {
+            Some((reason, detail)) => (Some(reason.as_str()), Some(detail.as_str())),
+            None => (None, None),
+        };
+        let pricing = advance.pricing.as_ref();
+        let record = sqlx::query_as::<_, Applied>(
+            "UPDATE orders SET
+                saga_state = COALESCE($1, saga_state),
+                saga_step = COALESCE($2, saga_step),
                 stock_maybe_reserved = COALESCE($3, stock_maybe_reserved),
                 payment_maybe_made = COALESCE($4, payment_maybe_made),
                 payment_captured = COALESCE($5, payment_captured),
-                attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $6, update_time = $6,
-                lease_until = $7
-             WHERE order_id = $8 AND lease_owner = $9",
+                status = COALESCE($6, status),
+                payment_id = COALESCE($7, payment_id),
+                reject_reason = COALESCE($8, reject_reason),
+                reject_detail = COALESCE($9, reject_detail),
+                total_minor = COALESCE($10, total_minor),
+                currency_code = COALESCE($11, currency_code),
+                attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $12, update_time = $12,
+                lease_until = $13, version = version + 1
+             WHERE order_id = $14 AND lease_owner = $15
+             RETURNING version, update_time",
         )
         .bind(advance.state.map(SagaState::as_str))
         .bind(advance.step.map(Step::as_str))
         .bind(advance.stock_maybe_reserved.map(i64::from))
         .bind(advance.payment_maybe_made.map(i64::from))
         .bind(advance.payment_captured.map(i64::from))
-        .bind(now)
-        .bind(lease_until)
-        .bind(order_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if fenced.rows_affected() != 1 {
-            tx.rollback().await?;
-            return Err(LeaseLost {
-                order_id: order_id.into(),
-            }
-            .into());
-        }
-        let (reject_reason, reject_detail) = match &advance.reject {
-            Some((reason, detail)) => (Some(reason.as_str()), Some(detail.as_str())),
-            None => (None, None),
-        };
-        let pricing = advance.pricing.as_ref();
-        let applied = sqlx::query_as::<_, Applied>(
-            "UPDATE orders SET
-                status = COALESCE($1, status),
-                payment_id = COALESCE($2, payment_id),
-                reject_reason = COALESCE($3, reject_reason),
-                reject_detail = COALESCE($4, reject_detail),
-                total_minor = COALESCE($5, total_minor),
-                currency_code = COALESCE($6, currency_code),
-                update_time = $7, version = version + 1
-             WHERE order_id = $8 RETURNING version, update_time",
-        )
         .bind(advance.order_status.map(OrderStatus::as_str))
         .bind(advance.payment_id.as_deref())
         .bind(reject_reason)
@@ -228,29 +226,43 @@ impl Store {
         .bind(pricing.map(|p| p.total_minor))
         .bind(pricing.map(|p| p.currency_code.as_str()))
         .bind(now)
+        .bind(lease_until)
         .bind(order_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(pricing) = pricing {
-            for (line_no, price) in pricing.unit_prices.iter().enumerate() {
-                sqlx::query(
-                    "UPDATE order_lines SET unit_price_minor = $1 WHERE order_id = $2 AND line_no = $3",
-                )
+        .bind(owner);
+        let fenced = |applied: Option<Applied>| {
+            applied.ok_or_else(|| {
+                AdvanceError::from(LeaseLost {
+                    order_id: order_id.into(),
+                })
+            })
+        };
+        let Some(pricing) = pricing else {
+            return fenced(record.fetch_optional(&self.db.write).await?);
+        };
+        let mut tx = self.db.write.begin().await?;
+        let applied = match fenced(record.fetch_optional(&mut *tx).await?) {
+            Ok(applied) => applied,
+            Err(lost) => {
+                tx.rollback().await?;
+                return Err(lost);
+            }
+        };
+        for (line_no, price) in pricing.unit_prices.iter().enumerate() {
+            sqlx::query("UPDATE order_lines SET unit_price_minor = $1 WHERE order_id = $2 AND line_no = $3")
                 .bind(*price)
                 .bind(order_id)
                 .bind(line_no as i64)
                 .execute(&mut *tx)
                 .await?;
-            }
         }
         tx.commit().await?;
         Ok(applied)
     }
 
     /// Turns a CONFIRMED order into CANCELLING and re-arms its saga to undo
-    /// payment and stock, leased to `owner`. Returns the order and, when this
-    /// call re-armed it, the saga; an order already cancelling or cancelled
-    /// comes back unchanged.
+    /// payment and stock, leased to `owner` (one UPDATE). Returns the order
+    /// and, when this call re-armed it, the saga; an order already cancelling
+    /// or cancelled comes back unchanged.
     pub async fn start_cancel(
         &self,
         order_id: &str,
@@ -258,56 +270,32 @@ impl Store {
         lease_until: i64,
     ) -> Result<(Order, Option<Saga>), Error> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let saga = Saga::starting(
+            order_id,
+            (SagaKind::Cancel, SagaState::Compensating, Step::UndoPayment),
+            owner,
+            lease_until,
+            now,
+        );
         let moved = sqlx::query(
-            "UPDATE orders SET status = $1, update_time = $2, version = version + 1 WHERE order_id = $3 AND status = $4",
+            "UPDATE orders SET status = $1, saga_kind = $2, saga_state = $3, saga_step = $4,
+                stock_maybe_reserved = 1, payment_maybe_made = 1, payment_captured = 1, attempts = 0,
+                last_error = '', step_maybe_sent = 0, step_since = $5, needs_attention = 0, lease_owner = $6,
+                lease_until = $7, update_time = $5, version = version + 1
+             WHERE order_id = $8 AND status = $9",
         )
         .bind(OrderStatus::Cancelling.as_str())
+        .bind(saga.kind.as_str())
+        .bind(saga.state.as_str())
+        .bind(saga.step.as_str())
         .bind(now)
+        .bind(owner)
+        .bind(lease_until)
         .bind(order_id)
         .bind(OrderStatus::Confirmed.as_str())
-        .execute(&mut *tx)
+        .execute(&self.db.write)
         .await?;
-        let armed = if moved.rows_affected() == 1 {
-            let saga = Saga {
-                order_id: order_id.into(),
-                kind: SagaKind::Cancel,
-                state: SagaState::Compensating,
-                step: Step::UndoPayment,
-                stock_maybe_reserved: true,
-                payment_maybe_made: true,
-                payment_captured: true,
-                attempts: 0,
-                last_error: String::new(),
-                step_since: now,
-                needs_attention: false,
-                lease_owner: owner.into(),
-                lease_until,
-                update_time: now,
-                step_maybe_sent: false,
-            };
-            sqlx::query(
-                "UPDATE sagas SET kind = $1, state = $2, step = $3, stock_maybe_reserved = 1, payment_maybe_made = 1,
-                    payment_captured = 1, attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $4,
-                    needs_attention = 0,
-                    lease_owner = $5, lease_until = $6, update_time = $4
-                 WHERE order_id = $7",
-            )
-            .bind(saga.kind.as_str())
-            .bind(saga.state.as_str())
-            .bind(saga.step.as_str())
-            .bind(now)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(order_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Some(saga)
-        } else {
-            tx.rollback().await?;
-            None
-        };
+        let armed = (moved.rows_affected() == 1).then_some(saga);
         let order = self.order(order_id).await?.ok_or_else(|| Error::NotFound {
             order_id: order_id.into(),
         })?;
@@ -324,10 +312,11 @@ impl Store {
     /// back: the recovery worker's work list after a crash.
     pub async fn orphaned_sagas(&self, limit: i64) -> Result<Vec<String>, Error> {
         let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT order_id FROM sagas WHERE state <> $1 AND needs_attention = 0 AND lease_until < $2
-             ORDER BY update_time LIMIT $3",
+            "SELECT order_id FROM orders WHERE saga_state IN ($1, $2) AND needs_attention = 0 AND lease_until < $3
+             ORDER BY update_time LIMIT $4",
         )
-        .bind(SagaState::Done.as_str())
+        .bind(SagaState::Running.as_str())
+        .bind(SagaState::Compensating.as_str())
         .bind(clock::now_micros())
         .bind(limit)
         .fetch_all(&self.db.read)
@@ -347,11 +336,12 @@ impl Store {
         let rows = sqlx::query_as::<_, SagaRow>(concat!(
             "SELECT ",
             saga_columns!(),
-            " FROM sagas WHERE state <> $1 AND ($2 = 0 OR needs_attention = 1)
-                AND (update_time > $3 OR (update_time = $3 AND order_id > $4))
-              ORDER BY update_time, order_id LIMIT $5"
+            " FROM orders WHERE saga_state IN ($1, $2) AND ($3 = 0 OR needs_attention = 1)
+                AND (update_time > $4 OR (update_time = $4 AND order_id > $5))
+              ORDER BY update_time, order_id LIMIT $6"
         ))
-        .bind(SagaState::Done.as_str())
+        .bind(SagaState::Running.as_str())
+        .bind(SagaState::Compensating.as_str())
         .bind(i64::from(needs_attention_only))
         .bind(after_time)
         .bind(after_id)
@@ -362,15 +352,16 @@ impl Store {
     }
 
     /// Clears a saga's attention flag and attempts, restarts its step's
-    /// clock, and leases it to `owner` — unless it is finished, or a live
+    /// clock, and leases it to `owner`, unless it is finished or a live
     /// worker elsewhere drives it (then nothing changes). Returns the saga
     /// when this call took it.
     pub async fn retry(&self, order_id: &str, owner: &str, lease_until: i64) -> Result<Option<Saga>, Error> {
         let now = clock::now_micros();
         let taken = sqlx::query(
-            "UPDATE sagas SET needs_attention = 0, attempts = 0, last_error = '', step_since = $1, update_time = $1,
+            "UPDATE orders SET needs_attention = 0, attempts = 0, last_error = '', step_since = $1, update_time = $1,
                 lease_owner = $2, lease_until = $3
-             WHERE order_id = $4 AND state <> $5 AND (needs_attention = 1 OR lease_until < $1 OR lease_owner = $2)",
+             WHERE order_id = $4 AND saga_state <> $5
+               AND (needs_attention = 1 OR lease_until < $1 OR lease_owner = $2)",
         )
         .bind(now)
         .bind(owner)

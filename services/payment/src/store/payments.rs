@@ -113,14 +113,6 @@ fn replayed(
     }
 }
 
-/// What a moved payment's row says, for its ledger movement.
-#[derive(sqlx::FromRow)]
-struct Moved {
-    account_id: String,
-    amount_minor: i64,
-    currency_code: String,
-}
-
 impl Store {
     pub async fn payment(&self, payment_id: &str) -> Result<Payment, Error> {
         sqlx::query_as::<_, Payment>(concat!(
@@ -226,49 +218,52 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         }
-        // Status and limits are never changed by this service, so the values
-        // read here hold; the conditional UPDATE re-checks the status anyway.
-        let account = sqlx::query_as::<_, super::Account>(concat!(
-            "SELECT ",
-            account_columns!(),
-            " FROM accounts WHERE account_id = $1"
-        ))
+        // The happy path is one conditional UPDATE: the account exists, is
+        // active, holds this currency, the amount is within its payment limit
+        // and its funds. Only when it matches nothing is the account read to
+        // tell which (status and limits are never changed by this service).
+        let held = sqlx::query(
+            "UPDATE accounts SET balance_minor = balance_minor - $1, update_time = $2
+             WHERE account_id = $3 AND status = $4 AND currency_code = $5 AND payment_limit_minor >= $1
+               AND balance_minor + credit_limit_minor >= $1",
+        )
+        .bind(amount_minor)
+        .bind(now)
         .bind(account_id)
-        .fetch_optional(&mut *tx)
+        .bind(AccountStatus::Active.as_str())
+        .bind(currency_code)
+        .execute(&mut *tx)
         .await?;
-        let Some(account) = account else {
-            // A refused call records nothing: the key stays free.
-            tx.rollback().await?;
-            return Err(Error::AccountNotFound {
-                account_id: account_id.into(),
-            });
-        };
-        if account.currency_code != currency_code {
-            tx.rollback().await?;
-            return Err(Error::CurrencyMismatch {
-                account_id: account_id.into(),
-                account_currency: account.currency_code,
-                requested: currency_code.into(),
-            });
-        }
-
-        let decline = if account.status == AccountStatus::Blocked {
-            DeclineReason::AccountBlocked
-        } else if amount_minor > account.payment_limit_minor {
-            DeclineReason::AmountOverLimit
+        let decline = if held.rows_affected() == 1 {
+            DeclineReason::NotDeclined
         } else {
-            let held = sqlx::query(
-                "UPDATE accounts SET balance_minor = balance_minor - $1, update_time = $2
-                 WHERE account_id = $3 AND status = $4 AND balance_minor + credit_limit_minor >= $1",
-            )
-            .bind(amount_minor)
-            .bind(now)
+            let account = sqlx::query_as::<_, super::Account>(concat!(
+                "SELECT ",
+                account_columns!(),
+                " FROM accounts WHERE account_id = $1"
+            ))
             .bind(account_id)
-            .bind(AccountStatus::Active.as_str())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            if held.rows_affected() == 1 {
-                DeclineReason::NotDeclined
+            let Some(account) = account else {
+                // A refused call records nothing: the key stays free.
+                tx.rollback().await?;
+                return Err(Error::AccountNotFound {
+                    account_id: account_id.into(),
+                });
+            };
+            if account.currency_code != currency_code {
+                tx.rollback().await?;
+                return Err(Error::CurrencyMismatch {
+                    account_id: account_id.into(),
+                    account_currency: account.currency_code,
+                    requested: currency_code.into(),
+                });
+            }
+            if account.status == AccountStatus::Blocked {
+                DeclineReason::AccountBlocked
+            } else if amount_minor > account.payment_limit_minor {
+                DeclineReason::AmountOverLimit
             } else {
                 DeclineReason::InsufficientFunds
             }
@@ -437,9 +432,9 @@ impl Store {
                 }
             }
         }
-        if move_payment(&mut tx, op, payment_id).await? {
+        if let Some(moved) = move_payment(&mut tx, op, payment_id).await? {
             tx.commit().await?;
-            return self.payment(payment_id).await;
+            return Ok(moved);
         }
         tx.rollback().await?;
         let current = self.payment(payment_id).await?;
@@ -472,12 +467,13 @@ impl Store {
     /// key; the payment when it moved.
     async fn transition(&self, op: Operation, payment_id: &str) -> Result<Option<Payment>, Error> {
         let mut tx = self.db.write.begin().await?;
-        if !move_payment(&mut tx, op, payment_id).await? {
+        let moved = move_payment(&mut tx, op, payment_id).await?;
+        if moved.is_some() {
+            tx.commit().await?;
+        } else {
             tx.rollback().await?;
-            return Ok(None);
         }
-        tx.commit().await?;
-        self.payment(payment_id).await.map(Some)
+        Ok(moved)
     }
 
     /// The answer to an operation whose request id is already recorded: the
@@ -511,17 +507,23 @@ impl Store {
 }
 
 /// The conditional status change of `op` with its balance change and ledger
-/// pair, on an open transaction. False when the payment was not in `op`'s
-/// from-status (or outside its hold bounds): nothing was written.
-async fn move_payment(conn: &mut AnyConnection, op: Operation, payment_id: &str) -> Result<bool, Error> {
+/// pair, on an open transaction; the payment as moved. `None` when the
+/// payment was not in `op`'s from-status (or outside its hold bounds):
+/// nothing was written.
+async fn move_payment(
+    conn: &mut AnyConnection,
+    op: Operation,
+    payment_id: &str,
+) -> Result<Option<Payment>, Error> {
     let (from, to) = op.transition();
     let now = clock::now_micros();
     let (after, by) = op.deadline_bounds(now);
-    let moved = sqlx::query_as::<_, Moved>(
+    let moved = sqlx::query_as::<_, Payment>(concat!(
         "UPDATE payments SET status = $1, void_reason = $2, update_time = $3
          WHERE payment_id = $4 AND status = $5 AND expire_time > $6 AND expire_time <= $7
-         RETURNING account_id, amount_minor, currency_code",
-    )
+         RETURNING ",
+        payment_columns!()
+    ))
     .bind(to.as_str())
     .bind(op.void_reason().as_str())
     .bind(now)
@@ -532,7 +534,7 @@ async fn move_payment(conn: &mut AnyConnection, op: Operation, payment_id: &str)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(moved) = moved else {
-        return Ok(false);
+        return Ok(None);
     };
     if op.restores_balance() {
         sqlx::query(
@@ -554,5 +556,5 @@ async fn move_payment(conn: &mut AnyConnection, op: Operation, payment_id: &str)
         now,
     )
     .await?;
-    Ok(true)
+    Ok(Some(moved))
 }

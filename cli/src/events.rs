@@ -1,0 +1,210 @@
+//! `ordermesh events`: watch the domain events and handle dead letters.
+//!
+//! Two ways in, the same output: with `--nats-url` (or `ORDERMESH_NATS_URL`)
+//! the command reads JetStream directly; otherwise it asks a running mesh's
+//! `EventAdminService` at `--url` (the order port of `ordermesh up` by
+//! default), which is the only way into the in-process broker. Every event
+//! prints as one JSON object per line, its payload decoded by `ce-type`.
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use ordermesh_events::json::event_json;
+use ordermesh_events::{Bus, BusSettings, DeadLetter, Event};
+use ordermesh_proto::events::v1 as pb;
+use ordermesh_proto::events::v1::event_admin_service_client::EventAdminServiceClient;
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// A running ordermesh process serving EventAdminService (used without --nats-url).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
+    pub url: String,
+    /// Read NATS JetStream directly, e.g. nats://127.0.0.1:4222.
+    #[arg(long, global = true, env = "ORDERMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+    #[command(subcommand)]
+    pub command: EventsCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as they are published, one JSON object per line, until Ctrl-C.
+    Tail {
+        /// NATS subject filter, e.g. 'ordermesh.orders.v1.>' (default: every event).
+        subject_filter: Option<String>,
+    },
+    /// Dead letters: events a consumer gave up on.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqCommand {
+    /// Print every dead letter, oldest first, one JSON object per line.
+    List,
+    /// Publish a dead letter's event again on its subject and remove it.
+    Replay {
+        /// The deadLetterId printed by `dlq list`.
+        id: String,
+    },
+}
+
+enum Source {
+    Admin(EventAdminServiceClient<Channel>),
+    Nats(Bus),
+}
+
+impl Source {
+    async fn open(args: &EventsArgs) -> anyhow::Result<Self> {
+        match args.nats_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(url) => {
+                let bus = Bus::connect(url, BusSettings::default())
+                    .await
+                    .with_context(|| format!("NATS at {url} (--nats-url / ORDERMESH_NATS_URL)"))?;
+                Ok(Source::Nats(bus))
+            }
+            None => {
+                let client = EventAdminServiceClient::connect(args.url.clone())
+                    .await
+                    .with_context(|| format!("no ordermesh at {} (--url)", args.url))?;
+                Ok(Source::Admin(client))
+            }
+        }
+    }
+}
+
+pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
+    let source = Source::open(&args).await?;
+    match args.command {
+        EventsCommand::Tail { subject_filter } => tail(source, subject_filter.unwrap_or_default()).await,
+        EventsCommand::Dlq {
+            command: DlqCommand::List,
+        } => list(source).await,
+        EventsCommand::Dlq {
+            command: DlqCommand::Replay { id },
+        } => replay(source, &id).await,
+    }
+}
+
+fn print(value: &Value) {
+    println!("{value}");
+}
+
+async fn tail(source: Source, filter: String) -> anyhow::Result<()> {
+    let mut events = match source {
+        Source::Nats(bus) => bus
+            .tail(&filter)
+            .await
+            .context("tail JetStream")?
+            .map(|item| item.map_err(anyhow::Error::from))
+            .boxed(),
+        Source::Admin(mut client) => client
+            .tail_events(pb::TailEventsRequest {
+                subject_filter: filter,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("TailEvents: {}", s.message()))?
+            .into_inner()
+            .map(|item| match item {
+                Ok(response) => Ok(Event::from_pb(response.event.unwrap_or_default())),
+                Err(status) => Err(anyhow::anyhow!("TailEvents: {}", status.message())),
+            })
+            .boxed(),
+    };
+    while let Some(event) = events.next().await {
+        let event = event?;
+        print(&event_json(&event));
+    }
+    Ok(())
+}
+
+fn dead_letter_json(dead: &DeadLetter) -> Value {
+    json!({
+        "deadLetterId": dead.id.to_string(),
+        "consumer": dead.consumer,
+        "error": dead.error,
+        "deliveries": dead.deliveries,
+        "time": ordermesh_events::envelope::rfc3339(dead.time_us),
+        "event": event_json(&dead.event),
+    })
+}
+
+fn dead_letter_of_pb(dead: pb::DeadLetter) -> anyhow::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: dead
+            .dead_letter_id
+            .parse()
+            .context("dead letter id from the server")?,
+        event: Event::from_pb(dead.event.unwrap_or_default()),
+        consumer: dead.consumer,
+        error: dead.error,
+        deliveries: u32::try_from(dead.deliveries).unwrap_or(0),
+        time_us: dead
+            .dead_letter_time
+            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
+            .unwrap_or(0),
+    })
+}
+
+async fn list(source: Source) -> anyhow::Result<()> {
+    match source {
+        Source::Nats(bus) => {
+            let mut after = 0;
+            loop {
+                let page = bus.dead_letters(after, 500).await.context("list dead letters")?;
+                let Some(last) = page.last() else { break };
+                after = last.id;
+                page.iter().for_each(|d| print(&dead_letter_json(d)));
+            }
+        }
+        Source::Admin(mut client) => {
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_dead_letters(pb::ListDeadLettersRequest {
+                        page_size: 500,
+                        page_token,
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("ListDeadLetters: {}", s.message()))?
+                    .into_inner();
+                for dead in page.dead_letters {
+                    print(&dead_letter_json(&dead_letter_of_pb(dead)?));
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn replay(source: Source, id: &str) -> anyhow::Result<()> {
+    let replayed = match source {
+        Source::Nats(bus) => {
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("dead letter id {id:?} is not a number from `dlq list`"))?;
+            bus.replay(id).await.context("replay")?
+        }
+        Source::Admin(mut client) => {
+            let response = client
+                .replay_dead_letter(pb::ReplayDeadLetterRequest {
+                    dead_letter_id: id.to_owned(),
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("ReplayDeadLetter: {}", s.message()))?
+                .into_inner();
+            dead_letter_of_pb(response.dead_letter.unwrap_or_default())?
+        }
+    };
+    print(&json!({"replayed": dead_letter_json(&replayed)}));
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The in-process broker: JetStream's semantics, in memory, for a process
+//! running without NATS (`ordermesh up` on a fresh machine, tests).
+//!
+//! What it keeps from JetStream: one stream per bounded context with
+//! sequence numbers; de-duplication by message id within the duplicate
+//! window; durable consumers that survive their worker (a restarted worker
+//! binds the same name and gets the unacked messages again); explicit ack,
+//! NAK with delay, redelivery after `ack_wait`, at most `max_deliver + 1`
+//! deliveries (the extra one lets the worker dead-letter a message whose
+//! last attempt crashed); dead letters listed and replayed.
+//!
+//! What it does not keep: durability across a process restart. Messages live
+//! in memory; what the outbox relay already handed over is gone with the
+//! process. That fits its purpose (development, one process); production
+//! runs on JetStream. Memory is bounded by `max_messages` and `max_age`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::{Notify, broadcast};
+use tokio::time::Instant;
+
+use super::{DeadLetter, Delivery, Published, replay_message_id};
+use crate::Error;
+use crate::config::{BusSettings, ConsumerConfig};
+use crate::envelope::{Event, now_micros};
+use crate::kind::{BoundedContext, subject_matches};
+
+/// Messages kept per stream when the settings give no limit.
+const DEFAULT_MAX_MESSAGES: usize = 100_000;
+
+/// The broker; clones share it.
+#[derive(Clone)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Woken on every publish and settle, so waiting fetches look again.
+    changed: Notify,
+    tail: broadcast::Sender<Event>,
+    settings: BusSettings,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<BoundedContext, Stream>,
+    consumers: HashMap<(BoundedContext, String), ConsumerState>,
+    dead: BTreeMap<u64, DeadLetter>,
+    dead_keys: HashSet<String>,
+    next_dead: u64,
+}
+
+#[derive(Default)]
+struct Stream {
+    messages: BTreeMap<u64, Stored>,
+    last_seq: u64,
+    dedup: HashMap<String, u64>,
+    dedup_order: VecDeque<(Instant, String)>,
+}
+
+struct Stored {
+    event: Event,
+    at: Instant,
+}
+
+struct ConsumerState {
+    config: ConsumerConfig,
+    /// The next stream sequence not yet delivered.
+    cursor: u64,
+    pending: BTreeMap<u64, Pending>,
+}
+
+struct Pending {
+    delivered: u32,
+    /// When the delivery is due again (ack wait elapsed or NAK delay over).
+    due: Instant,
+}
+
+impl MemoryBus {
+    pub fn new(settings: BusSettings) -> Self {
+        let (tail, _) = broadcast::channel(4096);
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                changed: Notify::new(),
+                tail,
+                settings,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; carry on.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores `event` under `message_id` unless that id was seen within the
+    /// duplicate window.
+    pub(crate) fn publish(&self, event: &Event, message_id: &str) -> Result<Published, Error> {
+        let context = BoundedContext::of_subject(&event.topic).ok_or_else(|| Error::Publish {
+            topic: event.topic.clone(),
+            reason: "no stream holds this subject".into(),
+        })?;
+        let settings = &self.inner.settings.streams;
+        let now = Instant::now();
+        let published = {
+            let mut state = self.lock();
+            let stream = state.streams.entry(context).or_default();
+            while let Some((at, _)) = stream.dedup_order.front()
+                && now.duration_since(*at) >= settings.duplicate_window
+            {
+                if let Some((_, id)) = stream.dedup_order.pop_front() {
+                    stream.dedup.remove(&id);
+                }
+            }
+            if let Some(&sequence) = stream.dedup.get(message_id) {
+                return Ok(Published {
+                    stream: context.stream().to_owned(),
+                    sequence,
+                    duplicate: true,
+                });
+            }
+            stream.last_seq += 1;
+            let sequence = stream.last_seq;
+            stream.dedup.insert(message_id.to_owned(), sequence);
+            stream.dedup_order.push_back((now, message_id.to_owned()));
+            stream.messages.insert(
+                sequence,
+                Stored {
+                    event: event.clone(),
+                    at: now,
+                },
+            );
+            let cap = usize::try_from(settings.max_messages)
+                .ok()
+                .filter(|&m| m > 0)
+                .unwrap_or(DEFAULT_MAX_MESSAGES);
+            while let Some((_, oldest)) = stream.messages.first_key_value()
+                && (stream.messages.len() > cap
+                    || (!settings.max_age.is_zero() && now.duration_since(oldest.at) > settings.max_age))
+            {
+                stream.messages.pop_first();
+            }
+            Published {
+                stream: context.stream().to_owned(),
+                sequence,
+                duplicate: false,
+            }
+        };
+        let _ = self.inner.tail.send(event.clone());
+        self.inner.changed.notify_waiters();
+        Ok(published)
+    }
+
+    /// Binds a durable consumer, creating it on first use; a later bind of
+    /// the same name keeps its position and unacked messages.
+    pub(crate) fn consumer(&self, config: &ConsumerConfig) -> MemoryConsumer {
+        let key = (config.context, config.name.clone());
+        let mut state = self.lock();
+        let first = state
+            .streams
+            .get(&config.context)
+            .and_then(|s| s.messages.first_key_value().map(|(seq, _)| *seq))
+            .unwrap_or(1);
+        state
+            .consumers
+            .entry(key.clone())
+            .and_modify(|c| c.config = config.clone())
+            .or_insert_with(|| ConsumerState {
+                config: config.clone(),
+                cursor: first,
+                pending: BTreeMap::new(),
+            });
+        MemoryConsumer {
+            bus: self.clone(),
+            key,
+        }
+    }
+
+    pub(crate) fn tail(&self, filter: String) -> BoxStream<'static, Result<Event, Error>> {
+        let receiver = self.inner.tail.subscribe();
+        tokio_stream::wrappers::BroadcastStream::new(receiver)
+            .filter_map(move |item| {
+                let keep = match item {
+                    Ok(event) if subject_matches(&filter, &event.topic) => Some(Ok(event)),
+                    Ok(_) => None,
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "event tail fell behind; events skipped");
+                        None
+                    }
+                };
+                std::future::ready(keep)
+            })
+            .boxed()
+    }
+
+    pub(crate) fn dead_letter(&self, delivery: &Delivery, consumer: &str, error: &str) {
+        let event = match &delivery.event {
+            Ok(event) => event.clone(),
+            // Only well-formed events are ever published here.
+            Err(reason) => Event {
+                id: String::new(),
+                source: String::new(),
+                ce_type: String::new(),
+                subject: reason.clone(),
+                time_us: 0,
+                traceparent: None,
+                topic: delivery.topic.clone(),
+                data: bytes::Bytes::new(),
+            },
+        };
+        let key = format!("{consumer}:{}:{}", event.id, delivery.stream_sequence);
+        let mut state = self.lock();
+        if !state.dead_keys.insert(key) {
+            return;
+        }
+        state.next_dead += 1;
+        let id = state.next_dead;
+        state.dead.insert(
+            id,
+            DeadLetter {
+                id,
+                event,
+                consumer: consumer.to_owned(),
+                error: error.to_owned(),
+                deliveries: delivery.delivered,
+                time_us: now_micros(),
+            },
+        );
+    }
+
+    pub(crate) fn dead_letters(&self, after: u64, limit: usize) -> Vec<DeadLetter> {
+        let state = self.lock();
+        state
+            .dead
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    pub(crate) fn replay(&self, id: u64) -> Result<DeadLetter, Error> {
+        let dead = self
+            .lock()
+            .dead
+            .remove(&id)
+            .ok_or_else(|| Error::DeadLetterNotFound(id.to_string()))?;
+        if let Err(e) = self.publish(&dead.event, &replay_message_id(&dead.event.id, id)) {
+            // Put it back: a failed replay loses nothing.
+            self.lock().dead.insert(id, dead);
+            return Err(e);
+        }
+        Ok(dead)
+    }
+}
+
+/// A bound durable consumer of the in-process broker.
+pub struct MemoryConsumer {
+    bus: MemoryBus,
+    key: (BoundedContext, String),
+}
+
+impl MemoryConsumer {
+    /// Up to `max` deliveries: due redeliveries first, then new messages.
+    pub(crate) async fn fetch(&mut self, max: usize, wait: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.bus.inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let (out, next_due) = self.collect(max.max(1), now);
+            if !out.is_empty() || now >= deadline {
+                return out;
+            }
+            let until = next_due.map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn collect(&self, max: usize, now: Instant) -> (Vec<Delivery>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut guard = self.bus.lock();
+        let State {
+            streams, consumers, ..
+        } = &mut *guard;
+        let Some(consumer) = consumers.get_mut(&self.key) else {
+            return (out, None);
+        };
+        let Some(stream) = streams.get(&self.key.0) else {
+            return (out, None);
+        };
+        let limit = consumer.config.max_deliver.saturating_add(1);
+        let ack_wait = consumer.config.ack_wait;
+        let mut gone = Vec::new();
+        for (&seq, pending) in consumer.pending.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if pending.due > now {
+                continue;
+            }
+            match stream.messages.get(&seq) {
+                Some(stored) if pending.delivered < limit => {
+                    pending.delivered += 1;
+                    pending.due = now + ack_wait;
+                    out.push(self.delivery(&stored.event, seq, pending.delivered));
+                }
+                // Delivered as often as allowed, or expired from the stream.
+                _ => gone.push(seq),
+            }
+        }
+        for seq in gone {
+            consumer.pending.remove(&seq);
+        }
+        let room = consumer.config.max_ack_pending.max(1);
+        let mut next = consumer.cursor;
+        for (&seq, stored) in stream.messages.range(consumer.cursor..) {
+            if out.len() >= max || consumer.pending.len() >= room {
+                break;
+            }
+            next = seq + 1;
+            if consumer.config.wants(&stored.event.topic) {
+                consumer.pending.insert(
+                    seq,
+                    Pending {
+                        delivered: 1,
+                        due: now + ack_wait,
+                    },
+                );
+                out.push(self.delivery(&stored.event, seq, 1));
+            }
+        }
+        consumer.cursor = next.max(consumer.cursor);
+        let next_due = consumer.pending.values().map(|p| p.due).min();
+        (out, next_due)
+    }
+
+    fn delivery(&self, event: &Event, seq: u64, delivered: u32) -> Delivery {
+        Delivery {
+            event: Ok(event.clone()),
+            topic: event.topic.clone(),
+            delivered,
+            stream_sequence: seq,
+            acker: super::Acker::Memory(MemoryAcker {
+                bus: self.bus.clone(),
+                key: self.key.clone(),
+                seq,
+            }),
+        }
+    }
+}
+
+/// How a delivery was settled.
+pub(crate) enum Settle {
+    Ack,
+    Nak(Duration),
+}
+
+/// Settles one delivery of the in-process broker.
+pub struct MemoryAcker {
+    bus: MemoryBus,
+    key: (BoundedContext, String),
+    seq: u64,
+}
+
+impl MemoryAcker {
+    pub(crate) fn settle(&self, how: Settle) {
+        {
+            let mut state = self.bus.lock();
+            let Some(consumer) = state.consumers.get_mut(&self.key) else {
+                return;
+            };
+            match how {
+                Settle::Ack => {
+                    consumer.pending.remove(&self.seq);
+                }
+                Settle::Nak(delay) => {
+                    if let Some(pending) = consumer.pending.get_mut(&self.seq) {
+                        pending.due = Instant::now() + delay;
+                    }
+                }
+            }
+        }
+        self.bus.inner.changed.notify_waiters();
+    }
+
+    pub(crate) fn progress(&self) {
+        let mut state = self.bus.lock();
+        if let Some(consumer) = state.consumers.get_mut(&self.key) {
+            let ack_wait = consumer.config.ack_wait;
+            if let Some(pending) = consumer.pending.get_mut(&self.seq) {
+                pending.due = Instant::now() + ack_wait;
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The event bus: one set of semantics, two implementations.
+//!
+//! - [`jetstream`]: NATS JetStream (production, `--nats-url`).
+//! - [`memory`]: an in-process broker for `ordermesh up` without NATS.
+//!
+//! Both give the same guarantees, so the outbox relay, the consumers and
+//! their tests do not care which one runs: publish with a message id that is
+//! stored once within the duplicate window; durable pull consumers with
+//! explicit ack, `ack_wait`, NAK with delay and redelivery of unacked
+//! messages; after `max_deliver` failed attempts the message goes to the
+//! dead letters with the error, where it is listed and replayed.
+//!
+//! Why an enum and not a trait object: there are exactly two buses, the
+//! methods are async (a trait would need boxing or `async-trait`), and a
+//! match costs nothing next to a network round trip.
+
+pub mod jetstream;
+pub mod memory;
+
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+use crate::config::{BusSettings, ConsumerConfig};
+use crate::envelope::Event;
+use crate::{DEAD_LETTER_PREFIX, Error};
+
+/// Where a publish landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub stream: String,
+    pub sequence: u64,
+    /// True when the message id was seen within the duplicate window: the
+    /// stream kept the first copy and stored nothing.
+    pub duplicate: bool,
+}
+
+/// A message that failed every attempt of one consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Position in the dead letters (opaque to users).
+    pub id: u64,
+    pub event: Event,
+    pub consumer: String,
+    pub error: String,
+    pub deliveries: u32,
+    pub time_us: i64,
+}
+
+impl DeadLetter {
+    pub fn to_pb(&self) -> ordermesh_proto::events::v1::DeadLetter {
+        ordermesh_proto::events::v1::DeadLetter {
+            dead_letter_id: self.id.to_string(),
+            event: Some(self.event.to_pb()),
+            consumer: self.consumer.clone(),
+            error: self.error.clone(),
+            deliveries: i64::from(self.deliveries),
+            dead_letter_time: Some(crate::envelope::timestamp(self.time_us)),
+        }
+    }
+}
+
+/// The event bus of a process: cheap to clone, shared by its relay,
+/// consumers and admin API.
+#[derive(Clone)]
+pub enum Bus {
+    JetStream(std::sync::Arc<jetstream::JetStreamBus>),
+    Memory(memory::MemoryBus),
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bus::JetStream(_) => f.write_str("Bus::JetStream"),
+            Bus::Memory(_) => f.write_str("Bus::Memory"),
+        }
+    }
+}
+
+impl Bus {
+    /// JetStream at `url`. Returns at once even when NATS is down (the
+    /// client keeps reconnecting; publishes fail until it is back).
+    pub async fn connect(url: &str, settings: BusSettings) -> Result<Self, Error> {
+        let bus = jetstream::JetStreamBus::connect(url, settings).await?;
+        Ok(Bus::JetStream(std::sync::Arc::new(bus)))
+    }
+
+    /// The in-process broker.
+    pub fn in_process(settings: BusSettings) -> Self {
+        Bus::Memory(memory::MemoryBus::new(settings))
+    }
+
+    /// JetStream when a URL is given, else the in-process broker: what
+    /// `--nats-url` / `ORDERMESH_NATS_URL` decides.
+    pub async fn from_url(url: Option<&str>, settings: BusSettings) -> Result<Self, Error> {
+        match url {
+            Some(url) if !url.trim().is_empty() => Self::connect(url, settings).await,
+            _ => Ok(Self::in_process(settings)),
+        }
+    }
+
+    /// Creates or updates the context streams and the dead-letter stream
+    /// (idempotent; called at start and again by the relay after a failure).
+    pub async fn ensure_streams(&self) -> Result<(), Error> {
+        match self {
+            Bus::JetStream(bus) => bus.ensure_streams().await,
+            Bus::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Publishes one event with `Nats-Msg-Id` = its id and waits for the ack.
+    pub async fn publish(&self, event: &Event) -> Result<Published, Error> {
+        self.publish_all(std::slice::from_ref(event))
+            .await
+            .pop()
+            .unwrap_or_else(|| {
+                Err(Error::Publish {
+                    topic: event.topic.clone(),
+                    reason: "no result".into(),
+                })
+            })
+    }
+
+    /// Publishes events pipelined (all sent, then all acks awaited); one
+    /// result per event, in order.
+    pub async fn publish_all(&self, events: &[Event]) -> Vec<Result<Published, Error>> {
+        match self {
+            Bus::JetStream(bus) => bus.publish_all(events).await,
+            Bus::Memory(bus) => events.iter().map(|e| bus.publish(e, &e.id)).collect(),
+        }
+    }
+
+    /// Binds (creating or updating) a durable pull consumer.
+    pub async fn consumer(&self, config: &ConsumerConfig) -> Result<Consumer, Error> {
+        config.validate()?;
+        match self {
+            Bus::JetStream(bus) => Ok(Consumer::JetStream(Box::new(bus.consumer(config).await?))),
+            Bus::Memory(bus) => Ok(Consumer::Memory(bus.consumer(config))),
+        }
+    }
+
+    /// Live events from now on whose topic matches `filter` (empty: all).
+    pub async fn tail(&self, filter: &str) -> Result<BoxStream<'static, Result<Event, Error>>, Error> {
+        let filter = if filter.is_empty() {
+            format!("{}.>", crate::kind::SUBJECT_PREFIX)
+        } else {
+            filter.to_owned()
+        };
+        crate::kind::validate_filter(&filter)?;
+        match self {
+            Bus::JetStream(bus) => bus.tail(&filter).await,
+            Bus::Memory(bus) => Ok(bus.tail(filter)),
+        }
+    }
+
+    /// Moves a delivery to the dead letters with the error (the caller then
+    /// terminates the delivery). Idempotent per consumer and event.
+    pub async fn dead_letter(&self, delivery: &Delivery, consumer: &str, error: &str) -> Result<(), Error> {
+        let error = sanitize(error);
+        match self {
+            Bus::JetStream(bus) => bus.dead_letter(delivery, consumer, &error).await,
+            Bus::Memory(bus) => {
+                bus.dead_letter(delivery, consumer, &error);
+                Ok(())
+            }
+        }
+    }
+
+    /// Dead letters with an id above `after`, oldest first, at most `limit`.
+    pub async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        match self {
+            Bus::JetStream(bus) => bus.dead_letters(after, limit).await,
+            Bus::Memory(bus) => Ok(bus.dead_letters(after, limit)),
+        }
+    }
+
+    /// Publishes a dead letter's event again on its topic and removes it.
+    /// The event keeps its `ce-id` (inboxes that saw it skip it) but gets a
+    /// fresh `Nats-Msg-Id`, or the duplicate window would swallow it.
+    pub async fn replay(&self, id: u64) -> Result<DeadLetter, Error> {
+        match self {
+            Bus::JetStream(bus) => bus.replay(id).await,
+            Bus::Memory(bus) => bus.replay(id),
+        }
+    }
+}
+
+/// Header values cannot hold line breaks; long errors are cut.
+fn sanitize(error: &str) -> String {
+    let mut text: String = error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() > 1024 {
+        let mut end = 1024;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The dead-letter subject of a consumer.
+pub(crate) fn dead_letter_subject(consumer: &str) -> String {
+    format!("{DEAD_LETTER_PREFIX}.{consumer}")
+}
+
+/// The message id a replay publishes with.
+pub(crate) fn replay_message_id(event_id: &str, dead_letter_id: u64) -> String {
+    format!("{event_id}:replay:{dead_letter_id}")
+}
+
+/// A bound durable consumer.
+pub enum Consumer {
+    JetStream(Box<jetstream::JetStreamConsumer>),
+    Memory(memory::MemoryConsumer),
+}
+
+impl Consumer {
+    /// Up to `max` deliveries, waiting at most `wait` for the first.
+    pub async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
+        match self {
+            Consumer::JetStream(c) => c.fetch(max, wait).await,
+            Consumer::Memory(c) => Ok(c.fetch(max, wait).await),
+        }
+    }
+}
+
+/// One delivery of a message to a consumer; settle it with exactly one of
+/// [`ack`](Delivery::ack), [`nak`](Delivery::nak) or [`term`](Delivery::term).
+pub struct Delivery {
+    /// The event, or why the message is not a usable event (poison).
+    pub event: Result<Event, String>,
+    /// The topic it was delivered on.
+    pub topic: String,
+    /// 1 on the first delivery.
+    pub delivered: u32,
+    pub stream_sequence: u64,
+    pub(crate) acker: Acker,
+}
+
+pub(crate) enum Acker {
+    JetStream(Box<async_nats::jetstream::Message>),
+    Memory(memory::MemoryAcker),
+}
+
+impl Delivery {
+    /// Done: never deliver again.
+    pub async fn ack(self) -> Result<(), Error> {
+        match self.acker {
+            Acker::JetStream(m) => m.ack().await.map_err(|e| Error::jetstream("ack", e)),
+            Acker::Memory(a) => {
+                a.settle(memory::Settle::Ack);
+                Ok(())
+            }
+        }
+    }
+
+    /// Failed: deliver again after `delay` (counts as an attempt).
+    pub async fn nak(self, delay: Duration) -> Result<(), Error> {
+        match self.acker {
+            Acker::JetStream(m) => m
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
+                .await
+                .map_err(|e| Error::jetstream("nak", e)),
+            Acker::Memory(a) => {
+                a.settle(memory::Settle::Nak(delay));
+                Ok(())
+            }
+        }
+    }
+
+    /// Given up (dead-lettered): never deliver again, not processed.
+    pub async fn term(self) -> Result<(), Error> {
+        match self.acker {
+            Acker::JetStream(m) => m
+                .ack_with(async_nats::jetstream::AckKind::Term)
+                .await
+                .map_err(|e| Error::jetstream("term", e)),
+            Acker::Memory(a) => {
+                a.settle(memory::Settle::Ack);
+                Ok(())
+            }
+        }
+    }
+
+    /// Still working: restart the ack-wait clock.
+    pub async fn in_progress(&self) -> Result<(), Error> {
+        match &self.acker {
+            Acker::JetStream(m) => m
+                .ack_with(async_nats::jetstream::AckKind::Progress)
+                .await
+                .map_err(|e| Error::jetstream("progress", e)),
+            Acker::Memory(a) => {
+                a.progress();
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_become_single_line_header_values() {
+        assert_eq!(super::sanitize("a\r\nb"), "a  b");
+        assert!(super::sanitize(&"é".repeat(2000)).len() <= 1024);
+    }
+}

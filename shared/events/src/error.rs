@@ -1,0 +1,47 @@
+//! The events crate's errors. Infrastructure failures (NATS, database) keep
+//! their source; the gRPC edge ([`crate::admin`]) maps them to statuses once.
+
+/// What can go wrong publishing, consuming or administering events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// Stream or consumer management, fetching, acking on JetStream.
+    #[error("JetStream {operation} failed: {reason}")]
+    JetStream { operation: &'static str, reason: String },
+    #[error("publishing {topic} failed: {reason}")]
+    Publish { topic: String, reason: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A message without a usable CloudEvents envelope.
+    #[error("event envelope on {topic}: {reason}")]
+    Envelope { topic: String, reason: String },
+    #[error("event type {0:?} is not an ordermesh event type")]
+    UnknownType(String),
+    #[error("cannot decode {ce_type} payload: {reason}")]
+    Decode { ce_type: String, reason: String },
+    /// An outbox row that cannot be turned back into its event.
+    #[error("outbox row {event_id}: {reason}")]
+    OutboxRow { event_id: String, reason: String },
+    #[error("dead letter {0:?} not found")]
+    DeadLetterNotFound(String),
+    /// Bad input (a subject filter, a page token, a consumer name).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Error {
+    pub(crate) fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
+        Error::JetStream {
+            operation,
+            reason: error.to_string(),
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Consumers: redelivery after a crash with the effect applied once (inbox),
+//! dead letters after `max_deliver`, replay. The same scenarios run on the
+//! in-process broker and on JetStream, each on SQLite and PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use ordermesh_events::inbox::{Claim, claim};
+use ordermesh_events::{BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, Inboxed, worker};
+
+use crate::harness::{Backend, BusKind, Db, bus, eventually};
+use crate::support::{Counted, Recorder, SHORT, order_created};
+
+fn config(name: &str) -> ConsumerConfig {
+    let mut config = ConsumerConfig::new(name, BoundedContext::Orders);
+    // Long enough that a loaded CI machine does not redeliver a healthy handler's message.
+    config.ack_wait = Duration::from_secs(1);
+    config.max_deliver = 5;
+    config.backoff = vec![Duration::from_millis(30)];
+    config
+}
+
+struct Worker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Worker {
+    fn spawn<H: Handler>(bus: &Bus, config: ConsumerConfig, handler: H) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker::run(bus.clone(), config, handler, async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops between deliveries.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("worker task")
+            .expect("worker ends cleanly");
+    }
+
+    /// Dies wherever it is, as a killed process.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn counted<H: Handler>(inner: H) -> (Counted<H>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    (
+        Counted {
+            inner,
+            calls: calls.clone(),
+        },
+        calls,
+    )
+}
+
+async fn publish_created(bus: &Bus, order_id: &str) -> Event {
+    let event = Event::new("/ordermesh/test", &order_created(order_id), None);
+    bus.publish(&event).await.expect("publish");
+    event
+}
+
+async fn consumer_killed_mid_handling_applies_its_effect_once(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let config = config("timeline");
+
+    // Killed after its transaction committed, before the ack.
+    let first = publish_created(&bus, "o-1").await;
+    {
+        let mut consumer = bus.consumer(&config).await.expect("bind");
+        let delivery = consumer
+            .fetch(1, Duration::from_secs(5))
+            .await
+            .expect("fetch")
+            .pop()
+            .expect("a delivery");
+        assert_eq!(delivery.event.as_ref().expect("event").id, first.id);
+        let Claim::New(mut tx) = claim(&db.pool, "timeline", &first.id).await.expect("claim") else {
+            panic!("first claim must be new");
+        };
+        sqlx::query("INSERT INTO effects (consumer, event_id) VALUES ('timeline', $1)")
+            .bind(&first.id)
+            .execute(&mut *tx)
+            .await
+            .expect("effect");
+        tx.commit().await.expect("commit");
+        drop(delivery); // the process dies here: no ack
+    }
+
+    // Killed in the middle of its transaction (the effect is written, not committed).
+    let second = publish_created(&bus, "o-2").await;
+    let hanging = Recorder::new("timeline");
+    hanging.hang.store(true, Ordering::SeqCst);
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "timeline", hanging.clone()),
+    );
+    eventually(SHORT, "the worker is inside the handler", || async {
+        hanging.calls() >= 1
+    })
+    .await;
+    worker.kill().await;
+    assert_eq!(
+        db.effects("timeline", &second.id).await,
+        0,
+        "rolled back with the worker"
+    );
+
+    // A new worker gets both again after ack_wait: each effect exactly once.
+    let recorder = Recorder::new("timeline");
+    let (handler, calls) = counted(Inboxed::new(db.pool.clone(), "timeline", recorder.clone()));
+    let worker = Worker::spawn(&bus, config.clone(), handler);
+    eventually(SHORT, "both events redelivered and settled", || async {
+        db.effects("timeline", &second.id).await == 1 && calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        db.effects("timeline", &first.id).await,
+        1,
+        "the redelivery of a committed event has no effect"
+    );
+    // Both were acked: nothing comes back after another ack_wait.
+    tokio::time::sleep(config.ack_wait * 2).await;
+    assert_eq!(db.effects("timeline", &first.id).await, 1);
+    assert_eq!(db.effects("timeline", &second.id).await, 1);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no further redelivery after the acks"
+    );
+    worker.stop().await;
+}
+
+async fn poison_message_is_dead_lettered_and_replayable(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let mut fragile_config = config("fragile");
+    fragile_config.max_deliver = 3;
+    let fragile = Recorder::new("fragile");
+    fragile.broken.store(true, Ordering::SeqCst);
+    let steady = Recorder::new("steady");
+    let (steady_handler, steady_calls) = counted(Inboxed::new(db.pool.clone(), "steady", steady.clone()));
+    let fragile_worker = Worker::spawn(
+        &bus,
+        fragile_config.clone(),
+        Inboxed::new(db.pool.clone(), "fragile", fragile.clone()),
+    );
+    let steady_worker = Worker::spawn(&bus, config("steady"), steady_handler);
+
+    let event = publish_created(&bus, "o-poison").await;
+    eventually(SHORT, "the message reaches the dead letters", || async {
+        !bus.dead_letters(0, 10).await.expect("list").is_empty()
+    })
+    .await;
+    let dead = bus.dead_letters(0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0];
+    assert_eq!(letter.event.id, event.id);
+    assert_eq!(letter.event.topic, "ordermesh.orders.v1.created");
+    assert_eq!(letter.event.data, event.data);
+    assert_eq!(letter.consumer, "fragile");
+    assert_eq!(letter.deliveries, 3);
+    assert!(
+        letter.error.contains("attempt 3") && letter.error.contains("downstream unavailable"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(fragile.calls(), 3, "max_deliver attempts, no more");
+    assert_eq!(db.effects("fragile", &event.id).await, 0);
+    eventually(SHORT, "the healthy consumer handled it", || async {
+        db.effects("steady", &event.id).await == 1
+    })
+    .await;
+
+    // Fixed downstream; the operator replays.
+    fragile.broken.store(false, Ordering::SeqCst);
+    let replayed = bus.replay(letter.id).await.expect("replay");
+    assert_eq!(replayed.event.id, event.id);
+    assert!(
+        bus.dead_letters(0, 10).await.expect("list").is_empty(),
+        "replay removes it"
+    );
+    eventually(SHORT, "the replay is handled by both consumers", || async {
+        db.effects("fragile", &event.id).await == 1 && steady_calls.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(
+        db.effects("steady", &event.id).await,
+        1,
+        "the inbox skips the replay for consumers that had it"
+    );
+    assert!(matches!(
+        bus.replay(letter.id).await,
+        Err(Error::DeadLetterNotFound(_))
+    ));
+    fragile_worker.stop().await;
+    steady_worker.stop().await;
+}
+
+async fn crashed_last_attempt_is_dead_lettered(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let mut config = config("oneshot");
+    config.max_deliver = 1;
+    let recorder = Recorder::new("oneshot");
+    recorder.hang.store(true, Ordering::SeqCst);
+    let event = publish_created(&bus, "o-hang").await;
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()),
+    );
+    eventually(SHORT, "the only attempt started", || async {
+        recorder.calls() == 1
+    })
+    .await;
+    worker.kill().await;
+
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "oneshot", recorder.clone()),
+    );
+    eventually(SHORT, "the message reaches the dead letters", || async {
+        !bus.dead_letters(0, 10).await.expect("list").is_empty()
+    })
+    .await;
+    let dead = bus.dead_letters(0, 10).await.expect("list");
+    assert_eq!(dead[0].event.id, event.id);
+    assert!(dead[0].error.contains("did not finish"), "{}", dead[0].error);
+    assert_eq!(recorder.calls(), 1, "the handler is not run beyond max_deliver");
+    assert_eq!(db.effects("oneshot", &event.id).await, 0);
+    worker.stop().await;
+}
+
+crate::per_bus_and_backend!(
+    consumer_killed_mid_handling_applies_its_effect_once,
+    poison_message_is_dead_lettered_and_replayable,
+    crashed_last_attempt_is_dead_lettered
+);
+
+/// A message some other publisher put on an ordermesh subject without the
+/// envelope is dead-lettered on its first delivery, handler not called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_without_envelope_is_dead_lettered_at_once() {
+    let Some((bus, Some(nats))) = bus(BusKind::Nats).await else {
+        return;
+    };
+    let Some(db) = Db::new(Backend::Sqlite).await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(nats.client().await);
+    js.publish("ordermesh.orders.v1.created", "not protobuf".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let recorder = Recorder::new("strict");
+    let worker = Worker::spawn(
+        &bus,
+        config("strict"),
+        Inboxed::new(db.pool.clone(), "strict", recorder.clone()),
+    );
+    eventually(SHORT, "dead-lettered", || async {
+        !bus.dead_letters(0, 10).await.expect("list").is_empty()
+    })
+    .await;
+    let dead = bus.dead_letters(0, 10).await.expect("list");
+    assert_eq!(dead[0].deliveries, 1);
+    assert!(
+        dead[0].error.contains("not an ordermesh event"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(dead[0].event.data.as_ref(), b"not protobuf");
+    assert_eq!(recorder.calls(), 0);
+    worker.stop().await;
+}
