@@ -177,8 +177,9 @@ RUN_ORDER = ["serve-c1", "serve-c8", "serve-c32", "up-c1", "up-c8", "up-c32", "s
 
 def run_table(runs):
     lines = ["| run | binary | ok/s | p50 ms | p99 ms | p99.9 ms | errors | ordermesh CPU ms/req (per process) "
-             "| PostgreSQL CPU ms/req | bench CPU ms/req | statements/req | COMMITs/req | xact_commit/req | share of limit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| PostgreSQL CPU ms/req | bench CPU ms/req | statements/req | COMMITs/req | xact_commit/req | share of limit "
+             "| other processes (cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for base in RUN_ORDER:
         for suffix in ("A", "B"):
             run = runs.get(f"{base}-{suffix}")
@@ -202,6 +203,7 @@ def run_table(runs):
                 fmt(get(run, "database", "commit_statements_per_request")),
                 fmt(get(run, "database", "commits_per_request")),
                 fmt(get(run, "limit", "throughput_share_of_limit"), 3),
+                fmt(get(run, "machine", "other_cores"), 2),
             ]) + " |")
     return lines
 
@@ -327,6 +329,10 @@ def main():
           "per watcher-second, is what a waiting watcher costs the database; only reads count (watchers write "
           "nothing; the flow's writes differ by a saga step or two between windows), and 0.05 per watcher-second "
           "is the flow's noise (the per-watcher poll of older builds costs 1 or more).",
+          "- Other processes: the machine's busy CPU (`/proc/stat`) over the window less the mesh's, the "
+          "database's and the bench's; a run on a machine others were using says so in the last column of "
+          "\"Every run\" (its absolute figures are then low; A/B pairs run back to back share the disturbance "
+          "only roughly).",
           "- Idle RSS: `VmRSS` half a second after every health check answers SERVING; start to healthy: spawn "
           "to SERVING on all three services. RSS growth: the long run's RSS at the window's end against its "
           "start.",

@@ -19,6 +19,8 @@ pub struct Edge {
     pub client: u64,
     pub pg: Option<PgCounters>,
     pub rss_kib: Vec<u64>,
+    /// The whole machine's (busy, total) CPU ticks.
+    pub machine: Option<(u64, u64)>,
 }
 
 /// The window's [`Window`]: reads every source at its start and end.
@@ -70,6 +72,7 @@ impl Probe {
             processes: self.members.iter().map(CpuSnapshot::take).collect(),
             database: self.db.as_ref().map(CpuSnapshot::take),
             client: procstat::self_ticks(),
+            machine: procstat::machine_ticks(),
             pg,
             rss_kib: self
                 .pids
@@ -101,6 +104,14 @@ impl Probe {
 
     pub fn client_ms(&self) -> f64 {
         procstat::ticks_to_ms(self.end.client.saturating_sub(self.start.client))
+    }
+
+    /// CPU milliseconds the whole machine was busy in the window (every
+    /// process: ours, the database's, and anyone else's).
+    pub fn machine_busy_ms(&self) -> Option<f64> {
+        let (b0, _) = self.start.machine?;
+        let (b1, _) = self.end.machine?;
+        Some(procstat::ticks_to_ms(b1.saturating_sub(b0)))
     }
 
     pub fn pg_delta(&self) -> Option<PgDelta> {

@@ -250,6 +250,22 @@ pub fn self_ticks() -> u64 {
         .map_or(0, |s| s.own_ticks())
 }
 
+/// The machine's busy and total CPU ticks (all cores), from the first line
+/// of `/proc/stat`: what every process used, ours and everyone else's.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // inside user and nice).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 pub fn ticks_to_ms(ticks: u64) -> f64 {
     ticks as f64 * 1000.0 / ticks_per_second() as f64
 }
@@ -356,5 +372,9 @@ mod tests {
         tree.sort_unstable();
         assert_eq!(tree, [5, 6, 7, 9]);
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\n"), Some(12345));
+        assert_eq!(
+            parse_machine_ticks("cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 1 2 3 4\n"),
+            Some((160, 1000))
+        );
     }
 }

@@ -123,7 +123,15 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "idle_rss_kib": mesh.idle_rss_kib.iter().cloned().collect::<BTreeMap<_, _>>(),
             "processes": mesh.processes.iter().map(|(n, p)| (n.clone(), *p)).collect::<BTreeMap<_, _>>(),
         },
-        "machine": { "cores": cores() },
+        "machine": {
+            "cores": cores(),
+            // Other processes' CPU in the window (other builds, other
+            // benchmarks): a measurement on a busy machine says so here.
+            "busy_cores": probe.machine_busy_ms().map(|ms| ms / 1000.0 / seconds),
+            "other_cores": probe.machine_busy_ms().map(|ms| {
+                ((ms - ordermesh_ms - database_ms.unwrap_or(0.0) - probe.client_ms()) / 1000.0 / seconds).max(0.0)
+            }),
+        },
         "customer": customer,
         "warmup_s": args.warmup.as_secs_f64(),
         "window_s": seconds,
