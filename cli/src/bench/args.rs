@@ -132,6 +132,10 @@ pub struct BenchArgs {
     /// whose statements cannot be counted from outside.
     #[arg(long)]
     pub db_counts_from: Option<PathBuf>,
+    /// Keep the started mesh's temporary directory (servers' logs, SQLite
+    /// files) and print where it is.
+    #[arg(long)]
+    pub keep_dir: bool,
     /// A name for the run in the JSON and the summary line.
     #[arg(long)]
     pub label: Option<String>,

@@ -55,7 +55,14 @@ use target::Mesh;
 const CONNECTIONS: usize = 8;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let mesh = start(&args).await?;
+    let mut mesh = start(&args).await?;
+    if args.keep_dir {
+        mesh.dir.disable_cleanup(true);
+        eprintln!(
+            "bench: keeping {} (servers' logs and data)",
+            mesh.dir.path().display()
+        );
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let mode = match args.rate {
         Some(rate) => {
