@@ -35,8 +35,13 @@ buf-lint: tools
 buf-breaking: tools
     bash .ci/buf-breaking.sh
 
-# The mesh's client-stack benchmarks (criterion; see the README's Benchmarks).
-bench:
+# The comparison set of issue 7 (`ordermesh bench` runs) into BENCHMARKS.md and
+# bench/benchmarks.png, about 5 minutes; e.g. `just bench --long 10m --baseline OLD_BIN`.
+bench *args:
+    bash bench/run.sh {{args}}
+
+# The mesh's client-stack criterion benches (stack vs bare channel, open breaker).
+bench-mesh:
     cargo bench -p ordermesh-mesh
 
 # The README's chaos walkthrough, checked step by step, against a running `just up`.

@@ -87,6 +87,7 @@ pub mod error_reasons {
         pub const INVALID_PAYMENT_STATE: &str = "INVALID_PAYMENT_STATE";
         pub const AUTHORIZATION_VOIDED: &str = "AUTHORIZATION_VOIDED";
         pub const AUTHORIZATION_EXPIRED: &str = "AUTHORIZATION_EXPIRED";
+        pub const ACCOUNT_EXISTS: &str = "ACCOUNT_EXISTS";
     }
 
     /// Reasons of `ordermesh.order.v1` errors.

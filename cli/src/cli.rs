@@ -31,6 +31,9 @@ pub enum Command {
     /// Ask a server's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1);
     /// for container health checks and `helm test`, where the image has no shell.
     Health(HealthArgs),
+    /// Load over gRPC with CPU, database work and the machine's limit
+    /// measured in the same run (see bench/run.sh for the comparison set).
+    Bench(crate::bench::BenchArgs),
     /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
     Events(crate::events::EventsArgs),
 }

@@ -6,6 +6,7 @@
 //! Configuration is parsed here once (flags, each with an environment
 //! variable) and passed down as plain config structs.
 
+mod bench;
 mod cli;
 mod config;
 mod events;
@@ -31,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Serve(args) => serve(args).await,
         Command::Health(args) => health::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Events(args) => events::run(args).await,
     }
 }

@@ -115,6 +115,96 @@ fn decode_cursor(token: &str) -> Result<Option<PaymentCursor>, Status> {
     )
 }
 
+/// Longest accepted display name of an account.
+const MAX_DISPLAY_NAME_LEN: usize = 200;
+
+/// Records violations of a required (or, with `required` false, optional)
+/// amount in `min..=MAX_AMOUNT_MINOR` at `field`, in `currency` when given.
+fn check_money(
+    v: &mut Violations,
+    field: &str,
+    money: Option<&Money>,
+    min: i64,
+    required: bool,
+    currency: Option<&str>,
+) {
+    let Some(money) = money else {
+        if required {
+            v.add(field, "is required");
+        }
+        return;
+    };
+    if !(min..=MAX_AMOUNT_MINOR).contains(&money.amount_minor) {
+        v.add(
+            format!("{field}.amount_minor"),
+            format!("must be between {min} and {MAX_AMOUNT_MINOR}"),
+        );
+    }
+    match currency {
+        Some(currency) if money.currency_code != currency => v.add(
+            format!("{field}.currency_code"),
+            format!("must be {currency:?}, the currency of opening_balance"),
+        ),
+        _ if !is_currency_code(&money.currency_code) => v.add(
+            format!("{field}.currency_code"),
+            "must be an ISO 4217 code of three upper-case letters",
+        ),
+        _ => {}
+    }
+}
+
+/// The checked store input of an OpenAccount request.
+fn new_account(request: &pb::OpenAccountRequest) -> Result<store::NewAccount, Status> {
+    let mut v = Violations::new();
+    v.require_id("request_id", &request.request_id);
+    v.require_id("account_id", &request.account_id);
+    if request.display_name.len() > MAX_DISPLAY_NAME_LEN {
+        v.add(
+            "display_name",
+            format!("must be at most {MAX_DISPLAY_NAME_LEN} characters"),
+        );
+    }
+    let opening = request.opening_balance.as_ref();
+    check_money(&mut v, "opening_balance", opening, 0, true, None);
+    let currency = opening.map(|m| m.currency_code.as_str());
+    check_money(
+        &mut v,
+        "credit_limit",
+        request.credit_limit.as_ref(),
+        0,
+        false,
+        currency,
+    );
+    check_money(
+        &mut v,
+        "payment_limit",
+        request.payment_limit.as_ref(),
+        0,
+        false,
+        currency,
+    );
+    v.into_result()?;
+    let Some(opening) = opening else {
+        return Err(invalid_field("opening_balance", "is required"));
+    };
+    let display_name = if request.display_name.trim().is_empty() {
+        request.account_id.clone()
+    } else {
+        request.display_name.clone()
+    };
+    Ok(store::NewAccount {
+        account_id: request.account_id.clone(),
+        display_name,
+        currency_code: opening.currency_code.clone(),
+        opening_balance_minor: opening.amount_minor,
+        credit_limit_minor: request.credit_limit.as_ref().map_or(0, |m| m.amount_minor),
+        payment_limit_minor: request
+            .payment_limit
+            .as_ref()
+            .map_or(MAX_AMOUNT_MINOR, |m| m.amount_minor),
+    })
+}
+
 /// Checks the ids of a capture, void or refund.
 fn require_operation(payment_id: &str, request_id: &str) -> Result<(), Status> {
     let mut v = Violations::new();
@@ -152,6 +242,45 @@ impl PaymentService for PaymentApi {
         }))
     }
 
+    async fn open_account(
+        &self,
+        request: Request<pb::OpenAccountRequest>,
+    ) -> Result<Response<pb::OpenAccountResponse>, Status> {
+        let request = request.into_inner();
+        let account = new_account(&request)?;
+        let account = self.store.open_account(&request.request_id, &account).await?;
+        Ok(Response::new(pb::OpenAccountResponse {
+            account: Some(account_to_pb(account)),
+        }))
+    }
+
+    async fn credit_account(
+        &self,
+        request: Request<pb::CreditAccountRequest>,
+    ) -> Result<Response<pb::CreditAccountResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        v.require_id("request_id", &request.request_id);
+        v.require_id("account_id", &request.account_id);
+        check_money(&mut v, "amount", request.amount.as_ref(), 1, true, None);
+        v.into_result()?;
+        let Some(amount) = request.amount else {
+            return Err(invalid_field("amount", "is required"));
+        };
+        let account = self
+            .store
+            .credit_account(
+                &request.request_id,
+                &request.account_id,
+                amount.amount_minor,
+                &amount.currency_code,
+            )
+            .await?;
+        Ok(Response::new(pb::CreditAccountResponse {
+            account: Some(account_to_pb(account)),
+        }))
+    }
+
     async fn authorize_payment(
         &self,
         request: Request<pb::AuthorizePaymentRequest>,
@@ -160,23 +289,7 @@ impl PaymentService for PaymentApi {
         let mut v = Violations::new();
         v.require_id("request_id", &request.request_id);
         v.require_id("account_id", &request.account_id);
-        match &request.amount {
-            None => v.add("amount", "is required"),
-            Some(amount) => {
-                if !(1..=MAX_AMOUNT_MINOR).contains(&amount.amount_minor) {
-                    v.add(
-                        "amount.amount_minor",
-                        format!("must be between 1 and {MAX_AMOUNT_MINOR}"),
-                    );
-                }
-                if !is_currency_code(&amount.currency_code) {
-                    v.add(
-                        "amount.currency_code",
-                        "must be an ISO 4217 code of three upper-case letters",
-                    );
-                }
-            }
-        }
+        check_money(&mut v, "amount", request.amount.as_ref(), 1, true, None);
         if request.reference.len() > MAX_REFERENCE_LEN {
             v.add(
                 "reference",
@@ -407,6 +520,55 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}");
             assert!(err.message().contains("page_token"), "{key}");
         }
+    }
+
+    #[test]
+    fn open_account_violations_name_every_field_and_defaults_apply() {
+        let err = new_account(&pb::OpenAccountRequest {
+            request_id: String::new(),
+            account_id: "x".repeat(MAX_ID_LEN + 1),
+            display_name: "n".repeat(MAX_DISPLAY_NAME_LEN + 1),
+            opening_balance: money(-1, "USD"),
+            credit_limit: money(5, "EUR"),
+            payment_limit: money(-3, "USD"),
+        })
+        .expect_err("invalid");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        for field in [
+            "request_id",
+            "account_id",
+            "display_name",
+            "opening_balance.amount_minor",
+            "credit_limit.currency_code",
+            "payment_limit.amount_minor",
+        ] {
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+        }
+        let missing = new_account(&pb::OpenAccountRequest {
+            request_id: "r".into(),
+            account_id: "a".into(),
+            ..Default::default()
+        })
+        .expect_err("no opening balance");
+        assert!(
+            missing.message().contains("opening_balance"),
+            "{}",
+            missing.message()
+        );
+
+        let account = new_account(&pb::OpenAccountRequest {
+            request_id: "r".into(),
+            account_id: "acct".into(),
+            display_name: " ".into(),
+            opening_balance: money(100, "EUR"),
+            credit_limit: None,
+            payment_limit: None,
+        })
+        .expect("valid");
+        assert_eq!(account.display_name, "acct");
+        assert_eq!(account.currency_code, "EUR");
+        assert_eq!(account.credit_limit_minor, 0);
+        assert_eq!(account.payment_limit_minor, MAX_AMOUNT_MINOR);
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@ pub use ordermesh_proto::error_reasons::payment as reason;
 pub enum Error {
     #[error("account {account_id:?} does not exist")]
     AccountNotFound { account_id: String },
+    #[error("account {account_id:?} already exists")]
+    AccountExists { account_id: String },
     #[error("payment {payment_id:?} does not exist")]
     PaymentNotFound { payment_id: String },
     #[error("account {account_id:?} holds {account_currency}, the amount is in {requested}")]
@@ -58,6 +60,12 @@ impl From<Error> for Status {
                 Code::NotFound,
                 message,
                 reason::ACCOUNT_NOT_FOUND,
+                ("account_id", account_id),
+            ),
+            Error::AccountExists { account_id } => with_reason(
+                Code::AlreadyExists,
+                message,
+                reason::ACCOUNT_EXISTS,
                 ("account_id", account_id),
             ),
             Error::PaymentNotFound { payment_id } => with_reason(

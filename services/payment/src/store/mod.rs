@@ -13,7 +13,8 @@
 //! # Layout
 //! - this module: the stored types (typed rows, read with `FromRow`; enums
 //!   stored as text and bound from their definitions).
-//! - [`accounts`]: seeding and reading accounts.
+//! - [`accounts`]: seeding, opening (`OpenAccount`), crediting and reading
+//!   accounts.
 //! - [`payments`]: authorize, capture, void (also by authorization key, in
 //!   advance), refund, hold expiry, reads.
 //! - [`ledger`]: posting movements and auditing the ledger.
@@ -41,6 +42,8 @@ mod ledger;
 mod payments;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_accounts;
 
 use std::time::Duration;
 
@@ -139,6 +142,23 @@ text_enum!(
         HoldExpired => "HOLD_EXPIRED",
     }
 );
+
+text_enum!(
+    /// What an OpenAccount or CreditAccount idempotency key was used for.
+    AccountOperationKind { Open => "OPEN", Credit => "CREDIT" }
+);
+
+/// An account to open through the API (`OpenAccount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAccount {
+    pub account_id: String,
+    pub display_name: String,
+    pub currency_code: String,
+    /// Zero or more; posted against `equity:opening`.
+    pub opening_balance_minor: i64,
+    pub credit_limit_minor: i64,
+    pub payment_limit_minor: i64,
+}
 
 text_enum!(
     /// What an AuthorizePayment idempotency key was used for.

@@ -1,0 +1,384 @@
+#!/usr/bin/env python3
+"""Turns a directory of `ordermesh bench --json` reports (written by
+bench/run.sh) into BENCHMARKS.md and a PNG chart.
+
+Runs are named NAME-A.json (this branch's binary) and NAME-B.json (the
+--baseline binary, when given). Every figure is compared with its target
+from issue 7 and, where the run measured it, with the machine's lower limit
+measured in the same run.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def load(out):
+    runs = {}
+    for path in sorted(Path(out).glob("*.json")):
+        with open(path) as f:
+            runs[path.stem] = json.load(f)
+    return runs
+
+
+def get(run, *path):
+    v = run
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+def fmt(v, digits=1, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int,)) and not isinstance(v, bool):
+        return f"{v}{unit}"
+    return f"{v:.{digits}f}{unit}"
+
+
+def machine():
+    model, cores = "unknown", os.cpu_count()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return model, cores, " ".join(platform.uname())
+
+
+def command(*args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def lock_version(name):
+    try:
+        text = open("Cargo.lock").read()
+    except OSError:
+        return "unknown"
+    m = re.search(r'name = "%s"\nversion = "([^"]+)"' % re.escape(name), text)
+    return m.group(1) if m else "unknown"
+
+
+def postgres_version():
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return command(str(bins[-1]), "--version") if bins else "not installed"
+
+
+class Row:
+    def __init__(self, what, target, measured, unit, passed, limit=None, before=None, note=""):
+        self.what, self.target, self.measured, self.unit = what, target, measured, unit
+        self.passed, self.limit, self.before, self.note = passed, limit, before, note
+
+
+def verdict(passed):
+    return {True: "pass", False: "**miss**", None: "n/a"}[passed]
+
+
+def targets(runs, suffix):
+    """The issue-7 targets for one binary's runs (suffix A or B)."""
+    r = lambda name: runs.get(f"{name}-{suffix}")
+    rows = []
+
+    def throughput(name):
+        return get(r(name), "throughput_per_s") if r(name) else None
+
+    for setup, label in (("up", "`up` (SQLite)"), ("serve", "3 x `serve` (PostgreSQL)")):
+        t = throughput(f"{setup}-c32")
+        rows.append(Row(f"confirmed orders/s, {label}, c=32", ">= 300", t, "/s",
+                        None if t is None else t >= 300,
+                        limit=get(r(f"{setup}-c32"), "limit", "throughput_share_of_limit")))
+        share = get(r(f"{setup}-c32"), "limit", "throughput_share_of_limit")
+        rows.append(Row(f"share of the machine's limit, {label}, c=32", ">= 0.5x", share, "x",
+                        None if share is None else share >= 0.5,
+                        note=f"limit {fmt(get(r(f'{setup}-c32'), 'limit', 'lower', 'orders_per_s'), 0)} orders/s"))
+        p99 = get(r(f"{setup}-open100"), "latency_ms", "p99_ms") if get(r(f"{setup}-open100"), "requests", "ok") else None
+        rows.append(Row(f"p99 to CONFIRMED at 100 orders/s open loop, {label}", "< 100 ms", p99, " ms",
+                        None if p99 is None else p99 < 100,
+                        note=f"{fmt(throughput(f'{setup}-open100'))} confirmed/s"))
+    for setup, label in (("serve", "3 x `serve`"), ("up", "`up`")):
+        ms = get(r(f"{setup}-c32"), "cpu", "ordermesh_ms_per_request")
+        rows.append(Row(f"ordermesh CPU per order, {label}, c=32", "< 2 ms", ms, " ms",
+                        None if ms is None else ms < 2,
+                        limit=get(r(f"{setup}-c32"), "limit", "ordermesh_cpu_times_limit")))
+    ms = get(r("serve-c32"), "cpu", "database_ms_per_request")
+    rows.append(Row("PostgreSQL CPU per order, c=32", "< 4 ms", ms, " ms", None if ms is None else ms < 4,
+                    limit=get(r("serve-c32"), "limit", "database_cpu_times_limit")))
+    for key, label in (("statements_per_request", "statements"),
+                       ("commit_statements_per_request", "write transactions (COMMIT statements)"),
+                       ("commits_per_request", "commits (xact_commit, read-only autocommit included)")):
+        v = get(r("serve-c32"), "database", key)
+        rows.append(Row(f"database {label} per order (PostgreSQL, c=32)", "reported; none unneeded", v, "",
+                        None))
+    c1, c32 = throughput("up-c1"), throughput("up-c32")
+    scale = c32 / c1 if c1 and c32 else None
+    rows.append(Row("SQLite scaling: orders/s at c=32 / c=1", ">= 1.5x", scale, "x",
+                    None if scale is None else scale >= 1.5))
+    bare, mesh = get(r("echo"), "latency_by_client_ms", "bare"), get(r("echo"), "latency_by_client_ms", "mesh")
+    for p, bound in (("p50_ms", 1.05), ("p99_ms", 1.10)):
+        ratio = mesh[p] / bare[p] if bare and mesh and bare.get(p) else None
+        rows.append(Row(f"mesh client stack / bare channel, {p[:-3]}", f"<= {bound:.2f}x", ratio, "x",
+                        None if ratio is None else ratio <= bound,
+                        note=f"bare {fmt(bare and bare.get(p), 3)} ms, mesh {fmt(mesh and mesh.get(p), 3)} ms"))
+    w = get(r("watch"), "watch")
+    beyond = get(w, "added_statements_per_watcher_s_beyond_subscribe") if w else None
+    rows.append(Row("WatchOrder: reads per watcher per second beyond its first read", "~0 (<= 0.05)",
+                    beyond, "", None if beyond is None else beyond <= 0.05,
+                    note=(f"{fmt(get(w, 'average_active_watchers'), 0)} watchers, "
+                          f"{fmt(get(w, 'added_statements_per_watcher_s'), 3)} statements/watcher-s in all, "
+                          f"{fmt(get(w, 'subscriptions_per_s'), 0)} subscriptions/s") if w else ""))
+    refused = get(r("watch-default-policy"), "watch", "watcher_errors")
+    active = get(r("watch-default-policy"), "watch", "average_active_watchers")
+    if refused is not None:
+        rows.append(Row("WatchOrder with the default policy: watchers streaming at once (of 1,000)", "1,000",
+                        active, "", None if active is None else active >= 990,
+                        note="subscriptions refused in bursts (watchers that then took the next order): "
+                             + (", ".join(f"{k} {v}" for k, v in refused.items()) or "none")))
+    idle = get(r("serve-c8"), "target", "idle_rss_kib") or {}
+    worst = max(idle.values()) / 1024 if idle else None
+    rows.append(Row("idle RSS per service (`serve`), largest", "< 20 MB", worst, " MB",
+                    None if worst is None else worst < 20,
+                    note=", ".join(f"{k} {v / 1024:.1f} MB" for k, v in sorted(idle.items()))))
+    up_idle = get(r("up-c8"), "target", "idle_rss_kib", "up")
+    up_mb = up_idle / 1024 if up_idle else None
+    rows.append(Row("idle RSS of `up`", "< 60 MB", up_mb, " MB", None if up_mb is None else up_mb < 60))
+    for setup, label in (("up", "`up`"), ("serve", "3 x `serve`")):
+        ms = get(r(f"{setup}-c8"), "target", "start_to_healthy_ms")
+        rows.append(Row(f"start to healthy, {label}", "< 1 s", ms, " ms", None if ms is None else ms < 1000))
+    growth = get(r("long"), "rss_kib", "up", "growth_pct")
+    series = get(r("long"), "rss_series_kib", "series", "up") or []
+    half = None
+    if len(series) >= 4:
+        mid = series[len(series) // 2]
+        half = (series[-1] - mid) * 100.0 / mid if mid else None
+    rows.append(Row("RSS growth over the long run (`up`, c=8)", "< 10 %", growth, " %",
+                    None if growth is None else growth < 10,
+                    note=(f"window {fmt(get(r('long'), 'window_s'), 0)} s after a "
+                          f"{fmt(get(r('long'), 'warmup_s'), 0)} s warm-up; RSS "
+                          f"{fmt(series[0] / 1024 if series else None)} MB at the load's start, "
+                          f"{fmt(series[-1] / 1024 if series else None)} MB at its end; "
+                          f"second half of the run: {fmt(half, 1)} %")))
+    return rows
+
+
+RUN_ORDER = ["serve-c1", "serve-c8", "serve-c32", "up-c1", "up-c8", "up-c32", "serve-open100",
+             "up-open100", "echo", "get-order", "watch", "watch-default-policy", "long"]
+
+
+def run_table(runs):
+    lines = ["| run | binary | ok/s | p50 ms | p99 ms | p99.9 ms | errors | ordermesh CPU ms/req (per process) "
+             "| PostgreSQL CPU ms/req | bench CPU ms/req | statements/req | COMMITs/req | xact_commit/req | share of limit "
+             "| other processes (cores) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for base in RUN_ORDER:
+        for suffix in ("A", "B"):
+            run = runs.get(f"{base}-{suffix}")
+            if not run:
+                continue
+            per = get(run, "cpu", "process_ms_per_request") or {}
+            procs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+            errors = get(run, "requests", "errors") or {}
+            err = str(sum(errors.values())) + (" (" + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")" if errors else "")
+            if get(run, "requests", "budget_exhausted"):
+                err += " (balance used up)"
+            lines.append("| " + " | ".join([
+                base, "this branch" if suffix == "A" else "baseline",
+                fmt(get(run, "throughput_per_s")),
+                fmt(get(run, "latency_ms", "p50_ms"), 2), fmt(get(run, "latency_ms", "p99_ms"), 2),
+                fmt(get(run, "latency_ms", "p999_ms"), 2), err,
+                f"{fmt(get(run, 'cpu', 'ordermesh_ms_per_request'), 2)} ({procs})",
+                fmt(get(run, "cpu", "database_ms_per_request"), 2),
+                fmt(get(run, "cpu", "client_ms_per_request"), 2),
+                fmt(get(run, "database", "statements_per_request")),
+                fmt(get(run, "database", "commit_statements_per_request")),
+                fmt(get(run, "database", "commits_per_request")),
+                fmt(get(run, "limit", "throughput_share_of_limit"), 3),
+                fmt(get(run, "machine", "other_cores"), 2),
+            ]) + " |")
+    return lines
+
+
+def floors(runs):
+    lines = ["| run | RPC server ms | RPC client ms | commit ms (client + server) | commits/s, 8 loops "
+             "| statement ms (client + server) | limit: ordermesh + database + bench ms/order | limit orders/s | counts from |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for base in ("serve-c8", "serve-c32", "up-c8", "up-c32"):
+        for suffix in ("A", "B"):
+            run = runs.get(f"{base}-{suffix}")
+            f, lower = get(run, "limit", "floor"), get(run, "limit", "lower")
+            if not f:
+                continue
+            add = lambda a, b: (a or 0) + (b or 0) if a is not None else None
+            lines.append("| " + " | ".join([
+                f"{base}-{suffix}", fmt(f["rpc_server_ms"], 3), fmt(f["rpc_client_ms"], 3),
+                fmt(add(f.get("commit_client_ms"), f.get("commit_server_ms")), 3),
+                fmt(f.get("commits_per_s"), 0),
+                fmt(add(f.get("statement_client_ms"), f.get("statement_server_ms")), 3),
+                f"{fmt(lower['ordermesh_ms'], 2)} + {fmt(lower['database_ms'], 2)} + {fmt(lower['client_ms'], 2)}",
+                fmt(lower["orders_per_s"], 0), get(run, "limit", "database_counts_from") or "",
+            ]) + " |")
+    return lines
+
+
+def top_statements(run, n=15):
+    lines = ["| service | calls per order | statement |", "|---|---|---|"]
+    for t in (get(run, "database", "top_statements") or [])[:n]:  # noqa: E501
+        q = t["query"].replace("|", "\\|")
+        lines.append(f"| {t['database']} | {t['calls_per_request']:.2f} | `{q}` |")
+    return lines
+
+
+def chart(runs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = [("up", "up (SQLite)"), ("serve", "3 x serve (PostgreSQL)")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.38
+    for ax, (setup, title) in zip(axes, setups):
+        xs = [1, 8, 32]
+        has_b = any(f"{setup}-c{c}-B" in runs for c in xs)
+        for i, (suffix, label, color) in enumerate((("A", "this branch", "#1f77b4"), ("B", "baseline", "#aaaaaa"))):
+            if suffix == "B" and not has_b:
+                continue
+            vals = [get(runs.get(f"{setup}-c{c}-{suffix}"), "throughput_per_s") or 0 for c in xs]
+            pos = [j + (i - 0.5) * width if has_b else j for j in range(len(xs))]
+            bars = ax.bar(pos, vals, width if has_b else 0.6, label=label, color=color)
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        limits = [get(runs.get(f"{setup}-c{c}-A"), "limit", "lower", "orders_per_s") for c in xs]
+        if any(limits):
+            lim = max(l for l in limits if l)
+            ax.axhline(lim * 0.5, color="#2ca02c", linestyle=":", label=f"0.5 x machine limit ({lim * 0.5:.0f})")
+        ax.axhline(300, color="#d62728", linestyle="--", label="target 300/s")
+        ax.set_xticks(range(len(xs)), [f"c={c}" for c in xs])
+        ax.set_title(title)
+        ax.set_ylabel("confirmed orders/s")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle("ordermesh: confirmed orders per second (ordermesh bench, create-order)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--markdown", default="BENCHMARKS.md")
+    ap.add_argument("--chart", default="bench/benchmarks.png")
+    ap.add_argument("--baseline", default="")
+    ap.add_argument("--long", default="60s")
+    a = ap.parse_args()
+    runs = load(a.out)
+    if not runs:
+        sys.exit(f"report.py: no JSON reports in {a.out}")
+    model, cores, uname = machine()
+    rows_a = targets(runs, "A")
+    rows_b = {r.what: r for r in targets(runs, "B")} if any(k.endswith("-B") for k in runs) else {}
+    commit = command("git", "rev-parse", "--short", "HEAD")
+    md = ["# Benchmarks", "",
+          "Generated by `bench/run.sh` (`just bench`) from `ordermesh bench` runs; do not edit by hand.", "",
+          "![confirmed orders per second](bench/benchmarks.png)", "",
+          "## Method", "",
+          "- Every figure comes from `ordermesh bench` (the `bench` subcommand of the release binary): it starts "
+          "its own mesh in a temporary directory on free ports: `ordermesh up` on SQLite, or three "
+          "`ordermesh serve` processes on fresh databases of a PostgreSQL cluster it starts itself "
+          "(initdb, `fsync` on, `pg_stat_statements` preloaded). A baseline binary is started the same way "
+          "(`--server-bin`); the client is always this branch's.",
+          "- Load over gRPC from the same process: closed loop (c workers, each sending its next request when "
+          "the last finished) or open loop (a fixed arrival rate; latency measured from each request's intended "
+          "send time, so queueing behind a stall counts: corrected for coordinated omission). "
+          f"Warm-up, then a measured window (this run: see each JSON's `window_s`; the long run {a.long}). "
+          "Latencies go into HDR histograms (3 significant figures).",
+          "- create-order: `CreateOrder` of one unit of CB-004 ($9.99), then `WatchOrder` until the order is "
+          "terminal; only CONFIRMED counts, anything else is an error by reason. Each run opens a funded account "
+          "of its own (`OpenAccount`) and restocks the SKU (`AdjustStock`).",
+          "- CPU: utime+stime from `/proc/<pid>/stat` of every ordermesh process and of every process of the "
+          "PostgreSQL cluster (the postmaster's tree, including reaped backends), read at both edges of the "
+          "window while the load runs, divided by the confirmed orders in the window. The bench's own CPU is "
+          "reported apart.",
+          "- Database work: `pg_stat_statements` calls (statements, BEGIN/COMMIT included; COMMIT calls are the "
+          "write transactions) and `pg_stat_database.xact_commit` (which also counts every read-only autocommit "
+          "statement) of the three databases over the window, per confirmed order.",
+          "- The machine's limit, measured in the same run: echo (`grpc.health.v1.Health/Check` of the order "
+          "service's server, answered from memory) gives the CPU of one RPC on the server and on the client; "
+          "a loop of `BEGIN; UPDATE one row; COMMIT` through sqlx on a scratch table of the same backend gives "
+          "the CPU of the simplest commit (client + server), and a loop of a one-row primary-key read that of a "
+          "trivial statement. An order's lower limit is 6 RPCs (create, watch, reserve, authorize, capture, "
+          "commit; 4 of them with the order service as client) + C commits + max(0, S - 3C) statements, with C "
+          "the run's write transactions (COMMIT statements) and S its statements per order (SQLite runs borrow them from the PostgreSQL run "
+          "at the same concurrency: same SQL). The throughput limit is cores / that CPU. \"share of limit\" is "
+          "measured orders/s divided by that limit; \"x limit\" for CPU is measured CPU divided by the limit's.",
+          "- Mesh client stack vs bare channel: the echo scenario at c=1 alternates call by call between a "
+          "bare tonic `Channel` and the mesh client stack (`--client both`) against the same server. "
+          "`cargo bench -p ordermesh-mesh` (criterion) measures the same plus the open-breaker rejection "
+          "(`bench/run.sh --criterion`).",
+          "- WatchOrder: orders flow at a fixed rate, each held 3 s by an injected delay of CapturePayment "
+          "(MeshAdminService/SetFaults), so there are always open orders; phase A measures the flow alone, "
+          "phase B the flow plus N watchers, each following the newest order until it ends. The difference in "
+          "statements per second, less one GetOrder's statements per subscription (a watcher's first read), "
+          "per watcher-second, is what a waiting watcher costs the database; only reads count (watchers write "
+          "nothing; the flow's writes differ by a saga step or two between windows), and 0.05 per watcher-second "
+          "is the flow's noise (the per-watcher poll of older builds costs 1 or more).",
+          "- Other processes: the machine's busy CPU (`/proc/stat`) over the window less the mesh's, the "
+          "database's and the bench's: other builds or benchmarks, and also kernel threads doing the run's own "
+          "I/O (journal commits, writeback), which no process is charged for; a run on a machine others were "
+          "using says so in the last column of "
+          "\"Every run\" (its absolute figures are then low; A/B pairs run back to back share the disturbance "
+          "only roughly).",
+          "- Idle RSS: `VmRSS` half a second after every health check answers SERVING; start to healthy: spawn "
+          "to SERVING on all three services. RSS growth: the long run's RSS at the window's end against its "
+          "start.",
+          "", "## Machine and versions", "",
+          f"- CPU: {model}, {cores} cores", f"- Kernel: `{uname}`",
+          f"- Commit: {commit}; rustc: {command('rustc', '--version')}",
+          f"- tonic {lock_version('tonic')}, sqlx {lock_version('sqlx')}, "
+          f"SQLite (libsqlite3-sys) {lock_version('libsqlite3-sys')}, {postgres_version()}",
+          f"- Baseline binary: `{a.baseline}`" if a.baseline else "- Baseline: none (run with `--baseline BIN`)",
+          "", "## Targets of issue 7", "",
+          ]
+    header = "| figure | target | this branch | x limit | pass/miss |"
+    sep = "|---|---|---|---|---|"
+    if rows_b:
+        header = "| figure | target | this branch | x limit | pass/miss | baseline | this / baseline |"
+        sep = "|---|---|---|---|---|---|---|"
+    md += [header, sep]
+    for r in rows_a:
+        cells = [r.what, r.target, fmt(r.measured, 2, r.unit), fmt(r.limit, 2, "x") if r.limit is not None else "",
+                 verdict(r.passed)]
+        if rows_b:
+            b = rows_b.get(r.what)
+            bm = b.measured if b else None
+            ratio = (r.measured / bm) if (bm and r.measured is not None) else None
+            cells += [fmt(bm, 2, r.unit), fmt(ratio, 2, "x") if ratio is not None else "n/a"]
+        md.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r.what}: {r.note}" for r in rows_a if r.note]
+    if notes:
+        md += ["", "Notes:", ""] + notes
+    md += ["", "\"x limit\": for throughput, the share of the machine's limit reached (target >= 0.5); for CPU, "
+           "how many times the limit's CPU an order spends (1.0 = nothing beyond its RPCs and commits).",
+           "", "## Every run", ""] + run_table(runs)
+    md += ["", "## The machine's limit, as measured", ""] + floors(runs)
+    for name in ("serve-c8-A", "serve-c8-B"):
+        if name in runs:
+            md += ["", f"## Statements per order by calls ({name})", ""] + top_statements(runs[name])
+    md += ["", "## Running it", "",
+           "```sh", "bench/run.sh                                   # this set (`just bench`)",
+           "bench/run.sh --long 10m --duration 30s         # the 10-minute memory run and longer windows",
+           "bench/run.sh --baseline /path/to/old/ordermesh # before/after, alternating A and B",
+           "ordermesh bench --start serve --scenario create-order --concurrency 32 --json out.json", "```", ""]
+    Path(a.markdown).write_text("\n".join(md))
+    chart(runs, a.chart)
+
+
+if __name__ == "__main__":
+    main()
