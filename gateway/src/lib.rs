@@ -1,0 +1,1 @@
+//! The edge gateway (see README.md in this crate).
