@@ -1,1 +1,6 @@
 //! The edge gateway (see README.md in this crate).
+
+pub mod descriptors;
+pub mod fields;
+pub mod rules;
+pub mod template;
