@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{EventArgs, InventoryArgs, PaymentArgs, SagaArgs};
+use crate::config::{EventArgs, GatewayArgs, InventoryArgs, PaymentArgs, SagaArgs};
 use ordermesh_runtime::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
     Events(crate::events::EventsArgs),
+    /// Mint a development token for the gateway (`up`, or a gateway in development mode).
+    Token(crate::token::TokenArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,6 +58,7 @@ impl From<LogFormatArg> for LogFormat {
 /// What `ordermesh serve` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
+    Gateway,
     Order,
     Inventory,
     Payment,
@@ -64,6 +67,7 @@ pub enum Target {
 impl Target {
     pub fn name(self) -> &'static str {
         match self {
+            Target::Gateway => "gateway",
             Target::Order => "order",
             Target::Inventory => "inventory",
             Target::Payment => "payment",
@@ -85,6 +89,11 @@ pub struct UpArgs {
     pub inventory_port: u16,
     #[arg(long, env = "ORDERMESH_PAYMENT_PORT", default_value_t = 50053)]
     pub payment_port: u16,
+    /// The gateway: REST/JSON, grpc-web and gRPC on one port.
+    #[arg(long, env = "ORDERMESH_GATEWAY_PORT", default_value_t = 8080)]
+    pub gateway_port: u16,
+    #[command(flatten, next_help_heading = "Gateway")]
+    pub gateway: GatewayArgs,
     #[command(flatten, next_help_heading = "Inventory")]
     pub inventory: InventoryArgs,
     #[command(flatten, next_help_heading = "Payment")]
@@ -133,14 +142,17 @@ pub struct ServeArgs {
     /// Directory for the SQLite file when no --database-url is given.
     #[arg(long, env = "ORDERMESH_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// The inventory service (order only).
+    /// The order service (gateway only).
+    #[arg(long, env = "ORDERMESH_ORDER_URL", default_value = "http://127.0.0.1:50051")]
+    pub order_url: String,
+    /// The inventory service (order, gateway).
     #[arg(
         long,
         env = "ORDERMESH_INVENTORY_URL",
         default_value = "http://127.0.0.1:50052"
     )]
     pub inventory_url: String,
-    /// The payment service (order only).
+    /// The payment service (order, gateway).
     #[arg(long, env = "ORDERMESH_PAYMENT_URL", default_value = "http://127.0.0.1:50053")]
     pub payment_url: String,
     /// Seed the demo catalogue or demo customers when missing (inventory, payment).
@@ -154,6 +166,8 @@ pub struct ServeArgs {
     pub saga: SagaArgs,
     #[command(flatten, next_help_heading = "Events")]
     pub events: EventArgs,
+    #[command(flatten, next_help_heading = "Gateway")]
+    pub gateway: GatewayArgs,
     /// Mesh policy file (TOML; see docs/mesh-policy.example.toml), watched for changes.
     #[arg(long, env = "ORDERMESH_POLICY")]
     pub policy: Option<PathBuf>,

@@ -166,3 +166,87 @@ pub fn check_reservation_outlives_saga(inventory: &InventoryArgs, saga: &SagaArg
     }
     Ok(())
 }
+
+/// Gateway settings (`serve gateway`, and the gateway `up` runs).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The per-route tables: required scopes, public routes, rate limits, CORS
+    /// origins (TOML; see gateway/README.md).
+    #[arg(long, env = "ORDERMESH_GATEWAY_CONFIG")]
+    pub gateway_config: Option<std::path::PathBuf>,
+    /// `production` refuses to start without JWT keys (a JWKS file or URL);
+    /// `development` also takes an HS256 secret, or makes one in the data
+    /// directory for `ordermesh token`. `up` always runs in development mode.
+    #[arg(long, env = "ORDERMESH_AUTH_MODE", default_value = "production")]
+    pub auth_mode: String,
+    /// Required `iss` of tokens, when set.
+    #[arg(long, env = "ORDERMESH_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of tokens, when set.
+    #[arg(long, env = "ORDERMESH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// A JWKS document with the token-signing public keys (RS256, ES256, EdDSA).
+    #[arg(long, env = "ORDERMESH_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// A JWKS URL, fetched at start and refreshed.
+    #[arg(long, env = "ORDERMESH_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// An HS256 secret (development mode only); from the environment only, so
+    /// it never shows in a process list.
+    #[arg(long = "jwt-hs256-secret-from-env-only", env = "ORDERMESH_JWT_HS256_SECRET", hide = true, hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// Downstream deadline (ms) for calls that set none (REST `X-Request-Timeout`, gRPC `grpc-timeout`).
+    #[arg(long, env = "ORDERMESH_GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub gateway_timeout_ms: u64,
+    /// Longest deadline (ms) a caller may ask for.
+    #[arg(long, env = "ORDERMESH_GATEWAY_MAX_TIMEOUT_MS", default_value_t = 60_000)]
+    pub gateway_max_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "ORDERMESH_GATEWAY_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub gateway_max_body_bytes: usize,
+    /// Accept (and drop) JSON fields a request message does not have, instead of 400.
+    #[arg(long, env = "ORDERMESH_GATEWAY_ALLOW_UNKNOWN_FIELDS")]
+    pub gateway_allow_unknown_fields: bool,
+}
+
+/// The gateway's config; `development` forces development auth (`up`).
+pub fn gateway(
+    args: &GatewayArgs,
+    urls: [String; 3],
+    data_dir: &std::path::Path,
+    development: bool,
+    mesh: MeshSettings,
+) -> anyhow::Result<ordermesh_gateway::GatewayConfig> {
+    use anyhow::Context;
+    use ordermesh_gateway::auth::{AuthConfig, AuthMode};
+    let mode = if development {
+        AuthMode::Development
+    } else {
+        args.auth_mode
+            .parse::<AuthMode>()
+            .map_err(|error| anyhow::anyhow!("{error}"))
+            .context("--auth-mode / ORDERMESH_AUTH_MODE")?
+    };
+    let [order_url, inventory_url, payment_url] = urls;
+    Ok(ordermesh_gateway::GatewayConfig {
+        order_url,
+        inventory_url,
+        payment_url,
+        auth: AuthConfig {
+            mode,
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+            jwks_file: args.jwt_jwks_file.clone(),
+            jwks_url: args.jwt_jwks_url.clone(),
+            hs256_secret: args.jwt_hs256_secret.clone(),
+            dev_key_dir: Some(data_dir.to_owned()),
+            leeway: Duration::from_secs(30),
+        },
+        file: args.gateway_config.clone(),
+        default_timeout: Duration::from_millis(args.gateway_timeout_ms),
+        max_timeout: Duration::from_millis(args.gateway_max_timeout_ms),
+        max_body_bytes: args.gateway_max_body_bytes,
+        allow_unknown_fields: args.gateway_allow_unknown_fields,
+        mesh,
+    })
+}

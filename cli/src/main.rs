@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod events;
 mod health;
+mod token;
 mod up;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Health(args) => health::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Events(args) => events::run(args).await,
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -55,6 +57,14 @@ pub fn mesh_settings(path: Option<&std::path::Path>) -> anyhow::Result<MeshSetti
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mesh = mesh_settings(args.policy.as_deref())?;
+    if args.target == Target::Gateway {
+        // No database and no events: the gateway keeps no state of its own.
+        let urls = [args.order_url.clone(), args.inventory_url.clone(), args.payment_url.clone()];
+        let config = config::gateway(&args.gateway, urls, &args.data_dir, false, mesh)?;
+        let gateway = ordermesh_gateway::build(config).await.context("starting the gateway")?;
+        let listener = bind(args.listen).await?;
+        return gateway.serve(listener, ordermesh_runtime::shutdown::signal()).await;
+    }
     let bus = args.events.bus().await?;
     let database_url = match &args.database_url {
         Some(url) => url.clone(),
@@ -63,6 +73,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen).await?;
     let shutdown = ordermesh_runtime::shutdown::signal();
     match args.target {
+        Target::Gateway => unreachable!("served above"),
         Target::Inventory => {
             let config = config::inventory(database_url, &args.inventory, args.seed_demo, (mesh, bus));
             ordermesh_inventory::build(config)

@@ -21,6 +21,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let order_addr = SocketAddr::new(args.host, args.order_port);
     let inventory_addr = SocketAddr::new(args.host, args.inventory_port);
     let payment_addr = SocketAddr::new(args.host, args.payment_port);
+    let gateway_addr = SocketAddr::new(args.host, args.gateway_port);
     let mesh = crate::mesh_settings(args.policy.as_deref())?;
     // One bus for the three services: with no NATS, they share one
     // in-process broker, so each sees the others' events.
@@ -29,6 +30,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let inventory_listener = bind(inventory_addr).await?;
     let payment_listener = bind(payment_addr).await?;
     let order_listener = bind(order_addr).await?;
+    let gateway_listener = bind(gateway_addr).await?;
 
     // A URL given per service (PostgreSQL, as the Helm chart's SingleBinary
     // mode passes them) wins over the SQLite file under the data directory.
@@ -48,6 +50,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         true,
         (mesh.clone(), bus.clone()),
     );
+    // The gateway in development mode: its signing key lives in the data
+    // directory, where `ordermesh token` finds it.
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let gateway = config::gateway(
+        &args.gateway,
+        [
+            format!("http://{order_addr}"),
+            format!("http://{inventory_addr}"),
+            format!("http://{payment_addr}"),
+        ],
+        &args.data_dir,
+        true,
+        mesh.clone(),
+    )?;
     let order = config::order(
         database(&args.order_database_url, "order")?,
         format!("http://{inventory_addr}"),
@@ -62,34 +79,47 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("starting payment")?;
     let order = ordermesh_order::build(order).await.context("starting order")?;
+    let gateway = ordermesh_gateway::build(gateway)
+        .await
+        .context("starting the gateway")?;
 
     let shutdown: Shared<_> = ordermesh_runtime::shutdown::signal().boxed().shared();
     let mut services = JoinSet::new();
     services.spawn(
         inventory
             .serve(inventory_listener, shutdown.clone())
-            .map(|r| ("inventory", r)),
+            .map(|r| ("inventory", r.map_err(anyhow::Error::from))),
     );
     services.spawn(
         payment
             .serve(payment_listener, shutdown.clone())
-            .map(|r| ("payment", r)),
+            .map(|r| ("payment", r.map_err(anyhow::Error::from))),
     );
     services.spawn(
         order
             .serve(order_listener, shutdown.clone())
-            .map(|r| ("order", r)),
+            .map(|r| ("order", r.map_err(anyhow::Error::from))),
+    );
+    services.spawn(
+        gateway
+            .serve(gateway_listener, shutdown.clone())
+            .map(|r| ("gateway", r)),
     );
 
     println!("ordermesh is starting (data in {})", args.data_dir.display());
+    println!("  gateway    {gateway_addr}    REST/JSON, grpc-web and gRPC (openapi: http://{gateway_addr}/openapi.json)");
     println!("  order      {order_addr}   ordermesh.order.v1.OrderService");
     println!("  inventory  {inventory_addr}   ordermesh.inventory.v1.InventoryService");
     println!("  payment    {payment_addr}   ordermesh.payment.v1.PaymentService");
-    let all = [order_addr, inventory_addr, payment_addr];
+    let all = [order_addr, inventory_addr, payment_addr, gateway_addr];
     tokio::select! {
         ready = wait_until_serving(&all) => {
             ready?;
             println!("try: grpcurl -plaintext {order_addr} list");
+            println!(
+                "try: curl -H \"Authorization: Bearer $(ordermesh token --data-dir {})\" http://{gateway_addr}/v1/orders",
+                args.data_dir.display()
+            );
             println!("ordermesh is ready: every service reports SERVING");
         }
         Some(exited) = services.join_next() => {
@@ -103,7 +133,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn report_exit(
-    exited: Result<(&'static str, Result<(), ordermesh_runtime::Error>), tokio::task::JoinError>,
+    exited: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
 ) -> anyhow::Result<()> {
     let (name, result) = exited.context("a service task panicked")?;
     result.with_context(|| format!("{name} service failed"))

@@ -90,13 +90,14 @@ fn up_serves_every_service_through_reflection_and_stops_on_sigterm() {
         return;
     };
     let data = tempfile::tempdir().expect("tempdir");
-    let (order, inventory, payment) = (free_port(), free_port(), free_port());
+    let (order, inventory, payment, gateway) = (free_port(), free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
         .args(["up", "--data-dir"])
         .arg(data.path())
         .args(["--order-port", &order.to_string()])
         .args(["--inventory-port", &inventory.to_string()])
         .args(["--payment-port", &payment.to_string()])
+        .args(["--gateway-port", &gateway.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -121,7 +121,7 @@ fn with_policy(mut args: Vec<String>, policy: Option<&Path>) -> Vec<String> {
 /// `ordermesh up` on free ports and SQLite files in a temporary directory.
 pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
-    let ports = [free_port()?, free_port()?, free_port()?];
+    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
     let args: Vec<String> = [
         "up",
         "--data-dir",
@@ -132,11 +132,13 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
         &ports[1].to_string(),
         "--payment-port",
         &ports[2].to_string(),
+        "--gateway-port",
+        &ports[3].to_string(),
     ]
     .map(String::from)
     .to_vec();
     let args = with_policy(args, policy);
-    let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let urls: Vec<String> = ports[..3].iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     let began = Instant::now();
     let mut children = vec![spawn(bin, &args, &dir.path().join("up.log"))?];
     wait_serving(&urls, &mut children, Duration::from_secs(60)).await?;

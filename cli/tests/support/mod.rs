@@ -56,6 +56,7 @@ pub struct Up {
     pub order: u16,
     pub inventory: u16,
     pub payment: u16,
+    pub gateway: u16,
     lines: mpsc::Receiver<String>,
     data: tempfile::TempDir,
 }
@@ -65,13 +66,14 @@ impl Up {
     /// deadline) for its ready line.
     pub fn start(extra: &[String]) -> Up {
         let data = tempfile::tempdir().expect("tempdir");
-        let (order, inventory, payment) = (free_port(), free_port(), free_port());
+        let (order, inventory, payment, gateway) = (free_port(), free_port(), free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
             .args(["up", "--data-dir"])
             .arg(data.path())
             .args(["--order-port", &order.to_string()])
             .args(["--inventory-port", &inventory.to_string()])
             .args(["--payment-port", &payment.to_string()])
+            .args(["--gateway-port", &gateway.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -91,6 +93,7 @@ impl Up {
             order,
             inventory,
             payment,
+            gateway,
             lines,
             data,
         };

@@ -1,0 +1,115 @@
+//! API composition for a frontend: `GET /v1/orders/{order_id}/details` is one
+//! document built from the order, its payment, its stock reservation and its
+//! timeline, fetched from three services in parallel within the caller's
+//! deadline.
+//!
+//! A part that cannot be had (its service is down, slow or refusing) is left
+//! out and listed under `unavailable` with its status, and the rest is
+//! returned with 200: a page that shows an order without its payment beats
+//! an error page. Only the order itself is essential: if it does not exist
+//! the answer is its 404.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::Shared;
+use crate::error;
+use crate::json;
+use crate::rest::{deadline, json_response, outgoing};
+
+/// The rpc the composed read is admitted as (its scopes and rate limit).
+pub const ADMITTED_AS: &str = "/ordermesh.order.v1.OrderService/GetOrder";
+
+pub async fn details(
+    State(shared): State<Arc<Shared>>,
+    Path(order_id): Path<String>,
+    parts: http::request::Parts,
+) -> Response<Body> {
+    let peer = crate::rest::peer(&parts.extensions);
+    match compose(&shared, peer, &order_id, &parts.headers).await {
+        Ok(document) => json_response(StatusCode::OK, &document),
+        Err(status) => error::response(&shared.pool, &status),
+    }
+}
+
+async fn compose(
+    shared: &Shared,
+    peer: Option<std::net::IpAddr>,
+    order_id: &str,
+    headers: &HeaderMap,
+) -> Result<Value, tonic::Status> {
+    let principal = shared.guard.admit(ADMITTED_AS, headers, peer).await?;
+    let timeout = deadline(headers, shared.default_timeout, shared.max_timeout)?;
+    let call = |method: &'static str, request: Value, field: Option<&'static str>| {
+        let principal = principal.clone();
+        async move {
+            let descriptor = shared
+                .pool
+                .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))
+                .and_then(|s| s.methods().find(|m| Some(m.name()) == method.rsplit_once('/').map(|(_, m)| m)))
+                .ok_or_else(|| tonic::Status::internal(format!("{method} is not in the contracts")))?;
+            let message = json::decode(descriptor.input(), request, json::JsonOptions::default())?;
+            let request = outgoing(message, headers, principal.as_ref(), timeout);
+            // The deadline travels with the call; this is the safety net.
+            let response = tokio::time::timeout(timeout + Duration::from_millis(50), shared.upstreams.unary(&descriptor, request))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no answer within the request deadline"))??;
+            json::response(response.get_ref(), field)
+        }
+    };
+    let (order, payments, reservation, timeline) = tokio::join!(
+        call("ordermesh.order.v1.OrderService/GetOrder", json!({ "order_id": order_id }), Some("order")),
+        // The saga authorizes with this request id (one per order), so the
+        // payment is found without waiting for the order's payment_id.
+        call(
+            "ordermesh.payment.v1.PaymentService/ListPayments",
+            json!({ "authorize_request_id": format!("{order_id}:authorize") }),
+            Some("payments"),
+        ),
+        call(
+            "ordermesh.inventory.v1.InventoryService/GetReservation",
+            json!({ "order_id": order_id }),
+            Some("reservation"),
+        ),
+        call(
+            "ordermesh.order.v1.OrderService/GetOrderTimeline",
+            json!({ "order_id": order_id }),
+            Some("entries"),
+        ),
+    );
+    if let Err(status) = &order
+        && status.code() == tonic::Code::NotFound
+    {
+        return Err(status.clone());
+    }
+    let mut document = Map::new();
+    let mut unavailable = Map::new();
+    let mut part = |name: &str, result: Result<Value, tonic::Status>| match result {
+        Ok(value) => {
+            document.insert(name.to_owned(), value);
+        }
+        // Nothing there yet (no reservation for a rejected order): not an outage.
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            document.insert(name.to_owned(), Value::Null);
+        }
+        Err(status) => {
+            document.insert(name.to_owned(), Value::Null);
+            unavailable.insert(name.to_owned(), error::status_json(&shared.pool, &status));
+        }
+    };
+    part("order", order);
+    part(
+        "payment",
+        payments.map(|list| list.as_array().and_then(|a| a.first().cloned()).unwrap_or(Value::Null)),
+    );
+    part("reservation", reservation);
+    part("timeline", timeline);
+    document.insert("partial".to_owned(), Value::Bool(!unavailable.is_empty()));
+    document.insert("unavailable".to_owned(), Value::Object(unavailable));
+    Ok(Value::Object(document))
+}

@@ -1,0 +1,146 @@
+//! Admission at the edge, the same for REST, grpc-web and native gRPC: a
+//! call is identified by its RPC path (`/pkg.Service/Method`), whatever the
+//! protocol, so one table of scopes and rate limits guards all three.
+//!
+//! Order: authenticate (a bad token is refused even on a public route, so a
+//! client learns its token is wrong), require a token unless the route is
+//! public, require the route's scopes, then take a token from the caller's
+//! bucket (its subject, or its address when anonymous). The verified
+//! identity is what services see: every `x-ordermesh-*` header a client
+//! sent is dropped and the gateway's own are set.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::RoutePolicy;
+use crate::error;
+use crate::limit::RateLimits;
+
+/// The subject of the verified token, as services receive it.
+pub const SUBJECT_HEADER: &str = "x-ordermesh-subject";
+/// The verified token's scopes, space-separated.
+pub const SCOPES_HEADER: &str = "x-ordermesh-scopes";
+const RESERVED_PREFIX: &str = "x-ordermesh-";
+
+#[derive(Clone)]
+pub struct Guard {
+    auth: Authenticator,
+    limits: RateLimits,
+    policies: Arc<HashMap<String, RoutePolicy>>,
+}
+
+impl Guard {
+    pub fn new(auth: Authenticator, limits: RateLimits, policies: HashMap<String, RoutePolicy>) -> Self {
+        Self {
+            auth,
+            limits,
+            policies: Arc::new(policies),
+        }
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    /// Admits a call to `rpc` or says why not, as the status the caller gets.
+    pub async fn admit(
+        &self,
+        rpc: &str,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Principal>, tonic::Status> {
+        let policy = self
+            .policies
+            .get(rpc)
+            .ok_or_else(|| tonic::Status::unimplemented(format!("{rpc} is not served by the gateway")))?;
+        let principal = self
+            .auth
+            .authenticate(headers.get(http::header::AUTHORIZATION))
+            .await
+            .map_err(|error| error.to_status())?;
+        match &principal {
+            None if !policy.public => {
+                return Err(tonic::Status::unauthenticated(
+                    "this route needs a bearer token (Authorization: Bearer <token>)",
+                ));
+            }
+            Some(principal) if !policy.public => {
+                let missing: Vec<&str> = policy
+                    .scopes
+                    .iter()
+                    .filter(|scope| !principal.scopes.contains(*scope))
+                    .map(String::as_str)
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(tonic::Status::permission_denied(format!(
+                        "the token lacks the scope(s) {} that {rpc} requires",
+                        missing.join(", ")
+                    )));
+                }
+            }
+            _ => {}
+        }
+        let key = match (&principal, peer) {
+            (Some(principal), _) => format!("sub:{}", principal.subject),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "ip:unknown".to_owned(),
+        };
+        self.limits
+            .check(rpc, &key)
+            .map_err(error::rate_limited)?;
+        Ok(principal)
+    }
+}
+
+/// Drops every identity header a client sent and sets the verified one.
+pub fn forward_identity(headers: &mut HeaderMap, principal: Option<&Principal>) {
+    let spoofed: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
+    if let Some(principal) = principal {
+        if let Ok(subject) = HeaderValue::from_str(&principal.subject) {
+            headers.insert(SUBJECT_HEADER, subject);
+        }
+        let scopes: Vec<&str> = principal.scopes.iter().map(String::as_str).collect();
+        if let Ok(scopes) = HeaderValue::from_str(&scopes.join(" ")) {
+            headers.insert(SCOPES_HEADER, scopes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_identity_headers_are_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(SUBJECT_HEADER, HeaderValue::from_static("mallory"));
+        headers.insert("x-ordermesh-scopes", HeaderValue::from_static("admin"));
+        headers.insert("x-ordermesh-anything", HeaderValue::from_static("1"));
+        headers.insert("x-request-id", HeaderValue::from_static("r-1"));
+        forward_identity(&mut headers, None);
+        assert!(headers.get(SUBJECT_HEADER).is_none());
+        assert!(headers.get(SCOPES_HEADER).is_none());
+        assert!(headers.get("x-ordermesh-anything").is_none());
+        assert_eq!(headers["x-request-id"], "r-1", "other headers pass");
+
+        headers.insert(SUBJECT_HEADER, HeaderValue::from_static("mallory"));
+        let alice = Principal {
+            subject: "alice".to_owned(),
+            scopes: ["orders:read".to_owned(), "orders:write".to_owned()].into(),
+        };
+        forward_identity(&mut headers, Some(&alice));
+        assert_eq!(headers[SUBJECT_HEADER], "alice");
+        assert_eq!(headers[SCOPES_HEADER], "orders:read orders:write");
+    }
+}

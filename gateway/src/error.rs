@@ -1,0 +1,161 @@
+//! One way out for every failure: whatever went wrong (a refused token, a
+//! field that does not parse, a service that answered NOT_FOUND, one that is
+//! down) is a `tonic::Status` until the edge, where it becomes either a gRPC
+//! status (native and grpc-web callers) or, here, an HTTP response whose body
+//! is `google.rpc.Status` as JSON with its details rendered by type URL (the
+//! same document grpc-gateway and Envoy return, so their clients' error
+//! handling works unchanged).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The standard gRPC → HTTP table (grpc-gateway's `HTTPStatusFromCode`,
+/// Envoy's transcoder).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `google.rpc.Status` as JSON: `{"code", "message", "details": [{"@type", ...}]}`.
+pub fn status_json(pool: &DescriptorPool, status: &tonic::Status) -> serde_json::Value {
+    let plain = || {
+        serde_json::json!({
+            "code": status.code() as i32,
+            "message": status.message(),
+            "details": [],
+        })
+    };
+    if status.details().is_empty() {
+        return plain();
+    }
+    let Some(descriptor) = pool.get_message_by_name("google.rpc.Status") else {
+        return plain();
+    };
+    let Ok(message) = DynamicMessage::decode(descriptor, status.details()) else {
+        return plain();
+    };
+    let options = SerializeOptions::new().skip_default_fields(false);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or_else(|_| plain())
+}
+
+/// How long a refused caller should wait, from the status's `RetryInfo`.
+pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
+    status.get_details_retry_info().and_then(|info| info.retry_delay)
+}
+
+/// The HTTP response for a failed REST call.
+pub fn response(pool: &DescriptorPool, status: &tonic::Status) -> Response<Body> {
+    let body = serde_json::to_vec(&status_json(pool, status)).unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = http_status(status.code());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(delay) = retry_after(status) {
+        // Whole seconds, rounded up: a client that waits this long is admitted.
+        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    if status.code() == Code::Unauthenticated {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        );
+    }
+    response
+}
+
+/// INVALID_ARGUMENT naming the field, with a `BadRequest` field violation.
+pub fn bad_field(field: &str, description: impl Into<String>) -> tonic::Status {
+    let description = description.into();
+    let message = if field.is_empty() {
+        description.clone()
+    } else {
+        format!("{field}: {description}")
+    };
+    tonic::Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// RESOURCE_EXHAUSTED with a `RetryInfo` saying when to come back.
+pub fn rate_limited(retry_after: Duration) -> tonic::Status {
+    tonic::Status::with_error_details(
+        Code::ResourceExhausted,
+        "rate limit exceeded for this caller and route",
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standard_table() {
+        let expect = [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::OutOfRange, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::Aborted, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Cancelled, 499),
+            (Code::Internal, 500),
+            (Code::Unknown, 500),
+            (Code::DataLoss, 500),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ];
+        for (code, http) in expect {
+            assert_eq!(http_status(code).as_u16(), http, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn details_render_by_type_url() {
+        let pool = crate::descriptors::pool();
+        let json = status_json(&pool, &bad_field("lines[0].quantity", "must be positive"));
+        assert_eq!(json["code"], 3);
+        assert_eq!(json["message"], "lines[0].quantity: must be positive");
+        let detail = &json["details"][0];
+        assert_eq!(detail["@type"], "type.googleapis.com/google.rpc.BadRequest");
+        assert_eq!(detail["fieldViolations"][0]["field"], "lines[0].quantity");
+        assert_eq!(detail["fieldViolations"][0]["description"], "must be positive");
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_rounded_up() {
+        let pool = crate::descriptors::pool();
+        let response = response(&pool, &rate_limited(Duration::from_millis(1200)));
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let plain = super::response(&pool, &tonic::Status::unavailable("down"));
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(plain.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

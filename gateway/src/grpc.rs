@@ -1,0 +1,140 @@
+//! Native gRPC and grpc-web on the gateway's port.
+//!
+//! A gRPC call is not decoded: after admission (the same scopes and rate
+//! limits as REST, keyed by the RPC path) its HTTP/2 request is forwarded as
+//! is, with the verified identity and a bounded deadline added, to the
+//! service's mesh channel, and the response (trailers included) streams
+//! back. grpc-web (binary and text) is translated to gRPC in front of this by
+//! `tonic-web`, so browsers reach exactly the same path. The gateway answers
+//! `grpc.health.v1` and reflection itself (open, as probes and grpcurl need
+//! them) for every public service.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
+
+use crate::Shared;
+use crate::edge::forward_identity;
+
+/// Whether a request is gRPC or grpc-web (by content type).
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Services the gateway answers without admission.
+fn is_open(service: &str) -> bool {
+    matches!(
+        service,
+        "grpc.health.v1.Health"
+            | "grpc.reflection.v1.ServerReflection"
+            | "grpc.reflection.v1alpha.ServerReflection"
+    )
+}
+
+/// The forwarding service, behind `tonic_web::GrpcWebLayer`.
+#[derive(Clone)]
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+}
+
+impl Service<Request<Body>> for Proxy {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { Ok(forward(&shared, request).await.unwrap_or_else(|status| status.into_http())) })
+    }
+}
+
+async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response<Body>, tonic::Status> {
+    let path = request.uri().path().to_owned();
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map(|(service, _)| service.to_owned())
+        .ok_or_else(|| tonic::Status::unimplemented(format!("{path} is not a gRPC method path")))?;
+    let upstream = shared
+        .upstreams
+        .for_service(&service)
+        .ok_or_else(|| tonic::Status::unimplemented(format!("{service} is not served by the gateway")))?;
+    if !is_open(&service) {
+        let peer = crate::rest::peer(request.extensions());
+        let principal = shared.guard.admit(&path, request.headers(), peer).await?;
+        forward_identity(request.headers_mut(), principal.as_ref());
+        bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
+    }
+    Ok(upstream.oneshot(request).await.unwrap_or_else(|never| match never {}))
+}
+
+/// Sets `grpc-timeout` to the default when the caller sent none, and caps it.
+fn bound_deadline(headers: &mut http::HeaderMap, default: Duration, max: Duration) {
+    let asked = headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    let timeout = asked.unwrap_or(default).min(max);
+    let millis = timeout.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
+        headers.insert("grpc-timeout", value);
+    }
+}
+
+/// `grpc-timeout`'s format: up to 8 digits and a unit (H M S m u n).
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_deadlines_get_a_default_and_a_cap() {
+        let default = Duration::from_secs(10);
+        let max = Duration::from_secs(30);
+        let mut headers = http::HeaderMap::new();
+        bound_deadline(&mut headers, default, max);
+        assert_eq!(headers["grpc-timeout"], "10000m");
+        headers.insert("grpc-timeout", HeaderValue::from_static("2S"));
+        bound_deadline(&mut headers, default, max);
+        assert_eq!(headers["grpc-timeout"], "2000m");
+        headers.insert("grpc-timeout", HeaderValue::from_static("5H"));
+        bound_deadline(&mut headers, default, max);
+        assert_eq!(headers["grpc-timeout"], "30000m");
+        headers.insert("grpc-timeout", HeaderValue::from_static("garbage"));
+        bound_deadline(&mut headers, default, max);
+        assert_eq!(headers["grpc-timeout"], "10000m", "an unreadable deadline gets the default");
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("123456789S"), None, "more than 8 digits");
+    }
+}

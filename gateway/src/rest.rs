@@ -1,0 +1,233 @@
+//! REST/JSON → gRPC: find the binding, admit the caller, assemble the request
+//! message, call the service through the mesh, write the answer as JSON
+//! (unary), newline-delimited JSON or Server-Sent Events (server streaming,
+//! chosen by `Accept`), or the error as `google.rpc.Status` JSON.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use prost_reflect::DynamicMessage;
+
+use crate::Shared;
+use crate::auth::Principal;
+use crate::edge::forward_identity;
+use crate::error;
+use crate::json;
+use crate::rules::Binding;
+
+/// The header a REST caller sets its deadline with: `250ms`, `5s`, `1.5s` or
+/// a bare number of seconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout";
+
+pub async fn handle(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
+    let peer = peer(request.extensions());
+    let path = request.uri().path().to_owned();
+    let Some((binding, variables)) = shared.route(request.method(), &path) else {
+        return no_route(&shared, request.method(), &path);
+    };
+    match call(&shared, peer, binding, variables, request).await {
+        Ok(response) => response,
+        Err(status) => error::response(&shared.pool, &status),
+    }
+}
+
+async fn call(
+    shared: &Shared,
+    peer: Option<std::net::IpAddr>,
+    binding: &Binding,
+    variables: Vec<(Vec<String>, String)>,
+    request: Request<Body>,
+) -> Result<Response<Body>, tonic::Status> {
+    let rpc = binding.rpc_path();
+    let principal = shared.guard.admit(&rpc, request.headers(), peer).await?;
+    let timeout = deadline(request.headers(), shared.default_timeout, shared.max_timeout)?;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, shared.max_body_bytes)
+        .await
+        .map_err(|_| {
+            tonic::Status::resource_exhausted(format!(
+                "the request body is larger than {} bytes",
+                shared.max_body_bytes
+            ))
+        })?;
+    let message = json::request(binding, variables, parts.uri.query(), &body, shared.json)?;
+    let grpc_request = outgoing(message, &parts.headers, principal.as_ref(), timeout);
+    if binding.method.is_server_streaming() {
+        let stream = shared
+            .upstreams
+            .server_streaming(&binding.method, grpc_request)
+            .await?
+            .into_inner();
+        Ok(streaming(shared, binding, &parts.headers, stream))
+    } else {
+        let response = shared.upstreams.unary(&binding.method, grpc_request).await?;
+        let json = json::response(response.get_ref(), binding.response_body.as_deref())?;
+        Ok(json_response(StatusCode::OK, &json))
+    }
+}
+
+/// 405 (with `Allow`) when another verb binds this path, else 404; both
+/// with a `google.rpc.Status` body.
+fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
+    let mut allowed: Vec<&str> = shared
+        .routes
+        .iter()
+        .filter(|b| b.template.matches(path).is_some())
+        .map(|b| b.verb.as_str())
+        .collect();
+    allowed.dedup();
+    if allowed.is_empty() {
+        return error::response(&shared.pool, &tonic::Status::not_found(format!("no route for {method} {path}")));
+    }
+    let allow = allowed.join(", ");
+    let status = tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
+    let mut response = error::response(&shared.pool, &status);
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// The caller's address, when the server recorded it.
+pub fn peer(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// The downstream deadline from `X-Request-Timeout`, else the default,
+/// never above the maximum.
+pub fn deadline(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, tonic::Status> {
+    let Some(value) = headers.get(TIMEOUT_HEADER) else {
+        return Ok(default.min(max));
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let parsed = if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse::<f64>().ok().map(|ms| ms / 1000.0)
+    } else {
+        text.strip_suffix('s').unwrap_or(text).parse::<f64>().ok()
+    };
+    match parsed {
+        Some(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs).min(max)),
+        _ => Err(error::bad_field(
+            TIMEOUT_HEADER,
+            format!("{text:?} is not a duration (e.g. 250ms, 5s)"),
+        )),
+    }
+}
+
+/// The gRPC request: the message, the verified identity, the request id and
+/// the deadline (tonic writes it as `grpc-timeout`, which the mesh's deadline
+/// layer and the service honour).
+pub fn outgoing(
+    message: DynamicMessage,
+    incoming: &HeaderMap,
+    principal: Option<&Principal>,
+    timeout: Duration,
+) -> tonic::Request<DynamicMessage> {
+    let mut headers = HeaderMap::new();
+    if let Some(id) = incoming.get(crate::REQUEST_ID) {
+        headers.insert(crate::REQUEST_ID, id.clone());
+    }
+    forward_identity(&mut headers, principal);
+    let mut request = tonic::Request::from_parts(
+        tonic::metadata::MetadataMap::from_headers(headers),
+        tonic::Extensions::default(),
+        message,
+    );
+    request.set_timeout(timeout);
+    request
+}
+
+pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(serde_json::to_vec(json).unwrap_or_default()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Server streaming over HTTP/1.1 or 2: one JSON document per message, as
+/// NDJSON (`{"result": ...}` lines, grpc-gateway's shape) or as SSE
+/// (`data:` events) when the client accepts `text/event-stream`. A failure
+/// after the first message can no longer change the HTTP status, so it is
+/// sent in-band (`{"error": Status}` or an `event: error`) and ends the stream.
+fn streaming(
+    shared: &Shared,
+    binding: &Binding,
+    headers: &HeaderMap,
+    stream: tonic::Streaming<DynamicMessage>,
+) -> Response<Body> {
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    let pool = shared.pool.clone();
+    let response_body = binding.response_body.clone();
+    let frames = stream
+        .map(move |item| {
+            let (kind, json) = match item.and_then(|m| json::response(&m, response_body.as_deref())) {
+                Ok(json) => ("result", json),
+                Err(status) => ("error", error::status_json(&pool, &status)),
+            };
+            let text = if sse {
+                let event = if kind == "error" { "event: error\n" } else { "" };
+                format!("{event}data: {json}\n\n")
+            } else {
+                format!("{}\n", serde_json::json!({ kind: json }))
+            };
+            (kind == "error", Bytes::from(text))
+        })
+        // Stop after an error frame: the stream has ended.
+        .scan(false, |ended, (is_error, frame)| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            *ended = is_error;
+            futures::future::ready(Some(Ok::<_, std::convert::Infallible>(frame)))
+        });
+    let mut response = Response::new(Body::from_stream(frames));
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_parse_and_are_capped() {
+        let default = Duration::from_secs(10);
+        let max = Duration::from_secs(30);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(TIMEOUT_HEADER, HeaderValue::from_str(value).expect("header"));
+            deadline(&headers, default, max)
+        };
+        assert_eq!(deadline(&HeaderMap::new(), default, max).expect("default"), default);
+        assert_eq!(with("250ms").expect("ms"), Duration::from_millis(250));
+        assert_eq!(with("1.5s").expect("s"), Duration::from_millis(1500));
+        assert_eq!(with("2").expect("bare"), Duration::from_secs(2));
+        assert_eq!(with("3600s").expect("capped"), max);
+        for bad in ["soon", "-1s", "0", ""] {
+            let status = with(bad).expect_err(bad);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().contains(TIMEOUT_HEADER));
+        }
+    }
+}

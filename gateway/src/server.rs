@@ -1,0 +1,243 @@
+//! Building the gateway from its config and serving it: one axum router on
+//! one port, HTTP/1.1 and HTTP/2 (h2c) both, with the edge layers every
+//! request passes (request id, CORS, gzip, body limit, access log).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::routing::get;
+use http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use tokio::net::TcpListener;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use ordermesh_mesh::admin::MeshAdmin;
+use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer;
+
+use crate::auth::Authenticator;
+use crate::config::{FileConfig, GatewayConfig, route_policies};
+use crate::descriptors::{PUBLIC_SERVICES, pool};
+use crate::edge::Guard;
+use crate::limit::RateLimits;
+use crate::upstream::{Upstream, Upstreams};
+use crate::{Shared, grpc, rest, rules, sort_routes};
+
+/// A built gateway, ready to serve.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    cors: Vec<String>,
+    reporter: tonic_health::server::HealthReporter,
+}
+
+/// Reads the contracts, checks the configuration (an invalid value stops the
+/// gateway here, naming the key) and connects the upstreams.
+pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
+    let pool = pool();
+    let mut routes = rules::bindings(&pool, PUBLIC_SERVICES)?;
+    sort_routes(&mut routes);
+    let (file, file_path) = match &config.file {
+        Some(path) => (FileConfig::load(path)?, path.clone()),
+        None => (FileConfig::default(), "(built-in defaults)".into()),
+    };
+    let policies = route_policies(&pool, PUBLIC_SERVICES, &file, &file_path)?;
+    let limits = RateLimits::new(
+        file.rate_limit,
+        policies
+            .iter()
+            .filter_map(|(rpc, policy)| policy.rate_limit.map(|limit| (rpc.clone(), limit))),
+    );
+    let auth = Authenticator::new(config.auth.clone()).await?;
+    let guard = Guard::new(auth, limits, policies);
+
+    let mesh = config.mesh.build();
+    let remote = |name: &str, url: &str| -> anyhow::Result<Upstream> {
+        Ok(Upstream::new(mesh.client(name, url)?))
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let local = tonic::service::Routes::new(health)
+        .add_service(descriptors().build_v1()?)
+        .add_service(descriptors().build_v1alpha()?)
+        .add_service(MeshAdminServiceServer::new(MeshAdmin::new(mesh.clone())));
+    let upstreams = Upstreams::new(
+        remote("order", &config.order_url)?,
+        remote("inventory", &config.inventory_url)?,
+        remote("payment", &config.payment_url)?,
+        Upstream::new(local),
+    );
+    let openapi = serde_json::to_vec_pretty(&crate::openapi::document(&pool, &routes))?;
+    let shared = Arc::new(Shared {
+        pool,
+        routes,
+        guard,
+        upstreams,
+        json: crate::json::JsonOptions {
+            deny_unknown_fields: !config.allow_unknown_fields,
+        },
+        default_timeout: config.default_timeout,
+        max_timeout: config.max_timeout,
+        max_body_bytes: config.max_body_bytes,
+        openapi: openapi.into(),
+    });
+    Ok(Gateway {
+        shared,
+        cors: file.cors.origins,
+        reporter,
+    })
+}
+
+impl Gateway {
+    /// The router with every edge layer: what `serve` runs, and what tests
+    /// can drive without a socket.
+    pub fn router(&self) -> Router {
+        let grpc = ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebLayer::new())
+            .service(grpc::Proxy {
+                shared: self.shared.clone(),
+            });
+        let dispatch = move |State(shared): State<Arc<Shared>>, request: Request<Body>| {
+            let grpc = grpc.clone();
+            async move {
+                if grpc::is_grpc(&request) {
+                    let response = grpc
+                        .oneshot(request.map(tonic::body::Body::new))
+                        .await
+                        .unwrap_or_else(|never| match never {});
+                    response.map(Body::new)
+                } else {
+                    rest::handle(State(shared), request).await
+                }
+            }
+        };
+        let compression = DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson"));
+        let request_id = HeaderName::from_static(crate::REQUEST_ID);
+        Router::new()
+            .route("/openapi.json", get(openapi))
+            .route("/v1/orders/{order_id}/details", get(crate::compose::details))
+            .fallback(dispatch)
+            .with_state(self.shared.clone())
+            .layer(
+                ServiceBuilder::new()
+                    .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                    .layer(PropagateRequestIdLayer::new(request_id))
+                    .layer(axum::middleware::from_fn(access_log))
+                    .layer(cors(&self.cors))
+                    .layer(CompressionLayer::new().gzip(true).compress_when(compression)),
+            )
+    }
+
+    /// Serves on `listener` until `shutdown`, then drains (up to 10 s).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let limits = self.shared.guard.limits().clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limits.sweep();
+            }
+        });
+        let app = self.router();
+        let local = listener.local_addr().ok();
+        tracing::info!(service = "gateway", addr = ?local, "serving");
+        // TCP_NODELAY, as for the services: small gRPC frames must not wait
+        // for a delayed ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        sweeper.abort();
+        tracing::info!(service = "gateway", "stopped");
+        Ok(result?)
+    }
+}
+
+async fn openapi(State(shared): State<Arc<Shared>>) -> Response<Body> {
+    let mut response = Response::new(Body::from(shared.openapi.clone()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Browsers (grpc-web, REST) from the configured origins; none by default.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let names = |list: &[&'static str]| list.iter().map(|h| HeaderName::from_static(h)).collect::<Vec<_>>();
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers(names(&[
+            "authorization",
+            "content-type",
+            "x-grpc-web",
+            "x-user-agent",
+            "grpc-timeout",
+            "x-request-id",
+            "x-request-timeout",
+            "connect-protocol-version",
+            "connect-timeout-ms",
+        ]))
+        .expose_headers(names(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            "x-request-id",
+            "retry-after",
+        ]))
+        .max_age(Duration::from_secs(600))
+}
+
+/// One line per request: method, path, status (and gRPC status when the
+/// answer was trailers-only), latency, request id.
+async fn access_log(request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let id = request
+        .headers()
+        .get(crate::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let response = next.run(request).await;
+    let grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info!(
+        target: "ordermesh_gateway::access",
+        %method,
+        path,
+        status = response.status().as_u16(),
+        grpc_status,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id = id,
+        "request"
+    );
+    response
+}
