@@ -2,5 +2,6 @@
 
 pub mod descriptors;
 pub mod fields;
+pub mod openapi;
 pub mod rules;
 pub mod template;
