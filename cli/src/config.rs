@@ -240,7 +240,7 @@ pub fn gateway(
             jwks_url: args.jwt_jwks_url.clone(),
             hs256_secret: args.jwt_hs256_secret.clone(),
             dev_key_dir: Some(data_dir.to_owned()),
-            leeway: Duration::from_secs(30),
+            ..AuthConfig::new(mode)
         },
         file: args.gateway_config.clone(),
         default_timeout: Duration::from_millis(args.gateway_timeout_ms),

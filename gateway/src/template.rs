@@ -116,7 +116,7 @@ impl Template {
                 chars = &chars[end..];
             }
             match chars.strip_prefix('/') {
-                Some(after) if after.is_empty() => return Err(error("trailing '/'")),
+                Some("") => return Err(error("trailing '/'")),
                 Some(after) => chars = after,
                 None if chars.is_empty() => {}
                 None => return Err(error("a variable must be a whole segment")),

@@ -11,6 +11,7 @@
 //! # Layout
 //! - this module: backends, the both-backends macro, mesh options.
 //! - [`audit`]: the saga's promise checked through the public APIs.
+//! - [`gateway`]: the gateway in-process, and a recording stand-in upstream.
 //! - [`load`]: concurrent orders through one client, followed to the end.
 //! - [`mesh`]: the three services in-process, with clients and invariants.
 //! - [`proxy`]: a TCP proxy that can hold replies (a lost answer).
@@ -18,6 +19,7 @@
 //!   kill -9 tests.
 
 pub mod audit;
+pub mod gateway;
 pub mod load;
 pub mod mesh;
 pub mod procs;
