@@ -1,0 +1,1276 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use serde_json::json;
+
+const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/keys/rsa-private.pem");
+const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/keys/rsa-public.pem");
+const EC_PRIVATE: &[u8] = include_bytes!("../../tests/keys/ec-private.pem");
+const ED_PRIVATE: &[u8] = include_bytes!("../../tests/keys/ed-private.pem");
+const JWKS: &str = include_str!("../../tests/keys/jwks.json");
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef-dev-secret";
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+/// Claims valid for ten minutes for subject `alice`.
+fn claims() -> Value {
+    json!({ "sub": "alice", "iat": now(), "exp": now() + 600 })
+}
+
+fn with(mut claims: Value, field: &str, value: Value) -> Value {
+    claims[field] = value;
+    claims
+}
+
+fn without(mut claims: Value, field: &str) -> Value {
+    if let Some(map) = claims.as_object_mut() {
+        map.remove(field);
+    }
+    claims
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+fn hs256(claims: &Value) -> String {
+    sign(
+        Algorithm::HS256,
+        None,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
+    )
+}
+
+fn rs256(kid: Option<&str>, claims: &Value) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("rsa key");
+    sign(Algorithm::RS256, kid, &key, claims)
+}
+
+fn es256(kid: Option<&str>, claims: &Value) -> String {
+    let key = EncodingKey::from_ec_pem(EC_PRIVATE).expect("ec key");
+    sign(Algorithm::ES256, kid, &key, claims)
+}
+
+fn eddsa(kid: Option<&str>, claims: &Value) -> String {
+    let key = EncodingKey::from_ed_pem(ED_PRIVATE).expect("ed key");
+    sign(Algorithm::EdDSA, kid, &key, claims)
+}
+
+/// A token from raw header/claims JSON and raw signature bytes (for forged tokens).
+fn raw_token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+fn bearer(token: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("Bearer {token}")).expect("header value")
+}
+
+fn dev_config() -> AuthConfig {
+    let mut config = AuthConfig::new(AuthMode::Development);
+    config.hs256_secret = Some(SECRET.to_owned());
+    config
+}
+
+async fn dev_auth() -> Authenticator {
+    Authenticator::new(dev_config()).await.expect("dev authenticator")
+}
+
+/// The test JWKS with only the keys whose kid is in `kids`.
+fn jwks_with(kids: &[&str]) -> String {
+    let mut document: Value = serde_json::from_str(JWKS).expect("jwks json");
+    if let Some(keys) = document["keys"].as_array_mut() {
+        keys.retain(|key| kids.contains(&key["kid"].as_str().unwrap_or("")));
+    }
+    document.to_string()
+}
+
+fn write_jwks(dir: &tempfile::TempDir, body: &str) -> PathBuf {
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, body).expect("write jwks");
+    path
+}
+
+async fn jwks_file_auth(body: &str) -> Result<Authenticator, AuthConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.jwks_file = Some(write_jwks(&dir, body));
+    Authenticator::new(config).await
+}
+
+async fn check(auth: &Authenticator, token: &str) -> Result<Option<Principal>, AuthError> {
+    auth.authenticate(Some(&bearer(token))).await
+}
+
+async fn subject(auth: &Authenticator, token: &str) -> String {
+    match check(auth, token).await {
+        Ok(Some(principal)) => principal.subject,
+        other => panic!("expected a principal, got {other:?}"),
+    }
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+// ---------------------------------------------------------------- header parsing
+
+#[tokio::test]
+async fn no_header_is_anonymous() {
+    assert_eq!(dev_auth().await.authenticate(None).await, Ok(None));
+}
+
+#[tokio::test]
+async fn valid_hs256_dev_token() {
+    let auth = dev_auth().await;
+    let principal = check(&auth, &hs256(&claims())).await;
+    assert_eq!(
+        principal,
+        Ok(Some(Principal {
+            subject: "alice".into(),
+            scopes: BTreeSet::new()
+        }))
+    );
+}
+
+#[tokio::test]
+async fn bearer_scheme_is_case_insensitive() {
+    let auth = dev_auth().await;
+    let token = hs256(&claims());
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let value = http::HeaderValue::from_str(&format!("{scheme} {token}")).expect("value");
+        assert!(
+            matches!(auth.authenticate(Some(&value)).await, Ok(Some(_))),
+            "{scheme}"
+        );
+    }
+    // Extra spaces between scheme and token, and trailing whitespace, are tolerated.
+    let value = http::HeaderValue::from_str(&format!("Bearer   {token}  ")).expect("value");
+    assert!(matches!(auth.authenticate(Some(&value)).await, Ok(Some(_))));
+}
+
+#[tokio::test]
+async fn missing_or_garbled_header_is_malformed() {
+    let auth = dev_auth().await;
+    let token = hs256(&claims());
+    let cases = [
+        token.clone(),            // no scheme
+        format!("Basic {token}"), // wrong scheme
+        format!("Bearer{token}"), // no separator
+        format!("Token {token}"),
+        "Bearer".to_owned(),
+        "Bearer ".to_owned(),
+        String::new(),
+        "Bearer abc".to_owned(), // not three parts
+        "Bearer a.b".to_owned(),
+        "Bearer a.b.c.d".to_owned(),
+        "Bearer !!!.b.c".to_owned(),          // charset
+        format!("Bearer {token} extra"),      // two tokens
+        "Bearer e30.e30.".to_owned(),         // `{}` header: no alg
+        "Bearer bm90IGpzb24.e30.".to_owned(), // header is not JSON
+        "Bearer ####".to_owned(),
+        format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1)),
+    ];
+    for case in cases {
+        let value = http::HeaderValue::from_str(&case).expect("value");
+        let result = auth.authenticate(Some(&value)).await;
+        assert!(
+            matches!(result, Err(AuthError::Malformed(_))),
+            "{case:.60}: {result:?}"
+        );
+    }
+    let not_ascii = http::HeaderValue::from_bytes(b"Bearer \xff\xfe").expect("opaque value");
+    assert!(matches!(
+        auth.authenticate(Some(&not_ascii)).await,
+        Err(AuthError::Malformed(_))
+    ));
+}
+
+#[tokio::test]
+async fn garbled_payload_or_signature_is_refused() {
+    let auth = dev_auth().await;
+    let token = hs256(&claims());
+    let parts: Vec<&str> = token.split('.').collect();
+    // Payload that is not base64/JSON: the signature no longer matches either way.
+    let bad_payload = format!("{}.{}.{}", parts[0], "bm90IGpzb24", parts[2]);
+    assert!(check(&auth, &bad_payload).await.is_err());
+    let bad_signature = format!("{}.{}.{}", parts[0], parts[1], "AAAA");
+    assert_eq!(check(&auth, &bad_signature).await, Err(AuthError::BadSignature));
+    let empty_signature = format!("{}.{}.", parts[0], parts[1]);
+    assert_eq!(check(&auth, &empty_signature).await, Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn crit_header_is_refused() {
+    let auth = dev_auth().await;
+    let token = raw_token(
+        &json!({ "alg": "HS256", "crit": ["exp"], "exp": 1 }),
+        &claims(),
+        b"sig",
+    );
+    assert!(matches!(check(&auth, &token).await, Err(AuthError::Malformed(_))));
+}
+
+// ---------------------------------------------------------------- claims
+
+#[tokio::test]
+async fn expired_token_is_refused() {
+    let auth = dev_auth().await;
+    let token = hs256(&with(claims(), "exp", json!(now() - 120)));
+    assert_eq!(check(&auth, &token).await, Err(AuthError::Expired));
+}
+
+#[tokio::test]
+async fn leeway_applies_to_exp_and_nbf() {
+    // Default leeway 30 s: just-expired and just-not-yet-valid tokens still pass.
+    let auth = dev_auth().await;
+    assert!(
+        check(&auth, &hs256(&with(claims(), "exp", json!(now() - 10))))
+            .await
+            .is_ok()
+    );
+    assert!(
+        check(&auth, &hs256(&with(claims(), "nbf", json!(now() + 10))))
+            .await
+            .is_ok()
+    );
+    // Without leeway they fail.
+    let mut config = dev_config();
+    config.leeway = Duration::ZERO;
+    let strict = Authenticator::new(config).await.expect("auth");
+    assert_eq!(
+        check(&strict, &hs256(&with(claims(), "exp", json!(now() - 10)))).await,
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        check(&strict, &hs256(&with(claims(), "nbf", json!(now() + 10)))).await,
+        Err(AuthError::NotYetValid)
+    );
+}
+
+#[tokio::test]
+async fn nbf_in_the_future_is_refused_and_in_the_past_accepted() {
+    let auth = dev_auth().await;
+    let future = hs256(&with(claims(), "nbf", json!(now() + 300)));
+    assert_eq!(check(&auth, &future).await, Err(AuthError::NotYetValid));
+    let past = hs256(&with(claims(), "nbf", json!(now() - 300)));
+    assert!(check(&auth, &past).await.is_ok());
+}
+
+#[tokio::test]
+async fn exp_and_sub_are_required() {
+    let auth = dev_auth().await;
+    assert_eq!(
+        check(&auth, &hs256(&without(claims(), "exp"))).await,
+        Err(AuthError::MissingClaim("exp"))
+    );
+    assert_eq!(
+        check(&auth, &hs256(&without(claims(), "sub"))).await,
+        Err(AuthError::MissingClaim("sub"))
+    );
+    assert_eq!(
+        check(&auth, &hs256(&with(claims(), "sub", json!("")))).await,
+        Err(AuthError::MissingClaim("sub"))
+    );
+    // An `exp` that is not a number is no valid `exp` at all.
+    assert_eq!(
+        check(&auth, &hs256(&with(claims(), "exp", json!("tomorrow")))).await,
+        Err(AuthError::MissingClaim("exp"))
+    );
+}
+
+async fn checked_auth() -> Authenticator {
+    let mut config = dev_config();
+    config.issuer = Some("https://id.ordermesh.test".into());
+    config.audience = Some("ordermesh-gateway".into());
+    Authenticator::new(config).await.expect("auth")
+}
+
+fn checked_claims() -> Value {
+    let claims = with(claims(), "iss", json!("https://id.ordermesh.test"));
+    with(claims, "aud", json!("ordermesh-gateway"))
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let auth = checked_auth().await;
+    assert!(check(&auth, &hs256(&checked_claims())).await.is_ok());
+    // `aud` may be a list containing ours.
+    let listed = with(checked_claims(), "aud", json!(["other", "ordermesh-gateway"]));
+    assert!(check(&auth, &hs256(&listed)).await.is_ok());
+}
+
+#[tokio::test]
+async fn wrong_audience_is_refused() {
+    let auth = checked_auth().await;
+    let wrong = with(checked_claims(), "aud", json!("someone-else"));
+    assert_eq!(check(&auth, &hs256(&wrong)).await, Err(AuthError::WrongAudience));
+    let wrong_list = with(checked_claims(), "aud", json!(["a", "b"]));
+    assert_eq!(
+        check(&auth, &hs256(&wrong_list)).await,
+        Err(AuthError::WrongAudience)
+    );
+    let missing = without(checked_claims(), "aud");
+    assert_eq!(
+        check(&auth, &hs256(&missing)).await,
+        Err(AuthError::WrongAudience)
+    );
+}
+
+#[tokio::test]
+async fn wrong_issuer_is_refused() {
+    let auth = checked_auth().await;
+    let wrong = with(checked_claims(), "iss", json!("https://evil.test"));
+    assert_eq!(check(&auth, &hs256(&wrong)).await, Err(AuthError::WrongIssuer));
+    let missing = without(checked_claims(), "iss");
+    assert_eq!(check(&auth, &hs256(&missing)).await, Err(AuthError::WrongIssuer));
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_ignored_when_not_configured() {
+    let auth = dev_auth().await;
+    assert!(check(&auth, &hs256(&checked_claims())).await.is_ok());
+}
+
+#[tokio::test]
+async fn scopes_from_scope_string_and_scp_array() {
+    let auth = dev_auth().await;
+    let scoped = with(claims(), "scope", json!("orders:read  orders:write"));
+    let principal = check(&auth, &hs256(&scoped))
+        .await
+        .expect("ok")
+        .expect("principal");
+    assert_eq!(principal.scopes, set(&["orders:read", "orders:write"]));
+    assert!(principal.has_scope("orders:write"));
+    assert!(!principal.has_scope("orders"));
+
+    let scp = with(claims(), "scp", json!(["inventory:read", "payments:refund"]));
+    let principal = check(&auth, &hs256(&scp)).await.expect("ok").expect("principal");
+    assert_eq!(principal.scopes, set(&["inventory:read", "payments:refund"]));
+
+    let both = with(scoped.clone(), "scp", json!(["orders:read", "admin"]));
+    let principal = check(&auth, &hs256(&both)).await.expect("ok").expect("principal");
+    assert_eq!(principal.scopes, set(&["admin", "orders:read", "orders:write"]));
+
+    // A space-separated `scp` string (some issuers do this) is accepted too.
+    let scp_string = with(claims(), "scp", json!("a b"));
+    let principal = check(&auth, &hs256(&scp_string))
+        .await
+        .expect("ok")
+        .expect("principal");
+    assert_eq!(principal.scopes, set(&["a", "b"]));
+
+    let wrong_type = with(claims(), "scope", json!(42));
+    assert!(matches!(
+        check(&auth, &hs256(&wrong_type)).await,
+        Err(AuthError::Malformed(_))
+    ));
+}
+
+// ---------------------------------------------------------------- signatures and algorithms
+
+#[tokio::test]
+async fn bad_signature_is_refused() {
+    let auth = dev_auth().await;
+    let other = EncodingKey::from_secret(b"another-secret-another-secret-another");
+    let token = sign(Algorithm::HS256, None, &other, &claims());
+    assert_eq!(check(&auth, &token).await, Err(AuthError::BadSignature));
+
+    // A tampered payload under a genuine signature.
+    let genuine = hs256(&claims());
+    let parts: Vec<&str> = genuine.split('.').collect();
+    let forged_claims = with(claims(), "sub", json!("root"));
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(forged_claims.to_string()),
+        parts[2]
+    );
+    assert_eq!(check(&auth, &tampered).await, Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn alg_none_is_refused() {
+    let dev = dev_auth().await;
+    let jwks = jwks_file_auth(JWKS).await.expect("jwks auth");
+    for header in [
+        json!({ "alg": "none" }),
+        json!({ "alg": "none", "typ": "JWT" }),
+        json!({ "alg": "None" }),
+        json!({ "alg": "none", "kid": "rsa-1" }),
+    ] {
+        let token = raw_token(&header, &claims(), b"");
+        for auth in [&dev, &jwks] {
+            let result = check(auth, &token).await;
+            assert!(
+                matches!(
+                    result,
+                    Err(AuthError::AlgorithmNotAllowed | AuthError::UnknownKey)
+                ),
+                "{header}: {result:?}"
+            );
+        }
+        // Where the key is unambiguous, the refusal is specifically about the algorithm.
+        if header.get("kid").is_none() {
+            assert_eq!(check(&dev, &token).await, Err(AuthError::AlgorithmNotAllowed));
+        }
+    }
+    let with_kid = raw_token(&json!({ "alg": "none", "kid": "rsa-1" }), &claims(), b"");
+    assert_eq!(check(&jwks, &with_kid).await, Err(AuthError::AlgorithmNotAllowed));
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_refused() {
+    // The classic confusion: an attacker takes the published RSA public key and uses its bytes
+    // as an HMAC secret. A verifier that lets the token choose HS256 would accept it.
+    let only_rsa = jwks_with(&["rsa-1"]);
+    let auth = jwks_file_auth(&only_rsa).await.expect("jwks auth");
+    let der = pem_body(RSA_PUBLIC);
+    let n = {
+        let document: Value = serde_json::from_str(&only_rsa).expect("json");
+        URL_SAFE_NO_PAD
+            .decode(document["keys"][0]["n"].as_str().expect("n"))
+            .expect("b64")
+    };
+    let secrets: [&[u8]; 4] = [RSA_PUBLIC, RSA_PUBLIC.trim_ascii_end(), &der, &n];
+    for secret in secrets {
+        let key = EncodingKey::from_secret(secret);
+        for kid in [Some("rsa-1"), None] {
+            let token = sign(Algorithm::HS256, kid, &key, &claims());
+            assert_eq!(
+                check(&auth, &token).await,
+                Err(AuthError::AlgorithmNotAllowed),
+                "kid {kid:?}"
+            );
+        }
+    }
+    // And the genuine RS256 token passes, so the refusal is about the algorithm.
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+}
+
+fn pem_body(pem: &[u8]) -> Vec<u8> {
+    let text = std::str::from_utf8(pem).expect("utf8");
+    let b64: String = text.lines().filter(|line| !line.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("pem base64")
+}
+
+#[tokio::test]
+async fn token_alg_must_equal_the_keys_alg() {
+    let auth = jwks_file_auth(JWKS).await.expect("jwks auth");
+    // Signed with the EC key but naming the RSA key's kid: algorithm mismatch.
+    assert_eq!(
+        check(&auth, &es256(Some("rsa-1"), &claims())).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    // Case matters: "rs256" is not RS256.
+    let token = rs256(Some("rsa-1"), &claims());
+    let parts: Vec<&str> = token.split('.').collect();
+    let header = URL_SAFE_NO_PAD.encode(json!({ "alg": "rs256", "kid": "rsa-1" }).to_string());
+    let relabelled = format!("{header}.{}.{}", parts[1], parts[2]);
+    assert_eq!(
+        check(&auth, &relabelled).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    // Same family, other hash: RS384 is not RS256.
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("rsa");
+    let rs384 = sign(Algorithm::RS384, Some("rsa-1"), &key, &claims());
+    assert_eq!(check(&auth, &rs384).await, Err(AuthError::AlgorithmNotAllowed));
+}
+
+#[tokio::test]
+async fn rs256_es256_and_eddsa_from_a_jwks_file() {
+    let auth = jwks_file_auth(JWKS).await.expect("jwks auth");
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    assert_eq!(subject(&auth, &eddsa(Some("ed-1"), &claims())).await, "alice");
+    // Each key verifies only its own signatures: swap the kids around.
+    assert_eq!(
+        check(&auth, &eddsa(Some("ec-1"), &claims())).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    // Tampered payload under a genuine RS256/ES256/EdDSA signature.
+    for token in [
+        rs256(Some("rsa-1"), &claims()),
+        es256(Some("ec-1"), &claims()),
+        eddsa(Some("ed-1"), &claims()),
+    ] {
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = URL_SAFE_NO_PAD.encode(with(claims(), "sub", json!("root")).to_string());
+        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(check(&auth, &tampered).await, Err(AuthError::BadSignature));
+    }
+}
+
+#[tokio::test]
+async fn kid_selection() {
+    let auth = jwks_file_auth(JWKS).await.expect("jwks auth");
+    assert_eq!(
+        check(&auth, &rs256(Some("rsa-2"), &claims())).await,
+        Err(AuthError::UnknownKey)
+    );
+    // Several keys and no kid: ambiguous, refused.
+    assert_eq!(
+        check(&auth, &rs256(None, &claims())).await,
+        Err(AuthError::UnknownKey)
+    );
+    // Exactly one key: a token without kid uses it, one with another kid is still refused.
+    let single = jwks_file_auth(&jwks_with(&["ec-1"])).await.expect("jwks auth");
+    assert_eq!(subject(&single, &es256(None, &claims())).await, "alice");
+    assert_eq!(
+        check(&single, &es256(Some("ec-2"), &claims())).await,
+        Err(AuthError::UnknownKey)
+    );
+    // A kid on an HS256 dev token does not match the (kid-less) secret.
+    let dev = dev_auth().await;
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    assert_eq!(
+        check(&dev, &sign(Algorithm::HS256, Some("x"), &key, &claims())).await,
+        Err(AuthError::UnknownKey)
+    );
+}
+
+#[tokio::test]
+async fn development_accepts_a_secret_and_a_jwks_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = dev_config();
+    config.jwks_file = Some(write_jwks(&dir, JWKS));
+    let auth = Authenticator::new(config).await.expect("auth");
+    // No kid: the only kid-less key, the secret.
+    assert_eq!(subject(&auth, &hs256(&claims())).await, "alice");
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    // An RS256 token without kid selects the HS256 secret and is refused for its algorithm.
+    assert_eq!(
+        check(&auth, &rs256(None, &claims())).await,
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+}
+
+// ---------------------------------------------------------------- errors
+
+#[tokio::test]
+async fn to_status_is_unauthenticated_and_never_echoes_the_token() {
+    let auth = dev_auth().await;
+    let expired = hs256(&with(claims(), "exp", json!(now() - 120)));
+    let err = check(&auth, &expired).await.expect_err("expired");
+    let status = err.to_status();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("expired"), "{}", status.message());
+    for part in expired.split('.') {
+        assert!(!status.message().contains(part));
+    }
+    // Attacker-controlled header fields are not reflected either.
+    let hostile = raw_token(
+        &json!({ "alg": "<script>", "kid": "<kid-payload>" }),
+        &claims(),
+        b"",
+    );
+    let err = check(&auth, &hostile).await.expect_err("refused");
+    let message = err.to_status().message().to_owned();
+    assert!(
+        !message.contains("script") && !message.contains("kid-payload"),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_error_maps_to_unauthenticated() {
+    for err in [
+        AuthError::Malformed("x"),
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::WrongIssuer,
+        AuthError::WrongAudience,
+        AuthError::BadSignature,
+        AuthError::UnknownKey,
+        AuthError::AlgorithmNotAllowed,
+        AuthError::MissingClaim("sub"),
+    ] {
+        let status = err.to_status();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().starts_with("authentication failed: "));
+    }
+}
+
+// ---------------------------------------------------------------- configuration
+
+#[tokio::test]
+async fn production_refuses_to_start_without_keys() {
+    let err = Authenticator::new(AuthConfig::new(AuthMode::Production))
+        .await
+        .expect_err("no keys");
+    assert!(matches!(err, AuthConfigError::NoKeys));
+    let message = err.to_string();
+    assert!(
+        message.contains(ENV_JWKS_FILE) && message.contains(ENV_JWKS_URL),
+        "{message}"
+    );
+    // Even with a dev key directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.dev_key_dir = Some(dir.path().to_owned());
+    assert!(matches!(
+        Authenticator::new(config).await,
+        Err(AuthConfigError::NoKeys)
+    ));
+    assert!(
+        !dir.path().join(DEV_KEY_FILE).exists(),
+        "production never creates a dev key"
+    );
+}
+
+#[tokio::test]
+async fn production_refuses_an_hs256_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.hs256_secret = Some(SECRET.into());
+    config.jwks_file = Some(write_jwks(&dir, JWKS));
+    let err = Authenticator::new(config).await.expect_err("secret refused");
+    assert!(matches!(err, AuthConfigError::SecretInProduction));
+    assert!(err.to_string().contains(ENV_HS256_SECRET));
+}
+
+#[tokio::test]
+async fn development_needs_some_key() {
+    let err = Authenticator::new(AuthConfig::new(AuthMode::Development))
+        .await
+        .expect_err("no key");
+    assert!(matches!(err, AuthConfigError::NoDevKey));
+    assert!(err.to_string().contains(ENV_HS256_SECRET));
+}
+
+#[tokio::test]
+async fn short_secret_is_refused() {
+    let mut config = AuthConfig::new(AuthMode::Development);
+    config.hs256_secret = Some("secret".into());
+    let err = Authenticator::new(config).await.expect_err("weak");
+    assert!(matches!(err, AuthConfigError::WeakSecret(6)));
+    assert!(err.to_string().contains(ENV_HS256_SECRET));
+}
+
+fn jwks_of(keys: Vec<Value>) -> String {
+    json!({ "keys": keys }).to_string()
+}
+
+fn jwks_key(kid: &str) -> Value {
+    let document: Value = serde_json::from_str(JWKS).expect("json");
+    document["keys"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|key| key["kid"] == kid))
+        .cloned()
+        .expect("key in test jwks")
+}
+
+async fn jwks_error(body: &str) -> String {
+    match jwks_file_auth(body).await {
+        Ok(_) => panic!("expected the JWKS to be refused: {body}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn jwks_key_without_alg_is_refused_naming_the_kid() {
+    let message = jwks_error(&jwks_of(vec![without(jwks_key("rsa-1"), "alg")])).await;
+    assert!(message.contains(ENV_JWKS_FILE), "{message}");
+    assert!(message.contains("\"rsa-1\""), "{message}");
+    assert!(message.contains("alg"), "{message}");
+    // Without a kid, the key is named by its position.
+    let message = jwks_error(&jwks_of(vec![
+        jwks_key("ec-1"),
+        without(without(jwks_key("rsa-1"), "alg"), "kid"),
+    ]))
+    .await;
+    assert!(message.contains("#1 (no kid)"), "{message}");
+}
+
+#[tokio::test]
+async fn jwks_keys_are_validated() {
+    let cases: Vec<(Value, &str)> = vec![
+        (with(jwks_key("rsa-1"), "alg", json!("HS256")), "symmetric"),
+        (with(jwks_key("rsa-1"), "alg", json!("PS256")), "not supported"),
+        (with(jwks_key("rsa-1"), "alg", json!("none")), "not supported"),
+        (with(jwks_key("rsa-1"), "alg", json!("ES256")), "kty"),
+        (with(jwks_key("ec-1"), "alg", json!("RS256")), "kty"),
+        (with(jwks_key("ec-1"), "crv", json!("P-384")), "P-256"),
+        (with(jwks_key("ed-1"), "crv", json!("X25519")), "Ed25519"),
+        (with(jwks_key("ed-1"), "x", json!("AAAA")), "32 bytes"),
+        (with(jwks_key("ec-1"), "y", json!("!!")), "base64url"),
+        (without(jwks_key("rsa-1"), "n"), "missing `n`"),
+        (
+            with(jwks_key("rsa-1"), "n", json!(URL_SAFE_NO_PAD.encode([0xff; 128]))),
+            "1024 bits",
+        ),
+        (with(jwks_key("rsa-1"), "d", json!("AAAA")), "private"),
+        (with(jwks_key("rsa-1"), "alg", json!(256)), "string"),
+        (json!("not an object"), "object"),
+    ];
+    for (key, expected) in cases {
+        let message = jwks_error(&jwks_of(vec![key.clone()])).await;
+        assert!(message.contains(expected), "{key}: {message}");
+    }
+    for body in ["", "[]", "{}", r#"{"keys": {}}"#] {
+        assert!(jwks_error(body).await.contains("not a JWKS document"));
+    }
+    assert!(
+        jwks_error(&jwks_of(vec![]))
+            .await
+            .contains("no signature verification keys")
+    );
+}
+
+#[tokio::test]
+async fn jwks_conflicts_are_refused() {
+    let duplicate = jwks_of(vec![
+        jwks_key("rsa-1"),
+        with(jwks_key("ec-1"), "kid", json!("rsa-1")),
+    ]);
+    assert!(jwks_error(&duplicate).await.contains("\"rsa-1\""));
+    let two_without_kid = jwks_of(vec![
+        without(jwks_key("rsa-1"), "kid"),
+        without(jwks_key("ec-1"), "kid"),
+    ]);
+    assert!(jwks_error(&two_without_kid).await.contains("no kid"));
+    // The dev secret counts as a kid-less key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = dev_config();
+    config.jwks_file = Some(write_jwks(
+        &dir,
+        &jwks_of(vec![without(jwks_key("rsa-1"), "kid"), jwks_key("ec-1")]),
+    ));
+    assert!(matches!(
+        Authenticator::new(config).await,
+        Err(AuthConfigError::Conflict(_))
+    ));
+}
+
+#[tokio::test]
+async fn encryption_keys_are_skipped() {
+    let enc = with(
+        with(jwks_key("rsa-1"), "use", json!("enc")),
+        "alg",
+        json!("RSA-OAEP"),
+    );
+    let enc = with(enc, "kid", json!("enc-1"));
+    let auth = jwks_file_auth(&jwks_of(vec![enc.clone(), jwks_key("ec-1")]))
+        .await
+        .expect("enc key skipped");
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    // Only encryption keys: nothing to verify with.
+    assert!(
+        jwks_error(&jwks_of(vec![enc]))
+            .await
+            .contains("no signature verification keys")
+    );
+}
+
+#[tokio::test]
+async fn unreadable_jwks_file_names_the_variable() {
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.jwks_file = Some(PathBuf::from("/nonexistent/ordermesh/jwks.json"));
+    let message = Authenticator::new(config).await.expect_err("missing").to_string();
+    assert!(
+        message.contains(ENV_JWKS_FILE) && message.contains("/nonexistent/"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn production_requires_https_for_remote_jwks() {
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.jwks_url = Some("http://id.example.com/jwks.json".into());
+    let message = Authenticator::new(config).await.expect_err("http").to_string();
+    assert!(
+        message.contains(ENV_JWKS_URL) && message.contains("https"),
+        "{message}"
+    );
+    for bad in ["ftp://id.example.com/jwks", "not a url"] {
+        let mut config = AuthConfig::new(AuthMode::Development);
+        config.jwks_url = Some(bad.into());
+        let message = Authenticator::new(config).await.expect_err("bad url").to_string();
+        assert!(message.contains(ENV_JWKS_URL), "{message}");
+    }
+}
+
+#[test]
+fn mode_parses() {
+    assert_eq!("production".parse::<AuthMode>().ok(), Some(AuthMode::Production));
+    assert_eq!(
+        "development".parse::<AuthMode>().ok(),
+        Some(AuthMode::Development)
+    );
+    assert_eq!(
+        " Production ".parse::<AuthMode>().ok(),
+        Some(AuthMode::Production)
+    );
+    assert!("prod".parse::<AuthMode>().is_err());
+    assert!("".parse::<AuthMode>().is_err());
+    assert_eq!(AuthMode::Development.to_string(), "development");
+}
+
+#[test]
+fn config_from_lookup_reads_the_env_names_and_ignores_empty_values() {
+    let vars: HashMap<&str, &str> = HashMap::from([
+        ("ORDERMESH_JWT_ISSUER", "https://id.test"),
+        ("ORDERMESH_JWT_AUDIENCE", "gw"),
+        ("ORDERMESH_JWT_JWKS_FILE", "/etc/ordermesh/jwks.json"),
+        ("ORDERMESH_JWT_JWKS_URL", " https://id.test/jwks "),
+        ("ORDERMESH_JWT_HS256_SECRET", "  "),
+    ]);
+    let config = AuthConfig::from_lookup(AuthMode::Production, |var| {
+        vars.get(var).map(|value| (*value).to_owned())
+    });
+    assert_eq!(config.issuer.as_deref(), Some("https://id.test"));
+    assert_eq!(config.audience.as_deref(), Some("gw"));
+    assert_eq!(config.jwks_file, Some(PathBuf::from("/etc/ordermesh/jwks.json")));
+    assert_eq!(config.jwks_url.as_deref(), Some("https://id.test/jwks"));
+    assert_eq!(config.hs256_secret, None);
+    assert_eq!(config.leeway, Duration::from_secs(30));
+    assert_eq!(config.jwks_refresh_interval, Duration::from_secs(300));
+    assert_eq!(config.jwks_min_refresh_interval, Duration::from_secs(30));
+}
+
+#[test]
+fn config_debug_redacts_the_secret() {
+    let debug = format!("{:?}", dev_config());
+    assert!(!debug.contains(SECRET) && debug.contains("[redacted]"), "{debug}");
+}
+
+// ---------------------------------------------------------------- dev key
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+#[test]
+fn dev_key_is_created_private_and_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_dir = dir.path().join("nested/state");
+    let first = dev_key(&key_dir).expect("create");
+    let path = key_dir.join(DEV_KEY_FILE);
+    assert!(path.is_file());
+    #[cfg(unix)]
+    assert_eq!(mode_of(&path), 0o600);
+    assert_eq!(first.len(), 43, "256 bits, base64url");
+    assert_eq!(URL_SAFE_NO_PAD.decode(&first).expect("base64url").len(), 32);
+    let second = dev_key(&key_dir).expect("load");
+    assert_eq!(first, second, "the key is reused");
+    // No temporary files left behind.
+    let entries: Vec<_> = std::fs::read_dir(&key_dir).expect("dir").collect();
+    assert_eq!(entries.len(), 1);
+    // Another directory gets another key.
+    let other = dev_key(&dir.path().join("other")).expect("create");
+    assert_ne!(first, other);
+}
+
+#[test]
+fn concurrent_dev_key_creation_agrees_on_one_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| dev_key(dir.path()).expect("dev key")))
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(keys.windows(2).all(|pair| pair[0] == pair[1]), "{keys:?}");
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_key_readable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    dev_key(dir.path()).expect("create");
+    let path = dir.path().join(DEV_KEY_FILE);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = dev_key(dir.path()).expect_err("too open");
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn short_dev_key_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DEV_KEY_FILE);
+    write_private_file(&path, b"short").expect("write");
+    assert_eq!(
+        dev_key(dir.path()).expect_err("short").kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[tokio::test]
+async fn development_without_a_key_uses_the_dev_key_file_and_minted_tokens_pass() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = AuthConfig::new(AuthMode::Development);
+    config.dev_key_dir = Some(dir.path().to_owned());
+    config.issuer = Some("ordermesh-dev".into());
+    config.audience = Some("ordermesh".into());
+    let auth = Authenticator::new(config).await.expect("auth");
+    assert!(dir.path().join(DEV_KEY_FILE).exists());
+
+    let scopes = vec!["orders:read".to_owned(), "orders:write".to_owned()];
+    let token = mint_dev_token(
+        dir.path(),
+        "bob",
+        &scopes,
+        Duration::from_secs(3600),
+        Some("ordermesh-dev"),
+        Some("ordermesh"),
+    )
+    .expect("mint");
+    let principal = check(&auth, &token).await.expect("valid").expect("principal");
+    assert_eq!(principal.subject, "bob");
+    assert_eq!(principal.scopes, set(&["orders:read", "orders:write"]));
+
+    // Minted without the configured audience: refused.
+    let token = mint_dev_token(
+        dir.path(),
+        "bob",
+        &[],
+        Duration::from_secs(60),
+        Some("ordermesh-dev"),
+        None,
+    )
+    .expect("mint");
+    assert_eq!(check(&auth, &token).await, Err(AuthError::WrongAudience));
+
+    // A token minted with another directory's key does not verify.
+    let other = tempfile::tempdir().expect("tempdir");
+    let foreign = mint_dev_token(
+        other.path(),
+        "bob",
+        &[],
+        Duration::from_secs(60),
+        Some("ordermesh-dev"),
+        Some("ordermesh"),
+    )
+    .expect("mint");
+    assert_eq!(check(&auth, &foreign).await, Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn env_secret_takes_precedence_over_the_dev_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = dev_config();
+    config.dev_key_dir = Some(dir.path().to_owned());
+    let auth = Authenticator::new(config).await.expect("auth");
+    assert!(!dir.path().join(DEV_KEY_FILE).exists(), "no dev key needed");
+    assert!(check(&auth, &hs256(&claims())).await.is_ok());
+}
+
+#[test]
+fn mint_dev_token_validates_its_input_and_sets_claims() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(mint_dev_token(dir.path(), "", &[], Duration::from_secs(60), None, None).is_err());
+    assert!(
+        mint_dev_token(
+            dir.path(),
+            "a",
+            &["two words".into()],
+            Duration::from_secs(60),
+            None,
+            None
+        )
+        .is_err()
+    );
+    assert!(
+        mint_dev_token(
+            dir.path(),
+            "a",
+            &[String::new()],
+            Duration::from_secs(60),
+            None,
+            None
+        )
+        .is_err()
+    );
+    let token = mint_dev_token(dir.path(), "carol", &[], Duration::from_secs(90), None, None).expect("mint");
+    let header = jsonwebtoken::decode_header(&token).expect("header");
+    assert_eq!(header.alg, Algorithm::HS256);
+    let payload = token.split('.').nth(1).expect("payload");
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json");
+    assert_eq!(claims["sub"], "carol");
+    let exp = claims["exp"].as_i64().expect("exp");
+    assert!((exp - now() - 90).abs() <= 2, "exp {exp}");
+    assert!(claims.get("scope").is_none() && claims.get("iss").is_none() && claims.get("aud").is_none());
+}
+
+// ---------------------------------------------------------------- JWKS URL
+
+struct JwksServer {
+    url: String,
+    body: Arc<Mutex<(u16, String)>>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    /// A tiny HTTP/1.1 server answering every request with the current (status, body).
+    async fn start(body: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().expect("addr")
+        );
+        let body = Arc::new(Mutex::new((200, body)));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (state, counter) = (Arc::clone(&body), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (state, counter) = (Arc::clone(&state), Arc::clone(&counter));
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = state.lock().map(|s| s.clone()).unwrap_or_default();
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Self {
+            url,
+            body,
+            hits,
+            task,
+        }
+    }
+
+    fn serve(&self, status: u16, body: String) {
+        if let Ok(mut state) = self.body.lock() {
+            *state = (status, body);
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn url_config(server: &JwksServer, min_refresh: Duration) -> AuthConfig {
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.jwks_url = Some(server.url.clone());
+    config.jwks_min_refresh_interval = min_refresh;
+    config
+}
+
+#[tokio::test]
+async fn jwks_url_is_fetched_at_start() {
+    let server = JwksServer::start(JWKS.to_owned()).await;
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("auth");
+    assert_eq!(server.hits(), 1);
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    assert_eq!(subject(&auth, &eddsa(Some("ed-1"), &claims())).await, "alice");
+    assert_eq!(server.hits(), 1, "known kids need no fetch");
+}
+
+#[tokio::test]
+async fn unknown_kid_triggers_a_refresh_that_finds_a_rotated_key() {
+    let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
+    let auth = Authenticator::new(url_config(&server, Duration::ZERO))
+        .await
+        .expect("auth");
+    assert_eq!(server.hits(), 1);
+    // The issuer rotates in a new key.
+    server.serve(200, jwks_with(&["rsa-1", "ec-1"]));
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    assert_eq!(server.hits(), 2);
+    // Now known: no further fetch.
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    assert_eq!(server.hits(), 2);
+    // Still unknown after a refresh: refused.
+    assert_eq!(
+        check(&auth, &eddsa(Some("nope"), &claims())).await,
+        Err(AuthError::UnknownKey)
+    );
+    assert_eq!(server.hits(), 3);
+    // A token without kid never triggers a fetch.
+    let _ = check(&auth, &rs256(None, &claims())).await;
+    assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test]
+async fn unknown_kid_refresh_is_rate_limited() {
+    let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
+    let auth = Authenticator::new(url_config(&server, Duration::from_millis(400)))
+        .await
+        .expect("auth");
+    server.serve(200, jwks_with(&["rsa-1", "ec-1"]));
+    // Within the minimum interval of the start-up fetch: no fetch, refused.
+    for _ in 0..20 {
+        assert_eq!(
+            check(&auth, &es256(Some("ec-1"), &claims())).await,
+            Err(AuthError::UnknownKey)
+        );
+    }
+    assert_eq!(server.hits(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    assert_eq!(server.hits(), 2);
+    // Immediately afterwards a flood of random kids causes no fetch at all.
+    for i in 0..20 {
+        let kid = format!("random-{i}");
+        assert_eq!(
+            check(&auth, &es256(Some(&kid), &claims())).await,
+            Err(AuthError::UnknownKey)
+        );
+    }
+    assert_eq!(server.hits(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_unknown_kids_share_one_refresh() {
+    let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
+    let auth = Authenticator::new(url_config(&server, Duration::from_millis(200)))
+        .await
+        .expect("auth");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.serve(200, jwks_with(&["rsa-1", "ec-1"]));
+    let token = es256(Some("ec-1"), &claims());
+    let results = futures::future::join_all((0..10).map(|_| check(&auth, &token))).await;
+    assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))), "{results:?}");
+    assert_eq!(server.hits(), 2, "one refresh served all waiting callers");
+}
+
+#[tokio::test]
+async fn periodic_refresh_picks_up_new_keys_and_failures_keep_the_old_ones() {
+    let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
+    let mut config = url_config(&server, Duration::from_secs(3600));
+    config.jwks_refresh_interval = Duration::from_millis(100);
+    let auth = Authenticator::new(config).await.expect("auth");
+
+    // The issuer fails for a while: the known key keeps working.
+    server.serve(500, "oops".into());
+    let start = server.hits();
+    wait_for(|| server.hits() >= start + 2).await;
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    // An invalid document is also ignored.
+    server.serve(200, jwks_of(vec![without(jwks_key("rsa-1"), "alg")]));
+    let start = server.hits();
+    wait_for(|| server.hits() >= start + 2).await;
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+
+    // Rotation: rsa-1 retired, ec-1 published. Unknown-kid refresh is throttled for an hour,
+    // so only the periodic refresh can make this pass.
+    server.serve(200, jwks_with(&["ec-1"]));
+    let start = server.hits();
+    wait_for(|| server.hits() >= start + 2).await;
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    assert_eq!(
+        check(&auth, &rs256(Some("rsa-1"), &claims())).await,
+        Err(AuthError::UnknownKey),
+        "a key removed from the JWKS is no longer accepted"
+    );
+
+    // Dropping the last clone stops the refresh task.
+    drop(auth);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after_drop = server.hits();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(server.hits(), after_drop);
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn jwks_url_failure_at_start_is_fatal_and_names_the_variable() {
+    let server = JwksServer::start(String::new()).await;
+    server.serve(503, "unavailable".into());
+    let message = Authenticator::new(url_config(&server, Duration::ZERO))
+        .await
+        .expect_err("503")
+        .to_string();
+    assert!(
+        message.contains(ENV_JWKS_URL) && message.contains("503"),
+        "{message}"
+    );
+
+    server.serve(200, "<html>".into());
+    let message = Authenticator::new(url_config(&server, Duration::ZERO))
+        .await
+        .expect_err("not json")
+        .to_string();
+    assert!(message.contains("not a JWKS document"), "{message}");
+
+    // Nothing listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+    drop(listener);
+    let mut config = AuthConfig::new(AuthMode::Production);
+    config.jwks_url = Some(dead);
+    let message = Authenticator::new(config).await.expect_err("refused").to_string();
+    assert!(
+        message.contains(ENV_JWKS_URL) && message.contains("fetch failed"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn jwks_url_and_file_combine() {
+    let server = JwksServer::start(jwks_with(&["ec-1"])).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = url_config(&server, Duration::from_secs(3600));
+    config.jwks_file = Some(write_jwks(&dir, &jwks_with(&["rsa-1"])));
+    let auth = Authenticator::new(config).await.expect("auth");
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+
+    // The same kid in both sources is a conflict.
+    let mut config = url_config(&server, Duration::from_secs(3600));
+    config.jwks_file = Some(write_jwks(&dir, &jwks_with(&["ec-1"])));
+    assert!(matches!(
+        Authenticator::new(config).await,
+        Err(AuthConfigError::Conflict(_))
+    ));
+}
+
+#[test]
+fn authenticator_is_send_sync_clone() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Authenticator>();
+}
