@@ -51,10 +51,18 @@ pub fn status_json(pool: &DescriptorPool, status: &tonic::Status) -> serde_json:
     let Ok(message) = DynamicMessage::decode(descriptor, status.details()) else {
         return plain();
     };
-    let options = SerializeOptions::new().skip_default_fields(false);
-    message
-        .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or_else(|_| plain())
+    // Defaults skipped inside details (no `"reason": ""`), but the three
+    // top-level keys always present, as clients index them unconditionally.
+    let options = SerializeOptions::new();
+    match message.serialize_with_options(serde_json::value::Serializer, &options) {
+        Ok(serde_json::Value::Object(mut object)) => {
+            object.entry("code").or_insert_with(|| serde_json::json!(status.code() as i32));
+            object.entry("message").or_insert_with(|| serde_json::json!(status.message()));
+            object.entry("details").or_insert_with(|| serde_json::json!([]));
+            serde_json::Value::Object(object)
+        }
+        _ => plain(),
+    }
 }
 
 /// How long a refused caller should wait, from the status's `RetryInfo`.

@@ -173,10 +173,15 @@ pub fn decode(descriptor: MessageDescriptor, value: Value, options: JsonOptions)
     })
 }
 
-/// `unknown field `x`, expected ...` → `x`.
+/// The field named by prost-reflect's "unrecognized field name 'x'" (or
+/// serde's "unknown field `x`").
 fn unknown_field_name(description: &str) -> Option<&str> {
-    let rest = description.strip_prefix("unknown field `")?;
-    rest.split('`').next()
+    let (rest, close) = if let Some(rest) = description.strip_prefix("unrecognized field name '") {
+        (rest, '\'')
+    } else {
+        (description.strip_prefix("unknown field `")?, '`')
+    };
+    rest.split(close).next()
 }
 
 /// How responses are written.
