@@ -147,3 +147,10 @@ impl Recorder {
         self.seen.lock().expect("lock").clone()
     }
 }
+
+/// An HTTP client for the tests. reqwest is built (for the gateway's JWKS
+/// fetches) with rustls and no default crypto provider: install ring first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

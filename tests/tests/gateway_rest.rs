@@ -1,0 +1,287 @@
+//! REST/JSON through the gateway to the real services: the order flow
+//! (create, get, list with paging, cancel, watch as NDJSON and SSE), the
+//! JSON mapping at the wire, errors as `google.rpc.Status` with the standard
+//! HTTP codes, a down service as a prompt 503, and the composed order
+//! details with a part marked unavailable.
+
+use std::time::{Duration, Instant};
+
+use ordermesh_tests::gateway::Gateway;
+use ordermesh_tests::mesh::Mesh;
+use ordermesh_tests::{Backend, MeshOptions};
+use serde_json::{Value, json};
+
+struct Rest {
+    http: reqwest::Client,
+    gateway: Gateway,
+    token: String,
+}
+
+impl Rest {
+    async fn start(mesh: &Mesh) -> Rest {
+        let urls = ["order", "inventory", "payment"].map(|name| format!("http://{}", mesh.addr(name).expect("runs")));
+        let gateway = Gateway::start(urls, None).await;
+        let token = gateway.token("alice", &["orders:read", "orders:write", "inventory:read", "payments:read"]);
+        Rest {
+            http: ordermesh_tests::gateway::http_client(),
+            gateway,
+            token,
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.gateway.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    async fn json(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("send");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn create(&self, request_id: &str, sku: &str, quantity: i64) -> Value {
+        let (status, body) = self
+            .json(
+                reqwest::Method::POST,
+                "/v1/orders",
+                Some(json!({"request_id": request_id, "customerId": "alice",
+                    "lines": [{"sku": sku, "quantity": quantity}]})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["order"].clone()
+    }
+
+    async fn until_status(&self, order_id: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = self.json(reqwest::Method::GET, &format!("/v1/orders/{order_id}"), None).await;
+            assert_eq!(status, 200, "{body}");
+            if body["order"]["status"] == want {
+                return body["order"].clone();
+            }
+            assert!(Instant::now() < deadline, "order never reached {want}: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn mesh() -> Mesh {
+    Mesh::start(MeshOptions::new(Backend::Sqlite)).await.expect("sqlite mesh")
+}
+
+#[tokio::test]
+async fn order_flow_over_rest() {
+    let mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+
+    let created = rest.create("rest-1", "CB-004", 2).await;
+    let order_id = created["orderId"].as_str().expect("orderId").to_owned();
+    assert_eq!(created["customerId"], "alice");
+    let confirmed = rest.until_status(&order_id, "ORDER_STATUS_CONFIRMED").await;
+    // The JSON mapping as it reaches a client.
+    assert_eq!(confirmed["lines"][0]["quantity"], "2", "int64 as a string");
+    assert_eq!(confirmed["total"]["amountMinor"], "1998");
+    assert_eq!(confirmed["total"]["currencyCode"], "USD");
+    assert_eq!(confirmed["rejectReason"], "REJECT_REASON_UNSPECIFIED", "enums by name, defaults written");
+    let created_at = confirmed["createTime"].as_str().expect("timestamp");
+    assert!(created_at.ends_with('Z') && created_at.contains('T'), "RFC 3339: {created_at}");
+
+    // A replay of the same request id answers with the same order.
+    let replay = rest.create("rest-1", "CB-004", 2).await;
+    assert_eq!(replay["orderId"], order_id.as_str());
+
+    // Paging: two orders, one per page, newest first.
+    let second = rest.create("rest-2", "MS-002", 1).await;
+    let (status, page) = rest
+        .json(reqwest::Method::GET, "/v1/orders?customer_id=alice&page_size=1", None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["orders"].as_array().expect("orders").len(), 1);
+    assert_eq!(page["orders"][0]["orderId"], second["orderId"]);
+    let token = page["nextPageToken"].as_str().expect("next page token");
+    assert!(!token.is_empty());
+    let (_, next) = rest
+        .json(
+            reqwest::Method::GET,
+            &format!("/v1/orders?customer_id=alice&page_size=1&page_token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(next["orders"][0]["orderId"], order_id.as_str());
+
+    // Cancel by the custom verb; the order ends CANCELLED.
+    let (status, cancelled) = rest
+        .json(reqwest::Method::POST, &format!("/v1/orders/{order_id}:cancel"), Some(json!({})))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    rest.until_status(&order_id, "ORDER_STATUS_CANCELLED").await;
+
+    // The timeline, transcoded from a GET with a nested path.
+    let (status, timeline) = rest
+        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/timeline"), None)
+        .await;
+    assert_eq!(status, 200, "{timeline}");
+    assert!(timeline["entries"].is_array());
+}
+
+#[tokio::test]
+async fn watch_streams_as_ndjson_and_sse() {
+    let mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+    let order_id = rest.create("watch-1", "KB-001", 1).await["orderId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    rest.until_status(&order_id, "ORDER_STATUS_CONFIRMED").await;
+
+    // NDJSON (the default): `{"result": ...}` per line; a terminal order's
+    // watch ends after its state.
+    let response = rest
+        .request(reqwest::Method::GET, &format!("/v1/orders/{order_id}:watch"))
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+        .await
+        .expect("the stream of a terminal order ends")
+        .expect("body");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each line is JSON"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert_eq!(lines.last().expect("a line")["result"]["order"]["status"], "ORDER_STATUS_CONFIRMED");
+
+    // SSE when asked for.
+    let response = rest
+        .request(reqwest::Method::GET, &format!("/v1/orders/{order_id}:watch"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+        .await
+        .expect("ends")
+        .expect("body");
+    let event = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .last()
+        .expect("a data event");
+    let event: Value = serde_json::from_str(event).expect("JSON data");
+    assert_eq!(event["order"]["status"], "ORDER_STATUS_CONFIRMED");
+
+    // A watch refused before its first message is a plain HTTP error.
+    let (status, body) = rest
+        .json(reqwest::Method::GET, "/v1/orders/no-such-order:watch", None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["details"][0]["reason"], "ORDER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn errors_are_google_rpc_status_with_standard_codes() {
+    let mut mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+
+    let (status, body) = rest.json(reqwest::Method::GET, "/v1/orders/nope", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], 5);
+    assert!(body["message"].as_str().expect("message").contains("nope"), "{body}");
+
+    let (status, body) = rest
+        .json(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(json!({"customer_id": "alice", "lines": [{"sku": "CB-004", "quantity": "lots"}]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
+    assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "lines[0].quantity");
+
+    let (status, body) = rest
+        .json(reqwest::Method::POST, "/v1/orders", Some(json!({"customer_id": "alice", "colour": "red"})))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "colour");
+
+    // A validation error from the service itself keeps its details.
+    let (status, body) = rest
+        .json(reqwest::Method::POST, "/v1/orders", Some(json!({"request_id": "v-1", "customer_id": "alice"})))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], 3);
+    assert!(!body["details"].as_array().expect("details").is_empty(), "{body}");
+
+    let (status, _) = rest.json(reqwest::Method::GET, "/v2/nothing", None).await;
+    assert_eq!(status, 404);
+    let response = rest
+        .request(reqwest::Method::DELETE, "/v1/orders")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 405);
+    let allow = response.headers()["allow"].to_str().expect("allow").to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+
+    // A stopped service: 503 UNAVAILABLE, promptly, never a hang.
+    mesh.stop("payment").await;
+    let started = Instant::now();
+    let (status, body) = rest
+        .json(reqwest::Method::GET, "/v1/accounts/alice", None)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], 14);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn composed_details_mark_a_down_part_unavailable() {
+    let mut mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+    let order_id = rest.create("bff-1", "MN-003", 1).await["orderId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    rest.until_status(&order_id, "ORDER_STATUS_CONFIRMED").await;
+
+    let (status, details) = rest
+        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/details"), None)
+        .await;
+    assert_eq!(status, 200, "{details}");
+    assert_eq!(details["partial"], false);
+    assert_eq!(details["order"]["orderId"], order_id.as_str());
+    assert_eq!(details["payment"]["status"], "PAYMENT_STATUS_CAPTURED");
+    assert_eq!(details["payment"]["amount"]["amountMinor"], "27900");
+    assert_eq!(details["reservation"]["status"], "RESERVATION_STATUS_COMMITTED");
+
+    mesh.stop("inventory").await;
+    let started = Instant::now();
+    let (status, details) = rest
+        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/details"), None)
+        .await;
+    assert_eq!(status, 200, "a down part is not a failed page: {details}");
+    assert_eq!(details["partial"], true);
+    assert_eq!(details["order"]["orderId"], order_id.as_str(), "what is there is returned");
+    assert_eq!(details["payment"]["status"], "PAYMENT_STATUS_CAPTURED");
+    assert!(details["reservation"].is_null());
+    assert_eq!(details["unavailable"]["reservation"]["code"], 14, "{details}");
+    assert!(started.elapsed() < Duration::from_secs(6), "within the deadline: {:?}", started.elapsed());
+
+    let (status, _) = rest
+        .json(reqwest::Method::GET, "/v1/orders/no-such-order/details", None)
+        .await;
+    assert_eq!(status, 404, "a missing order is a 404, not a partial page");
+}
