@@ -48,14 +48,9 @@ async fn call(
     let principal = shared.guard.admit(&rpc, request.headers(), peer).await?;
     let timeout = deadline(request.headers(), shared.default_timeout, shared.max_timeout)?;
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, shared.max_body_bytes)
-        .await
-        .map_err(|_| {
-            tonic::Status::resource_exhausted(format!(
-                "the request body is larger than {} bytes",
-                shared.max_body_bytes
-            ))
-        })?;
+    let Ok(body) = axum::body::to_bytes(body, shared.max_body_bytes).await else {
+        return Ok(too_large(shared));
+    };
     let message = json::request(binding, variables, parts.uri.query(), &body, shared.json)?;
     let grpc_request = outgoing(message, &parts.headers, principal.as_ref(), timeout);
     if binding.method.is_server_streaming() {
@@ -92,6 +87,17 @@ fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&allow) {
         response.headers_mut().insert(header::ALLOW, value);
     }
+    response
+}
+
+/// 413: a body over the limit is refused before it is parsed or forwarded.
+fn too_large(shared: &Shared) -> Response<Body> {
+    let status = error::bad_field(
+        "",
+        format!("the request body is larger than {} bytes", shared.max_body_bytes),
+    );
+    let mut response = error::response(&shared.pool, &status);
+    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
     response
 }
 

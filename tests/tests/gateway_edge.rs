@@ -1,0 +1,272 @@
+//! The gateway's edge, proved against a recording stand-in upstream (so what
+//! is forwarded, and what is not, is observable): JWT refusals that never
+//! reach a service, spoofed identity replaced by the verified one, per-route
+//! scopes, rate limits per principal on REST (429 + Retry-After) and gRPC
+//! (RESOURCE_EXHAUSTED), request ids, CORS, gzip and the body limit.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ordermesh_proto::payment::v1::GetAccountRequest;
+use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use ordermesh_tests::gateway::{Gateway, Recorder, http_client};
+use serde_json::{Value, json};
+
+const ACCOUNT: &str = "/v1/accounts/alice";
+const GET_ACCOUNT: &str = "/ordermesh.payment.v1.PaymentService/GetAccount";
+
+async fn setup(file: Option<&str>) -> (Recorder, Gateway) {
+    let recorder = Recorder::start().await;
+    let gateway = Gateway::start([recorder.url(), recorder.url(), recorder.url()], file).await;
+    (recorder, gateway)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+}
+
+fn claims(overrides: Value) -> Value {
+    let mut claims = json!({"sub": "alice", "scope": "payments:read", "iss": "ordermesh-test",
+        "aud": "ordermesh", "exp": now() + 600});
+    for (key, value) in overrides.as_object().expect("object") {
+        claims[key] = value.clone();
+    }
+    claims
+}
+
+fn hs256(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .expect("sign")
+}
+
+async fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut request = http_client().get(gateway.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("send")
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_and_never_forwarded() {
+    let (recorder, gateway) = setup(None).await;
+    let secret = gateway.secret();
+    let rsa = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/keys/rsa-private.pem"))
+        .expect("test key");
+    let alg_none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(claims(json!({})).to_string())
+    );
+    let cases: Vec<(&str, Option<String>, u16)> = vec![
+        ("no token", None, 401),
+        ("garbage", Some("not.a.jwt".to_owned()), 401),
+        ("expired", Some(hs256(&secret, &claims(json!({"exp": now() - 3600})))), 401),
+        ("not yet valid", Some(hs256(&secret, &claims(json!({"nbf": now() + 3600})))), 401),
+        ("wrong audience", Some(hs256(&secret, &claims(json!({"aud": "someone-else"})))), 401),
+        ("wrong issuer", Some(hs256(&secret, &claims(json!({"iss": "evil"})))), 401),
+        ("bad signature", Some(hs256("another-secret-of-at-least-32-bytes!!", &claims(json!({})))), 401),
+        ("alg none", Some(alg_none), 401),
+        (
+            "RS256 where the key is HS256",
+            Some(
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::RS256),
+                    &claims(json!({})),
+                    &EncodingKey::from_rsa_pem(&rsa).expect("rsa key"),
+                )
+                .expect("sign"),
+            ),
+            401,
+        ),
+        ("missing scope", Some(hs256(&secret, &claims(json!({"scope": "orders:read"})))), 403),
+    ];
+    for (case, token, want) in cases {
+        let response = get(&gateway, ACCOUNT, token.as_deref()).await;
+        assert_eq!(response.status().as_u16(), want, "{case}");
+        if want == 401 {
+            assert!(response.headers().contains_key("www-authenticate"), "{case}");
+        }
+        let body: Value = response.json().await.expect("status JSON");
+        assert_eq!(body["code"], if want == 401 { 16 } else { 7 }, "{case}: {body}");
+    }
+    assert!(recorder.seen().is_empty(), "a refused call never reaches a service: {:?}", recorder.seen());
+
+    // gRPC callers are refused the same way.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let refused = PaymentServiceClient::new(channel)
+        .get_account(GetAccountRequest {
+            account_id: "alice".to_owned(),
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(recorder.seen().is_empty());
+}
+
+#[tokio::test]
+async fn the_verified_identity_replaces_a_spoofed_one() {
+    let (recorder, gateway) = setup(Some(
+        "[[routes]]\nrpc = \"/ordermesh.payment.v1.PaymentService/GetPayment\"\npublic = true\n",
+    ))
+    .await;
+    let token = gateway.token("alice", &["payments:read"]);
+    let response = http_client()
+        .get(gateway.url(ACCOUNT))
+        .bearer_auth(&token)
+        .header("x-ordermesh-subject", "mallory")
+        .header("x-ordermesh-scopes", "admin")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404, "the recorder answers NOT_FOUND");
+    assert_eq!(response.headers()["x-request-id"], "req-42", "propagated back");
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, GET_ACCOUNT);
+    assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
+    assert_eq!(seen[0].headers["x-ordermesh-scopes"], "payments:read");
+    assert_eq!(seen[0].headers["x-request-id"], "req-42");
+    assert!(seen[0].headers.contains_key("grpc-timeout"), "the deadline travels");
+
+    // Over native gRPC too, with a generated request id when none is sent.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(GetAccountRequest {
+        account_id: "alice".to_owned(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+        .metadata_mut()
+        .insert("x-ordermesh-subject", "mallory".parse().expect("header"));
+    let status = PaymentServiceClient::new(channel)
+        .get_account(request)
+        .await
+        .expect_err("the recorder answers NOT_FOUND");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "recorded", "the upstream's own status passes through");
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["x-ordermesh-subject"], "alice");
+    assert!(!seen[1].headers["x-request-id"].is_empty());
+
+    // An anonymous call to a public route: the spoofed identity is dropped,
+    // not passed on.
+    let response = http_client()
+        .get(gateway.url("/v1/payments/p-1"))
+        .header("x-ordermesh-subject", "mallory")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen[2].headers.get("x-ordermesh-subject").is_none(), "{:?}", seen[2].headers);
+}
+
+#[tokio::test]
+async fn rate_limits_are_per_principal_and_per_route() {
+    let (recorder, gateway) = setup(Some(
+        r#"
+[[routes]]
+rpc = "/ordermesh.payment.v1.PaymentService/GetAccount"
+rate_limit = { per_second = 1, burst = 3 }
+"#,
+    ))
+    .await;
+    let alice = gateway.token("alice", &["payments:read"]);
+    let bob = gateway.token("bob", &["payments:read"]);
+    for call in 0..3 {
+        let response = get(&gateway, ACCOUNT, Some(&alice)).await;
+        assert_eq!(response.status(), 404, "call {call} is within the burst");
+    }
+    let limited = get(&gateway, ACCOUNT, Some(&alice)).await;
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: Value = limited.json().await.expect("json");
+    assert_eq!(body["code"], 8);
+    assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo");
+    assert_eq!(recorder.seen().len(), 3, "the limited call was not forwarded");
+
+    // Another principal, and another route of the same principal: untouched.
+    assert_eq!(get(&gateway, ACCOUNT, Some(&bob)).await.status(), 404);
+    assert_eq!(get(&gateway, "/v1/payments/p-1", Some(&alice)).await.status(), 404);
+
+    // gRPC callers share the bucket: alice is still over her limit.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(GetAccountRequest {
+        account_id: "alice".to_owned(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {alice}").parse().expect("header"));
+    let status = PaymentServiceClient::new(channel)
+        .get_account(request)
+        .await
+        .expect_err("limited");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn cors_gzip_request_ids_and_the_body_limit() {
+    let (_recorder, gateway) = setup(Some("[cors]\norigins = [\"http://shop.example\"]\n")).await;
+    let client = http_client();
+    let preflight = |origin: &'static str| {
+        client
+            .request(reqwest::Method::OPTIONS, gateway.url("/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("http://shop.example").await.expect("preflight");
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://shop.example");
+    let other = preflight("http://evil.example").await.expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // gzip when asked for (reqwest is built without automatic decompression here).
+    let plain = reqwest::Client::builder().no_gzip().build().expect("client");
+    let zipped = plain
+        .get(gateway.url("/openapi.json"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let response = client.get(gateway.url("/openapi.json")).send().await.expect("openapi");
+    assert!(!response.headers()["x-request-id"].is_empty(), "generated when not sent");
+    let document: Value = response.json().await.expect("json");
+    assert_eq!(document["openapi"], "3.1.0");
+
+    let token = gateway.token("alice", &["orders:write"]);
+    let huge = json!({"customer_id": "x".repeat(100 * 1024)});
+    let response = client
+        .post(gateway.url("/v1/orders"))
+        .bearer_auth(&token)
+        .json(&huge)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 413);
+}
