@@ -193,7 +193,12 @@ pub struct GatewayArgs {
     pub jwt_jwks_url: Option<String>,
     /// An HS256 secret (development mode only); from the environment only, so
     /// it never shows in a process list.
-    #[arg(long = "jwt-hs256-secret-from-env-only", env = "ORDERMESH_JWT_HS256_SECRET", hide = true, hide_env_values = true)]
+    #[arg(
+        long = "jwt-hs256-secret-from-env-only",
+        env = "ORDERMESH_JWT_HS256_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
     pub jwt_hs256_secret: Option<String>,
     /// Downstream deadline (ms) for calls that set none (REST `X-Request-Timeout`, gRPC `grpc-timeout`).
     #[arg(long, env = "ORDERMESH_GATEWAY_TIMEOUT_MS", default_value_t = 10_000)]

@@ -59,11 +59,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mesh = mesh_settings(args.policy.as_deref())?;
     if args.target == Target::Gateway {
         // No database and no events: the gateway keeps no state of its own.
-        let urls = [args.order_url.clone(), args.inventory_url.clone(), args.payment_url.clone()];
+        let urls = [
+            args.order_url.clone(),
+            args.inventory_url.clone(),
+            args.payment_url.clone(),
+        ];
         let config = config::gateway(&args.gateway, urls, &args.data_dir, false, mesh)?;
-        let gateway = ordermesh_gateway::build(config).await.context("starting the gateway")?;
+        let gateway = ordermesh_gateway::build(config)
+            .await
+            .context("starting the gateway")?;
         let listener = bind(args.listen).await?;
-        return gateway.serve(listener, ordermesh_runtime::shutdown::signal()).await;
+        return gateway
+            .serve(listener, ordermesh_runtime::shutdown::signal())
+            .await;
     }
     let bus = args.events.bus().await?;
     let database_url = match &args.database_url {

@@ -107,7 +107,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     println!("ordermesh is starting (data in {})", args.data_dir.display());
-    println!("  gateway    {gateway_addr}    REST/JSON, grpc-web and gRPC (openapi: http://{gateway_addr}/openapi.json)");
+    println!(
+        "  gateway    {gateway_addr}    REST/JSON, grpc-web and gRPC (openapi: http://{gateway_addr}/openapi.json)"
+    );
     println!("  order      {order_addr}   ordermesh.order.v1.OrderService");
     println!("  inventory  {inventory_addr}   ordermesh.inventory.v1.InventoryService");
     println!("  payment    {payment_addr}   ordermesh.payment.v1.PaymentService");

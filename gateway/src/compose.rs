@@ -51,19 +51,29 @@ async fn compose(
             let descriptor = shared
                 .pool
                 .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))
-                .and_then(|s| s.methods().find(|m| Some(m.name()) == method.rsplit_once('/').map(|(_, m)| m)))
+                .and_then(|s| {
+                    s.methods()
+                        .find(|m| Some(m.name()) == method.rsplit_once('/').map(|(_, m)| m))
+                })
                 .ok_or_else(|| tonic::Status::internal(format!("{method} is not in the contracts")))?;
             let message = json::decode(descriptor.input(), request, json::JsonOptions::default())?;
             let request = outgoing(message, headers, principal.as_ref(), timeout);
             // The deadline travels with the call; this is the safety net.
-            let response = tokio::time::timeout(timeout + Duration::from_millis(50), shared.upstreams.unary(&descriptor, request))
-                .await
-                .map_err(|_| tonic::Status::deadline_exceeded("no answer within the request deadline"))??;
+            let response = tokio::time::timeout(
+                timeout + Duration::from_millis(50),
+                shared.upstreams.unary(&descriptor, request),
+            )
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no answer within the request deadline"))??;
             json::response(response.get_ref(), field)
         }
     };
     let (order, payments, reservation, timeline) = tokio::join!(
-        call("ordermesh.order.v1.OrderService/GetOrder", json!({ "order_id": order_id }), Some("order")),
+        call(
+            "ordermesh.order.v1.OrderService/GetOrder",
+            json!({ "order_id": order_id }),
+            Some("order")
+        ),
         // The saga authorizes with this request id (one per order), so the
         // payment is found without waiting for the order's payment_id.
         call(
@@ -105,7 +115,11 @@ async fn compose(
     part("order", order);
     part(
         "payment",
-        payments.map(|list| list.as_array().and_then(|a| a.first().cloned()).unwrap_or(Value::Null)),
+        payments.map(|list| {
+            list.as_array()
+                .and_then(|a| a.first().cloned())
+                .unwrap_or(Value::Null)
+        }),
     );
     part("reservation", reservation);
     part("timeline", timeline);

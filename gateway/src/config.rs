@@ -96,7 +96,11 @@ pub enum ConfigError {
     #[error("gateway config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("gateway config {path}: routes[{index}].rpc = {rpc:?} names no RPC of the public services")]
-    UnknownRpc { path: PathBuf, index: usize, rpc: String },
+    UnknownRpc {
+        path: PathBuf,
+        index: usize,
+        rpc: String,
+    },
 }
 
 impl FileConfig {
@@ -209,13 +213,34 @@ mod tests {
     fn defaults_split_reads_writes_and_admin() {
         let policies = load("").expect("empty file is valid");
         let scopes = |rpc: &str| policies[rpc].scopes.clone();
-        assert_eq!(scopes("/ordermesh.order.v1.OrderService/GetOrder"), ["orders:read"]);
-        assert_eq!(scopes("/ordermesh.order.v1.OrderService/WatchOrder"), ["orders:read"]);
-        assert_eq!(scopes("/ordermesh.order.v1.OrderService/CreateOrder"), ["orders:write"]);
-        assert_eq!(scopes("/ordermesh.inventory.v1.InventoryService/ListStock"), ["inventory:read"]);
-        assert_eq!(scopes("/ordermesh.inventory.v1.InventoryService/UpdateProduct"), ["inventory:admin"]);
-        assert_eq!(scopes("/ordermesh.inventory.v1.InventoryService/ReserveStock"), ["admin"]);
-        assert_eq!(scopes("/ordermesh.payment.v1.PaymentService/CapturePayment"), ["admin"]);
+        assert_eq!(
+            scopes("/ordermesh.order.v1.OrderService/GetOrder"),
+            ["orders:read"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.order.v1.OrderService/WatchOrder"),
+            ["orders:read"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.order.v1.OrderService/CreateOrder"),
+            ["orders:write"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.inventory.v1.InventoryService/ListStock"),
+            ["inventory:read"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.inventory.v1.InventoryService/UpdateProduct"),
+            ["inventory:admin"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.inventory.v1.InventoryService/ReserveStock"),
+            ["admin"]
+        );
+        assert_eq!(
+            scopes("/ordermesh.payment.v1.PaymentService/CapturePayment"),
+            ["admin"]
+        );
         assert_eq!(scopes("/ordermesh.mesh.v1.MeshAdminService/SetFaults"), ["admin"]);
         assert!(policies.values().all(|p| !p.public && p.rate_limit.is_none()));
     }
@@ -238,11 +263,23 @@ scopes = ["shop"]
         let get = &policies["/ordermesh.order.v1.OrderService/GetOrder"];
         assert_eq!(get.scopes, ["shop"]);
         assert!(get.public);
-        assert_eq!(get.rate_limit, Some(RateLimit { per_second: 1, burst: 2 }));
+        assert_eq!(
+            get.rate_limit,
+            Some(RateLimit {
+                per_second: 1,
+                burst: 2
+            })
+        );
         let create = &policies["/ordermesh.order.v1.OrderService/CreateOrder"];
         assert_eq!(create.scopes, ["shop"]);
         assert!(!create.public);
-        assert_eq!(create.rate_limit, Some(RateLimit { per_second: 10, burst: 20 }));
+        assert_eq!(
+            create.rate_limit,
+            Some(RateLimit {
+                per_second: 10,
+                burst: 20
+            })
+        );
     }
 
     #[test]

@@ -89,9 +89,7 @@ impl Guard {
             (None, Some(ip)) => format!("ip:{ip}"),
             (None, None) => "ip:unknown".to_owned(),
         };
-        self.limits
-            .check(rpc, &key)
-            .map_err(error::rate_limited)?;
+        self.limits.check(rpc, &key).map_err(error::rate_limited)?;
         Ok(principal)
     }
 }

@@ -56,8 +56,12 @@ pub fn status_json(pool: &DescriptorPool, status: &tonic::Status) -> serde_json:
     let options = SerializeOptions::new();
     match message.serialize_with_options(serde_json::value::Serializer, &options) {
         Ok(serde_json::Value::Object(mut object)) => {
-            object.entry("code").or_insert_with(|| serde_json::json!(status.code() as i32));
-            object.entry("message").or_insert_with(|| serde_json::json!(status.message()));
+            object
+                .entry("code")
+                .or_insert_with(|| serde_json::json!(status.code() as i32));
+            object
+                .entry("message")
+                .or_insert_with(|| serde_json::json!(status.message()));
             object.entry("details").or_insert_with(|| serde_json::json!([]));
             serde_json::Value::Object(object)
         }

@@ -59,7 +59,11 @@ impl Service<Request<Body>> for Proxy {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
-        Box::pin(async move { Ok(forward(&shared, request).await.unwrap_or_else(|status| status.into_http())) })
+        Box::pin(async move {
+            Ok(forward(&shared, request)
+                .await
+                .unwrap_or_else(|status| status.into_http()))
+        })
     }
 }
 
@@ -80,7 +84,10 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         forward_identity(request.headers_mut(), principal.as_ref());
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
     }
-    Ok(upstream.oneshot(request).await.unwrap_or_else(|never| match never {}))
+    Ok(upstream
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|never| match never {}))
 }
 
 /// Sets `grpc-timeout` to the default when the caller sent none, and caps it.
@@ -133,7 +140,10 @@ mod tests {
         assert_eq!(headers["grpc-timeout"], "30000m");
         headers.insert("grpc-timeout", HeaderValue::from_static("garbage"));
         bound_deadline(&mut headers, default, max);
-        assert_eq!(headers["grpc-timeout"], "10000m", "an unreadable deadline gets the default");
+        assert_eq!(
+            headers["grpc-timeout"], "10000m",
+            "an unreadable deadline gets the default"
+        );
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse_grpc_timeout("123456789S"), None, "more than 8 digits");
     }

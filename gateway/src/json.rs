@@ -39,7 +39,7 @@ impl Default for JsonOptions {
 /// and body.
 pub fn request(
     binding: &Binding,
-    variables: Vec<(Vec<String>, String)>,
+    variables: crate::template::Captures,
     query: Option<&str>,
     body: &[u8],
     options: JsonOptions,
@@ -55,7 +55,10 @@ pub fn request(
     };
     for (key, value) in query_pairs(query) {
         if binding.body.as_deref() == Some("*") {
-            return Err(bad_field(&key, "query parameters are not accepted here: send fields in the body"));
+            return Err(bad_field(
+                &key,
+                "query parameters are not accepted here: send fields in the body",
+            ));
         }
         let path: Vec<&str> = key.split('.').collect();
         let Some(field) = fields::resolve(&input, &path) else {
@@ -69,8 +72,8 @@ pub fn request(
     }
     for (path, value) in variables {
         let name = path.join(".");
-        let field = fields::resolve(&input, &path)
-            .ok_or_else(|| bad_field(&name, "path variable is not a field"))?;
+        let field =
+            fields::resolve(&input, &path).ok_or_else(|| bad_field(&name, "path variable is not a field"))?;
         let value = scalar(&field, &value).map_err(|reason| bad_field(&name, reason))?;
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         // The path wins over the same field sent in the body.
@@ -104,9 +107,8 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
             _ => return Err(format!("{text:?} is not a boolean (true or false)")),
         },
         Kind::Double | Kind::Float => match text.parse::<f64>() {
-            Ok(number) if number.is_finite() => {
-                serde_json::Number::from_f64(number).map_or_else(|| Value::String(text.to_owned()), Value::Number)
-            }
+            Ok(number) if number.is_finite() => serde_json::Number::from_f64(number)
+                .map_or_else(|| Value::String(text.to_owned()), Value::Number),
             _ => Value::String(text.to_owned()),
         },
         Kind::Message(message) if !is_scalar_like(&message) => {
@@ -124,7 +126,11 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
 fn is_scalar_like(message: &MessageDescriptor) -> bool {
     let name = message.full_name();
     name.starts_with("google.protobuf.")
-        && (name.ends_with("Value") || matches!(name, "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"))
+        && (name.ends_with("Value")
+            || matches!(
+                name,
+                "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+            ))
         && !matches!(name, "google.protobuf.Value" | "google.protobuf.ListValue")
 }
 
@@ -139,7 +145,9 @@ where
         let entry = current
             .entry((*part).to_owned())
             .or_insert_with(|| Value::Object(Map::new()));
-        current = entry.as_object_mut().ok_or("set both as a value and as a message")?;
+        current = entry
+            .as_object_mut()
+            .ok_or("set both as a value and as a message")?;
     }
     if repeated {
         match current
@@ -156,7 +164,11 @@ where
 }
 
 /// Deserializes with the field path of any error.
-pub fn decode(descriptor: MessageDescriptor, value: Value, options: JsonOptions) -> Result<DynamicMessage, tonic::Status> {
+pub fn decode(
+    descriptor: MessageDescriptor,
+    value: Value,
+    options: JsonOptions,
+) -> Result<DynamicMessage, tonic::Status> {
     let options = DeserializeOptions::new().deny_unknown_fields(options.deny_unknown_fields);
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(value, &mut track);

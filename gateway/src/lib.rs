@@ -61,7 +61,7 @@ pub struct Shared {
 
 impl Shared {
     /// The binding for a request and its path variables.
-    pub fn route(&self, method: &http::Method, path: &str) -> Option<(&Binding, Vec<(Vec<String>, String)>)> {
+    pub fn route(&self, method: &http::Method, path: &str) -> Option<(&Binding, crate::template::Captures)> {
         self.routes
             .iter()
             .filter(|b| b.verb == method)
@@ -71,5 +71,10 @@ impl Shared {
 
 /// Orders bindings so the first match is the most specific one.
 pub fn sort_routes(routes: &mut [Binding]) {
-    routes.sort_by_key(|b| (b.template.verb.is_none(), std::cmp::Reverse(b.template.literals())));
+    routes.sort_by_key(|b| {
+        (
+            b.template.verb.is_none(),
+            std::cmp::Reverse(b.template.literals()),
+        )
+    });
 }

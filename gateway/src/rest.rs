@@ -41,7 +41,7 @@ async fn call(
     shared: &Shared,
     peer: Option<std::net::IpAddr>,
     binding: &Binding,
-    variables: Vec<(Vec<String>, String)>,
+    variables: crate::template::Captures,
     request: Request<Body>,
 ) -> Result<Response<Body>, tonic::Status> {
     let rpc = binding.rpc_path();
@@ -78,10 +78,14 @@ fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
         .collect();
     allowed.dedup();
     if allowed.is_empty() {
-        return error::response(&shared.pool, &tonic::Status::not_found(format!("no route for {method} {path}")));
+        return error::response(
+            &shared.pool,
+            &tonic::Status::not_found(format!("no route for {method} {path}")),
+        );
     }
     let allow = allowed.join(", ");
-    let status = tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
+    let status =
+        tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
     let mut response = error::response(&shared.pool, &status);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     if let Ok(value) = HeaderValue::from_str(&allow) {
@@ -225,7 +229,10 @@ mod tests {
             headers.insert(TIMEOUT_HEADER, HeaderValue::from_str(value).expect("header"));
             deadline(&headers, default, max)
         };
-        assert_eq!(deadline(&HeaderMap::new(), default, max).expect("default"), default);
+        assert_eq!(
+            deadline(&HeaderMap::new(), default, max).expect("default"),
+            default
+        );
         assert_eq!(with("250ms").expect("ms"), Duration::from_millis(250));
         assert_eq!(with("1.5s").expect("s"), Duration::from_millis(1500));
         assert_eq!(with("2").expect("bare"), Duration::from_secs(2));

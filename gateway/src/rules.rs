@@ -95,10 +95,17 @@ fn push_rule(
     } else if let Some(custom) = rule
         .get_field_by_name("custom")
         .and_then(|v| v.as_message().cloned())
-        .filter(|m| m.get_field_by_name("kind").is_some_and(|k| k.as_str() != Some("")))
+        .filter(|m| {
+            m.get_field_by_name("kind")
+                .is_some_and(|k| k.as_str() != Some(""))
+        })
     {
-        let kind = custom.get_field_by_name("kind").and_then(|k| k.as_str().map(str::to_owned));
-        let path = custom.get_field_by_name("path").and_then(|k| k.as_str().map(str::to_owned));
+        let kind = custom
+            .get_field_by_name("kind")
+            .and_then(|k| k.as_str().map(str::to_owned));
+        let path = custom
+            .get_field_by_name("path")
+            .and_then(|k| k.as_str().map(str::to_owned));
         let verb = http::Method::from_bytes(kind.unwrap_or_default().as_bytes())
             .map_err(|_| rule_error("bad custom verb".to_owned()))?;
         (verb, path.unwrap_or_default())
@@ -116,12 +123,18 @@ fn push_rule(
     if let Some(field) = body.as_deref().filter(|b| *b != "*")
         && input.get_field_by_name(field).is_none()
     {
-        return Err(rule_error(format!("body field {field:?} is not in {}", input.full_name())));
+        return Err(rule_error(format!(
+            "body field {field:?} is not in {}",
+            input.full_name()
+        )));
     }
     if let Some(field) = response_body.as_deref()
         && output.get_field_by_name(field).is_none()
     {
-        return Err(rule_error(format!("response_body field {field:?} is not in {}", output.full_name())));
+        return Err(rule_error(format!(
+            "response_body field {field:?} is not in {}",
+            output.full_name()
+        )));
     }
     for variable in &template.variables {
         if crate::fields::resolve(&input, &variable.field_path).is_none() {

@@ -58,9 +58,8 @@ pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
     let guard = Guard::new(auth, limits, policies);
 
     let mesh = config.mesh.build();
-    let remote = |name: &str, url: &str| -> anyhow::Result<Upstream> {
-        Ok(Upstream::new(mesh.client(name, url)?))
-    };
+    let remote =
+        |name: &str, url: &str| -> anyhow::Result<Upstream> { Ok(Upstream::new(mesh.client(name, url)?)) };
     let (reporter, health) = tonic_health::server::health_reporter();
     let descriptors = || {
         tonic_reflection::server::Builder::configure()
@@ -145,7 +144,9 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        self.reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        self.reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         let limits = self.shared.guard.limits().clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -186,10 +187,20 @@ fn cors(origins: &[String]) -> CorsLayer {
     } else {
         AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    let names = |list: &[&'static str]| list.iter().map(|h| HeaderName::from_static(h)).collect::<Vec<_>>();
+    let names = |list: &[&'static str]| {
+        list.iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect::<Vec<_>>()
+    };
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
         .allow_headers(names(&[
             "authorization",
             "content-type",

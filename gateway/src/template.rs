@@ -45,6 +45,9 @@ impl Variable {
     }
 }
 
+/// Variables matched in a path: each field path with its decoded value.
+pub type Captures = Vec<(Vec<String>, String)>;
+
 /// A compiled path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -149,7 +152,7 @@ impl Template {
     /// Matches a request path (still percent-encoded); on success, the
     /// variables' values, percent-decoded (a multi-segment value keeps its
     /// `/` separators, as the annotations' spec says).
-    pub fn matches(&self, path: &str) -> Option<Vec<(Vec<String>, String)>> {
+    pub fn matches(&self, path: &str) -> Option<Captures> {
         let rest = path.strip_prefix('/')?;
         let rest = match &self.verb {
             Some(verb) => rest.strip_suffix(verb.as_str())?.strip_suffix(':')?,
@@ -270,9 +273,7 @@ fn plain_segment(part: &str) -> Option<Segment> {
 
 fn is_ident(part: &str) -> bool {
     let mut chars = part.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
@@ -333,23 +334,36 @@ mod tests {
 
     #[test]
     fn a_variable_takes_one_segment_and_is_decoded() {
-        assert_eq!(vars("/v1/orders/{order_id}", "/v1/orders/abc"), Some(vec![pair("order_id", "abc")]));
+        assert_eq!(
+            vars("/v1/orders/{order_id}", "/v1/orders/abc"),
+            Some(vec![pair("order_id", "abc")])
+        );
         assert_eq!(
             vars("/v1/stock/{sku}", "/v1/stock/SKU%20one"),
             Some(vec![pair("sku", "SKU one")])
         );
         assert_eq!(vars("/v1/orders/{order_id}", "/v1/orders/a/b"), None);
         assert_eq!(vars("/v1/orders/{order_id}", "/v1/orders/"), None);
-        assert_eq!(vars("/v1/orders/{order_id}", "/v1/orders/%zz"), None, "malformed escape");
+        assert_eq!(
+            vars("/v1/orders/{order_id}", "/v1/orders/%zz"),
+            None,
+            "malformed escape"
+        );
     }
 
     #[test]
     fn custom_verbs_bind_only_with_the_verb() {
         let cancel = "/v1/orders/{order_id}:cancel";
-        assert_eq!(vars(cancel, "/v1/orders/o-1:cancel"), Some(vec![pair("order_id", "o-1")]));
+        assert_eq!(
+            vars(cancel, "/v1/orders/o-1:cancel"),
+            Some(vec![pair("order_id", "o-1")])
+        );
         assert_eq!(vars(cancel, "/v1/orders/o-1"), None);
         assert_eq!(vars(cancel, "/v1/orders/o-1:watch"), None);
-        assert_eq!(vars("/v1/stock:checkAvailability", "/v1/stock:checkAvailability"), Some(vec![]));
+        assert_eq!(
+            vars("/v1/stock:checkAvailability", "/v1/stock:checkAvailability"),
+            Some(vec![])
+        );
         assert_eq!(vars("/v1/stock:checkAvailability", "/v1/stock"), None);
     }
 
@@ -364,11 +378,17 @@ mod tests {
     #[test]
     fn multi_segment_variables_and_double_wildcards() {
         let t = "/v1/{name=shelves/*/books/*}";
-        assert_eq!(vars(t, "/v1/shelves/s1/books/b2"), Some(vec![pair("name", "shelves/s1/books/b2")]));
+        assert_eq!(
+            vars(t, "/v1/shelves/s1/books/b2"),
+            Some(vec![pair("name", "shelves/s1/books/b2")])
+        );
         assert_eq!(vars(t, "/v1/shelves/s1/books"), None);
         assert_eq!(vars(t, "/v1/shelves/s1/novels/b2"), None);
         let rest = "/v1/files/{path=**}";
-        assert_eq!(vars(rest, "/v1/files/a/b/c.txt"), Some(vec![pair("path", "a/b/c.txt")]));
+        assert_eq!(
+            vars(rest, "/v1/files/a/b/c.txt"),
+            Some(vec![pair("path", "a/b/c.txt")])
+        );
         assert_eq!(vars(rest, "/v1/files"), Some(vec![pair("path", "")]));
         assert_eq!(
             vars(rest, "/v1/files/a%2Fb/c"),

@@ -24,7 +24,10 @@ async fn setup(file: Option<&str>) -> (Recorder, Gateway) {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 fn claims(overrides: Value) -> Value {
@@ -37,8 +40,12 @@ fn claims(overrides: Value) -> Value {
 }
 
 fn hs256(secret: &str, claims: &Value) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("sign")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
 }
 
 async fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -53,8 +60,11 @@ async fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> reqwest::Res
 async fn bad_tokens_are_refused_and_never_forwarded() {
     let (recorder, gateway) = setup(None).await;
     let secret = gateway.secret();
-    let rsa = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/tests/keys/rsa-private.pem"))
-        .expect("test key");
+    let rsa = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../gateway/tests/keys/rsa-private.pem"
+    ))
+    .expect("test key");
     let alg_none = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
@@ -63,11 +73,31 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
     let cases: Vec<(&str, Option<String>, u16)> = vec![
         ("no token", None, 401),
         ("garbage", Some("not.a.jwt".to_owned()), 401),
-        ("expired", Some(hs256(&secret, &claims(json!({"exp": now() - 3600})))), 401),
-        ("not yet valid", Some(hs256(&secret, &claims(json!({"nbf": now() + 3600})))), 401),
-        ("wrong audience", Some(hs256(&secret, &claims(json!({"aud": "someone-else"})))), 401),
-        ("wrong issuer", Some(hs256(&secret, &claims(json!({"iss": "evil"})))), 401),
-        ("bad signature", Some(hs256("another-secret-of-at-least-32-bytes!!", &claims(json!({})))), 401),
+        (
+            "expired",
+            Some(hs256(&secret, &claims(json!({"exp": now() - 3600})))),
+            401,
+        ),
+        (
+            "not yet valid",
+            Some(hs256(&secret, &claims(json!({"nbf": now() + 3600})))),
+            401,
+        ),
+        (
+            "wrong audience",
+            Some(hs256(&secret, &claims(json!({"aud": "someone-else"})))),
+            401,
+        ),
+        (
+            "wrong issuer",
+            Some(hs256(&secret, &claims(json!({"iss": "evil"})))),
+            401,
+        ),
+        (
+            "bad signature",
+            Some(hs256("another-secret-of-at-least-32-bytes!!", &claims(json!({})))),
+            401,
+        ),
         ("alg none", Some(alg_none), 401),
         (
             "RS256 where the key is HS256",
@@ -81,7 +111,11 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
             ),
             401,
         ),
-        ("missing scope", Some(hs256(&secret, &claims(json!({"scope": "orders:read"})))), 403),
+        (
+            "missing scope",
+            Some(hs256(&secret, &claims(json!({"scope": "orders:read"})))),
+            403,
+        ),
     ];
     for (case, token, want) in cases {
         let response = get(&gateway, ACCOUNT, token.as_deref()).await;
@@ -92,7 +126,11 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
         let body: Value = response.json().await.expect("status JSON");
         assert_eq!(body["code"], if want == 401 { 16 } else { 7 }, "{case}: {body}");
     }
-    assert!(recorder.seen().is_empty(), "a refused call never reaches a service: {:?}", recorder.seen());
+    assert!(
+        recorder.seen().is_empty(),
+        "a refused call never reaches a service: {:?}",
+        recorder.seen()
+    );
 
     // gRPC callers are refused the same way.
     let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
@@ -134,7 +172,10 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
     assert_eq!(seen[0].headers["x-ordermesh-scopes"], "payments:read");
     assert_eq!(seen[0].headers["x-request-id"], "req-42");
-    assert!(seen[0].headers.contains_key("grpc-timeout"), "the deadline travels");
+    assert!(
+        seen[0].headers.contains_key("grpc-timeout"),
+        "the deadline travels"
+    );
 
     // Over native gRPC too, with a generated request id when none is sent.
     let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
@@ -145,9 +186,10 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     let mut request = tonic::Request::new(GetAccountRequest {
         account_id: "alice".to_owned(),
     });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     request
         .metadata_mut()
         .insert("x-ordermesh-subject", "mallory".parse().expect("header"));
@@ -156,7 +198,11 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
         .await
         .expect_err("the recorder answers NOT_FOUND");
     assert_eq!(status.code(), tonic::Code::NotFound);
-    assert_eq!(status.message(), "recorded", "the upstream's own status passes through");
+    assert_eq!(
+        status.message(),
+        "recorded",
+        "the upstream's own status passes through"
+    );
     let seen = recorder.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].headers["x-ordermesh-subject"], "alice");
@@ -173,7 +219,11 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     assert_eq!(response.status(), 404);
     let seen = recorder.seen();
     assert_eq!(seen.len(), 3);
-    assert!(seen[2].headers.get("x-ordermesh-subject").is_none(), "{:?}", seen[2].headers);
+    assert!(
+        seen[2].headers.get("x-ordermesh-subject").is_none(),
+        "{:?}",
+        seen[2].headers
+    );
 }
 
 #[tokio::test]
@@ -202,12 +252,18 @@ rate_limit = { per_second = 1, burst = 3 }
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let body: Value = limited.json().await.expect("json");
     assert_eq!(body["code"], 8);
-    assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.RetryInfo");
+    assert_eq!(
+        body["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.RetryInfo"
+    );
     assert_eq!(recorder.seen().len(), 3, "the limited call was not forwarded");
 
     // Another principal, and another route of the same principal: untouched.
     assert_eq!(get(&gateway, ACCOUNT, Some(&bob)).await.status(), 404);
-    assert_eq!(get(&gateway, "/v1/payments/p-1", Some(&alice)).await.status(), 404);
+    assert_eq!(
+        get(&gateway, "/v1/payments/p-1", Some(&alice)).await.status(),
+        404
+    );
 
     // gRPC callers share the bucket: alice is still over her limit.
     let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
@@ -218,9 +274,10 @@ rate_limit = { per_second = 1, burst = 3 }
     let mut request = tonic::Request::new(GetAccountRequest {
         account_id: "alice".to_owned(),
     });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {alice}").parse().expect("header"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {alice}").parse().expect("header"),
+    );
     let status = PaymentServiceClient::new(channel)
         .get_account(request)
         .await
@@ -241,7 +298,10 @@ async fn cors_gzip_request_ids_and_the_body_limit() {
             .send()
     };
     let allowed = preflight("http://shop.example").await.expect("preflight");
-    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://shop.example");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://shop.example"
+    );
     let other = preflight("http://evil.example").await.expect("preflight");
     assert!(other.headers().get("access-control-allow-origin").is_none());
 
@@ -254,8 +314,15 @@ async fn cors_gzip_request_ids_and_the_body_limit() {
         .await
         .expect("openapi");
     assert_eq!(zipped.headers()["content-encoding"], "gzip");
-    let response = client.get(gateway.url("/openapi.json")).send().await.expect("openapi");
-    assert!(!response.headers()["x-request-id"].is_empty(), "generated when not sent");
+    let response = client
+        .get(gateway.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi");
+    assert!(
+        !response.headers()["x-request-id"].is_empty(),
+        "generated when not sent"
+    );
     let document: Value = response.json().await.expect("json");
     assert_eq!(document["openapi"], "3.1.0");
 

@@ -19,9 +19,13 @@ struct Rest {
 
 impl Rest {
     async fn start(mesh: &Mesh) -> Rest {
-        let urls = ["order", "inventory", "payment"].map(|name| format!("http://{}", mesh.addr(name).expect("runs")));
+        let urls = ["order", "inventory", "payment"]
+            .map(|name| format!("http://{}", mesh.addr(name).expect("runs")));
         let gateway = Gateway::start(urls, None).await;
-        let token = gateway.token("alice", &["orders:read", "orders:write", "inventory:read", "payments:read"]);
+        let token = gateway.token(
+            "alice",
+            &["orders:read", "orders:write", "inventory:read", "payments:read"],
+        );
         Rest {
             http: ordermesh_tests::gateway::http_client(),
             gateway,
@@ -62,7 +66,9 @@ impl Rest {
     async fn until_status(&self, order_id: &str, want: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, body) = self.json(reqwest::Method::GET, &format!("/v1/orders/{order_id}"), None).await;
+            let (status, body) = self
+                .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}"), None)
+                .await;
             assert_eq!(status, 200, "{body}");
             if body["order"]["status"] == want {
                 return body["order"].clone();
@@ -74,7 +80,9 @@ impl Rest {
 }
 
 async fn mesh() -> Mesh {
-    Mesh::start(MeshOptions::new(Backend::Sqlite)).await.expect("sqlite mesh")
+    Mesh::start(MeshOptions::new(Backend::Sqlite))
+        .await
+        .expect("sqlite mesh")
 }
 
 #[tokio::test]
@@ -90,9 +98,15 @@ async fn order_flow_over_rest() {
     assert_eq!(confirmed["lines"][0]["quantity"], "2", "int64 as a string");
     assert_eq!(confirmed["total"]["amountMinor"], "1998");
     assert_eq!(confirmed["total"]["currencyCode"], "USD");
-    assert_eq!(confirmed["rejectReason"], "REJECT_REASON_UNSPECIFIED", "enums by name, defaults written");
+    assert_eq!(
+        confirmed["rejectReason"], "REJECT_REASON_UNSPECIFIED",
+        "enums by name, defaults written"
+    );
     let created_at = confirmed["createTime"].as_str().expect("timestamp");
-    assert!(created_at.ends_with('Z') && created_at.contains('T'), "RFC 3339: {created_at}");
+    assert!(
+        created_at.ends_with('Z') && created_at.contains('T'),
+        "RFC 3339: {created_at}"
+    );
 
     // A replay of the same request id answers with the same order.
     let replay = rest.create("rest-1", "CB-004", 2).await;
@@ -101,7 +115,11 @@ async fn order_flow_over_rest() {
     // Paging: two orders, one per page, newest first.
     let second = rest.create("rest-2", "MS-002", 1).await;
     let (status, page) = rest
-        .json(reqwest::Method::GET, "/v1/orders?customer_id=alice&page_size=1", None)
+        .json(
+            reqwest::Method::GET,
+            "/v1/orders?customer_id=alice&page_size=1",
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["orders"].as_array().expect("orders").len(), 1);
@@ -119,14 +137,22 @@ async fn order_flow_over_rest() {
 
     // Cancel by the custom verb; the order ends CANCELLED.
     let (status, cancelled) = rest
-        .json(reqwest::Method::POST, &format!("/v1/orders/{order_id}:cancel"), Some(json!({})))
+        .json(
+            reqwest::Method::POST,
+            &format!("/v1/orders/{order_id}:cancel"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 200, "{cancelled}");
     rest.until_status(&order_id, "ORDER_STATUS_CANCELLED").await;
 
     // The timeline, transcoded from a GET with a nested path.
     let (status, timeline) = rest
-        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/timeline"), None)
+        .json(
+            reqwest::Method::GET,
+            &format!("/v1/orders/{order_id}/timeline"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{timeline}");
     assert!(timeline["entries"].is_array());
@@ -160,7 +186,10 @@ async fn watch_streams_as_ndjson_and_sse() {
         .map(|line| serde_json::from_str(line).expect("each line is JSON"))
         .collect();
     assert!(!lines.is_empty());
-    assert_eq!(lines.last().expect("a line")["result"]["order"]["status"], "ORDER_STATUS_CONFIRMED");
+    assert_eq!(
+        lines.last().expect("a line")["result"]["order"]["status"],
+        "ORDER_STATUS_CONFIRMED"
+    );
 
     // SSE when asked for.
     let response = rest
@@ -176,8 +205,8 @@ async fn watch_streams_as_ndjson_and_sse() {
         .expect("body");
     let event = text
         .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("data: "))
         .expect("a data event");
     let event: Value = serde_json::from_str(event).expect("JSON data");
     assert_eq!(event["order"]["status"], "ORDER_STATUS_CONFIRMED");
@@ -198,7 +227,10 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     let (status, body) = rest.json(reqwest::Method::GET, "/v1/orders/nope", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["code"], 5);
-    assert!(body["message"].as_str().expect("message").contains("nope"), "{body}");
+    assert!(
+        body["message"].as_str().expect("message").contains("nope"),
+        "{body}"
+    );
 
     let (status, body) = rest
         .json(
@@ -208,18 +240,32 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
         )
         .await;
     assert_eq!(status, 400);
-    assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
-    assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "lines[0].quantity");
+    assert_eq!(
+        body["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.BadRequest"
+    );
+    assert_eq!(
+        body["details"][0]["fieldViolations"][0]["field"],
+        "lines[0].quantity"
+    );
 
     let (status, body) = rest
-        .json(reqwest::Method::POST, "/v1/orders", Some(json!({"customer_id": "alice", "colour": "red"})))
+        .json(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(json!({"customer_id": "alice", "colour": "red"})),
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "colour");
 
     // A validation error from the service itself keeps its details.
     let (status, body) = rest
-        .json(reqwest::Method::POST, "/v1/orders", Some(json!({"request_id": "v-1", "customer_id": "alice"})))
+        .json(
+            reqwest::Method::POST,
+            "/v1/orders",
+            Some(json!({"request_id": "v-1", "customer_id": "alice"})),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], 3);
@@ -239,12 +285,14 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     // A stopped service: 503 UNAVAILABLE, promptly, never a hang.
     mesh.stop("payment").await;
     let started = Instant::now();
-    let (status, body) = rest
-        .json(reqwest::Method::GET, "/v1/accounts/alice", None)
-        .await;
+    let (status, body) = rest.json(reqwest::Method::GET, "/v1/accounts/alice", None).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], 14);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -258,7 +306,11 @@ async fn composed_details_mark_a_down_part_unavailable() {
     rest.until_status(&order_id, "ORDER_STATUS_CONFIRMED").await;
 
     let (status, details) = rest
-        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/details"), None)
+        .json(
+            reqwest::Method::GET,
+            &format!("/v1/orders/{order_id}/details"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{details}");
     assert_eq!(details["partial"], false);
@@ -270,15 +322,27 @@ async fn composed_details_mark_a_down_part_unavailable() {
     mesh.stop("inventory").await;
     let started = Instant::now();
     let (status, details) = rest
-        .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/details"), None)
+        .json(
+            reqwest::Method::GET,
+            &format!("/v1/orders/{order_id}/details"),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "a down part is not a failed page: {details}");
     assert_eq!(details["partial"], true);
-    assert_eq!(details["order"]["orderId"], order_id.as_str(), "what is there is returned");
+    assert_eq!(
+        details["order"]["orderId"],
+        order_id.as_str(),
+        "what is there is returned"
+    );
     assert_eq!(details["payment"]["status"], "PAYMENT_STATUS_CAPTURED");
     assert!(details["reservation"].is_null());
     assert_eq!(details["unavailable"]["reservation"]["code"], 14, "{details}");
-    assert!(started.elapsed() < Duration::from_secs(6), "within the deadline: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "within the deadline: {:?}",
+        started.elapsed()
+    );
 
     let (status, _) = rest
         .json(reqwest::Method::GET, "/v1/orders/no-such-order/details", None)

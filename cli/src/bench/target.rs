@@ -138,7 +138,10 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
     .map(String::from)
     .to_vec();
     let args = with_policy(args, policy);
-    let urls: Vec<String> = ports[..3].iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let urls: Vec<String> = ports[..3]
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
     let began = Instant::now();
     let mut children = vec![spawn(bin, &args, &dir.path().join("up.log"))?];
     wait_serving(&urls, &mut children, Duration::from_secs(60)).await?;

@@ -27,13 +27,27 @@ fn violation(status: &tonic::Status) -> String {
 fn body_accepts_proto_and_json_names_and_int64_as_strings_or_numbers() {
     let body = br#"{"request_id": "r-1", "customerId": "alice",
         "lines": [{"sku": "KB-001", "quantity": "2"}, {"sku": "MS-002", "quantity": 3}]}"#;
-    let message = request(&binding("CreateOrder"), vec![], None, body, JsonOptions::default()).expect("valid");
+    let message = request(
+        &binding("CreateOrder"),
+        vec![],
+        None,
+        body,
+        JsonOptions::default(),
+    )
+    .expect("valid");
     assert_eq!(field(&message, "request_id").as_str(), Some("r-1"));
     assert_eq!(field(&message, "customer_id").as_str(), Some("alice"));
     let lines = field(&message, "lines");
     let lines = lines.as_list().expect("list");
     assert_eq!(lines.len(), 2);
-    let quantity = |i: usize| lines[i].as_message().expect("line").get_field_by_name("quantity").expect("q").as_i64();
+    let quantity = |i: usize| {
+        lines[i]
+            .as_message()
+            .expect("line")
+            .get_field_by_name("quantity")
+            .expect("q")
+            .as_i64()
+    };
     assert_eq!(quantity(0), Some(2));
     assert_eq!(quantity(1), Some(3));
 }
@@ -50,7 +64,8 @@ fn bad_values_name_their_field() {
     )
     .expect_err("not a number");
     assert_eq!(violation(&wrong_type), "lines[0].quantity");
-    let unknown = request(&create, vec![], None, br#"{"bogus": 1}"#, JsonOptions::default()).expect_err("unknown");
+    let unknown =
+        request(&create, vec![], None, br#"{"bogus": 1}"#, JsonOptions::default()).expect_err("unknown");
     assert_eq!(violation(&unknown), "bogus");
     let lenient = request(
         &create,
@@ -83,11 +98,20 @@ fn query_parameters_map_to_fields_by_type() {
     assert_eq!(field(&message, "customer_id").as_str(), Some("alice"));
     assert_eq!(field(&message, "page_size").as_i32(), Some(5));
     assert_eq!(field(&message, "page_token").as_str(), Some("abc="), "decoded");
-    let bad = request(&list, vec![], Some("page_size=ten"), b"", JsonOptions::default()).expect_err("not a number");
+    let bad =
+        request(&list, vec![], Some("page_size=ten"), b"", JsonOptions::default()).expect_err("not a number");
     assert_eq!(violation(&bad), "page_size");
-    let unknown = request(&list, vec![], Some("colour=red"), b"", JsonOptions::default()).expect_err("unknown");
+    let unknown =
+        request(&list, vec![], Some("colour=red"), b"", JsonOptions::default()).expect_err("unknown");
     assert_eq!(violation(&unknown), "colour");
-    let body = request(&list, vec![], None, br#"{"customer_id": "x"}"#, JsonOptions::default()).expect_err("no body");
+    let body = request(
+        &list,
+        vec![],
+        None,
+        br#"{"customer_id": "x"}"#,
+        JsonOptions::default(),
+    )
+    .expect_err("no body");
     assert_eq!(body.code(), tonic::Code::InvalidArgument);
 }
 
@@ -110,7 +134,10 @@ fn path_variables_win_over_the_body_and_nested_paths_are_set() {
     let set_flag = binding("SetFlag");
     let message = request(
         &set_flag,
-        vec![(vec!["flag".to_owned(), "name".to_owned()], "new-checkout".to_owned())],
+        vec![(
+            vec!["flag".to_owned(), "name".to_owned()],
+            "new-checkout".to_owned(),
+        )],
         None,
         br#"{"flag": {"enabled": true}}"#,
         JsonOptions::default(),
@@ -118,14 +145,23 @@ fn path_variables_win_over_the_body_and_nested_paths_are_set() {
     .expect("valid");
     let flag = field(&message, "flag");
     let flag = flag.as_message().expect("flag message");
-    assert_eq!(flag.get_field_by_name("name").expect("name").as_str(), Some("new-checkout"));
-    assert_eq!(flag.get_field_by_name("enabled").expect("enabled").as_bool(), Some(true), "body merged");
+    assert_eq!(
+        flag.get_field_by_name("name").expect("name").as_str(),
+        Some("new-checkout")
+    );
+    assert_eq!(
+        flag.get_field_by_name("enabled").expect("enabled").as_bool(),
+        Some(true),
+        "body merged"
+    );
 }
 
 #[test]
 fn responses_are_camel_case_with_int64_strings_enums_by_name_and_timestamps() {
     let pool = pool();
-    let descriptor = pool.get_message_by_name("ordermesh.order.v1.GetOrderResponse").expect("type");
+    let descriptor = pool
+        .get_message_by_name("ordermesh.order.v1.GetOrderResponse")
+        .expect("type");
     let message = decode(
         descriptor,
         serde_json::json!({"order": {"order_id": "o-1", "status": "ORDER_STATUS_CONFIRMED",
@@ -144,14 +180,16 @@ fn responses_are_camel_case_with_int64_strings_enums_by_name_and_timestamps() {
     let only = response(&message, Some("order")).expect("response_body");
     assert_eq!(only["orderId"], "o-1");
     let bad_enum = decode(
-        pool.get_message_by_name("ordermesh.order.v1.Order").expect("type"),
+        pool.get_message_by_name("ordermesh.order.v1.Order")
+            .expect("type"),
         serde_json::json!({"status": "ORDER_STATUS_NOPE"}),
         JsonOptions::default(),
     )
     .expect_err("unknown enum name");
     assert_eq!(violation(&bad_enum), "status");
     let bad_time = decode(
-        pool.get_message_by_name("ordermesh.order.v1.Order").expect("type"),
+        pool.get_message_by_name("ordermesh.order.v1.Order")
+            .expect("type"),
         serde_json::json!({"create_time": "yesterday"}),
         JsonOptions::default(),
     )
