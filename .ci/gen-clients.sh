@@ -2,9 +2,11 @@
 # Generates clients in other languages from proto/ into target/clients/, with
 # the tools .ci/tools.sh installs: Python with grpcio-tools (the command the
 # README shows), TypeScript with buf and the local protoc-gen-es plugin
-# (proto/buf.gen.yaml). Go needs a Go toolchain, which CI does not have: its
-# template (proto/buf.gen.go.yaml) runs with stand-in plugins that record the
-# go_package buf's managed mode hands them. Checks that the generated Python
+# (proto/buf.gen.yaml), and JavaScript for the grpc-web example client
+# (proto/buf.gen.js.yaml, into clients/typescript/gen). Go needs a Go
+# toolchain, which CI does not have: its template (proto/buf.gen.go.yaml)
+# runs with stand-in plugins that record the go_package buf's managed mode
+# hands them. Checks that the generated Python
 # imports, the TypeScript declares the services, and every Go package is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,16 @@ for service in order/v1/order_pb.ts:OrderService inventory/v1/inventory_pb.ts:In
   }
 done
 echo "typescript: $OUT/typescript"
+
+# The JavaScript (+ .d.ts) the example grpc-web client in clients/typescript
+# runs on (git-ignored output); node checks the client script parses.
+PATH="$T:$PATH" "$T/buf" generate proto --template proto/buf.gen.js.yaml
+grep -q "export const OrderService" clients/typescript/gen/ordermesh/order/v1/order_pb.js || {
+  echo "gen-clients.sh: clients/typescript/gen/ordermesh/order/v1/order_pb.js does not declare OrderService" >&2
+  exit 1
+}
+node --check clients/typescript/order_client.mjs
+echo "javascript: clients/typescript/gen (node clients/typescript/order_client.mjs --token \"\$(ordermesh token)\")"
 
 stub="$(mktemp -d)"
 trap 'rm -rf "$stub"' EXIT

