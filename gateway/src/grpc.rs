@@ -80,7 +80,13 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         .ok_or_else(|| tonic::Status::unimplemented(format!("{service} is not served by the gateway")))?;
     if !is_open(&service) {
         let peer = crate::rest::peer(request.extensions());
-        let principal = shared.guard.admit(&path, request.headers(), peer).await?;
+        let principal = match shared.guard.admit(&path, request.headers(), peer).await {
+            Ok(principal) => principal,
+            Err(status) => {
+                crate::rest::drain(request.into_body(), shared.max_body_bytes).await;
+                return Err(status);
+            }
+        };
         forward_identity(request.headers_mut(), principal.as_ref());
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
     }

@@ -45,7 +45,13 @@ async fn call(
     request: Request<Body>,
 ) -> Result<Response<Body>, tonic::Status> {
     let rpc = binding.rpc_path();
-    let principal = shared.guard.admit(&rpc, request.headers(), peer).await?;
+    let principal = match shared.guard.admit(&rpc, request.headers(), peer).await {
+        Ok(principal) => principal,
+        Err(status) => {
+            drain(request.into_body(), shared.max_body_bytes).await;
+            return Err(status);
+        }
+    };
     let timeout = deadline(request.headers(), shared.default_timeout, shared.max_timeout)?;
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, shared.max_body_bytes).await else {
@@ -103,6 +109,21 @@ fn too_large(shared: &Shared) -> Response<Body> {
     let mut response = error::response(&shared.pool, &status);
     *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
     response
+}
+
+/// Reads and drops a refused request's body (up to `max` bytes, for at most
+/// a second) before the refusal is sent. An HTTP/1.1 client that writes its
+/// headers and body separately (Node's grpc-web transport) would otherwise
+/// find the connection closed under its body write (EPIPE) and never see the
+/// refusal.
+pub async fn drain<B>(body: B, max: usize)
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, max);
+    let _ = tokio::time::timeout(Duration::from_secs(1), limited.collect()).await;
 }
 
 /// The caller's address, when the server recorded it.
