@@ -146,16 +146,28 @@ async fn order_flow_over_rest() {
     assert_eq!(status, 200, "{cancelled}");
     rest.until_status(&order_id, "ORDER_STATUS_CANCELLED").await;
 
-    // The timeline, transcoded from a GET with a nested path.
-    let (status, timeline) = rest
-        .json(
-            reqwest::Method::GET,
-            &format!("/v1/orders/{order_id}/timeline"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{timeline}");
-    assert!(timeline["entries"].is_array());
+    // The timeline (GET with a nested path): built from the events of all
+    // three services, which arrive asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, timeline) = rest
+            .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/timeline"), None)
+            .await;
+        assert_eq!(status, 200, "{timeline}");
+        let mut sources: Vec<String> = timeline["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| e["source"].as_str().expect("source").to_owned())
+            .collect();
+        sources.sort();
+        sources.dedup();
+        if sources.len() >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the timeline lacks a source: {timeline}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
