@@ -1,8 +1,12 @@
 use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::dev::write_private_file;
 use super::*;
+use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
 const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/keys/rsa-private.pem");

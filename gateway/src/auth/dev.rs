@@ -1,0 +1,143 @@
+//! The development key: a random HS256 secret kept in a private file (`gateway-dev-key`) that the
+//! gateway loads or creates and `ordermesh token` signs with, so development needs no key setup
+//! and two processes starting together agree on one key.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use super::config::MIN_HS256_SECRET_LEN;
+
+/// File name of the generated development key inside `dev_key_dir`.
+pub const DEV_KEY_FILE: &str = "gateway-dev-key";
+
+/// Loads the development HS256 secret from `dir/gateway-dev-key`, creating it (256 random bits,
+/// base64url, mode 0600) if missing. The secret is the file's text, so the same value also works
+/// as `ORDERMESH_JWT_HS256_SECRET`. A key file readable by group or others is refused.
+pub fn dev_key(dir: &Path) -> io::Result<String> {
+    let path = dir.join(DEV_KEY_FILE);
+    match read_dev_key(&path) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    create_private_dir(dir)?;
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).map_err(|err| io::Error::other(format!("no randomness: {err}")))?;
+    let secret = URL_SAFE_NO_PAD.encode(random);
+
+    // Write a private temporary file, then link it into place: the key appears atomically and
+    // complete, and if another process won the race, its key is kept and used.
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|err| io::Error::other(format!("no randomness: {err}")))?;
+    let tmp = dir.join(format!(".{DEV_KEY_FILE}.{}.tmp", URL_SAFE_NO_PAD.encode(suffix)));
+    let written = write_private_file(&tmp, secret.as_bytes());
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(secret),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => read_dev_key(&path),
+        Err(err) => Err(err),
+    }
+}
+
+fn read_dev_key(path: &Path) -> io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} is accessible by group or others (mode {:o}); run `chmod 600` on it or \
+                     delete it to have a new one generated",
+                    path.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    let secret = text.trim();
+    if secret.len() < MIN_HS256_SECRET_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} holds fewer than {MIN_HS256_SECRET_LEN} bytes; delete it to have a new one \
+                 generated",
+                path.display()
+            ),
+        ));
+    }
+    Ok(secret.to_owned())
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+pub(super) fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Mints an HS256 development token signed with the dev key in `dir` (created if missing), as
+/// `ordermesh token` does. `scopes` become the space-separated `scope` claim.
+pub fn mint_dev_token(
+    dir: &Path,
+    subject: &str,
+    scopes: &[String],
+    ttl: Duration,
+    issuer: Option<&str>,
+    audience: Option<&str>,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(!subject.is_empty(), "the subject must not be empty");
+    if let Some(bad) = scopes
+        .iter()
+        .find(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace))
+    {
+        anyhow::bail!("scope {bad:?} must be non-empty and contain no whitespace");
+    }
+    let secret =
+        dev_key(dir).map_err(|err| anyhow::anyhow!("dev key {}: {err}", dir.join(DEV_KEY_FILE).display()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), subject.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), now.saturating_add(ttl.as_secs()).into());
+    if !scopes.is_empty() {
+        claims.insert("scope".into(), scopes.join(" ").into());
+    }
+    if let Some(issuer) = issuer {
+        claims.insert("iss".into(), issuer.into());
+    }
+    if let Some(audience) = audience {
+        claims.insert("aud".into(), audience.into());
+    }
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?;
+    Ok(token)
+}
