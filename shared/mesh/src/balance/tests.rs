@@ -1,5 +1,15 @@
-use super::*;
+use std::collections::BTreeSet;
+
+use http::{Request, Response};
+use tokio::time::Instant;
 use tonic::Code;
+use tonic::body::Body;
+use tower::discover::Change;
+use tower::{BoxError, Service};
+
+use super::endpoints::Discovered;
+use super::*;
+use crate::classify::Outcome;
 
 const FAULT: Outcome = Outcome::ServerFault(Code::Unavailable);
 
@@ -266,12 +276,7 @@ async fn calls_waiting_together_for_an_endpoint_are_all_dispatched() {
         tx,
         tokio::runtime::Handle::current(),
     ));
-    let balanced = Balanced {
-        shared: Arc::new(SharedBalance {
-            balance: Mutex::new(Balance::new(UnboundedReceiverStream::new(rx))),
-            ready: Arc::new(tokio::sync::Notify::new()),
-        }),
-    };
+    let balanced = Balanced::new(rx);
     let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let calls: Vec<_> = (0..8)
         .map(|_| {
