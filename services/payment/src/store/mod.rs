@@ -15,8 +15,10 @@
 //!   stored as text and bound from their definitions).
 //! - [`accounts`]: seeding, opening (`OpenAccount`), crediting and reading
 //!   accounts.
-//! - [`payments`]: authorize, capture, void (also by authorization key, in
-//!   advance), refund, hold expiry, reads.
+//! - [`payments`]: reads, authorize, and void by authorization key (also in
+//!   advance).
+//! - [`operations`]: capture, void, refund and hold expiry of an authorized
+//!   payment.
 //! - [`ledger`]: posting movements and auditing the ledger.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
@@ -39,6 +41,7 @@ macro_rules! payment_columns {
 
 mod accounts;
 mod ledger;
+mod operations;
 mod payments;
 #[cfg(test)]
 mod tests;
