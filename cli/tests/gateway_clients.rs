@@ -238,63 +238,17 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
 
 // --- Python ----------------------------------------------------------------
 
-/// A Python with grpcio-tools and grpcio-status, or `None` (skip) outside CI.
-fn python(test: &str) -> Option<PathBuf> {
-    let python = tool("ORDERMESH_PYTHON", "python", test)?;
-    let probe = Command::new(&python)
-        .args(["-c", "import grpc_tools.protoc, grpc_status"])
-        .output()
-        .expect("python runs");
-    if probe.status.success() {
-        return Some(python);
-    }
-    missing(
-        test,
-        &format!(
-            "grpcio-tools and grpcio-status in {} ({})",
-            python.display(),
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ),
-    );
-    None
-}
-
-/// Every .proto file under `dir`.
-fn protos(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).expect("read proto dir") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "proto") {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 #[test]
 fn python_client_places_gets_and_watches_an_order_through_the_gateway() {
     let test = "python client through the gateway";
-    let Some(python) = python(test) else { return };
+    let Some(python) = support::python(test) else {
+        return;
+    };
     let generated = tempfile::Builder::new()
         .prefix("python-gateway-client-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir under target/");
-    let out = generated.path().display().to_string();
-    let proto = repo().join("proto");
-    let generate = Command::new(&python)
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", proto.display()))
-        .arg(format!("--python_out={out}"))
-        .arg(format!("--grpc_python_out={out}"))
-        .args(protos(&proto.join("ordermesh")))
-        .output()
-        .expect("grpc_tools.protoc runs");
-    assert!(generate.status.success(), "generating: {}", text(&generate));
+    support::generate_python(&python, generated.path());
 
     let up = Up::start(&[]);
     let token = token(&up);

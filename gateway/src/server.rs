@@ -61,16 +61,10 @@ pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
     let remote =
         |name: &str, url: &str| -> anyhow::Result<Upstream> { Ok(Upstream::new(mesh.client(name, url)?)) };
     let (reporter, health) = tonic_health::server::health_reporter();
-    let descriptors = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-    };
-    let local = tonic::service::Routes::new(health)
-        .add_service(descriptors().build_v1()?)
-        .add_service(descriptors().build_v1alpha()?)
-        .add_service(MeshAdminServiceServer::new(MeshAdmin::new(mesh.clone())));
+    let local = ordermesh_runtime::server::with_reflection(
+        tonic::service::Routes::new(health)
+            .add_service(MeshAdminServiceServer::new(MeshAdmin::new(mesh.clone()))),
+    )?;
     let upstreams = Upstreams::new(
         remote("order", &config.order_url)?,
         remote("inventory", &config.inventory_url)?,

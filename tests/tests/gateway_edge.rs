@@ -56,6 +56,38 @@ async fn get(gateway: &Gateway, path: &str, token: Option<&str>) -> reqwest::Res
     request.send().await.expect("send")
 }
 
+/// GetAccount over native gRPC through the gateway, with a bearer token and
+/// extra metadata; the recorder (or the gateway) always refuses it.
+async fn grpc_get_account(
+    gateway: &Gateway,
+    token: Option<&str>,
+    extra: &[(&'static str, &str)],
+) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut request = tonic::Request::new(GetAccountRequest {
+        account_id: "alice".to_owned(),
+    });
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    for (key, value) in extra {
+        request
+            .metadata_mut()
+            .insert(*key, value.parse().expect("header"));
+    }
+    PaymentServiceClient::new(channel)
+        .get_account(request)
+        .await
+        .expect_err("refused by the gateway or the recorder")
+}
+
 #[tokio::test]
 async fn bad_tokens_are_refused_and_never_forwarded() {
     let (recorder, gateway) = setup(None).await;
@@ -133,17 +165,7 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
     );
 
     // gRPC callers are refused the same way.
-    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let refused = PaymentServiceClient::new(channel)
-        .get_account(GetAccountRequest {
-            account_id: "alice".to_owned(),
-        })
-        .await
-        .expect_err("no token");
+    let refused = grpc_get_account(&gateway, None, &[]).await;
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     assert!(recorder.seen().is_empty());
 }
@@ -178,25 +200,7 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     );
 
     // Over native gRPC too, with a generated request id when none is sent.
-    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut request = tonic::Request::new(GetAccountRequest {
-        account_id: "alice".to_owned(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("header"),
-    );
-    request
-        .metadata_mut()
-        .insert("x-ordermesh-subject", "mallory".parse().expect("header"));
-    let status = PaymentServiceClient::new(channel)
-        .get_account(request)
-        .await
-        .expect_err("the recorder answers NOT_FOUND");
+    let status = grpc_get_account(&gateway, Some(&token), &[("x-ordermesh-subject", "mallory")]).await;
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(
         status.message(),
@@ -266,22 +270,7 @@ rate_limit = { per_second = 1, burst = 3 }
     );
 
     // gRPC callers share the bucket: alice is still over her limit.
-    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut request = tonic::Request::new(GetAccountRequest {
-        account_id: "alice".to_owned(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {alice}").parse().expect("header"),
-    );
-    let status = PaymentServiceClient::new(channel)
-        .get_account(request)
-        .await
-        .expect_err("limited");
+    let status = grpc_get_account(&gateway, Some(&alice), &[]).await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 }
 
@@ -336,4 +325,58 @@ async fn cors_gzip_request_ids_and_the_body_limit() {
         .await
         .expect("send");
     assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn grpc_web_text_reaches_the_service_as_grpc() {
+    let (recorder, gateway) = setup(None).await;
+    let token = gateway.token("alice", &["payments:read"]);
+    // GetAccountRequest { account_id: "alice" }, framed (flag, length) and
+    // base64-encoded as grpc-web-text carries it.
+    let message = [&[0x0a, 5][..], b"alice"].concat();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let response = http_client()
+        .post(gateway.url(GET_ACCOUNT))
+        .bearer_auth(&token)
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .header("x-grpc-web", "1")
+        .body(base64::engine::general_purpose::STANDARD.encode(&frame))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/grpc-web-text"),
+        "{content_type}"
+    );
+    // The upstream answered trailers-only: its status arrives in the headers
+    // (a response with messages carries it in a base64 trailer frame).
+    let header_status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = response.text().await.expect("body");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .expect("a base64 body");
+    let trailers = String::from_utf8_lossy(&decoded);
+    assert!(
+        header_status.as_deref() == Some("5") || trailers.contains("grpc-status:5"),
+        "the upstream's NOT_FOUND reaches the browser: headers {header_status:?}, trailers {trailers:?}"
+    );
+    let seen = recorder.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, GET_ACCOUNT);
+    assert_eq!(
+        seen[0].headers["content-type"], "application/grpc",
+        "translated to gRPC"
+    );
+    assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
 }

@@ -133,3 +133,62 @@ impl Drop for Up {
         let _ = self.child.wait();
     }
 }
+
+/// A Python with grpcio-tools and grpcio-status, or `None` (skip) outside CI.
+pub fn python(test: &str) -> Option<PathBuf> {
+    let python = tool("ORDERMESH_PYTHON", "python", test)?;
+    let probe = Command::new(&python)
+        .args(["-c", "import grpc_tools.protoc, grpc_status"])
+        .output()
+        .expect("python runs");
+    if probe.status.success() {
+        return Some(python);
+    }
+    let why = String::from_utf8_lossy(&probe.stderr);
+    if in_ci() {
+        panic!(
+            "CI needs grpcio-tools and grpcio-status in {}: run .ci/tools.sh\n{why}",
+            python.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIP {test}: {} lacks grpcio-tools/grpcio-status (run .ci/tools.sh) ***\n",
+        python.display()
+    );
+    None
+}
+
+/// Generates the Python client for every package under proto/ordermesh into
+/// `out`, as the README's command does.
+pub fn generate_python(python: &Path, out: &Path) {
+    let proto = repo().join("proto");
+    let mut files = Vec::new();
+    let mut dirs = vec![proto.join("ordermesh")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read proto dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "proto") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 5, "found the protos: {files:?}");
+    let out_arg = out.display().to_string();
+    let generated = Command::new(python)
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", proto.display()))
+        .arg(format!("--python_out={out_arg}"))
+        .arg(format!("--pyi_out={out_arg}"))
+        .arg(format!("--grpc_python_out={out_arg}"))
+        .args(&files)
+        .output()
+        .expect("grpc_tools.protoc runs");
+    assert!(
+        generated.status.success(),
+        "generating the Python client failed: {}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    assert!(out.join("ordermesh/order/v1/order_pb2_grpc.py").exists());
+}

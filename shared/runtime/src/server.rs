@@ -59,20 +59,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    // google.rpc's descriptors let grpcurl decode BadRequest / ErrorInfo details.
-    let descriptors = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = descriptors().build_v1()?;
-    let reflection_v1alpha = descriptors().build_v1alpha()?;
-    let routes = routes
-        .add_service(MeshAdminServiceServer::new(MeshAdmin::new(options.mesh.clone())))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let routes = with_reflection(
+        routes
+            .add_service(MeshAdminServiceServer::new(MeshAdmin::new(options.mesh.clone())))
+            .add_service(health_service),
+    )?;
 
     // One signal fans out to the health tracker (turns NOT_SERVING first) and
     // to the server (stops accepting, drains).
@@ -130,6 +121,22 @@ pub async fn serve(
     }
     tracing::info!(service = options.service_name, "stopped");
     Ok(result?)
+}
+
+/// Adds reflection v1 and v1alpha (grpcurl 1.8 only speaks v1alpha) over
+/// every ordermesh contract, health, and google.rpc (whose descriptors let
+/// grpcurl decode BadRequest / ErrorInfo details): what every server of the
+/// system, the gateway included, answers.
+pub fn with_reflection(routes: Routes) -> Result<Routes, tonic_reflection::server::Error> {
+    let descriptors = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(routes
+        .add_service(descriptors().build_v1()?)
+        .add_service(descriptors().build_v1alpha()?))
 }
 
 /// The mesh part of a service's configuration: the policy (already loaded
