@@ -151,7 +151,11 @@ async fn order_flow_over_rest() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (status, timeline) = rest
-            .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}/timeline"), None)
+            .json(
+                reqwest::Method::GET,
+                &format!("/v1/orders/{order_id}/timeline"),
+                None,
+            )
             .await;
         assert_eq!(status, 200, "{timeline}");
         let mut sources: Vec<String> = timeline["entries"]
@@ -165,7 +169,10 @@ async fn order_flow_over_rest() {
         if sources.len() >= 3 {
             break;
         }
-        assert!(Instant::now() < deadline, "the timeline lacks a source: {timeline}");
+        assert!(
+            Instant::now() < deadline,
+            "the timeline lacks a source: {timeline}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
