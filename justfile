@@ -40,6 +40,11 @@ buf-breaking: tools
 bench *args:
     bash bench/run.sh {{args}}
 
+# The gateway's benchmarks into BENCHMARKS.md's "## Gateway" section: gRPC direct vs through
+# the gateway vs REST through it vs nginx grpc_pass, same backend (about 6 minutes; needs nginx).
+bench-gateway *args:
+    bash bench/gateway.sh {{args}}
+
 # The mesh's client-stack criterion benches (stack vs bare channel, open breaker).
 bench-mesh:
     cargo bench -p ordermesh-mesh

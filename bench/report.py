@@ -376,6 +376,11 @@ def main():
            "bench/run.sh --long 10m --duration 30s         # the 10-minute memory run and longer windows",
            "bench/run.sh --baseline /path/to/old/ordermesh # before/after, alternating A and B",
            "ordermesh bench --start serve --scenario create-order --concurrency 32 --json out.json", "```", ""]
+    # bench/gateway.sh's section (its own runs) is kept as it was.
+    old = Path(a.markdown).read_text() if Path(a.markdown).exists() else ""
+    gateway = re.search(r"^## Gateway\n.*?(?=^## |\Z)", old, re.S | re.M)
+    if gateway:
+        md += [gateway.group(0).rstrip("\n"), ""]
     Path(a.markdown).write_text("\n".join(md))
     chart(runs, a.chart)
 

@@ -14,6 +14,9 @@ pub enum Scenario {
     Echo,
     /// GetOrder of orders placed before the window.
     GetOrder,
+    /// `GET /v1/orders/{order_id}` of the same orders over HTTP/1.1
+    /// keep-alive (the gateway's REST route; --rest-url, else the target).
+    RestGetOrder,
     /// CreateOrder followed to CONFIRMED (the whole saga).
     CreateOrder,
     /// Orders flowing (each held a few seconds) and many concurrent
@@ -82,6 +85,20 @@ pub struct BenchArgs {
     /// its ports).
     #[arg(long = "pids", alias = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
+    /// Further processes to measure, by name (repeatable): e.g.
+    /// `--measure-pid gateway=4242 --measure-pid nginx=4243`. With it (or
+    /// --pids), a --target mesh's processes are these, not the listeners on
+    /// its ports; a name given twice is summed.
+    #[arg(long = "measure-pid", value_name = "NAME=PID", value_parser = parse_named_pid)]
+    pub measure_pids: Vec<(String, u32)>,
+    /// Sent as `authorization: Bearer <TOKEN>` on every gRPC call and REST
+    /// request (e.g. `ordermesh token` for a gateway).
+    #[arg(long, env = "ORDERMESH_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// rest-get-order: the HTTP server (`http://host:port`); default: the
+    /// target (a gateway serves REST and gRPC on one port).
+    #[arg(long)]
+    pub rest_url: Option<String>,
     /// Database server processes of a --target mesh (default: every
     /// `postgres` process).
     #[arg(long, value_delimiter = ',')]
@@ -144,6 +161,18 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
+/// `NAME=PID`.
+pub fn parse_named_pid(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=PID"))?;
+    let pid = pid.trim().parse().map_err(|e| format!("pid of {text:?}: {e}"))?;
+    if name.trim().is_empty() {
+        return Err(format!("{text:?} has no name before '='"));
+    }
+    Ok((name.trim().to_owned(), pid))
+}
+
 /// `10s`, `500ms`, `2m`, `1.5s`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -179,5 +208,13 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn named_pids_parse() {
+        assert_eq!(parse_named_pid("nginx=42"), Ok(("nginx".into(), 42)));
+        assert!(parse_named_pid("42").is_err());
+        assert!(parse_named_pid("=42").is_err());
+        assert!(parse_named_pid("gw=x").is_err());
     }
 }

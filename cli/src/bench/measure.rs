@@ -87,8 +87,11 @@ impl Probe {
         self.names
             .iter()
             .zip(self.end.processes.iter().zip(&self.start.processes))
-            .map(|(name, (end, start))| (name.clone(), procstat::ticks_to_ms(end.since(start))))
-            .collect()
+            .fold(BTreeMap::new(), |mut sum, (name, (end, start))| {
+                // A name given to several processes (a proxy's workers) is their sum.
+                *sum.entry(name.clone()).or_insert(0.0) += procstat::ticks_to_ms(end.since(start));
+                sum
+            })
     }
 
     pub fn ordermesh_ms(&self) -> f64 {

@@ -83,9 +83,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Closed { concurrency } => concurrency.min(CONNECTIONS),
         Mode::Open { .. } => CONNECTIONS,
     };
-    let order_channels = scenarios::connections(&mesh.order_url, connections).await?;
-    let mut inventory = InventoryServiceClient::new(scenarios::connect(&mesh.inventory_url).await?);
-    let mut payment = PaymentServiceClient::new(scenarios::connect(&mesh.payment_url).await?);
+    let bearer = scenarios::Bearer::new(args.token.as_deref())?;
+    let order_channels = scenarios::connections(&mesh.order_url, connections, &bearer).await?;
+    let mut inventory = InventoryServiceClient::new(scenarios::connect(&mesh.inventory_url, &bearer).await?);
+    let mut payment = PaymentServiceClient::new(scenarios::connect(&mesh.payment_url, &bearer).await?);
 
     let customer = if args.scenario == Scenario::Echo {
         None
@@ -105,7 +106,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The limit first, on a quiet mesh.
     let floor = if args.scenario == Scenario::CreateOrder && !args.no_limit {
-        Some(calibrate(&mesh).await.context("measuring the machine's limit")?)
+        Some(
+            calibrate(&mesh, &bearer)
+                .await
+                .context("measuring the machine's limit")?,
+        )
     } else {
         None
     };
@@ -142,6 +147,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        Scenario::RestGetOrder => {
+            let client = OrderServiceClient::new(order_channels[0].clone());
+            let ids = scenarios::seed_orders(&client, &customer_id, &args.sku, &run_id, 20).await?;
+            plan.budget = None;
+            let http = scenarios::http_client()?;
+            let base = args.rest_url.clone().unwrap_or_else(|| mesh.order_url.clone());
+            let bearer = bearer.clone();
+            load::run(
+                &plan,
+                move |seq| {
+                    let i = usize::try_from(seq).unwrap_or(0);
+                    scenarios::rest_get_order(
+                        http.clone(),
+                        base.clone(),
+                        ids[i % ids.len()].clone(),
+                        bearer.clone(),
+                    )
+                },
+                &mut probe,
+            )
+            .await
+        }
         Scenario::CreateOrder => {
             let clients: Vec<_> = order_channels
                 .iter()
@@ -167,8 +194,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await
         }
         Scenario::WatchOrder => {
-            let (outcome, report) =
-                watch_order(&args, &mesh, &plan, &order_channels, &customer_id, &run_id).await?;
+            let (outcome, report) = watch_order(
+                &args,
+                &mesh,
+                &plan,
+                &order_channels,
+                &bearer,
+                &customer_id,
+                &run_id,
+            )
+            .await?;
             watch_report = report.0;
             probe = report.1;
             outcome
@@ -240,6 +275,7 @@ async fn start(args: &BenchArgs) -> anyhow::Result<Mesh> {
             &args.inventory_url,
             &args.payment_url,
             &args.pids,
+            &args.measure_pids,
             &args.db_pids,
             args.postgres_url.as_deref(),
         )
@@ -264,7 +300,7 @@ async fn echo(
     mesh: &Mesh,
     plan: &Plan,
     kind: ClientKind,
-    channels: &[tonic::transport::Channel],
+    channels: &[scenarios::Conn],
     probe: &mut Probe,
 ) -> anyhow::Result<load::Outcome> {
     let bare: Vec<_> = channels.iter().cloned().map(HealthClient::new).collect();
@@ -300,7 +336,7 @@ async fn echo(
 /// The floors of the machine's limit: the echo RPC's CPU on the order
 /// service's server and in the bench, then the database's simplest commit
 /// and statement.
-async fn calibrate(mesh: &Mesh) -> anyhow::Result<limit::Floor> {
+async fn calibrate(mesh: &Mesh, bearer: &scenarios::Bearer) -> anyhow::Result<limit::Floor> {
     let server = mesh.order_pid.map(|p| Members::Fixed(vec![p]));
     struct EchoWindow {
         server: Option<Members>,
@@ -332,7 +368,7 @@ async fn calibrate(mesh: &Mesh) -> anyhow::Result<limit::Floor> {
         server,
         at: [(0, 0); 2],
     };
-    let channels = scenarios::connections(&mesh.order_url, 4).await?;
+    let channels = scenarios::connections(&mesh.order_url, 4, bearer).await?;
     let clients: Vec<_> = channels.into_iter().map(HealthClient::new).collect();
     let plan = Plan {
         mode: Mode::Closed { concurrency: 8 },
@@ -389,7 +425,8 @@ async fn watch_order(
     args: &BenchArgs,
     mesh: &Mesh,
     plan: &Plan,
-    channels: &[tonic::transport::Channel],
+    channels: &[scenarios::Conn],
+    bearer: &scenarios::Bearer,
     customer_id: &str,
     run_id: &str,
 ) -> anyhow::Result<(load::Outcome, (serde_json::Value, Probe))> {
@@ -412,7 +449,7 @@ async fn watch_order(
     };
     let mut admin = MeshAdminServiceClient::new(channels[0].clone());
     watch::set_hold(&mut admin, Some(args.watch_hold)).await?;
-    let watcher_channels = scenarios::connections(&mesh.order_url, 16).await?;
+    let watcher_channels = scenarios::connections(&mesh.order_url, 16, bearer).await?;
     let (newest_tx, newest_rx) = tokio::sync::watch::channel(String::new());
     let mut window = watch::WatchWindow::new(
         mesh,

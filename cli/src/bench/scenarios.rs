@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -27,19 +30,54 @@ const ORDER_DEADLINE: Duration = Duration::from_secs(30);
 /// accounts (a binary older than `OpenAccount`).
 pub const FALLBACK_CUSTOMER: &str = "alice";
 
-pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(url.to_owned())?
+/// A connection whose every call carries the bearer token, if any.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// `authorization: Bearer <token>` on every call (`--token`), or nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .context("--token is not a valid header value")
+            })
+            .transpose()
+            .map(Bearer)
+    }
+
+    /// The header value, for HTTP requests.
+    pub fn header(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub async fn connect(url: &str, bearer: &Bearer) -> anyhow::Result<Conn> {
+    let channel = Endpoint::from_shared(url.to_owned())?
         .connect()
         .await
-        .with_context(|| format!("connecting to {url}"))
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(InterceptedService::new(channel, bearer.clone()))
 }
 
 /// `n` connections to `url` (workers take them round-robin, as several
 /// clients would).
-pub async fn connections(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+pub async fn connections(url: &str, n: usize, bearer: &Bearer) -> anyhow::Result<Vec<Conn>> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
-        out.push(connect(url).await?);
+        out.push(connect(url, bearer).await?);
     }
     Ok(out)
 }
@@ -99,7 +137,7 @@ pub fn terminal_key(order: &order_pb::Order) -> Option<Result<(), String>> {
 /// terminal; only CONFIRMED counts as success. `created` hears the order id
 /// (the watch scenario's watchers follow the newest order).
 pub async fn create_order(
-    mut client: OrderServiceClient<Channel>,
+    mut client: OrderServiceClient<Conn>,
     request_id: String,
     customer: String,
     sku: String,
@@ -168,12 +206,47 @@ pub async fn create_order(
     Done { tag: "", result }
 }
 
-pub async fn get_order(mut client: OrderServiceClient<Channel>, order_id: String) -> Done {
+pub async fn get_order(mut client: OrderServiceClient<Conn>, order_id: String) -> Done {
     let result = client
         .get_order(order_pb::GetOrderRequest { order_id })
         .await
         .map(|_| ())
         .map_err(|s| status_key(&s));
+    Done { tag: "", result }
+}
+
+/// An HTTP/1.1 client for the REST scenario: keep-alive connections, one
+/// per request in flight (HTTP/1.1 has no multiplexing).
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    // reqwest is built with rustls but no crypto provider (the gateway's
+    // choice); building a client needs one even for plain http://.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(None)
+        .build()
+        .context("building the HTTP client")
+}
+
+/// `GET {base}/v1/orders/{order_id}`, the body read to its end; only 200
+/// counts as success (errors are `HTTP_<status>` or `HTTP_TRANSPORT`).
+pub async fn rest_get_order(client: reqwest::Client, base: String, order_id: String, bearer: Bearer) -> Done {
+    let result = async {
+        let mut request = client.get(format!("{}/v1/orders/{order_id}", base.trim_end_matches('/')));
+        if let Some(value) = bearer.header() {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.map_err(|_| "HTTP_TRANSPORT".to_owned())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|_| "HTTP_TRANSPORT".to_owned())?;
+        if status == reqwest::StatusCode::OK && !body.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("HTTP_{}", status.as_u16()))
+        }
+    }
+    .await;
     Done { tag: "", result }
 }
 
@@ -195,8 +268,8 @@ const BENCH_FUNDS_MINOR: i64 = 10_000_000_000_000;
 /// (UNIMPLEMENTED) gets the demo customer `alice` instead, with as many
 /// orders as her balance pays for. `given` names an existing customer.
 pub async fn customer(
-    payment: &mut PaymentServiceClient<Channel>,
-    inventory: &mut InventoryServiceClient<Channel>,
+    payment: &mut PaymentServiceClient<Conn>,
+    inventory: &mut InventoryServiceClient<Conn>,
     sku: &str,
     run_id: &str,
     given: Option<&str>,
@@ -252,7 +325,7 @@ pub async fn customer(
 }
 
 async fn get_account(
-    payment: &mut PaymentServiceClient<Channel>,
+    payment: &mut PaymentServiceClient<Conn>,
     id: &str,
 ) -> anyhow::Result<payment_pb::Account> {
     payment
@@ -268,7 +341,7 @@ async fn get_account(
 
 /// Adds a million units of `sku` so no run runs out of stock.
 pub async fn restock(
-    inventory: &mut InventoryServiceClient<Channel>,
+    inventory: &mut InventoryServiceClient<Conn>,
     sku: &str,
     run_id: &str,
 ) -> anyhow::Result<()> {
@@ -287,7 +360,7 @@ pub async fn restock(
 /// Places `n` orders one after another and returns the ids of the
 /// confirmed ones (what get-order reads).
 pub async fn seed_orders(
-    client: &OrderServiceClient<Channel>,
+    client: &OrderServiceClient<Conn>,
     customer: &str,
     sku: &str,
     run_id: &str,

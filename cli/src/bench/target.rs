@@ -267,19 +267,21 @@ fn port_of(url: &str) -> Option<u16> {
     url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
 
-/// A mesh already running. Its processes are `pids` when given, else the
-/// processes listening on the three services' ports; the database server's
-/// are `db_pids`, else every `postgres` process on the machine.
+/// A mesh already running. Its processes are `pids` and the named
+/// `measured` when given (e.g. a gateway or a proxy in front of the mesh),
+/// else the processes listening on the three services' ports; the database
+/// server's are `db_pids`, else every `postgres` process on the machine.
 pub async fn existing(
     order_url: &str,
     inventory_url: &str,
     payment_url: &str,
     pids: &[u32],
+    measured: &[(String, u32)],
     db_pids: &[u32],
     postgres_url: Option<&str>,
 ) -> anyhow::Result<Mesh> {
     let mut processes: Vec<(String, u32)> = Vec::new();
-    if pids.is_empty() {
+    if pids.is_empty() && measured.is_empty() {
         for (name, url) in [
             ("order", order_url),
             ("inventory", inventory_url),
@@ -294,6 +296,7 @@ pub async fn existing(
         }
     } else {
         processes = pids.iter().map(|p| (format!("pid {p}"), *p)).collect();
+        processes.extend(measured.iter().cloned());
     }
     let order_pid = port_of(order_url)
         .and_then(|p| procstat::listening_on(p).first().copied())

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::scenarios::Conn;
 use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::watch;
-use tonic::transport::Channel;
 
 use ordermesh_mesh::classify::code_name;
 use ordermesh_proto::mesh::v1 as mesh_pb;
@@ -45,7 +45,7 @@ fn phase(probe: &Probe, seconds: f64) -> serde_json::Value {
 }
 
 pub async fn set_hold(
-    admin: &mut MeshAdminServiceClient<Channel>,
+    admin: &mut MeshAdminServiceClient<Conn>,
     hold: Option<Duration>,
 ) -> anyhow::Result<()> {
     let rules = hold
@@ -87,7 +87,7 @@ pub struct WatchWindow {
     pub b: Probe,
     duration: Duration,
     watchers: usize,
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     newest: watch::Receiver<String>,
     counts: Arc<Watchers>,
     stop: watch::Sender<bool>,
@@ -107,7 +107,7 @@ impl WatchWindow {
         mesh: &Mesh,
         duration: Duration,
         watchers: usize,
-        channels: Vec<Channel>,
+        channels: Vec<Conn>,
         newest: watch::Receiver<String>,
         statements_per_get: Option<f64>,
         hold: Duration,
