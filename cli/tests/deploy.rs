@@ -195,3 +195,134 @@ fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_service
     ));
     Policy::parse(&policy, Vec::new()).expect("the SingleBinary policy loads");
 }
+
+/// The container of one rendered Deployment: its `args` and its plain
+/// (`value:`) environment variables; `valueFrom` ones (Secrets) are skipped.
+fn rendered_container(deployments: &str, name: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let mut inside = false;
+    let mut in_args = false;
+    let mut pending: Option<String> = None;
+    for line in deployments.lines() {
+        let trimmed = line.trim();
+        if trimmed == "kind: Deployment" {
+            inside = false;
+        } else if trimmed == format!("name: {name}") {
+            inside = true;
+        }
+        if !inside {
+            continue;
+        }
+        if trimmed == "args:" {
+            in_args = true;
+            continue;
+        }
+        if in_args {
+            match trimmed.strip_prefix("- ") {
+                Some(arg) if !trimmed.starts_with("- name:") => {
+                    args.push(arg.trim_matches('"').to_owned());
+                    continue;
+                }
+                _ => in_args = false,
+            }
+        }
+        if let Some(var) = trimmed.strip_prefix("- name: ORDERMESH_") {
+            pending = Some(format!("ORDERMESH_{var}"));
+        } else if let (Some(value), Some(var)) = (trimmed.strip_prefix("value: "), pending.take()) {
+            env.push((var, value.trim_matches('"').to_owned()));
+        }
+    }
+    (args, env)
+}
+
+/// The rendered ConfigMap's `key: |` block.
+fn configmap_file(configmap: &str, key: &str) -> String {
+    let mut lines = configmap
+        .lines()
+        .skip_while(|line| line.trim() != format!("{key}: |"));
+    lines.next().unwrap_or_else(|| panic!("the ConfigMap has {key}"));
+    lines
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_charts_gateway_starts_from_its_rendered_args_and_env_and_answers_health() {
+    let Some(helm) = tool("HELM", "helm", "chart gateway") else {
+        return;
+    };
+    let values = "production.yaml";
+    let deployments = helm_template(&helm, values, "templates/deployment.yaml");
+    let configmap = helm_template(&helm, values, "templates/configmap.yaml");
+    let (args, env) = rendered_container(&deployments, "ordermesh-gateway");
+    assert_eq!(args, ["serve", "gateway"], "{deployments}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The pod's mounts, as local files: the ConfigMap's files and the JWKS
+    // Secret (the test keys stand in for the identity provider's).
+    let mounted = |path: &str| -> Option<String> {
+        if let Some(file) = path.strip_prefix("/etc/ordermesh/config/") {
+            let local = dir.path().join(file);
+            std::fs::write(&local, configmap_file(&configmap, file)).expect("write config");
+            return Some(local.display().to_string());
+        }
+        path.starts_with("/etc/ordermesh/jwks/")
+            .then(|| repo().join("gateway/tests/keys/jwks.json").display().to_string())
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordermesh"));
+    command
+        .args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let mut names = Vec::new();
+    for (var, value) in env {
+        let value = match var.as_str() {
+            "ORDERMESH_LISTEN" => addr.clone(),
+            "ORDERMESH_DATA_DIR" => dir.path().display().to_string(),
+            _ => mounted(&value).unwrap_or(value),
+        };
+        names.push(var.clone());
+        command.env(var, value);
+    }
+    for expected in [
+        "ORDERMESH_AUTH_MODE",
+        "ORDERMESH_JWT_JWKS_FILE",
+        "ORDERMESH_GATEWAY_CONFIG",
+        "ORDERMESH_ORDER_URL",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} rendered: {names:?}"
+        );
+    }
+    let mut server = Server(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("serve gateway starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = server.0.stderr.take() {
+                use std::io::Read;
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("the gateway exited ({status}) with the chart's configuration:\n{stderr}");
+        }
+        let output = health(&[&addr, "--timeout-secs", "2"]);
+        if output.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never reported SERVING: {output:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
