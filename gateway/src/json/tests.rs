@@ -196,3 +196,40 @@ fn responses_are_camel_case_with_int64_strings_enums_by_name_and_timestamps() {
     .expect_err("not RFC 3339");
     assert_eq!(violation(&bad_time), "create_time");
 }
+
+#[test]
+fn a_body_field_binding_takes_the_body_as_that_field_and_the_rest_from_the_query() {
+    // No contract uses `body: "<field>"` yet; the rule is the same binding
+    // with another body, so build one: SetFlag with `body: "flag"`.
+    let mut set_flag = binding("SetFlag");
+    set_flag.body = Some("flag".to_owned());
+    let message = request(
+        &set_flag,
+        vec![],
+        None,
+        br#"{"name": "new-checkout", "enabled": true, "rolloutPercent": 25}"#,
+        JsonOptions::default(),
+    )
+    .expect("valid");
+    let flag = field(&message, "flag");
+    let flag = flag.as_message().expect("flag message");
+    assert_eq!(
+        flag.get_field_by_name("name").expect("name").as_str(),
+        Some("new-checkout")
+    );
+    assert_eq!(
+        flag.get_field_by_name("rollout_percent")
+            .expect("rollout")
+            .as_f64(),
+        Some(25.0)
+    );
+    let wrong = request(
+        &set_flag,
+        vec![],
+        None,
+        br#"{"enabled": "yes"}"#,
+        JsonOptions::default(),
+    )
+    .expect_err("not a boolean");
+    assert_eq!(violation(&wrong), "flag.enabled");
+}
