@@ -118,6 +118,14 @@ fn with_policy(mut args: Vec<String>, policy: Option<&Path>) -> Vec<String> {
     args
 }
 
+/// Whether `bin <command>` takes `flag` (per its `--help`).
+fn takes_flag(bin: &Path, command: &str, flag: &str) -> anyhow::Result<bool> {
+    let help = std::process::Command::new(bin)
+        .args([command, "--help"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&help.stdout).contains(flag))
+}
+
 /// `ordermesh up` on free ports and SQLite files in a temporary directory.
 pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
@@ -132,12 +140,15 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
         &ports[1].to_string(),
         "--payment-port",
         &ports[2].to_string(),
-        "--gateway-port",
-        &ports[3].to_string(),
     ]
     .map(String::from)
     .to_vec();
-    let args = with_policy(args, policy);
+    let mut args = with_policy(args, policy);
+    // The gateway's port too, on a free port, unless the binary predates the
+    // gateway (a baseline build), which would refuse the flag.
+    if takes_flag(bin, "up", "--gateway-port")? {
+        args.extend(["--gateway-port".to_owned(), ports[3].to_string()]);
+    }
     let urls: Vec<String> = ports[..3]
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
