@@ -29,7 +29,8 @@ pub struct StreamSettings {
     /// once. Must outlast the relay's longest retry of one row.
     pub duplicate_window: Duration,
     /// Most messages per stream (0: no limit). The in-process broker always
-    /// caps (at 100,000 when 0) since it keeps messages in memory.
+    /// caps (at 10,000 when 0) since it keeps messages in memory: enough for a
+    /// consumer to catch up after a pause, and a bound on `up`'s memory.
     pub max_messages: i64,
     /// File storage (durable) rather than memory storage.
     pub file_storage: bool,

@@ -30,7 +30,7 @@ use crate::envelope::{Event, now_micros};
 use crate::kind::{BoundedContext, subject_matches};
 
 /// Messages kept per stream when the settings give no limit.
-const DEFAULT_MAX_MESSAGES: usize = 100_000;
+const DEFAULT_MAX_MESSAGES: usize = 10_000;
 
 /// The broker; clones share it.
 #[derive(Clone)]
