@@ -51,9 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (mesh.clone(), bus.clone()),
     );
     // The gateway in development mode: its signing key lives in the data
-    // directory, where `ordermesh token` finds it.
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // directory (created private if missing), where `ordermesh token` finds it.
     let gateway = config::gateway(
         &args.gateway,
         [

@@ -3,11 +3,17 @@
 //! timeline, fetched from three services in parallel within the caller's
 //! deadline.
 //!
-//! A part that cannot be had (its service is down, slow or refusing) is left
-//! out and listed under `unavailable` with its status, and the rest is
-//! returned with 200: a page that shows an order without its payment beats
-//! an error page. Only the order itself is essential: if it does not exist
-//! the answer is its 404.
+//! The call is admitted as GetOrder (its scopes and rate limit); each other
+//! part also needs its own RPC's scopes (ListPayments `payments:read`,
+//! GetReservation and the timeline theirs), so the document never shows what
+//! the caller could not read part by part.
+//!
+//! A part that cannot be had (its service is down, slow or refusing, or the
+//! token lacks its scope) is left out and listed under `unavailable` with its
+//! status, and the rest is returned with 200: a page that shows an order
+//! without its payment beats an error page. An order that does not exist is
+//! the answer's 404; an order service that is down makes the order part
+//! unavailable like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +54,9 @@ async fn compose(
     let call = |method: &'static str, request: Value, field: Option<&'static str>| {
         let principal = principal.clone();
         async move {
+            // Each part is admitted by its own RPC's scopes: the composed
+            // read shows no more than the caller could read part by part.
+            shared.guard.allows(&format!("/{method}"), principal.as_ref())?;
             let descriptor = shared
                 .pool
                 .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))

@@ -33,7 +33,8 @@ pub struct GatewayConfig {
     pub default_timeout: Duration,
     /// Longest deadline a caller may ask for.
     pub max_timeout: Duration,
-    /// Largest accepted request body (REST) or message (gRPC), in bytes.
+    /// Largest accepted REST request body, in bytes (gRPC messages stream
+    /// through to the services, whose own limit applies).
     pub max_body_bytes: usize,
     /// Accept (and drop) JSON fields the request message does not have.
     pub allow_unknown_fields: bool,
@@ -129,7 +130,7 @@ pub fn default_scope(service: &str, method: &str) -> &'static str {
         "ordermesh.order.v1.OrderService" if read => "orders:read",
         "ordermesh.order.v1.OrderService" => "orders:write",
         "ordermesh.inventory.v1.InventoryService" => match method {
-            "GetStock" | "ListStock" | "CheckAvailability" => "inventory:read",
+            "GetStock" | "ListStock" | "CheckAvailability" | "GetReservation" => "inventory:read",
             "UpdateProduct" | "AdjustStock" | "ListRestockAlerts" => "inventory:admin",
             _ => "admin",
         },
@@ -156,7 +157,9 @@ pub fn route_policies(
                 RoutePolicy {
                     scopes: vec![default_scope(service.full_name(), method.name()).to_owned()],
                     public: false,
-                    rate_limit: file.rate_limit,
+                    // The file's default limit is not copied here: routes
+                    // without their own share its one bucket per caller.
+                    rate_limit: None,
                 },
             );
         }
@@ -274,11 +277,8 @@ scopes = ["shop"]
         assert_eq!(create.scopes, ["shop"]);
         assert!(!create.public);
         assert_eq!(
-            create.rate_limit,
-            Some(RateLimit {
-                per_second: 10,
-                burst: 20
-            })
+            create.rate_limit, None,
+            "the default limit stays one shared bucket, not a copy per route"
         );
     }
 

@@ -42,6 +42,42 @@ impl Guard {
         }
     }
 
+    /// Whether `principal` may call `rpc` (a token if the route is not
+    /// public, and every scope it requires), without taking a rate-limit
+    /// token: for a composed read, whose parts are other RPCs.
+    pub fn allows(&self, rpc: &str, principal: Option<&Principal>) -> Result<(), tonic::Status> {
+        let policy = self
+            .policies
+            .get(rpc)
+            .ok_or_else(|| tonic::Status::unimplemented(format!("{rpc} is not served by the gateway")))?;
+        Self::permits(policy, rpc, principal)
+    }
+
+    fn permits(policy: &RoutePolicy, rpc: &str, principal: Option<&Principal>) -> Result<(), tonic::Status> {
+        if policy.public {
+            return Ok(());
+        }
+        let Some(principal) = principal else {
+            return Err(tonic::Status::unauthenticated(
+                "this route needs a bearer token (Authorization: Bearer <token>)",
+            ));
+        };
+        let missing: Vec<&str> = policy
+            .scopes
+            .iter()
+            .filter(|scope| !principal.has_scope(scope))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "the token lacks the scope(s) {} that {rpc} requires",
+                missing.join(", ")
+            )))
+        }
+    }
+
     pub fn limits(&self) -> &RateLimits {
         &self.limits
     }
@@ -62,28 +98,7 @@ impl Guard {
             .authenticate(headers.get(http::header::AUTHORIZATION))
             .await
             .map_err(|error| error.to_status())?;
-        match &principal {
-            None if !policy.public => {
-                return Err(tonic::Status::unauthenticated(
-                    "this route needs a bearer token (Authorization: Bearer <token>)",
-                ));
-            }
-            Some(principal) if !policy.public => {
-                let missing: Vec<&str> = policy
-                    .scopes
-                    .iter()
-                    .filter(|scope| !principal.scopes.contains(*scope))
-                    .map(String::as_str)
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(tonic::Status::permission_denied(format!(
-                        "the token lacks the scope(s) {} that {rpc} requires",
-                        missing.join(", ")
-                    )));
-                }
-            }
-            _ => {}
-        }
+        Self::permits(policy, rpc, principal.as_ref())?;
         let key = match (&principal, peer) {
             (Some(principal), _) => format!("sub:{}", principal.subject),
             (None, Some(ip)) => format!("ip:{ip}"),
@@ -94,8 +109,12 @@ impl Guard {
     }
 }
 
-/// Drops every identity header a client sent and sets the verified one.
+/// Drops every identity header a client sent, and its credentials (the
+/// gateway is the only component that sees them), and sets the verified
+/// identity.
 pub fn forward_identity(headers: &mut HeaderMap, principal: Option<&Principal>) {
+    headers.remove(http::header::AUTHORIZATION);
+    headers.remove(http::header::COOKIE);
     let spoofed: Vec<http::HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with(RESERVED_PREFIX))

@@ -76,20 +76,19 @@ async fn call(
 /// 405 (with `Allow`) when another verb binds this path, else 404; both
 /// with a `google.rpc.Status` body.
 fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
-    let mut allowed: Vec<&str> = shared
+    let allowed: std::collections::BTreeSet<&str> = shared
         .routes
         .iter()
         .filter(|b| b.template.matches(path).is_some())
         .map(|b| b.verb.as_str())
         .collect();
-    allowed.dedup();
     if allowed.is_empty() {
         return error::response(
             &shared.pool,
             &tonic::Status::not_found(format!("no route for {method} {path}")),
         );
     }
-    let allow = allowed.join(", ");
+    let allow = allowed.into_iter().collect::<Vec<_>>().join(", ");
     let status =
         tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
     let mut response = error::response(&shared.pool, &status);
@@ -146,7 +145,7 @@ pub fn deadline(headers: &HeaderMap, default: Duration, max: Duration) -> Result
         text.strip_suffix('s').unwrap_or(text).parse::<f64>().ok()
     };
     match parsed {
-        Some(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs).min(max)),
+        Some(secs) if secs > 0.0 => Ok(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max))),
         _ => Err(error::bad_field(
             TIMEOUT_HEADER,
             format!("{text:?} is not a duration (e.g. 250ms, 5s)"),
@@ -258,6 +257,7 @@ mod tests {
         assert_eq!(with("1.5s").expect("s"), Duration::from_millis(1500));
         assert_eq!(with("2").expect("bare"), Duration::from_secs(2));
         assert_eq!(with("3600s").expect("capped"), max);
+        assert_eq!(with("1e300").expect("huge, capped, no overflow"), max);
         for bad in ["soon", "-1s", "0", ""] {
             let status = with(bad).expect_err(bad);
             assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -1,6 +1,8 @@
 //! Building the gateway from its config and serving it: one axum router on
 //! one port, HTTP/1.1 and HTTP/2 (h2c) both, with the edge layers every
-//! request passes (request id, CORS, gzip, body limit, access log).
+//! request passes (request id, CORS, gzip, access log). REST bodies are
+//! read up to the configured limit (413 beyond); gRPC and grpc-web messages
+//! stream through and are bounded by the services' own message limit.
 
 use std::future::Future;
 use std::net::SocketAddr;

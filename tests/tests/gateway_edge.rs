@@ -200,7 +200,15 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     );
 
     // Over native gRPC too, with a generated request id when none is sent.
-    let status = grpc_get_account(&gateway, Some(&token), &[("x-ordermesh-subject", "mallory")]).await;
+    let status = grpc_get_account(
+        &gateway,
+        Some(&token),
+        &[
+            ("x-ordermesh-subject", "mallory"),
+            ("x-ordermesh-scopes", "admin"),
+        ],
+    )
+    .await;
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert_eq!(
         status.message(),
@@ -210,6 +218,11 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     let seen = recorder.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[1].headers["x-ordermesh-subject"], "alice");
+    assert_eq!(seen[1].headers["x-ordermesh-scopes"], "payments:read");
+    assert!(
+        seen.iter().all(|s| !s.headers.contains_key("authorization")),
+        "the bearer token stays at the edge"
+    );
     assert!(!seen[1].headers["x-request-id"].is_empty());
 
     // An anonymous call to a public route: the spoofed identity is dropped,

@@ -338,6 +338,26 @@ async fn composed_details_mark_a_down_part_unavailable() {
     assert_eq!(details["payment"]["amount"]["amountMinor"], "27900");
     assert_eq!(details["reservation"]["status"], "RESERVATION_STATUS_COMMITTED");
 
+    // A token that may read orders but not payments or stock: those parts
+    // are withheld (403 in `unavailable`), not shown.
+    let orders_only = rest.gateway.token("alice", &["orders:read"]);
+    let response = rest
+        .http
+        .get(rest.gateway.url(&format!("/v1/orders/{order_id}/details")))
+        .bearer_auth(&orders_only)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let limited: Value = response.json().await.expect("json");
+    assert_eq!(limited["order"]["orderId"], order_id.as_str());
+    assert!(
+        limited["payment"].is_null() && limited["reservation"].is_null(),
+        "{limited}"
+    );
+    assert_eq!(limited["unavailable"]["payment"]["code"], 7, "{limited}");
+    assert_eq!(limited["unavailable"]["reservation"]["code"], 7, "{limited}");
+
     mesh.stop("inventory").await;
     let started = Instant::now();
     let (status, details) = rest

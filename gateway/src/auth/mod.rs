@@ -227,12 +227,13 @@ impl Authenticator {
                     location: url.clone(),
                     reason,
                 })?;
-                let started = Instant::now();
                 remote_keys = fetch_jwks(&client, url).await?;
                 Some(Remote {
                     url: url.clone(),
                     client,
-                    last_fetch: tokio::sync::Mutex::new(started),
+                    // Measured from the end of a fetch, so a slow issuer
+                    // cannot make back-to-back fetches look spaced out.
+                    last_fetch: tokio::sync::Mutex::new(Instant::now()),
                     min_interval: config.jwks_min_refresh_interval,
                 })
             }
@@ -304,10 +305,12 @@ impl Inner {
         if !periodic && last_fetch.elapsed() < remote.min_interval {
             return;
         }
-        *last_fetch = Instant::now();
         let fetched = fetch_jwks(&remote.client, &remote.url)
             .await
             .and_then(|remote_keys| KeySet::combine(self.static_keys.iter().cloned().chain(remote_keys)));
+        // Callers that waited on the lock during this fetch now see it as
+        // fresh and return without fetching again.
+        *last_fetch = Instant::now();
         match fetched {
             Ok(keys) => {
                 tracing::debug!(keys = ?keys.describe(), "JWKS refreshed");

@@ -1135,28 +1135,27 @@ async fn unknown_kid_triggers_a_refresh_that_finds_a_rotated_key() {
 #[tokio::test]
 async fn unknown_kid_refresh_is_rate_limited() {
     let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
-    let auth = Authenticator::new(url_config(&server, Duration::from_millis(400)))
+    // Tokens are signed up front: ES256 signing in a debug build is slow
+    // enough to eat into the interval under load.
+    let ec1 = es256(Some("ec-1"), &claims());
+    let random: Vec<String> = (0..20)
+        .map(|i| es256(Some(&format!("random-{i}")), &claims()))
+        .collect();
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(2)))
         .await
         .expect("auth");
     server.serve(200, jwks_with(&["rsa-1", "ec-1"]));
     // Within the minimum interval of the start-up fetch: no fetch, refused.
     for _ in 0..20 {
-        assert_eq!(
-            check(&auth, &es256(Some("ec-1"), &claims())).await,
-            Err(AuthError::UnknownKey)
-        );
+        assert_eq!(check(&auth, &ec1).await, Err(AuthError::UnknownKey));
     }
     assert_eq!(server.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(subject(&auth, &ec1).await, "alice");
     assert_eq!(server.hits(), 2);
     // Immediately afterwards a flood of random kids causes no fetch at all.
-    for i in 0..20 {
-        let kid = format!("random-{i}");
-        assert_eq!(
-            check(&auth, &es256(Some(&kid), &claims())).await,
-            Err(AuthError::UnknownKey)
-        );
+    for token in &random {
+        assert_eq!(check(&auth, token).await, Err(AuthError::UnknownKey));
     }
     assert_eq!(server.hits(), 2);
 }
@@ -1164,12 +1163,13 @@ async fn unknown_kid_refresh_is_rate_limited() {
 #[tokio::test]
 async fn concurrent_unknown_kids_share_one_refresh() {
     let server = JwksServer::start(jwks_with(&["rsa-1"])).await;
-    let auth = Authenticator::new(url_config(&server, Duration::from_millis(200)))
+    let token = es256(Some("ec-1"), &claims());
+    // An interval longer than ten debug-build ES256 verifications under load.
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(2)))
         .await
         .expect("auth");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     server.serve(200, jwks_with(&["rsa-1", "ec-1"]));
-    let token = es256(Some("ec-1"), &claims());
     let results = futures::future::join_all((0..10).map(|_| check(&auth, &token))).await;
     assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))), "{results:?}");
     assert_eq!(server.hits(), 2, "one refresh served all waiting callers");
