@@ -6,70 +6,15 @@
 //! `.ci/tools.sh`), else `PATH`. Without it the test prints a SKIP line,
 //! except under `CI`, where it fails.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-fn grpcurl() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return Some(path.into());
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/grpcurl");
-    if local.exists() {
-        return Some(local);
-    }
-    let on_path = Command::new("grpcurl")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    on_path.then(|| PathBuf::from("grpcurl"))
-}
+use support::{Up, tool};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-struct Up {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Up {
-    fn wait_for_line(&self, needle: &str, timeout: Duration) -> Vec<String> {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    seen.push(line);
-                    if found {
-                        return seen;
-                    }
-                }
-                Err(_) => {
-                    panic!("no line containing {needle:?} within {timeout:?}; output so far: {seen:#?}")
-                }
-            }
-        }
-    }
-}
-
-fn run(grpcurl: &PathBuf, args: &[&str]) -> String {
+fn run(grpcurl: &Path, args: &[&str]) -> String {
     let output = Command::new(grpcurl).args(args).output().expect("grpcurl runs");
     assert!(
         output.status.success(),
@@ -82,37 +27,12 @@ fn run(grpcurl: &PathBuf, args: &[&str]) -> String {
 
 #[test]
 fn up_serves_every_service_through_reflection_and_stops_on_sigterm() {
-    let Some(grpcurl) = grpcurl() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("CI needs grpcurl: run .ci/tools.sh");
-        }
-        eprintln!("\n*** SKIP up walkthrough: grpcurl not found (run .ci/tools.sh or set GRPCURL) ***\n");
+    let Some(grpcurl) = tool("GRPCURL", "grpcurl", "up walkthrough") else {
         return;
     };
-    let data = tempfile::tempdir().expect("tempdir");
-    let (order, inventory, payment, gateway) = (free_port(), free_port(), free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
-        .args(["up", "--data-dir"])
-        .arg(data.path())
-        .args(["--order-port", &order.to_string()])
-        .args(["--inventory-port", &inventory.to_string()])
-        .args(["--payment-port", &payment.to_string()])
-        .args(["--gateway-port", &gateway.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ordermesh up starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut up = Up { child, lines };
-    let printed = up.wait_for_line("ready", Duration::from_secs(60)).join("\n");
+    let mut up = Up::start(&[]);
+    let (order, inventory, payment) = (up.order, up.inventory, up.payment);
+    let printed = up.started.join("\n");
     assert!(printed.contains(&format!("127.0.0.1:{order}")), "{printed}");
     assert!(
         printed.contains(&format!("grpcurl -plaintext 127.0.0.1:{order} list")),

@@ -57,6 +57,8 @@ pub struct Up {
     pub inventory: u16,
     pub payment: u16,
     pub gateway: u16,
+    /// What it printed up to its ready line.
+    pub started: Vec<String>,
     lines: mpsc::Receiver<String>,
     data: tempfile::TempDir,
 }
@@ -94,10 +96,12 @@ impl Up {
             inventory,
             payment,
             gateway,
+            started: Vec::new(),
             lines,
             data,
         };
-        up.wait_for_line("ready", Duration::from_secs(60));
+        let mut up = up;
+        up.started = up.wait_for_line("ready", Duration::from_secs(60));
         up
     }
 
