@@ -116,15 +116,7 @@ fn helm_template(helm: &Path, values: &str, show_only: &str) -> String {
 
 /// The `mesh-policy.toml: |` block of the rendered ConfigMap.
 fn rendered_policy(configmap: &str) -> String {
-    let mut lines = configmap
-        .lines()
-        .skip_while(|line| line.trim() != "mesh-policy.toml: |");
-    lines.next().expect("the ConfigMap has mesh-policy.toml");
-    lines
-        .take_while(|line| line.is_empty() || line.starts_with("    "))
-        .map(|line| line.strip_prefix("    ").unwrap_or(line))
-        .collect::<Vec<_>>()
-        .join("\n")
+    configmap_file(configmap, "mesh-policy.toml")
 }
 
 /// The ORDERMESH_MESH__* variables of each rendered Deployment, by name.
