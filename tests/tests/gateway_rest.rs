@@ -50,6 +50,10 @@ impl Rest {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.json(reqwest::Method::GET, path, None).await
+    }
+
     async fn create(&self, request_id: &str, sku: &str, quantity: i64) -> Value {
         let (status, body) = self
             .json(
@@ -66,9 +70,7 @@ impl Rest {
     async fn until_status(&self, order_id: &str, want: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, body) = self
-                .json(reqwest::Method::GET, &format!("/v1/orders/{order_id}"), None)
-                .await;
+            let (status, body) = self.get(&format!("/v1/orders/{order_id}")).await;
             assert_eq!(status, 200, "{body}");
             if body["order"]["status"] == want {
                 return body["order"].clone();
@@ -114,24 +116,16 @@ async fn order_flow_over_rest() {
 
     // Paging: two orders, one per page, newest first.
     let second = rest.create("rest-2", "MS-002", 1).await;
-    let (status, page) = rest
-        .json(
-            reqwest::Method::GET,
-            "/v1/orders?customer_id=alice&page_size=1",
-            None,
-        )
-        .await;
+    let (status, page) = rest.get("/v1/orders?customer_id=alice&page_size=1").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["orders"].as_array().expect("orders").len(), 1);
     assert_eq!(page["orders"][0]["orderId"], second["orderId"]);
     let token = page["nextPageToken"].as_str().expect("next page token");
     assert!(!token.is_empty());
     let (_, next) = rest
-        .json(
-            reqwest::Method::GET,
-            &format!("/v1/orders?customer_id=alice&page_size=1&page_token={token}"),
-            None,
-        )
+        .get(&format!(
+            "/v1/orders?customer_id=alice&page_size=1&page_token={token}"
+        ))
         .await;
     assert_eq!(next["orders"][0]["orderId"], order_id.as_str());
 
@@ -150,13 +144,7 @@ async fn order_flow_over_rest() {
     // three services, which arrive asynchronously.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (status, timeline) = rest
-            .json(
-                reqwest::Method::GET,
-                &format!("/v1/orders/{order_id}/timeline"),
-                None,
-            )
-            .await;
+        let (status, timeline) = rest.get(&format!("/v1/orders/{order_id}/timeline")).await;
         assert_eq!(status, 200, "{timeline}");
         let mut sources: Vec<String> = timeline["entries"]
             .as_array()
@@ -231,9 +219,7 @@ async fn watch_streams_as_ndjson_and_sse() {
     assert_eq!(event["order"]["status"], "ORDER_STATUS_CONFIRMED");
 
     // A watch refused before its first message is a plain HTTP error.
-    let (status, body) = rest
-        .json(reqwest::Method::GET, "/v1/orders/no-such-order:watch", None)
-        .await;
+    let (status, body) = rest.get("/v1/orders/no-such-order:watch").await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["details"][0]["reason"], "ORDER_NOT_FOUND");
 }
@@ -243,7 +229,7 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     let mut mesh = mesh().await;
     let rest = Rest::start(&mesh).await;
 
-    let (status, body) = rest.json(reqwest::Method::GET, "/v1/orders/nope", None).await;
+    let (status, body) = rest.get("/v1/orders/nope").await;
     assert_eq!(status, 404);
     assert_eq!(body["code"], 5);
     assert!(
@@ -290,7 +276,7 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     assert_eq!(body["code"], 3);
     assert!(!body["details"].as_array().expect("details").is_empty(), "{body}");
 
-    let (status, _) = rest.json(reqwest::Method::GET, "/v2/nothing", None).await;
+    let (status, _) = rest.get("/v2/nothing").await;
     assert_eq!(status, 404);
     let response = rest
         .request(reqwest::Method::DELETE, "/v1/orders")
@@ -304,7 +290,7 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     // A stopped service: 503 UNAVAILABLE, promptly, never a hang.
     mesh.stop("payment").await;
     let started = Instant::now();
-    let (status, body) = rest.json(reqwest::Method::GET, "/v1/accounts/alice", None).await;
+    let (status, body) = rest.get("/v1/accounts/alice").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], 14);
     assert!(
@@ -324,13 +310,7 @@ async fn composed_details_mark_a_down_part_unavailable() {
         .to_owned();
     rest.until_status(&order_id, "ORDER_STATUS_CONFIRMED").await;
 
-    let (status, details) = rest
-        .json(
-            reqwest::Method::GET,
-            &format!("/v1/orders/{order_id}/details"),
-            None,
-        )
-        .await;
+    let (status, details) = rest.get(&format!("/v1/orders/{order_id}/details")).await;
     assert_eq!(status, 200, "{details}");
     assert_eq!(details["partial"], false);
     assert_eq!(details["order"]["orderId"], order_id.as_str());
@@ -360,13 +340,7 @@ async fn composed_details_mark_a_down_part_unavailable() {
 
     mesh.stop("inventory").await;
     let started = Instant::now();
-    let (status, details) = rest
-        .json(
-            reqwest::Method::GET,
-            &format!("/v1/orders/{order_id}/details"),
-            None,
-        )
-        .await;
+    let (status, details) = rest.get(&format!("/v1/orders/{order_id}/details")).await;
     assert_eq!(status, 200, "a down part is not a failed page: {details}");
     assert_eq!(details["partial"], true);
     assert_eq!(
@@ -383,8 +357,6 @@ async fn composed_details_mark_a_down_part_unavailable() {
         started.elapsed()
     );
 
-    let (status, _) = rest
-        .json(reqwest::Method::GET, "/v1/orders/no-such-order/details", None)
-        .await;
+    let (status, _) = rest.get("/v1/orders/no-such-order/details").await;
     assert_eq!(status, 404, "a missing order is a 404, not a partial page");
 }
