@@ -135,14 +135,12 @@ async fn dead_letter_one(bus: &Bus) -> Event {
             tokio::time::Instant::now() < deadline,
             "no dead letter within 20 s"
         );
-        for delivery in consumer
+        let deliveries = consumer
             .fetch(10, Duration::from_millis(200))
             .await
-            .expect("fetch")
-        {
-            worker::process(bus, &config, &Refuse, delivery)
-                .await
-                .expect("settled");
+            .expect("fetch");
+        for settled in worker::process(bus, &config, &Refuse, deliveries).await {
+            settled.expect("settled");
         }
     }
     event

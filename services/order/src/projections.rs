@@ -170,22 +170,48 @@ impl Timeline {
 
 impl Handler for Timeline {
     async fn handle(&self, event: &Event) -> Result<(), HandlerError> {
-        let Some((order_id, summary)) = describe(event)? else {
-            return Ok(());
-        };
-        let entry = TimelineEntry {
-            order_id,
-            event_id: event.id.clone(),
-            occur_time: event.time_us,
-            ce_type: event.ce_type.clone(),
-            ce_source: event.source.clone(),
-            summary,
-            payload: BASE64.encode(&event.data),
-        };
-        let mut conn = self.pool.acquire().await?;
-        projections::record_timeline(&mut conn, &entry)
-            .await
-            .map_err(|e| HandlerError::transient(e.to_string()))
+        self.handle_batch(&[event]).await.pop().unwrap_or(Ok(()))
+    }
+
+    /// One INSERT (one commit) for every event of the fetched batch that
+    /// concerns an order; an undecodable event fails alone.
+    async fn handle_batch(&self, events: &[&Event]) -> Vec<Result<(), HandlerError>> {
+        let mut results = Vec::with_capacity(events.len());
+        let mut entries = Vec::with_capacity(events.len());
+        for event in events {
+            match describe(event) {
+                Ok(Some((order_id, summary))) => entries.push(TimelineEntry {
+                    order_id,
+                    event_id: event.id.clone(),
+                    occur_time: event.time_us,
+                    ce_type: event.ce_type.clone(),
+                    ce_source: event.source.clone(),
+                    summary,
+                    payload: BASE64.encode(&event.data),
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            }
+            results.push(Ok(()));
+        }
+        if entries.is_empty() {
+            return results;
+        }
+        let written: Result<(), crate::error::Error> = async {
+            let mut conn = self.pool.acquire().await?;
+            projections::record_timeline_batch(&mut conn, &entries).await
+        }
+        .await;
+        if let Err(e) = written {
+            let e = HandlerError::transient(e.to_string());
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.clone());
+            }
+        }
+        results
     }
 }
 

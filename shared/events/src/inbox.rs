@@ -9,7 +9,7 @@
 //! concurrent duplicate then waits on the unique key until the first
 //! transaction ends, and sees it as done; no read-then-write race.
 
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 
 use crate::Error;
 use crate::envelope::now_micros;
@@ -28,21 +28,27 @@ pub enum Claim {
 /// Opens a transaction recording `event_id` as processed by `consumer`.
 pub async fn claim(pool: &AnyPool, consumer: &str, event_id: &str) -> Result<Claim, Error> {
     let mut tx = pool.begin().await?;
+    if claim_in(&mut tx, consumer, event_id).await? {
+        Ok(Claim::New(tx))
+    } else {
+        tx.rollback().await?;
+        Ok(Claim::Done)
+    }
+}
+
+/// Records `event_id` as processed by `consumer` inside the caller's open
+/// transaction; `false` if it already was (then apply nothing for it).
+pub async fn claim_in(conn: &mut AnyConnection, consumer: &str, event_id: &str) -> Result<bool, Error> {
     let inserted = sqlx::query(
         "INSERT INTO inbox (consumer, event_id, processed_us) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
     )
     .bind(consumer)
     .bind(event_id)
     .bind(now_micros())
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
-    if inserted == 1 {
-        Ok(Claim::New(tx))
-    } else {
-        tx.rollback().await?;
-        Ok(Claim::Done)
-    }
+    Ok(inserted == 1)
 }
 
 /// Deletes inbox records older than `older_than_us` (microseconds since the

@@ -14,6 +14,14 @@
 //!
 //! Handlers are at-least-once; wrap one in [`Inboxed`] to make its database
 //! effects exactly-once.
+//!
+//! A fetch returns what is waiting (up to `ConsumerConfig::batch`), and the
+//! whole batch goes to [`Handler::handle_batch`] before any of it is
+//! settled: a handler whose effect is a database write does the batch's
+//! writes in one statement or one transaction ([`Inboxed`] does), so under
+//! load a consumer costs a commit per batch instead of one per event. Each
+//! event still gets its own result and its own settlement (a failure of one
+//! retries or dead-letters that one only).
 
 use std::time::Duration;
 
@@ -23,7 +31,7 @@ use crate::Error;
 use crate::bus::{Bus, Delivery};
 use crate::config::ConsumerConfig;
 use crate::envelope::Event;
-use crate::inbox::{Claim, claim};
+use crate::inbox::{Claim, claim, claim_in};
 
 /// Why a handler did not process an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +87,19 @@ impl From<sqlx::Error> for HandlerError {
 /// Processes one event (at least once).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, event: &Event) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Processes events fetched together, in stream order; one result per
+    /// event, in the same order. The default handles them one by one; a
+    /// handler that writes per event overrides it to write the batch at once.
+    fn handle_batch(&self, events: &[&Event]) -> impl Future<Output = Vec<Result<(), HandlerError>>> + Send {
+        async move {
+            let mut results = Vec::with_capacity(events.len());
+            for event in events {
+                results.push(self.handle(event).await);
+            }
+            results
+        }
+    }
 }
 
 /// Processes one event inside a transaction that [`Inboxed`] opens and
@@ -121,6 +142,34 @@ impl<H: TxHandler> Handler for Inboxed<H> {
                 Ok(())
             }
         }
+    }
+
+    /// The whole batch in one transaction (one commit). If any event fails,
+    /// that transaction rolls back with no effect and the events are handled
+    /// one by one, so each gets its own result and one bad event does not
+    /// hold back the others.
+    async fn handle_batch(&self, events: &[&Event]) -> Vec<Result<(), HandlerError>> {
+        if events.len() > 1 && self.handle_together(events).await.is_ok() {
+            return events.iter().map(|_| Ok(())).collect();
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.handle(event).await);
+        }
+        results
+    }
+}
+
+impl<H: TxHandler> Inboxed<H> {
+    async fn handle_together(&self, events: &[&Event]) -> Result<(), HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            if claim_in(&mut tx, &self.consumer, &event.id).await? {
+                self.handler.handle(&mut tx, event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -176,8 +225,7 @@ pub async fn run<H: Handler>(
             }
         };
         backoff = Duration::from_millis(50);
-        for delivery in deliveries {
-            let outcome = process(&bus, &config, &handler, delivery).await;
+        for outcome in process(&bus, &config, &handler, deliveries).await {
             match outcome {
                 Ok(Outcome::DeadLettered { error }) => {
                     tracing::error!(consumer = %config.name, %error, "event dead-lettered");
@@ -189,28 +237,72 @@ pub async fn run<H: Handler>(
     }
 }
 
-/// Handles and settles one delivery.
+/// Why a delivery is not handed to the handler at all, if it is not.
+fn refused(config: &ConsumerConfig, delivery: &Delivery) -> Option<HandlerError> {
+    let attempt = delivery.delivered;
+    match &delivery.event {
+        Err(reason) => Some(HandlerError::permanent(format!(
+            "not an ordermesh event: {reason}"
+        ))),
+        Ok(_) if attempt > config.max_deliver => Some(HandlerError::permanent(format!(
+            "attempt {} did not finish within ack_wait {:?} (worker crashed or hung)",
+            attempt - 1,
+            config.ack_wait
+        ))),
+        Ok(_) => None,
+    }
+}
+
+/// Handles a fetched batch (one [`Handler::handle_batch`] call for the
+/// events that may run) and settles every delivery, in order.
 pub async fn process<H: Handler>(
     bus: &Bus,
     config: &ConsumerConfig,
     handler: &H,
+    deliveries: Vec<Delivery>,
+) -> Vec<Result<Outcome, Error>> {
+    let verdicts: Vec<Option<HandlerError>> = deliveries.iter().map(|d| refused(config, d)).collect();
+    let runnable: Vec<&Event> = deliveries
+        .iter()
+        .zip(&verdicts)
+        .filter_map(|(d, verdict)| match (&d.event, verdict) {
+            (Ok(event), None) => Some(event),
+            _ => None,
+        })
+        .collect();
+    let mut handled = if runnable.is_empty() {
+        Vec::new()
+    } else {
+        handler.handle_batch(&runnable).await
+    }
+    .into_iter();
+    let mut outcomes = Vec::with_capacity(deliveries.len());
+    for (delivery, verdict) in deliveries.into_iter().zip(verdicts) {
+        let result = match verdict {
+            Some(refusal) => Err(refusal),
+            None => handled
+                .next()
+                .unwrap_or_else(|| Err(HandlerError::transient("the handler returned too few results"))),
+        };
+        outcomes.push(settle(bus, config, delivery, result).await);
+    }
+    outcomes
+}
+
+/// Settles one delivery by what handling it came to.
+async fn settle(
+    bus: &Bus,
+    config: &ConsumerConfig,
     delivery: Delivery,
+    result: Result<(), HandlerError>,
 ) -> Result<Outcome, Error> {
     let attempt = delivery.delivered;
-    let failure = match &delivery.event {
-        Err(reason) => HandlerError::permanent(format!("not an ordermesh event: {reason}")),
-        Ok(_) if attempt > config.max_deliver => HandlerError::permanent(format!(
-            "attempt {} did not finish within ack_wait {:?} (worker crashed or hung)",
-            attempt - 1,
-            config.ack_wait
-        )),
-        Ok(event) => match handler.handle(event).await {
-            Ok(()) => {
-                delivery.ack().await?;
-                return Ok(Outcome::Acked);
-            }
-            Err(e) => e,
-        },
+    let failure = match result {
+        Ok(()) => {
+            delivery.ack().await?;
+            return Ok(Outcome::Acked);
+        }
+        Err(e) => e,
     };
     if failure.permanent || attempt >= config.max_deliver {
         let error = format!("attempt {attempt}: {}", failure.message);

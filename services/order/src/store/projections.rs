@@ -34,21 +34,45 @@ pub struct Notice {
 /// A keyset position in the newest-first notice listing.
 pub type NoticeCursor = (i64, String);
 
-/// Appends an event to its order's timeline, on the consumer's transaction.
-pub async fn record_timeline(conn: &mut AnyConnection, entry: &TimelineEntry) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO order_timeline (order_id, event_id, occur_time, ce_type, ce_source, summary, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id, event_id) DO NOTHING",
-    )
-    .bind(&entry.order_id)
-    .bind(&entry.event_id)
-    .bind(entry.occur_time)
-    .bind(&entry.ce_type)
-    .bind(&entry.ce_source)
-    .bind(&entry.summary)
-    .bind(&entry.payload)
-    .execute(&mut *conn)
-    .await?;
+/// Appends events to their orders' timelines in one statement (the
+/// consumer's batch: one commit for all of them); an event already there
+/// (a redelivery) is skipped.
+pub async fn record_timeline_batch(conn: &mut AnyConnection, entries: &[TimelineEntry]) -> Result<(), Error> {
+    // Seven parameters a row; PostgreSQL allows 65,535 per statement.
+    for chunk in entries.chunks(1000) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 7 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO order_timeline (order_id, event_id, occur_time, ce_type, ce_source, summary, payload) \
+             VALUES {} ON CONFLICT (order_id, event_id) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for entry in chunk {
+            query = query
+                .bind(&entry.order_id)
+                .bind(&entry.event_id)
+                .bind(entry.occur_time)
+                .bind(&entry.ce_type)
+                .bind(&entry.ce_source)
+                .bind(&entry.summary)
+                .bind(&entry.payload);
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

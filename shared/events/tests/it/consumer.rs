@@ -10,7 +10,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use ordermesh_events::inbox::{Claim, claim};
-use ordermesh_events::{BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, Inboxed, worker};
+use ordermesh_events::{
+    BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, HandlerError, Inboxed, TxHandler, worker,
+};
+use ordermesh_proto::events::v1::OrderCreated;
+use sqlx::AnyConnection;
 
 use crate::harness::{Backend, BusKind, Db, bus, eventually};
 use crate::support::{Counted, Recorder, SHORT, order_created};
@@ -252,7 +256,81 @@ async fn crashed_last_attempt_is_dead_lettered(kind: BusKind, backend: Backend) 
     worker.stop().await;
 }
 
+/// Fails (transiently) for one order, records an effect for the others.
+#[derive(Clone)]
+struct FailsFor {
+    order_id: &'static str,
+    calls: Arc<AtomicUsize>,
+}
+
+impl TxHandler for FailsFor {
+    async fn handle(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let created: OrderCreated = event.decode()?;
+        if created.order_id == self.order_id {
+            return Err(HandlerError::transient("this one fails"));
+        }
+        sqlx::query("INSERT INTO effects (consumer, event_id) VALUES ('batch', $1)")
+            .bind(&event.id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Events fetched together are handled in one transaction, yet each is
+/// settled by its own result: one failing event is retried and then
+/// dead-lettered alone, the others take effect exactly once, and an event
+/// the inbox already holds has no second effect.
+async fn a_batch_settles_each_event_by_its_own_result(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let mut config = config("batch");
+    config.max_deliver = 2;
+    config.batch = 16;
+    // Processed before (by an earlier worker): in the inbox already.
+    let done = publish_created(&bus, "o-done").await;
+    let Claim::New(tx) = claim(&db.pool, "batch", &done.id).await.expect("claim") else {
+        panic!("first claim must be new");
+    };
+    tx.commit().await.expect("commit");
+    let mut events = Vec::new();
+    for id in ["o-1", "o-2", "o-bad", "o-3", "o-4"] {
+        events.push(publish_created(&bus, id).await);
+    }
+    let handler = FailsFor {
+        order_id: "o-bad",
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "batch", handler.clone()),
+    );
+    eventually(SHORT, "the failing event reaches the dead letters", || async {
+        !bus.dead_letters(0, 10).await.expect("list").is_empty()
+    })
+    .await;
+    let dead = bus.dead_letters(0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1, "only the failing event: {dead:?}");
+    assert_eq!(dead[0].event.id, events[2].id);
+    assert_eq!(dead[0].deliveries, 2);
+    for (i, event) in events.iter().enumerate() {
+        let expected = if i == 2 { 0 } else { 1 };
+        assert_eq!(db.effects("batch", &event.id).await, expected, "event {i}");
+    }
+    assert_eq!(db.effects("batch", &done.id).await, 0, "the inbox skipped it");
+    // Nothing comes back: every other delivery was acked.
+    let calls = handler.calls.load(Ordering::SeqCst);
+    tokio::time::sleep(config.ack_wait * 2).await;
+    assert_eq!(handler.calls.load(Ordering::SeqCst), calls);
+    worker.stop().await;
+}
+
 crate::per_bus_and_backend!(
+    a_batch_settles_each_event_by_its_own_result,
     consumer_killed_mid_handling_applies_its_effect_once,
     poison_message_is_dead_lettered_and_replayable,
     crashed_last_attempt_is_dead_lettered
