@@ -12,7 +12,9 @@
 //! What it does not keep: durability across a process restart. Messages live
 //! in memory; what the outbox relay already handed over is gone with the
 //! process. That fits its purpose (development, one process); production
-//! runs on JetStream. Memory is bounded by `max_messages` and `max_age`.
+//! runs on JetStream. Memory is bounded by `max_messages` and `max_age`
+//! (10,000 messages per stream when unset); the duplicate window keeps at
+//! most as many message ids as the stream keeps messages.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,8 +42,12 @@ pub struct MemoryBus {
 
 struct Inner {
     state: Mutex<State>,
-    /// Woken on every publish and settle, so waiting fetches look again.
-    changed: Notify,
+    /// One per stream, woken when a fetch of that stream may find more: a
+    /// publish, a NAK (a redelivery falls due at another time), an ack that
+    /// frees room under `max_ack_pending`. Per stream and not on every ack,
+    /// so a busy stream does not wake every other consumer of the process
+    /// for nothing (each wake-up is a lock and a scan).
+    changed: [Notify; 3],
     tail: broadcast::Sender<Event>,
     settings: BusSettings,
 }
@@ -87,11 +93,19 @@ impl MemoryBus {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                changed: Notify::new(),
+                changed: [Notify::new(), Notify::new(), Notify::new()],
                 tail,
                 settings,
             }),
         }
+    }
+
+    fn changed(&self, context: BoundedContext) -> &Notify {
+        let index = BoundedContext::ALL
+            .iter()
+            .position(|c| *c == context)
+            .unwrap_or_default();
+        &self.inner.changed[index]
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -114,8 +128,15 @@ impl MemoryBus {
         let published = {
             let mut state = self.lock();
             let stream = state.streams.entry(context).or_default();
+            let cap = usize::try_from(settings.max_messages)
+                .ok()
+                .filter(|&m| m > 0)
+                .unwrap_or(DEFAULT_MAX_MESSAGES);
+            // The window holds at most `cap` ids as well as ending in time:
+            // at a few hundred events a second JetStream's two minutes would
+            // be the largest thing in the process.
             while let Some((at, _)) = stream.dedup_order.front()
-                && now.duration_since(*at) >= settings.duplicate_window
+                && (now.duration_since(*at) >= settings.duplicate_window || stream.dedup_order.len() >= cap)
             {
                 if let Some((_, id)) = stream.dedup_order.pop_front() {
                     stream.dedup.remove(&id);
@@ -139,10 +160,6 @@ impl MemoryBus {
                     at: now,
                 },
             );
-            let cap = usize::try_from(settings.max_messages)
-                .ok()
-                .filter(|&m| m > 0)
-                .unwrap_or(DEFAULT_MAX_MESSAGES);
             while let Some((_, oldest)) = stream.messages.first_key_value()
                 && (stream.messages.len() > cap
                     || (!settings.max_age.is_zero() && now.duration_since(oldest.at) > settings.max_age))
@@ -156,7 +173,7 @@ impl MemoryBus {
             }
         };
         let _ = self.inner.tail.send(event.clone());
-        self.inner.changed.notify_waiters();
+        self.changed(context).notify_waiters();
         Ok(published)
     }
 
@@ -273,7 +290,7 @@ impl MemoryConsumer {
     pub(crate) async fn fetch(&mut self, max: usize, wait: Duration) -> Vec<Delivery> {
         let deadline = Instant::now() + wait;
         loop {
-            let notified = self.bus.inner.changed.notified();
+            let notified = self.bus.changed(self.key.0).notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
@@ -377,23 +394,27 @@ pub struct MemoryAcker {
 
 impl MemoryAcker {
     pub(crate) fn settle(&self, how: Settle) {
-        {
+        let wake = {
             let mut state = self.bus.lock();
             let Some(consumer) = state.consumers.get_mut(&self.key) else {
                 return;
             };
             match how {
                 Settle::Ack => {
-                    consumer.pending.remove(&self.seq);
+                    let was_full = consumer.pending.len() >= consumer.config.max_ack_pending.max(1);
+                    consumer.pending.remove(&self.seq).is_some() && was_full
                 }
                 Settle::Nak(delay) => {
                     if let Some(pending) = consumer.pending.get_mut(&self.seq) {
                         pending.due = Instant::now() + delay;
                     }
+                    true
                 }
             }
+        };
+        if wake {
+            self.bus.changed(self.key.0).notify_waiters();
         }
-        self.bus.inner.changed.notify_waiters();
     }
 
     pub(crate) fn progress(&self) {
@@ -404,5 +425,90 @@ impl MemoryAcker {
                 pending.due = Instant::now() + ack_wait;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordermesh_proto::events::v1 as pb;
+
+    fn event(order_id: &str) -> Event {
+        let created = pb::OrderCreated {
+            order_id: order_id.into(),
+            ..Default::default()
+        };
+        Event::new("/ordermesh/test", &created, None)
+    }
+
+    fn bus(max_messages: i64) -> MemoryBus {
+        let mut settings = BusSettings::default();
+        settings.streams.max_messages = max_messages;
+        MemoryBus::new(settings)
+    }
+
+    #[test]
+    fn duplicate_window_holds_no_more_ids_than_the_stream_holds_messages() {
+        let bus = bus(3);
+        let events: Vec<Event> = ["o-1", "o-2", "o-3", "o-4"].map(event).into();
+        for e in &events {
+            assert!(!bus.publish(e, &e.id).expect("publish").duplicate);
+        }
+        // Within the window and among the newest 3 ids: dropped.
+        let again = bus.publish(&events[3], &events[3].id).expect("publish");
+        assert!(again.duplicate);
+        assert_eq!(again.sequence, 4);
+        // The oldest id left the window with its message: stored anew.
+        let oldest = bus.publish(&events[0], &events[0].id).expect("publish");
+        assert!(!oldest.duplicate);
+        assert_eq!(oldest.sequence, 5);
+        let state = bus.lock();
+        let stream = &state.streams[&BoundedContext::Orders];
+        assert!(stream.dedup.len() <= 3 && stream.dedup_order.len() <= 3);
+        assert_eq!(stream.messages.len(), 3);
+    }
+
+    /// A fetch held back by `max_ack_pending` is woken by the ack that frees
+    /// room (acks wake only then), not left waiting until its timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_that_frees_room_wakes_a_waiting_fetch() {
+        let bus = bus(0);
+        let mut config = ConsumerConfig::new("c", BoundedContext::Orders);
+        config.max_ack_pending = 1;
+        config.ack_wait = Duration::from_secs(60);
+        for id in ["o-1", "o-2"] {
+            let e = event(id);
+            bus.publish(&e, &e.id).expect("publish");
+        }
+        let mut first = bus.consumer(&config);
+        let got = first.fetch(10, Duration::from_secs(1)).await;
+        assert_eq!(got.len(), 1, "room for one unacked delivery");
+        let mut second = bus.consumer(&config);
+        let waiting = tokio::spawn(async move { second.fetch(10, Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "no room until the ack");
+        let delivery = got.into_iter().next().expect("one");
+        delivery.ack().await.expect("ack");
+        let started = Instant::now();
+        let next = waiting.await.expect("fetch task");
+        assert_eq!(next.len(), 1, "the ack let the next message through");
+        assert_eq!(next[0].stream_sequence, 2);
+        assert!(started.elapsed() < Duration::from_secs(5), "woken, not timed out");
+    }
+
+    /// A publish wakes the fetches waiting on its stream (the wake-ups are
+    /// per stream).
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_wakes_the_fetches_of_its_stream() {
+        let bus = bus(0);
+        let mut consumer = bus.consumer(&ConsumerConfig::new("c", BoundedContext::Orders));
+        let waiting = tokio::spawn(async move { consumer.fetch(10, Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let e = event("o-1");
+        bus.publish(&e, &e.id).expect("publish");
+        let got = waiting.await.expect("fetch task");
+        assert_eq!(got.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(5), "woken by the publish");
     }
 }
