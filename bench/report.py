@@ -167,6 +167,8 @@ def targets(runs, suffix):
                           f"{fmt(get(r('long'), 'warmup_s'), 0)} s warm-up; RSS "
                           f"{fmt(series[0] / 1024 if series else None)} MB at the load's start, "
                           f"{fmt(series[-1] / 1024 if series else None)} MB at its end; "
+                          f"growth from the load's start: "
+                          f"{fmt((series[-1] - series[0]) * 100.0 / series[0] if series and series[0] else None, 1)} %; "
                           f"second half of the run: {fmt(half, 1)} %")))
     return rows
 
@@ -337,7 +339,9 @@ def main():
           "only roughly).",
           "- Idle RSS: `VmRSS` half a second after every health check answers SERVING; start to healthy: spawn "
           "to SERVING on all three services. RSS growth: the long run's RSS at the window's end against its "
-          "start.",
+          "start, after a 60 s warm-up in which the bounded buffers fill (the in-process broker's 10,000 "
+          "messages and ids per stream, SQLite's page caches); the growth from the load's start is in the "
+          "notes.",
           "", "## Machine and versions", "",
           f"- CPU: {model}, {cores} cores", f"- Kernel: `{uname}`",
           f"- Commit: {commit}; rustc: {command('rustc', '--version')}",

@@ -162,7 +162,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "rollbacks": pg.as_ref().map(|d| d.rollbacks),
             "statements_counted": pg.as_ref().is_some_and(|d| d.statements.is_some()),
             "error": probe.pg_error,
-            "top_statements": pg.as_ref().map(|d| d.top.iter().take(15).map(|t| json!({
+            "top_statements": pg.as_ref().map(|d| d.top.iter().take(40).map(|t| json!({
                 "database": t.database,
                 "calls_per_request": t.calls as f64 / ok,
                 "query": t.query.chars().take(240).collect::<String>(),
