@@ -58,9 +58,7 @@ impl Guard {
             return Ok(());
         }
         let Some(principal) = principal else {
-            return Err(tonic::Status::unauthenticated(
-                "this route needs a bearer token (Authorization: Bearer <token>)",
-            ));
+            return Err(crate::error::token_missing());
         };
         let missing: Vec<&str> = policy
             .scopes

@@ -87,12 +87,40 @@ pub fn response(pool: &DescriptorPool, status: &tonic::Status) -> Response<Body>
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     if status.code() == Code::Unauthenticated {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer error=\"invalid_token\""),
-        );
+        // RFC 6750 3.1: a request without credentials gets the challenge
+        // alone; error="invalid_token" is for a token that was refused.
+        let challenge = if is_token_missing(status) {
+            "Bearer realm=\"ordermesh\""
+        } else {
+            "Bearer realm=\"ordermesh\", error=\"invalid_token\""
+        };
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response
+}
+
+/// `ErrorInfo.reason` of a call that came without a bearer token.
+pub const TOKEN_MISSING: &str = "BEARER_TOKEN_MISSING";
+
+/// UNAUTHENTICATED for a call without a token, marked as such (an
+/// `ErrorInfo` with [`TOKEN_MISSING`]) so the edge answers with the bare
+/// challenge rather than with "invalid token".
+pub fn token_missing() -> tonic::Status {
+    tonic::Status::with_error_details(
+        Code::Unauthenticated,
+        "this route needs a bearer token (Authorization: Bearer <token>)",
+        ErrorDetails::with_error_info(
+            TOKEN_MISSING,
+            "gateway.ordermesh",
+            std::collections::HashMap::<String, String>::new(),
+        ),
+    )
+}
+
+fn is_token_missing(status: &tonic::Status) -> bool {
+    status
+        .get_details_error_info()
+        .is_some_and(|info| info.reason == TOKEN_MISSING)
 }
 
 /// INVALID_ARGUMENT naming the field, with a `BadRequest` field violation.

@@ -89,11 +89,16 @@ fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
         );
     }
     let allow = allowed.into_iter().collect::<Vec<_>>().join(", ");
+    method_not_allowed(shared, method, path, &allow)
+}
+
+/// 405 with `Allow` and a `google.rpc.Status` body (UNIMPLEMENTED).
+pub fn method_not_allowed(shared: &Shared, method: &Method, path: &str, allow: &str) -> Response<Body> {
     let status =
         tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
     let mut response = error::response(&shared.pool, &status);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    if let Ok(value) = HeaderValue::from_str(&allow) {
+    if let Ok(value) = HeaderValue::from_str(allow) {
         response.headers_mut().insert(header::ALLOW, value);
     }
     response

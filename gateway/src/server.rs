@@ -121,7 +121,10 @@ impl Gateway {
         let request_id = HeaderName::from_static(crate::REQUEST_ID);
         Router::new()
             .route("/openapi.json", get(openapi))
-            .route("/v1/orders/{order_id}/details", get(crate::compose::details))
+            .route(
+                "/v1/orders/{order_id}/details",
+                get(crate::compose::details).fallback(crate::compose::details_other_verbs),
+            )
             .fallback(dispatch)
             .with_state(self.shared.clone())
             .layer(

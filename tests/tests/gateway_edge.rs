@@ -153,7 +153,23 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
         let response = get(&gateway, ACCOUNT, token.as_deref()).await;
         assert_eq!(response.status().as_u16(), want, "{case}");
         if want == 401 {
-            assert!(response.headers().contains_key("www-authenticate"), "{case}");
+            // RFC 6750: the bare challenge without credentials, the error
+            // code only for a token that was refused.
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                challenge.starts_with("Bearer realm=\"ordermesh\""),
+                "{case}: {challenge}"
+            );
+            assert_eq!(
+                challenge.contains("error=\"invalid_token\""),
+                token.is_some(),
+                "{case}: {challenge}"
+            );
         }
         let body: Value = response.json().await.expect("status JSON");
         assert_eq!(body["code"], if want == 401 { 16 } else { 7 }, "{case}: {body}");
