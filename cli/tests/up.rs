@@ -192,3 +192,43 @@ fn an_invalid_policy_stops_start_up_naming_the_key() {
         "{stderr}"
     );
 }
+
+/// Logs written to a pipe or a file are plain text: no colour escape codes
+/// around every field (they are for a terminal only).
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .args(["serve", "inventory", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let serving = loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains("serving") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no serving line within 30 s: {seen:#?}"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    seen.push(serving.clone());
+    assert!(serving.contains("INFO"), "{serving}");
+    assert!(
+        seen.iter().all(|line| !line.contains('\u{1b}')),
+        "escape codes in a piped log: {seen:#?}"
+    );
+}
