@@ -34,6 +34,30 @@ impl Drop for Server {
     }
 }
 
+/// Polls `ordermesh health` until the server at `addr` reports SERVING
+/// (within 30 s), returning that output. While it is not, health must exit 1;
+/// a server that exits meanwhile fails the test with its stderr (if piped).
+fn wait_serving(server: &mut Server, addr: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = server.0.stderr.take() {
+                use std::io::Read;
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            panic!("the server exited ({status}) before SERVING:\n{stderr}");
+        }
+        let output = health(&[addr, "--timeout-secs", "2"]);
+        if output.status.success() {
+            return output;
+        }
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(Instant::now() < deadline, "never SERVING: {output:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn health_exits_zero_only_when_the_server_reports_serving() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -49,16 +73,7 @@ fn health_exits_zero_only_when_the_server_reports_serving() {
     );
 
     // Not listening yet or not yet SERVING: exit 1. Wait for exit 0 with a deadline.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let serving = loop {
-        let output = health(&[&addr, "--timeout-secs", "2"]);
-        if output.status.success() {
-            break output;
-        }
-        assert_eq!(output.status.code(), Some(1), "{output:?}");
-        assert!(Instant::now() < deadline, "never SERVING: {output:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let serving = wait_serving(&mut server, &addr);
     let stdout = String::from_utf8_lossy(&serving.stdout);
     assert!(stdout.contains("SERVING"), "{stdout}");
 
@@ -297,24 +312,5 @@ fn the_charts_gateway_starts_from_its_rendered_args_and_env_and_answers_health()
             .spawn()
             .expect("serve gateway starts"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = server.0.stderr.take() {
-                use std::io::Read;
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            panic!("the gateway exited ({status}) with the chart's configuration:\n{stderr}");
-        }
-        let output = health(&[&addr, "--timeout-secs", "2"]);
-        if output.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never reported SERVING: {output:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_serving(&mut server, &addr);
 }

@@ -9,7 +9,7 @@
 //! its body ends; its rejection is a tower error, where callers need a gRPC
 //! `UNAVAILABLE` that names the breaker and the next probe; and it rejects
 //! in `poll_ready`, which tower treats as final. This layer records outcomes
-//! through [`ObservedBody`] at the end of the body, and an open breaker stays
+//! through [`ObservedBody`](crate::classify::ObservedBody) at the end of the body, and an open breaker stays
 //! ready and fails inside `call` (as linkerd's fail-fast does).
 
 use std::collections::VecDeque;
