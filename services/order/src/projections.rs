@@ -9,9 +9,9 @@
 //! A redelivery (a consumer killed mid-way, an ack lost) changes nothing:
 //! the notifier records its notice in the same transaction as its inbox
 //! entry; the timeline needs no inbox, because its one write is keyed by the
-//! event id itself (`ON CONFLICT DO NOTHING`), so it is one statement per
-//! event where an inbox would make it a transaction of three, six times per
-//! order.
+//! event id itself (`ON CONFLICT DO NOTHING`), so a fetched batch is one
+//! multi-row INSERT where an inbox would make each event a transaction of
+//! three (six events per order).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -174,44 +174,48 @@ impl Handler for Timeline {
     }
 
     /// One INSERT (one commit) for every event of the fetched batch that
-    /// concerns an order; an undecodable event fails alone.
+    /// concerns an order; an undecodable event fails alone, and so does a
+    /// row the database refuses (the batch is then written row by row).
     async fn handle_batch(&self, events: &[&Event]) -> Vec<Result<(), HandlerError>> {
         let mut results = Vec::with_capacity(events.len());
+        // Each entry with the index of its event's result.
         let mut entries = Vec::with_capacity(events.len());
-        for event in events {
+        let mut owners = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
             match describe(event) {
-                Ok(Some((order_id, summary))) => entries.push(TimelineEntry {
-                    order_id,
-                    event_id: event.id.clone(),
-                    occur_time: event.time_us,
-                    ce_type: event.ce_type.clone(),
-                    ce_source: event.source.clone(),
-                    summary,
-                    payload: BASE64.encode(&event.data),
-                }),
-                Ok(None) => {}
-                Err(e) => {
-                    results.push(Err(e));
-                    continue;
+                Ok(Some((order_id, summary))) => {
+                    owners.push(i);
+                    entries.push(TimelineEntry {
+                        order_id,
+                        event_id: event.id.clone(),
+                        occur_time: event.time_us,
+                        ce_type: event.ce_type.clone(),
+                        ce_source: event.source.clone(),
+                        summary,
+                        payload: BASE64.encode(&event.data),
+                    });
+                    results.push(Ok(()));
                 }
+                Ok(None) => results.push(Ok(())),
+                Err(e) => results.push(Err(e)),
             }
-            results.push(Ok(()));
         }
-        if entries.is_empty() {
+        if entries.is_empty() || self.write(&entries).await.is_ok() {
             return results;
         }
-        let written: Result<(), crate::error::Error> = async {
-            let mut conn = self.pool.acquire().await?;
-            projections::record_timeline_batch(&mut conn, &entries).await
-        }
-        .await;
-        if let Err(e) = written {
-            let e = HandlerError::transient(e.to_string());
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(e.clone());
+        for (&i, entry) in owners.iter().zip(&entries) {
+            if let Err(e) = self.write(std::slice::from_ref(entry)).await {
+                results[i] = Err(HandlerError::transient(e.to_string()));
             }
         }
         results
+    }
+}
+
+impl Timeline {
+    async fn write(&self, entries: &[TimelineEntry]) -> Result<(), crate::error::Error> {
+        let mut conn = self.pool.acquire().await?;
+        projections::record_timeline(&mut conn, entries).await
     }
 }
 

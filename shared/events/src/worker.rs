@@ -144,13 +144,19 @@ impl<H: TxHandler> Handler for Inboxed<H> {
         }
     }
 
-    /// The whole batch in one transaction (one commit). If any event fails,
-    /// that transaction rolls back with no effect and the events are handled
-    /// one by one, so each gets its own result and one bad event does not
-    /// hold back the others.
+    /// The whole batch in one transaction (one commit). If an event's
+    /// handler fails, that transaction rolls back with no effect and the
+    /// events are handled one by one, so each gets its own result and one bad
+    /// event does not hold back the others. If the database itself fails
+    /// (begin, claim, commit), every event gets that error: one by one would
+    /// only fail the same way, each after its own wait for a connection.
     async fn handle_batch(&self, events: &[&Event]) -> Vec<Result<(), HandlerError>> {
-        if events.len() > 1 && self.handle_together(events).await.is_ok() {
-            return events.iter().map(|_| Ok(())).collect();
+        if events.len() > 1 {
+            match self.handle_together(events).await {
+                Ok(()) => return events.iter().map(|_| Ok(())).collect(),
+                Err(Together::Database(e)) => return events.iter().map(|_| Err(e.clone())).collect(),
+                Err(Together::Handler) => {}
+            }
         }
         let mut results = Vec::with_capacity(events.len());
         for event in events {
@@ -160,16 +166,30 @@ impl<H: TxHandler> Handler for Inboxed<H> {
     }
 }
 
+/// Why a batch transaction of [`Inboxed`] did not commit.
+enum Together {
+    /// An event's handler failed: handle the events one by one.
+    Handler,
+    /// The database failed outside any handler.
+    Database(HandlerError),
+}
+
 impl<H: TxHandler> Inboxed<H> {
-    async fn handle_together(&self, events: &[&Event]) -> Result<(), HandlerError> {
-        let mut tx = self.pool.begin().await?;
+    async fn handle_together(&self, events: &[&Event]) -> Result<(), Together> {
+        let database = |e: Error| Together::Database(e.into());
+        let mut tx = self.pool.begin().await.map_err(|e| database(e.into()))?;
         for event in events {
-            if claim_in(&mut tx, &self.consumer, &event.id).await? {
-                self.handler.handle(&mut tx, event).await?;
+            if claim_in(&mut tx, &self.consumer, &event.id)
+                .await
+                .map_err(database)?
+            {
+                self.handler
+                    .handle(&mut tx, event)
+                    .await
+                    .map_err(|_| Together::Handler)?;
             }
         }
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await.map_err(|e| database(e.into()))
     }
 }
 

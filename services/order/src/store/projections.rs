@@ -37,7 +37,7 @@ pub type NoticeCursor = (i64, String);
 /// Appends events to their orders' timelines in one statement (the
 /// consumer's batch: one commit for all of them); an event already there
 /// (a redelivery) is skipped.
-pub async fn record_timeline_batch(conn: &mut AnyConnection, entries: &[TimelineEntry]) -> Result<(), Error> {
+pub async fn record_timeline(conn: &mut AnyConnection, entries: &[TimelineEntry]) -> Result<(), Error> {
     // Seven parameters a row; PostgreSQL allows 65,535 per statement.
     for chunk in entries.chunks(1000) {
         let rows: Vec<String> = (0..chunk.len())
@@ -60,7 +60,9 @@ pub async fn record_timeline_batch(conn: &mut AnyConnection, entries: &[Timeline
              VALUES {} ON CONFLICT (order_id, event_id) DO NOTHING",
             rows.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        // Not kept prepared: each batch size is another statement text, and
+        // they would push the saga's statements out of the connection's cache.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for entry in chunk {
             query = query
                 .bind(&entry.order_id)

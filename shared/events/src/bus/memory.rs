@@ -47,7 +47,7 @@ struct Inner {
     /// frees room under `max_ack_pending`. Per stream and not on every ack,
     /// so a busy stream does not wake every other consumer of the process
     /// for nothing (each wake-up is a lock and a scan).
-    changed: [Notify; 3],
+    changed: [Notify; BoundedContext::ALL.len()],
     tail: broadcast::Sender<Event>,
     settings: BusSettings,
 }
@@ -93,7 +93,7 @@ impl MemoryBus {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                changed: [Notify::new(), Notify::new(), Notify::new()],
+                changed: std::array::from_fn(|_| Notify::new()),
                 tail,
                 settings,
             }),
@@ -101,11 +101,8 @@ impl MemoryBus {
     }
 
     fn changed(&self, context: BoundedContext) -> &Notify {
-        let index = BoundedContext::ALL
-            .iter()
-            .position(|c| *c == context)
-            .unwrap_or_default();
-        &self.inner.changed[index]
+        // A fieldless enum's discriminants are 0.. in the order of `ALL`.
+        &self.inner.changed[context as usize]
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

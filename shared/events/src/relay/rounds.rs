@@ -212,7 +212,11 @@ async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
              AND event_id IN ({})",
             placeholders.join(", ")
         );
+        // Not kept prepared: the IN list's length varies from call to call,
+        // and each length would take a slot in the connection's statement
+        // cache that the service's own statements need.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
             .bind(now_micros())
             .bind(lo.0)
             .bind(lo.1)

@@ -329,7 +329,56 @@ async fn a_batch_settles_each_event_by_its_own_result(kind: BusKind, backend: Ba
     worker.stop().await;
 }
 
+/// A batch without failures commits in one transaction: each new event
+/// takes effect once, handled once (no one-by-one retry after a rolled-back
+/// batch), and one the inbox already holds is skipped inside the batch.
+async fn a_batch_commits_together_and_skips_what_the_inbox_holds(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let mut config = config("together");
+    config.batch = 16;
+    let held = publish_created(&bus, "o-held").await;
+    let Claim::New(tx) = claim(&db.pool, "together", &held.id).await.expect("claim") else {
+        panic!("first claim must be new");
+    };
+    tx.commit().await.expect("commit");
+    let mut fresh = Vec::new();
+    for id in ["o-1", "o-2", "o-3"] {
+        fresh.push(publish_created(&bus, id).await);
+    }
+    let handler = FailsFor {
+        order_id: "none",
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "together", handler.clone()),
+    );
+    eventually(SHORT, "the new events took effect", || async {
+        let mut done = 0;
+        for event in &fresh {
+            done += db.effects("batch", &event.id).await;
+        }
+        done == 3
+    })
+    .await;
+    worker.stop().await;
+    for event in &fresh {
+        assert_eq!(db.effects("batch", &event.id).await, 1);
+    }
+    assert_eq!(db.effects("batch", &held.id).await, 0, "the inbox skipped it");
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        3,
+        "each new event handled once, the held one never"
+    );
+}
+
 crate::per_bus_and_backend!(
+    a_batch_commits_together_and_skips_what_the_inbox_holds,
     a_batch_settles_each_event_by_its_own_result,
     consumer_killed_mid_handling_applies_its_effect_once,
     poison_message_is_dead_lettered_and_replayable,
