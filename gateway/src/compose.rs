@@ -43,16 +43,6 @@ pub async fn details(
     }
 }
 
-/// Any other verb on the composed read: the same 405 as a transcoded
-/// route's (JSON status body, `Allow`), not the router's empty one.
-pub async fn details_other_verbs(
-    State(shared): State<Arc<Shared>>,
-    request: http::Request<Body>,
-) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    crate::rest::method_not_allowed(&shared, request.method(), &path, "GET")
-}
-
 async fn compose(
     shared: &Shared,
     peer: Option<std::net::IpAddr>,

@@ -92,6 +92,14 @@ fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
     method_not_allowed(shared, method, path, &allow)
 }
 
+/// Any verb but GET on a route the gateway serves itself (the composed
+/// read, the OpenAPI document): the same 405 as a transcoded route's, not
+/// the router's empty one.
+pub async fn get_only(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    method_not_allowed(&shared, request.method(), &path, "GET")
+}
+
 /// 405 with `Allow` and a `google.rpc.Status` body (UNIMPLEMENTED).
 pub fn method_not_allowed(shared: &Shared, method: &Method, path: &str, allow: &str) -> Response<Body> {
     let status =

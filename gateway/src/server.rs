@@ -120,10 +120,10 @@ impl Gateway {
         let compression = DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson"));
         let request_id = HeaderName::from_static(crate::REQUEST_ID);
         Router::new()
-            .route("/openapi.json", get(openapi))
+            .route("/openapi.json", get(openapi).fallback(crate::rest::get_only))
             .route(
                 "/v1/orders/{order_id}/details",
-                get(crate::compose::details).fallback(crate::compose::details_other_verbs),
+                get(crate::compose::details).fallback(crate::rest::get_only),
             )
             .fallback(dispatch)
             .with_state(self.shared.clone())

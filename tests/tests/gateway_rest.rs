@@ -286,23 +286,26 @@ async fn errors_are_google_rpc_status_with_standard_codes() {
     assert_eq!(response.status(), 405);
     let allow = response.headers()["allow"].to_str().expect("allow").to_owned();
     assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
-    // The composed read answers another verb the same way (JSON status, Allow).
-    let response = rest
-        .request(reqwest::Method::POST, "/v1/orders/o-1/details")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "GET");
-    let body: Value = response.json().await.expect("status JSON");
-    assert_eq!(body["code"], 12, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("POST is not allowed"),
-        "{body}"
-    );
+    // The gateway's own routes (the composed read, the OpenAPI document)
+    // answer another verb the same way (JSON status, Allow).
+    for path in ["/v1/orders/o-1/details", "/openapi.json"] {
+        let response = rest
+            .request(reqwest::Method::POST, path)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 405, "{path}");
+        assert_eq!(response.headers()["allow"], "GET", "{path}");
+        let body: Value = response.json().await.expect("status JSON");
+        assert_eq!(body["code"], 12, "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("POST is not allowed"),
+            "{path}: {body}"
+        );
+    }
 
     // A stopped service: 503 UNAVAILABLE, promptly, never a hang.
     mesh.stop("payment").await;
