@@ -36,7 +36,7 @@ buf-breaking: tools
     bash .ci/buf-breaking.sh
 
 # The comparison set of issue 7 (`ordermesh bench` runs) into BENCHMARKS.md and
-# bench/benchmarks.png, about 5 minutes; e.g. `just bench --long 10m --baseline OLD_BIN`.
+# bench/benchmarks.png, about 7 minutes; e.g. `just bench --long 10m --baseline OLD_BIN`.
 bench *args:
     bash bench/run.sh {{args}}
 

@@ -6,7 +6,7 @@
 # WatchOrder watchers; idle RSS and start-to-healthy of every start; RSS over a
 # longer run), then writes BENCHMARKS.md and bench/benchmarks.png.
 #
-#   bench/run.sh                         # the default set (about 5 minutes on 2 cores)
+#   bench/run.sh                         # the default set (about 7 minutes on 2 cores)
 #   bench/run.sh --baseline OLD_BIN      # every run also against OLD_BIN, alternating A and B
 #   bench/run.sh --long 10m              # the 10-minute memory run of issue 7 (default 60s)
 #   bench/run.sh --duration 20s          # longer windows (default 8s)
