@@ -278,6 +278,17 @@ impl TxHandler for FailsFor {
     }
 }
 
+/// Publishes an event that `consumer`'s inbox already records as processed
+/// (by an earlier worker), so a handler must skip it.
+async fn publish_processed(bus: &Bus, db: &Db, consumer: &str, order_id: &str) -> Event {
+    let event = publish_created(bus, order_id).await;
+    let Claim::New(tx) = claim(&db.pool, consumer, &event.id).await.expect("claim") else {
+        panic!("first claim must be new");
+    };
+    tx.commit().await.expect("commit");
+    event
+}
+
 /// Events fetched together are handled in one transaction, yet each is
 /// settled by its own result: one failing event is retried and then
 /// dead-lettered alone, the others take effect exactly once, and an event
@@ -291,11 +302,7 @@ async fn a_batch_settles_each_event_by_its_own_result(kind: BusKind, backend: Ba
     config.max_deliver = 2;
     config.batch = 16;
     // Processed before (by an earlier worker): in the inbox already.
-    let done = publish_created(&bus, "o-done").await;
-    let Claim::New(tx) = claim(&db.pool, "batch", &done.id).await.expect("claim") else {
-        panic!("first claim must be new");
-    };
-    tx.commit().await.expect("commit");
+    let done = publish_processed(&bus, &db, "batch", "o-done").await;
     let mut events = Vec::new();
     for id in ["o-1", "o-2", "o-bad", "o-3", "o-4"] {
         events.push(publish_created(&bus, id).await);
@@ -339,11 +346,7 @@ async fn a_batch_commits_together_and_skips_what_the_inbox_holds(kind: BusKind, 
     let Some(db) = Db::new(backend).await else { return };
     let mut config = config("together");
     config.batch = 16;
-    let held = publish_created(&bus, "o-held").await;
-    let Claim::New(tx) = claim(&db.pool, "together", &held.id).await.expect("claim") else {
-        panic!("first claim must be new");
-    };
-    tx.commit().await.expect("commit");
+    let held = publish_processed(&bus, &db, "together", "o-held").await;
     let mut fresh = Vec::new();
     for id in ["o-1", "o-2", "o-3"] {
         fresh.push(publish_created(&bus, id).await);
