@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tonic::body::Body;
 use tower::{Service, ServiceExt};
+
+use ordermesh_mesh::grpc_timeout;
 
 use crate::Shared;
 use crate::edge::forward_identity;
@@ -90,45 +92,20 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         forward_identity(request.headers_mut(), principal.as_ref());
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
     }
-    Ok(upstream
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|never| match never {}))
+    upstream.oneshot(request).await
 }
 
 /// Sets `grpc-timeout` to the default when the caller sent none, and caps it.
 fn bound_deadline(headers: &mut http::HeaderMap, default: Duration, max: Duration) {
-    let asked = headers
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
+    let asked = headers.get(grpc_timeout::GRPC_TIMEOUT).and_then(grpc_timeout::parse);
     let timeout = asked.unwrap_or(default).min(max);
-    let millis = timeout.as_millis().clamp(1, 99_999_999);
-    if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
-        headers.insert("grpc-timeout", value);
-    }
-}
-
-/// `grpc-timeout`'s format: up to 8 digits and a unit (H M S m u n).
-fn parse_grpc_timeout(text: &str) -> Option<Duration> {
-    if text.len() < 2 || text.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value.saturating_mul(3600)),
-        "M" => Duration::from_secs(value.saturating_mul(60)),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
+    headers.insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(timeout));
 }
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -136,21 +113,18 @@ mod tests {
         let default = Duration::from_secs(10);
         let max = Duration::from_secs(30);
         let mut headers = http::HeaderMap::new();
-        bound_deadline(&mut headers, default, max);
-        assert_eq!(headers["grpc-timeout"], "10000m");
+        let bounded = |headers: &mut http::HeaderMap| {
+            bound_deadline(headers, default, max);
+            grpc_timeout::parse(&headers["grpc-timeout"]).expect("a valid grpc-timeout")
+        };
+        assert_eq!(bounded(&mut headers), default);
         headers.insert("grpc-timeout", HeaderValue::from_static("2S"));
-        bound_deadline(&mut headers, default, max);
-        assert_eq!(headers["grpc-timeout"], "2000m");
+        assert_eq!(bounded(&mut headers), Duration::from_secs(2));
         headers.insert("grpc-timeout", HeaderValue::from_static("5H"));
-        bound_deadline(&mut headers, default, max);
-        assert_eq!(headers["grpc-timeout"], "30000m");
+        assert_eq!(bounded(&mut headers), max);
         headers.insert("grpc-timeout", HeaderValue::from_static("garbage"));
-        bound_deadline(&mut headers, default, max);
-        assert_eq!(
-            headers["grpc-timeout"], "10000m",
-            "an unreadable deadline gets the default"
-        );
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("123456789S"), None, "more than 8 digits");
+        assert_eq!(bounded(&mut headers), default, "an unreadable deadline gets the default");
+        headers.insert("grpc-timeout", HeaderValue::from_static("123456789S"));
+        assert_eq!(bounded(&mut headers), default, "more than 8 digits is unreadable");
     }
 }

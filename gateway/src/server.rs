@@ -71,7 +71,10 @@ pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
         remote("order", &config.order_url)?,
         remote("inventory", &config.inventory_url)?,
         remote("payment", &config.payment_url)?,
-        Upstream::new(local),
+        Upstream::new(ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+            local,
+            |never: std::convert::Infallible| match never {},
+        )),
     );
     let openapi = serde_json::to_vec_pretty(&crate::openapi::document(&pool, &routes))?;
     let shared = Arc::new(Shared {

@@ -8,8 +8,6 @@
 //! its mesh admin) are "local": the same call path ends in the in-process
 //! tonic router instead of a connection.
 
-use std::convert::Infallible;
-
 use http::uri::PathAndQuery;
 use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::body::Body;
@@ -17,8 +15,10 @@ use tower::util::BoxCloneSyncService;
 
 use crate::codec::DynamicCodec;
 
-/// A gRPC service an RPC is sent to: a mesh channel or the local router.
-pub type Upstream = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+/// A gRPC service an RPC is sent to: a mesh channel or the local router. Its
+/// error is a call the mesh answered without sending it (an open breaker, a
+/// spent deadline), already a status.
+pub type Upstream = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, tonic::Status>;
 
 #[derive(Clone)]
 pub struct Upstreams {

@@ -19,22 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::classify::{Classifier, Outcome, observe, status_response};
-
-/// Header on a response the mesh produced without sending the request (open
-/// breaker, injected abort, exhausted deadline): the callee never saw it.
-pub const NOT_SENT_HEADER: &str = "ordermesh-not-sent";
-
-/// Why the mesh answered without sending the request, if it did: `breaker`,
-/// `fault` or `deadline`.
-pub fn not_sent_reason(headers: &http::HeaderMap) -> Option<&str> {
-    headers.get(NOT_SENT_HEADER).and_then(|v| v.to_str().ok())
-}
+use crate::classify::{Classifier, Outcome, observe};
+use crate::refused::NotSent;
 
 /// How many recent calls the breaker judges by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,11 +494,7 @@ pub fn rejection(name: &str, rejected: Rejected) -> Response<Body> {
         rejected.state.as_str(),
         wait.as_millis()
     );
-    let mut response = status_response(tonic::Status::unavailable(message));
-    response
-        .headers_mut()
-        .insert(NOT_SENT_HEADER, HeaderValue::from_static("breaker"));
-    response
+    NotSent::Breaker.respond(tonic::Status::unavailable(message))
 }
 
 impl<S> Service<Request<Body>> for Breaker<S>

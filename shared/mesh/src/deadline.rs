@@ -12,12 +12,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::breaker::NOT_SENT_HEADER;
+use crate::refused::NotSent;
 use crate::classify::{grpc_status, status_response};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 
@@ -131,13 +131,12 @@ pub struct Deadline<S> {
 }
 
 fn deadline_exceeded(message: String, sent: bool) -> Response<Body> {
-    let mut response = status_response(tonic::Status::deadline_exceeded(message));
-    if !sent {
-        response
-            .headers_mut()
-            .insert(NOT_SENT_HEADER, HeaderValue::from_static("deadline"));
+    let status = tonic::Status::deadline_exceeded(message);
+    if sent {
+        status_response(status)
+    } else {
+        NotSent::Deadline.respond(status)
     }
-    response
 }
 
 impl<S> Deadline<S> {

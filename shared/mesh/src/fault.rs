@@ -10,13 +10,12 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tonic::Code;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::breaker::NOT_SENT_HEADER;
-use crate::classify::status_response;
+use crate::refused::NotSent;
 use crate::flags::Flags;
 
 /// The feature flag that arms every fault rule.
@@ -140,14 +139,10 @@ where
                 tokio::time::sleep(delay).await;
             }
             if abort {
-                let mut response = status_response(tonic::Status::new(
+                return Ok(NotSent::Fault.respond(tonic::Status::new(
                     rule.abort_code,
                     format!("fault injected by the ordermesh mesh on {path}"),
-                ));
-                response
-                    .headers_mut()
-                    .insert(NOT_SENT_HEADER, HeaderValue::from_static("fault"));
-                return Ok(response);
+                )));
             }
             ready.call(request).await.map_err(Into::into)
         })

@@ -2,6 +2,8 @@
 //! one client stack built here, and every server through its server layers.
 //!
 //! # Layout
+//! - [`refused`]: the typed marker of a call the mesh answered without
+//!   sending it.
 //! - [`classify`]: what a call's gRPC status says about the server; shared
 //!   by breaker, retry and ejection.
 //! - [`breaker`]: circuit breaker state machine and layer.
@@ -24,6 +26,7 @@ pub mod fault;
 pub mod flags;
 pub mod grpc_timeout;
 pub mod policy;
+pub mod refused;
 pub mod retry;
 pub mod server;
 pub mod stack;

@@ -27,7 +27,7 @@ use tonic::Code;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use crate::breaker::not_sent_reason;
+use crate::refused::NotSent;
 use crate::classify::grpc_status;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 
@@ -167,7 +167,7 @@ pub struct Retry<S> {
 fn retryable_code(result: &Result<Response<Body>, BoxError>) -> Option<Code> {
     match result {
         Err(_) => Some(Code::Unavailable),
-        Ok(response) if not_sent_reason(response.headers()) == Some("breaker") => {
+        Ok(response) if NotSent::of_response(response) == Some(NotSent::Breaker) => {
             // An open breaker answers for a while; retrying only spins.
             None
         }

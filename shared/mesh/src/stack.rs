@@ -21,19 +21,22 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
 use crate::balance::{self, BalanceError, BalancerHandle, EndpointStatus};
-use crate::breaker::{BreakerHandle, BreakerLayer, StateKind, not_sent_reason};
+use crate::breaker::{BreakerHandle, BreakerLayer, StateKind};
 use crate::classify::Classifier;
 use crate::deadline::DeadlineLayer;
 use crate::fault::{FaultLayer, FaultRule, Faults};
 use crate::flags::Flags;
 use crate::policy::{Policy, PolicyError};
+use crate::refused::NotSent;
 use crate::retry::{RetryBudget, RetryLayer};
 
 /// What a generated tonic client is built on: `FooClient::new(channel)`.
 ///
-/// It never fails as a service: a transport error that reaches the top of
-/// the stack becomes an `UNAVAILABLE` response, so callers see one kind of
-/// failure (a gRPC status) whatever went wrong.
+/// Whatever went wrong, callers see a gRPC status: a transport error that
+/// reaches the top of the stack becomes an `UNAVAILABLE` response, and an
+/// answer the mesh made itself without sending the call (an open breaker,
+/// an injected abort, a spent deadline) is returned as the call's error, a
+/// `tonic::Status` whose source is the typed [`NotSent`] marker.
 #[derive(Clone)]
 pub struct MeshChannel {
     inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
@@ -47,7 +50,7 @@ impl std::fmt::Debug for MeshChannel {
 
 impl tower::Service<Request<Body>> for MeshChannel {
     type Response = Response<Body>;
-    type Error = std::convert::Infallible;
+    type Error = tonic::Status;
     type Future =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
 
@@ -63,11 +66,15 @@ impl tower::Service<Request<Body>> for MeshChannel {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let future = self.inner.call(request);
         Box::pin(async move {
-            Ok(future.await.unwrap_or_else(|error| {
-                crate::classify::status_response(tonic::Status::unavailable(format!(
-                    "transport error: {error}"
-                )))
-            }))
+            match future.await {
+                Ok(mut response) => match NotSent::take_status(&mut response) {
+                    Some(status) => Err(status),
+                    None => Ok(response),
+                },
+                Err(error) => Ok(crate::classify::status_response(tonic::Status::unavailable(
+                    format!("transport error: {error}"),
+                ))),
+            }
         })
     }
 }
@@ -104,7 +111,7 @@ impl Downstream {
     /// For a call the breaker refused without sending: how long until it lets
     /// a probe through (zero when it already does).
     pub fn breaker_retry_after(&self, status: &tonic::Status) -> Option<Duration> {
-        (not_sent_reason(status.metadata().as_ref()) == Some("breaker"))
+        (NotSent::of_status(status) == Some(NotSent::Breaker))
             .then(|| self.breaker.opens_for().unwrap_or(Duration::ZERO))
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use ordermesh_mesh::breaker::not_sent_reason;
+use ordermesh_mesh::refused::NotSent;
 use ordermesh_mesh::stack::{Downstream, MeshChannel};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::error_reasons::{inventory as inventory_reason, payment as payment_reason};
@@ -80,7 +80,7 @@ fn failed(mesh: &Downstream, status: Status, reason: impl FnOnce(&Status) -> Rej
     if mesh.is_transient(&status) {
         StepResult::Unavailable {
             detail: format!("{:?}: {}", status.code(), status.message()),
-            maybe_sent: not_sent_reason(status.metadata().as_ref()).is_none(),
+            maybe_sent: NotSent::of_status(&status).is_none(),
             retry_after: mesh.breaker_retry_after(&status),
         }
     } else {
