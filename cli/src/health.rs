@@ -9,11 +9,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
+use ordermesh_runtime::health::{Answer, check};
 
-use crate::cli::HealthArgs;
+use crate::args::HealthArgs;
 
 pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
     let address = if args.address.contains("://") {
@@ -27,32 +25,10 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{address}: no health answer within {}s", args.timeout_secs))??;
     let service = &args.service;
     match status {
-        ServingStatus::Serving => {
+        Answer::Serving => {
             println!("{address} service {service:?}: SERVING");
             Ok(())
         }
         other => anyhow::bail!("{address} service {service:?}: {}", other.as_str_name()),
     }
-}
-
-async fn check(address: &str, service: &str) -> anyhow::Result<ServingStatus> {
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
-        .with_context(|| format!("{address:?} is not a valid address (want http://host:port)"))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .map_err(|status| {
-            anyhow::anyhow!(
-                "{address} service {service:?}: {} {}",
-                status.code(),
-                status.message()
-            )
-        })?;
-    Ok(response.into_inner().status())
 }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ordermesh_mesh::balance::EndpointSource;
-use ordermesh_mesh::policy::Policy;
+use ordermesh_mesh::policy::MeshPolicy;
 use support::{free_port, repo, tool};
 
 fn health(args: &[&str]) -> Output {
@@ -168,7 +168,7 @@ fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_service
         let deployments = rendered_overrides(&helm_template(&helm, values, "templates/deployment.yaml"));
         assert_eq!(deployments.len(), 4, "{values}: a Deployment per target");
         for (deployment, overrides) in deployments {
-            let loaded = Policy::parse(&policy, overrides.clone())
+            let loaded = MeshPolicy::parse(&policy, overrides.clone())
                 .unwrap_or_else(|e| panic!("{values}, {deployment}: the binary refuses the policy: {e}"));
             let callees: &[&str] = match deployment.rsplit('-').next() {
                 Some("gateway") => &["order", "inventory", "payment"],
@@ -200,7 +200,7 @@ fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_service
         "single-binary.yaml",
         "templates/configmap.yaml",
     ));
-    Policy::parse(&policy, Vec::new()).expect("the SingleBinary policy loads");
+    MeshPolicy::parse(&policy, Vec::new()).expect("the SingleBinary policy loads");
 }
 
 /// The container of one rendered Deployment: its `args` and its plain

@@ -42,6 +42,26 @@ pub struct GatewayConfig {
     pub mesh: ordermesh_runtime::server::MeshSettings,
 }
 
+impl GatewayConfig {
+    /// The gateway of the order, inventory and payment services at `urls`,
+    /// with `mode` auth, no route file, and the default timeouts and limits
+    /// (the binary's flags read theirs from here).
+    pub fn new([order_url, inventory_url, payment_url]: [String; 3], mode: crate::auth::AuthMode) -> Self {
+        Self {
+            order_url,
+            inventory_url,
+            payment_url,
+            auth: AuthConfig::new(mode),
+            file: None,
+            default_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(60),
+            max_body_bytes: 4 * 1024 * 1024,
+            allow_unknown_fields: false,
+            mesh: Default::default(),
+        }
+    }
+}
+
 /// The TOML file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -97,7 +97,9 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
 
 /// Sets `grpc-timeout` to the default when the caller sent none, and caps it.
 fn bound_deadline(headers: &mut http::HeaderMap, default: Duration, max: Duration) {
-    let asked = headers.get(grpc_timeout::GRPC_TIMEOUT).and_then(grpc_timeout::parse);
+    let asked = headers
+        .get(grpc_timeout::GRPC_TIMEOUT)
+        .and_then(grpc_timeout::parse);
     let timeout = asked.unwrap_or(default).min(max);
     headers.insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(timeout));
 }
@@ -123,7 +125,11 @@ mod tests {
         headers.insert("grpc-timeout", HeaderValue::from_static("5H"));
         assert_eq!(bounded(&mut headers), max);
         headers.insert("grpc-timeout", HeaderValue::from_static("garbage"));
-        assert_eq!(bounded(&mut headers), default, "an unreadable deadline gets the default");
+        assert_eq!(
+            bounded(&mut headers),
+            default,
+            "an unreadable deadline gets the default"
+        );
         headers.insert("grpc-timeout", HeaderValue::from_static("123456789S"));
         assert_eq!(bounded(&mut headers), default, "more than 8 digits is unreadable");
     }

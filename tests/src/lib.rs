@@ -29,7 +29,8 @@ use std::time::Duration;
 
 pub use mesh::{Mesh, OrderProcess};
 pub use ordermesh_events::testing::NatsServer;
-pub use ordermesh_mesh::policy::Policy;
+pub use ordermesh_mesh::policy::MeshPolicy;
+pub use ordermesh_order::saga::plan::Limits;
 pub use ordermesh_order::{CrashPoint, Pause, SagaConfig};
 
 /// The database engine a test runs on.
@@ -145,7 +146,7 @@ pub struct MeshOptions {
     pub reservation_ttl: Duration,
     pub saga: SagaConfig,
     /// The mesh policy of every service (the order service's downstreams).
-    pub policy: Policy,
+    pub policy: MeshPolicy,
     /// How long payment holds an uncaptured authorization.
     pub authorization_hold: Duration,
     /// Put a [`proxy::Proxy`] between the order service and payment.
@@ -166,7 +167,7 @@ impl MeshOptions {
             reservation_ttl: Duration::from_secs(600),
             saga: fast_saga(),
             policy: test_policy(),
-            authorization_hold: ordermesh_payment::DEFAULT_AUTHORIZATION_HOLD,
+            authorization_hold: ordermesh_payment::Config::DEFAULT_AUTHORIZATION_HOLD,
             payment_proxy: false,
             nats_url: None,
         }
@@ -192,8 +193,8 @@ enabled = true
 "#;
 
 /// [`TEST_POLICY`], parsed.
-pub fn test_policy() -> Policy {
-    Policy::parse(TEST_POLICY, []).expect("the test policy is valid")
+pub fn test_policy() -> MeshPolicy {
+    MeshPolicy::parse(TEST_POLICY, []).expect("the test policy is valid")
 }
 
 /// Saga tuning for tests: quick retries, a three-second patience (so an
@@ -201,13 +202,15 @@ pub fn test_policy() -> Policy {
 /// test), a three-second lease.
 pub fn fast_saga() -> SagaConfig {
     SagaConfig {
+        limits: Limits {
+            patience: Duration::from_secs(3),
+            forward_window: Duration::from_secs(10),
+            max_compensation_attempts: 20,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            compensation_max_backoff: Duration::from_millis(500),
+        },
         call_timeout: Duration::from_secs(1),
-        patience: Duration::from_secs(3),
-        forward_window: Duration::from_secs(10),
-        max_compensation_attempts: 20,
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        compensation_max_backoff: Duration::from_millis(500),
         lease: Duration::from_secs(3),
         lease_margin: Duration::from_millis(200),
         recovery_interval: Duration::from_millis(200),

@@ -25,7 +25,7 @@ use ordermesh_events::{Bus, BusSettings};
 
 use crate::audit::Audit;
 use crate::proxy::Proxy;
-use crate::{Backend, MeshOptions, Policy, SagaConfig, postgres_database};
+use crate::{Backend, MeshOptions, MeshPolicy, SagaConfig, postgres_database};
 
 /// One running service: its address and how to stop it.
 struct Running {
@@ -129,7 +129,7 @@ impl OrderProcess {
         db: &str,
         (inventory_url, payment_url): (&str, &str),
         saga: SagaConfig,
-        (policy, bus): (Policy, Bus),
+        (policy, bus): (MeshPolicy, Bus),
     ) -> Self {
         let mut config = ordermesh_order::Config::new(db, inventory_url, payment_url);
         config.bus = bus;

@@ -398,7 +398,7 @@ async fn injected_payment_outage_rejects_after_patience_without_calling_payment(
             "{order:?}"
         );
         assert!(
-            waited >= mesh.options.saga.patience - Duration::from_millis(500),
+            waited >= mesh.options.saga.limits.patience - Duration::from_millis(500),
             "the outage was waited out first ({waited:?})"
         );
         rejected.push(order.order_id);
@@ -671,7 +671,7 @@ async fn precheck_flag_refuses_unfillable_orders_up_front(backend: Backend) {
 async fn oversized_requests_are_refused(backend: Backend) {
     let mut options = MeshOptions::new(backend);
     options.policy =
-        ordermesh_tests::Policy::parse("[server]\nmax_request_bytes = 512\n", []).expect("policy");
+        ordermesh_tests::MeshPolicy::parse("[server]\nmax_request_bytes = 512\n", []).expect("policy");
     let Some(mesh) = Mesh::start(options).await else {
         return;
     };

@@ -93,7 +93,7 @@ async fn a_lost_authorization_reply_is_voided_by_key(backend: Backend) {
 /// once the cause is gone.
 async fn a_compensation_that_keeps_failing_needs_an_operator(backend: Backend) {
     let mut options = MeshOptions::new(backend);
-    options.saga.max_compensation_attempts = 3;
+    options.saga.limits.max_compensation_attempts = 3;
     let Some(mesh) = Mesh::start(options).await else {
         return;
     };

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use ordermesh_proto::mesh::v1 as mesh_pb;
 use ordermesh_proto::order::v1 as order_pb;
 use ordermesh_proto::order::v1::OrderStatus;
-use ordermesh_tests::{Backend, Mesh, MeshOptions, Pause, SagaConfig, both_backends, load};
+use ordermesh_tests::{Backend, Limits, Mesh, MeshOptions, Pause, SagaConfig, both_backends, load};
 
 const CABLE: &str = "CB-004"; // 999 cents, 200 in stock
 const MOUSE: &str = "MS-002"; // 2499 cents, 50 in stock
@@ -19,13 +19,15 @@ const MOUSE: &str = "MS-002"; // 2499 cents, 50 in stock
 /// replicas take sagas over from each other and stale workers wake up.
 fn contended_saga() -> SagaConfig {
     SagaConfig {
+        limits: Limits {
+            patience: Duration::from_secs(2),
+            forward_window: Duration::from_secs(20),
+            max_compensation_attempts: 30,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(300),
+            compensation_max_backoff: Duration::from_secs(2),
+        },
         call_timeout: Duration::from_millis(500),
-        patience: Duration::from_secs(2),
-        forward_window: Duration::from_secs(20),
-        max_compensation_attempts: 30,
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(300),
-        compensation_max_backoff: Duration::from_secs(2),
         lease: Duration::from_millis(1_200),
         lease_margin: Duration::from_millis(100),
         recovery_interval: Duration::from_millis(100),

@@ -2,6 +2,9 @@
 
 use tonic::{Code, Status};
 
+use ordermesh_runtime::Infra;
+use ordermesh_runtime::status::Domain;
+
 /// `google.rpc.ErrorInfo` domain of every inventory error.
 pub const ERROR_DOMAIN: &str = reason::DOMAIN;
 
@@ -36,76 +39,71 @@ pub enum Error {
         catalogue: String,
         requested: String,
     },
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("event outbox error: {0}")]
-    Events(#[from] ordermesh_events::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// The database, the outbox or stored data failed (logged, never sent).
+    #[error(transparent)]
+    Infra(#[from] Infra),
 }
 
-fn with_reason(code: Code, message: String, reason: &str, subject: (&str, &str)) -> Status {
-    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, subject)
-}
+ordermesh_runtime::infra_from!(Error: sqlx::Error, ordermesh_events::Error);
+
+const DOMAIN: Domain = Domain(ERROR_DOMAIN);
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match &error {
             Error::UnknownSku { sku } => {
-                with_reason(Code::NotFound, message, reason::UNKNOWN_SKU, ("sku", sku))
+                DOMAIN.status(Code::NotFound, message, reason::UNKNOWN_SKU, ("sku", sku))
             }
-            Error::InsufficientStock { sku, .. } => with_reason(
+            Error::InsufficientStock { sku, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::INSUFFICIENT_STOCK,
                 ("sku", sku),
             ),
-            Error::MixedCurrencies { first, .. } => with_reason(
+            Error::MixedCurrencies { first, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::MIXED_CURRENCIES,
                 ("currency", first),
             ),
-            Error::ReservationNotFound { order_id } => with_reason(
+            Error::ReservationNotFound { order_id } => DOMAIN.status(
                 Code::NotFound,
                 message,
                 reason::RESERVATION_NOT_FOUND,
                 ("order_id", order_id),
             ),
-            Error::ReservationExpired { order_id } => with_reason(
+            Error::ReservationExpired { order_id } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::RESERVATION_EXPIRED,
                 ("order_id", order_id),
             ),
-            Error::ReservationNotActive { order_id, .. } => with_reason(
+            Error::ReservationNotActive { order_id, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::RESERVATION_NOT_ACTIVE,
                 ("order_id", order_id),
             ),
-            Error::StockBelowZero { sku, .. } => with_reason(
+            Error::StockBelowZero { sku, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::STOCK_BELOW_ZERO,
                 ("sku", sku),
             ),
-            Error::RequestIdReused { request_id } => with_reason(
+            Error::RequestIdReused { request_id } => DOMAIN.status(
                 Code::AlreadyExists,
                 message,
                 reason::REQUEST_ID_REUSED,
                 ("request_id", request_id),
             ),
-            Error::CurrencyMismatch { sku, .. } => with_reason(
+            Error::CurrencyMismatch { sku, .. } => DOMAIN.status(
                 Code::InvalidArgument,
                 message,
                 reason::CURRENCY_MISMATCH,
                 ("sku", sku),
             ),
-            Error::Db(db) => ordermesh_runtime::status::database("inventory", db),
-            Error::Events(events) => ordermesh_runtime::status::internal("inventory", events),
-            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("inventory", detail),
+            Error::Infra(infra) => infra.status("inventory"),
         }
     }
 }

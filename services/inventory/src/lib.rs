@@ -54,10 +54,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Fifteen minutes: well past the saga's default windows (3 x 30 s of
+    /// patience + 10 minutes forward), which it must outlive.
+    pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
-            reservation_ttl: Duration::from_secs(15 * 60),
+            reservation_ttl: Self::DEFAULT_RESERVATION_TTL,
             sweep_interval: Duration::from_secs(1),
             seed: Vec::new(),
             bus: Bus::in_process(BusSettings::default()),

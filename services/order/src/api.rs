@@ -381,7 +381,10 @@ impl OrderService for OrderApi {
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(entry.payload.as_bytes())
                     .map_err(|e| {
-                        crate::Error::Corrupt(format!("timeline payload of {}: {e}", entry.event_id))
+                        crate::Error::from(ordermesh_runtime::Infra::Corrupt(format!(
+                            "timeline payload of {}: {e}",
+                            entry.event_id
+                        )))
                     })?;
                 Ok(pb::TimelineEntry {
                     occur_time: Some(clock::timestamp(entry.occur_time)),

@@ -1,6 +1,9 @@
 //! The order service's errors and their one mapping to `tonic::Status`.
 
 use tonic::{Code, Status};
+
+use ordermesh_runtime::Infra;
+use ordermesh_runtime::status::Domain;
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// `google.rpc.ErrorInfo` domain of every order error.
@@ -25,47 +28,44 @@ pub enum Error {
     /// The availability precheck found a SKU the catalogue does not have.
     #[error("{field}: sku {sku:?} is not in the catalogue")]
     UnknownSku { field: String, sku: String },
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("event outbox error: {0}")]
-    Events(#[from] ordermesh_events::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// The database, the outbox or stored data failed (logged, never sent).
+    #[error(transparent)]
+    Infra(#[from] Infra),
 }
 
-fn with_reason(code: Code, message: String, reason: &str, subject: (&str, &str)) -> Status {
-    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, subject)
-}
+ordermesh_runtime::infra_from!(Error: sqlx::Error, ordermesh_events::Error);
+
+const DOMAIN: Domain = Domain(ERROR_DOMAIN);
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match &error {
-            Error::NotFound { order_id } => with_reason(
+            Error::NotFound { order_id } => DOMAIN.status(
                 Code::NotFound,
                 message,
                 reason::ORDER_NOT_FOUND,
                 ("order_id", order_id),
             ),
-            Error::RequestIdReused { order_id, .. } => with_reason(
+            Error::RequestIdReused { order_id, .. } => DOMAIN.status(
                 Code::AlreadyExists,
                 message,
                 reason::REQUEST_ID_REUSED,
                 ("order_id", order_id),
             ),
-            Error::NotCancellable { order_id, .. } => with_reason(
+            Error::NotCancellable { order_id, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::ORDER_NOT_CANCELLABLE,
                 ("order_id", order_id),
             ),
-            Error::SagaFinished { order_id } => with_reason(
+            Error::SagaFinished { order_id } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::SAGA_FINISHED,
                 ("order_id", order_id),
             ),
-            Error::InsufficientStock { sku, .. } => with_reason(
+            Error::InsufficientStock { sku, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::INSUFFICIENT_STOCK,
@@ -82,9 +82,7 @@ impl From<Error> for Status {
                 );
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            Error::Db(db) => ordermesh_runtime::status::database("order", db),
-            Error::Events(events) => ordermesh_runtime::status::internal("order", events),
-            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("order", detail),
+            Error::Infra(infra) => infra.status("order"),
         }
     }
 }

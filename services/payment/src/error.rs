@@ -5,6 +5,9 @@
 
 use tonic::{Code, Status};
 
+use ordermesh_runtime::Infra;
+use ordermesh_runtime::status::Domain;
+
 /// `google.rpc.ErrorInfo` domain of every payment error.
 pub const ERROR_DOMAIN: &str = reason::DOMAIN;
 
@@ -40,73 +43,68 @@ pub enum Error {
     AuthorizationVoided { request_id: String },
     #[error("payment {payment_id} was not captured within its hold time; its authorization expired")]
     AuthorizationExpired { payment_id: String },
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("event outbox error: {0}")]
-    Events(#[from] ordermesh_events::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// The database, the outbox or stored data failed (logged, never sent).
+    #[error(transparent)]
+    Infra(#[from] Infra),
 }
 
-fn with_reason(code: Code, message: String, reason: &str, subject: (&str, &str)) -> Status {
-    ordermesh_runtime::status::with_reason(code, message, ERROR_DOMAIN, reason, subject)
-}
+ordermesh_runtime::infra_from!(Error: sqlx::Error, ordermesh_events::Error);
+
+const DOMAIN: Domain = Domain(ERROR_DOMAIN);
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         let message = error.to_string();
         match &error {
-            Error::AccountNotFound { account_id } => with_reason(
+            Error::AccountNotFound { account_id } => DOMAIN.status(
                 Code::NotFound,
                 message,
                 reason::ACCOUNT_NOT_FOUND,
                 ("account_id", account_id),
             ),
-            Error::AccountExists { account_id } => with_reason(
+            Error::AccountExists { account_id } => DOMAIN.status(
                 Code::AlreadyExists,
                 message,
                 reason::ACCOUNT_EXISTS,
                 ("account_id", account_id),
             ),
-            Error::PaymentNotFound { payment_id } => with_reason(
+            Error::PaymentNotFound { payment_id } => DOMAIN.status(
                 Code::NotFound,
                 message,
                 reason::PAYMENT_NOT_FOUND,
                 ("payment_id", payment_id),
             ),
-            Error::CurrencyMismatch { account_id, .. } => with_reason(
+            Error::CurrencyMismatch { account_id, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::CURRENCY_MISMATCH,
                 ("account_id", account_id),
             ),
-            Error::RequestIdReused { request_id, .. } => with_reason(
+            Error::RequestIdReused { request_id, .. } => DOMAIN.status(
                 Code::AlreadyExists,
                 message,
                 reason::REQUEST_ID_REUSED,
                 ("request_id", request_id),
             ),
-            Error::InvalidPaymentState { payment_id, .. } => with_reason(
+            Error::InvalidPaymentState { payment_id, .. } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::INVALID_PAYMENT_STATE,
                 ("payment_id", payment_id),
             ),
-            Error::AuthorizationVoided { request_id } => with_reason(
+            Error::AuthorizationVoided { request_id } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::AUTHORIZATION_VOIDED,
                 ("request_id", request_id),
             ),
-            Error::AuthorizationExpired { payment_id } => with_reason(
+            Error::AuthorizationExpired { payment_id } => DOMAIN.status(
                 Code::FailedPrecondition,
                 message,
                 reason::AUTHORIZATION_EXPIRED,
                 ("payment_id", payment_id),
             ),
-            Error::Db(db) => ordermesh_runtime::status::database("payment", db),
-            Error::Events(events) => ordermesh_runtime::status::internal("payment", events),
-            Error::Corrupt(detail) => ordermesh_runtime::status::corrupt("payment", detail),
+            Error::Infra(infra) => infra.status("payment"),
         }
     }
 }

@@ -35,9 +35,6 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// The CloudEvents source of payment events.
 pub const EVENT_SOURCE: &str = "/ordermesh/payment";
 
-/// Seven days, as card networks commonly hold an authorization.
-pub const DEFAULT_AUTHORIZATION_HOLD: Duration = Duration::from_secs(7 * 24 * 60 * 60);
-
 /// Everything the payment service needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -57,11 +54,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Seven days, as card networks commonly hold an authorization.
+    pub const DEFAULT_AUTHORIZATION_HOLD: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: database_url.into(),
             seed: Vec::new(),
-            authorization_hold: DEFAULT_AUTHORIZATION_HOLD,
+            authorization_hold: Self::DEFAULT_AUTHORIZATION_HOLD,
             sweep_interval: Duration::from_secs(5),
             bus: Bus::in_process(BusSettings::default()),
             mesh: MeshSettings::default(),

@@ -45,3 +45,11 @@ impl Error {
         }
     }
 }
+
+/// An events failure under a service's call is that service's infrastructure
+/// failing (its outbox, its broker).
+impl From<Error> for ordermesh_runtime::Infra {
+    fn from(error: Error) -> Self {
+        ordermesh_runtime::Infra::Events(Box::new(error))
+    }
+}

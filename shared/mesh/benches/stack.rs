@@ -19,7 +19,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use ordermesh_mesh::breaker::{BreakerConfig, BreakerHandle, BreakerLayer, Window};
 use ordermesh_mesh::classify::{Classifier, status_response};
-use ordermesh_mesh::policy::Policy;
+use ordermesh_mesh::policy::MeshPolicy;
 use ordermesh_mesh::stack::Mesh;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -57,7 +57,7 @@ fn stack_versus_channel(c: &mut Criterion) {
             .connect()
             .await
             .expect("connect");
-        let mesh = Mesh::new(Policy::default());
+        let mesh = Mesh::new(MeshPolicy::default());
         let meshed = HealthClient::new(mesh.client("health", &url).expect("stack"));
         (HealthClient::new(channel), meshed)
     });

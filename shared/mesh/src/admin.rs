@@ -10,7 +10,7 @@ use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminService;
 use crate::classify::code_name;
 use crate::fault::FaultRule;
 use crate::flags::Flag;
-use crate::policy::FaultPolicy;
+use crate::policy::FaultSection;
 use crate::stack::{DownstreamSnapshot, Mesh};
 
 pub struct MeshAdmin {
@@ -106,7 +106,7 @@ impl MeshAdminService for MeshAdmin {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                FaultPolicy {
+                FaultSection {
                     method: Some(r.method.clone()),
                     delay_percent: r.delay_percent,
                     delay_ms: u64::try_from(r.delay_ms).unwrap_or(0),

@@ -17,9 +17,9 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::refused::NotSent;
 use crate::classify::{grpc_status, status_response};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::refused::NotSent;
 
 tokio::task_local! {
     static INCOMING_DEADLINE: Instant;

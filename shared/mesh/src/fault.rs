@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service};
 
-use crate::refused::NotSent;
 use crate::flags::Flags;
+use crate::refused::NotSent;
 
 /// The feature flag that arms every fault rule.
 pub const FAULT_FLAG: &str = "fault_injection";

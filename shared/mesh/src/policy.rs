@@ -46,27 +46,27 @@ fn key_error(key: impl Into<String>, reason: impl Into<String>) -> PolicyError {
 /// The whole policy, as written in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
+pub struct MeshPolicy {
     #[serde(default)]
-    pub defaults: Defaults,
+    pub defaults: DefaultsSection,
     #[serde(default)]
-    pub server: ServerPolicy,
+    pub server: ServerSection,
     #[serde(default)]
-    pub downstream: BTreeMap<String, DownstreamPolicy>,
+    pub downstream: BTreeMap<String, DownstreamSection>,
     #[serde(default)]
-    pub flags: BTreeMap<String, FlagPolicy>,
+    pub flags: BTreeMap<String, FlagSection>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct Defaults {
+pub struct DefaultsSection {
     /// Timeout of an outgoing call with no deadline of its own or inherited.
     pub timeout_ms: u64,
     /// Kept back from an inherited deadline for the caller's own answer.
     pub deadline_margin_ms: u64,
 }
 
-impl Default for Defaults {
+impl Default for DefaultsSection {
     fn default() -> Self {
         Self {
             timeout_ms: 5000,
@@ -77,14 +77,14 @@ impl Default for Defaults {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerPolicy {
+pub struct ServerSection {
     /// Calls served at once; more are shed with RESOURCE_EXHAUSTED.
     pub concurrency_limit: usize,
     /// Largest accepted request message.
     pub max_request_bytes: usize,
 }
 
-impl Default for ServerPolicy {
+impl Default for ServerSection {
     fn default() -> Self {
         Self {
             concurrency_limit: 256,
@@ -95,7 +95,7 @@ impl Default for ServerPolicy {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct DownstreamPolicy {
+pub struct DownstreamSection {
     /// Static endpoints (`http://host:port`); when empty and no `dns`, the
     /// address given on the command line is used.
     pub endpoints: Vec<String>,
@@ -105,13 +105,13 @@ pub struct DownstreamPolicy {
     pub connect_timeout_ms: u64,
     /// Status codes that count as server faults.
     pub fault_codes: Vec<String>,
-    pub breaker: BreakerPolicy,
-    pub retry: RetryPolicyFile,
-    pub ejection: EjectionPolicyFile,
-    pub faults: Vec<FaultPolicy>,
+    pub breaker: BreakerSection,
+    pub retry: RetrySection,
+    pub ejection: EjectionSection,
+    pub faults: Vec<FaultSection>,
 }
 
-impl Default for DownstreamPolicy {
+impl Default for DownstreamSection {
     fn default() -> Self {
         Self {
             endpoints: Vec::new(),
@@ -123,9 +123,9 @@ impl Default for DownstreamPolicy {
                 .iter()
                 .map(|c| code_name(*c).to_owned())
                 .collect(),
-            breaker: BreakerPolicy::default(),
-            retry: RetryPolicyFile::default(),
-            ejection: EjectionPolicyFile::default(),
+            breaker: BreakerSection::default(),
+            retry: RetrySection::default(),
+            ejection: EjectionSection::default(),
             faults: Vec::new(),
         }
     }
@@ -133,7 +133,7 @@ impl Default for DownstreamPolicy {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct BreakerPolicy {
+pub struct BreakerSection {
     /// `count` (the last `window_size` calls) or `time` (`window_seconds`).
     pub window: String,
     pub window_size: u32,
@@ -146,7 +146,7 @@ pub struct BreakerPolicy {
     pub permitted_in_half_open: u32,
 }
 
-impl Default for BreakerPolicy {
+impl Default for BreakerSection {
     fn default() -> Self {
         Self {
             window: "count".into(),
@@ -164,7 +164,7 @@ impl Default for BreakerPolicy {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryPolicyFile {
+pub struct RetrySection {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
@@ -173,10 +173,10 @@ pub struct RetryPolicyFile {
     pub budget_max_tokens: f64,
     pub budget_token_ratio: f64,
     /// Per-method overrides of the attempt and back-off settings.
-    pub methods: BTreeMap<String, MethodRetry>,
+    pub methods: BTreeMap<String, MethodRetrySection>,
 }
 
-impl Default for RetryPolicyFile {
+impl Default for RetrySection {
     fn default() -> Self {
         Self {
             max_attempts: 3,
@@ -193,7 +193,7 @@ impl Default for RetryPolicyFile {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct MethodRetry {
+pub struct MethodRetrySection {
     pub max_attempts: Option<u32>,
     pub initial_backoff_ms: Option<u64>,
     pub max_backoff_ms: Option<u64>,
@@ -202,7 +202,7 @@ pub struct MethodRetry {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct EjectionPolicyFile {
+pub struct EjectionSection {
     /// 0 turns ejection off.
     pub consecutive_failures: u32,
     pub base_ejection_ms: u64,
@@ -210,7 +210,7 @@ pub struct EjectionPolicyFile {
     pub max_ejected_percent: u8,
 }
 
-impl Default for EjectionPolicyFile {
+impl Default for EjectionSection {
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
@@ -223,7 +223,7 @@ impl Default for EjectionPolicyFile {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct FaultPolicy {
+pub struct FaultSection {
     pub method: Option<String>,
     pub delay_percent: f64,
     pub delay_ms: u64,
@@ -231,7 +231,7 @@ pub struct FaultPolicy {
     pub abort_code: String,
 }
 
-impl Default for FaultPolicy {
+impl Default for FaultSection {
     fn default() -> Self {
         Self {
             method: None,
@@ -245,7 +245,7 @@ impl Default for FaultPolicy {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct FlagPolicy {
+pub struct FlagSection {
     pub enabled: bool,
     #[serde(default = "hundred")]
     pub rollout_percent: f64,
@@ -316,7 +316,7 @@ fn positive(key: &str, value: u64) -> Result<u64, PolicyError> {
     }
 }
 
-impl FaultPolicy {
+impl FaultSection {
     pub fn to_rule(&self, key: &str) -> Result<FaultRule, PolicyError> {
         Ok(FaultRule {
             method: self.method.clone().filter(|m| !m.is_empty()),
@@ -335,13 +335,13 @@ impl FaultPolicy {
     }
 }
 
-impl Policy {
+impl MeshPolicy {
     /// Reads the file (if any), applies `ORDERMESH_MESH__*` overrides from
     /// `env`, and validates.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Policy, PolicyError> {
+    ) -> Result<MeshPolicy, PolicyError> {
         let text = match path {
             Some(path) => std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
                 path: path.display().to_string(),
@@ -353,7 +353,10 @@ impl Policy {
     }
 
     /// Parses policy text with overrides, and validates.
-    pub fn parse(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Policy, PolicyError> {
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<MeshPolicy, PolicyError> {
         let mut value: toml::Table = toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
         for (name, raw) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else {
@@ -366,7 +369,7 @@ impl Policy {
                 .unwrap_or(toml::Value::String(raw.clone()));
             set_path(&mut value, &parts, parsed).map_err(|reason| key_error(parts.join("."), reason))?;
         }
-        let policy: Policy = toml::Value::Table(value)
+        let policy: MeshPolicy = toml::Value::Table(value)
             .try_into()
             .map_err(|e: toml::de::Error| PolicyError::Parse(e.to_string()))?;
         for name in policy.downstream.keys() {

@@ -27,9 +27,9 @@ use tonic::Code;
 use tonic::body::Body;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
-use crate::refused::NotSent;
 use crate::classify::grpc_status;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::refused::NotSent;
 
 /// How one method is retried.
 #[derive(Debug, Clone, PartialEq)]

@@ -26,7 +26,7 @@ use crate::classify::Classifier;
 use crate::deadline::DeadlineLayer;
 use crate::fault::{FaultLayer, FaultRule, Faults};
 use crate::flags::Flags;
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{MeshPolicy, PolicyError};
 use crate::refused::NotSent;
 use crate::retry::{RetryBudget, RetryLayer};
 
@@ -82,7 +82,7 @@ impl tower::Service<Request<Body>> for MeshChannel {
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error(transparent)]
-    Policy(#[from] PolicyError),
+    MeshPolicy(#[from] PolicyError),
     #[error(transparent)]
     Balance(#[from] BalanceError),
 }
@@ -138,19 +138,19 @@ pub struct Mesh {
 
 #[derive(Debug)]
 struct Inner {
-    policy: Mutex<Policy>,
+    policy: Mutex<MeshPolicy>,
     flags: Flags,
     downstreams: Mutex<BTreeMap<String, Downstream>>,
 }
 
 impl Default for Mesh {
     fn default() -> Self {
-        Self::new(Policy::default())
+        Self::new(MeshPolicy::default())
     }
 }
 
 impl Mesh {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: MeshPolicy) -> Self {
         let flags = Flags::new(policy.flags());
         flags.define(
             crate::fault::FAULT_FLAG,
@@ -169,7 +169,7 @@ impl Mesh {
         &self.inner.flags
     }
 
-    pub fn policy(&self) -> Policy {
+    pub fn policy(&self) -> MeshPolicy {
         self.inner
             .policy
             .lock()
@@ -253,7 +253,7 @@ impl Mesh {
 
     /// Applies a reloaded policy: flags and fault rules change at once;
     /// breaker, retry and balancing settings keep their start-up values.
-    pub fn reload(&self, policy: Policy) -> Result<(), MeshError> {
+    pub fn reload(&self, policy: MeshPolicy) -> Result<(), MeshError> {
         let downstreams = self
             .inner
             .downstreams
@@ -294,7 +294,7 @@ impl Mesh {
                 continue;
             }
             last = now;
-            match Policy::load(Some(&path), std::env::vars())
+            match MeshPolicy::load(Some(&path), std::env::vars())
                 .map_err(MeshError::from)
                 .and_then(|p| self.reload(p))
             {
@@ -317,7 +317,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("policy.toml");
         std::fs::write(&path, "[flags.beta]\nenabled = false\n").expect("write");
-        let mesh = Mesh::new(Policy::load(Some(&path), []).expect("valid"));
+        let mesh = Mesh::new(MeshPolicy::load(Some(&path), []).expect("valid"));
         mesh.client("payment", "http://127.0.0.1:1").expect("stack");
         assert!(!mesh.flags().is_enabled("beta", None));
         let watcher = tokio::spawn(mesh.clone().watch_file(path.clone(), Duration::from_millis(20)));

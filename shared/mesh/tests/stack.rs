@@ -13,7 +13,7 @@ use ordermesh_mesh::breaker::StateKind;
 use ordermesh_mesh::deadline::{InheritDeadlineLayer, with_deadline};
 use ordermesh_mesh::fault::FaultRule;
 use ordermesh_mesh::flags::Flag;
-use ordermesh_mesh::policy::Policy;
+use ordermesh_mesh::policy::MeshPolicy;
 use ordermesh_mesh::server::ShedLayer;
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use tokio::net::TcpListener;
@@ -231,7 +231,7 @@ async fn serve_relay(client: HealthClient<MeshChannel>) -> String {
 }
 
 fn mesh(policy: &str) -> Mesh {
-    Mesh::new(Policy::parse(policy, []).expect("valid test policy"))
+    Mesh::new(MeshPolicy::parse(policy, []).expect("valid test policy"))
 }
 
 fn mesh_client(mesh: &Mesh, name: &str, url: &str) -> HealthClient<MeshChannel> {

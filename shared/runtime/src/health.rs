@@ -8,6 +8,9 @@ use tonic_health::server::HealthReporter;
 
 use crate::db;
 
+/// A server's answer to a health check.
+pub use tonic_health::pb::health_check_response::ServingStatus as Answer;
+
 /// Probes the database every `interval` and publishes the outcome for
 /// `service_name` and for the whole server (the empty service name), until
 /// `stop` completes; then reports NOT_SERVING so balancers drain the server.
@@ -47,4 +50,83 @@ pub async fn track_database(
 async fn publish(reporter: &HealthReporter, service_name: &str, status: ServingStatus) {
     reporter.set_service_status(service_name, status).await;
     reporter.set_service_status("", status).await;
+}
+
+/// Why a health check gave no status.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0:?} is not a valid address (want http://host:port)")]
+    Address(String),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{url} service {service:?}: {code} {message}", code = .status.code(), message = .status.message())]
+    Refused {
+        url: String,
+        service: String,
+        status: tonic::Status,
+    },
+}
+
+/// Asks the server at `url` (`http://host:port`) once about `service` (""
+/// is the whole server): the one health client of the binary (`ordermesh
+/// health`, `up`'s readiness wait, the bench's start-up timing).
+pub async fn check(url: &str, service: &str) -> Result<Answer, CheckError> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|_| CheckError::Address(url.to_owned()))?;
+    let channel = endpoint.connect().await.map_err(|source| CheckError::Connect {
+        url: url.to_owned(),
+        source,
+    })?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|status| CheckError::Refused {
+            url: url.to_owned(),
+            service: service.to_owned(),
+            status,
+        })?;
+    Ok(response.into_inner().status())
+}
+
+/// Why [`wait_until_serving`] stopped waiting.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError<E> {
+    #[error("{url} did not report SERVING within {within:?}")]
+    Timeout { url: String, within: Duration },
+    /// `alive` said to stop (a server process exited, say).
+    #[error(transparent)]
+    Stopped(E),
+}
+
+/// Polls each server's health every `poll` until every one reports SERVING,
+/// for at most `within` in all; `alive` is asked between polls and its error
+/// ends the wait at once.
+pub async fn wait_until_serving<E>(
+    urls: &[String],
+    within: Duration,
+    poll: Duration,
+    mut alive: impl FnMut() -> Result<(), E>,
+) -> Result<(), WaitError<E>> {
+    let deadline = tokio::time::Instant::now() + within;
+    for url in urls {
+        while !matches!(check(url, "").await, Ok(Answer::Serving)) {
+            alive().map_err(WaitError::Stopped)?;
+            if tokio::time::Instant::now() > deadline {
+                return Err(WaitError::Timeout {
+                    url: url.clone(),
+                    within,
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+    Ok(())
 }

@@ -31,12 +31,12 @@ pub mod status;
 pub mod telemetry;
 pub mod validate;
 
-pub use error::Error;
+pub use error::{Error, Infra};
 
 /// Declares an enum stored as text: `as_str` is what a query binds, and
 /// `parse` (also as `TryFrom<String>`, for `#[sqlx(try_from = "String")]` on a
-/// `FromRow` field) reads it back. Parsing fails with the calling crate's
-/// `Error::Corrupt`, since an unknown value in the database is corrupt data,
+/// `FromRow` field) reads it back. Parsing fails with [`Infra::Corrupt`] (as
+/// the calling crate's `Error`), since an unknown value in the database is corrupt data,
 /// not bad input. `ALL` lists every value (for exhaustive tests).
 #[macro_export]
 macro_rules! text_enum {
@@ -53,7 +53,7 @@ macro_rules! text_enum {
             pub fn parse(text: &str) -> Result<Self, Error> {
                 match text {
                     $($text => Ok(Self::$variant),)+
-                    other => Err(Error::Corrupt(format!(concat!(stringify!($name), " {:?}"), other))),
+                    other => Err(Error::from($crate::Infra::Corrupt(format!(concat!(stringify!($name), " {:?}"), other)))),
                 }
             }
 

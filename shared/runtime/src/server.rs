@@ -144,7 +144,7 @@ pub fn with_reflection(routes: Routes) -> Result<Routes, tonic_reflection::serve
 /// is then watched for changes.
 #[derive(Debug, Clone, Default)]
 pub struct MeshSettings {
-    pub policy: ordermesh_mesh::policy::Policy,
+    pub policy: ordermesh_mesh::policy::MeshPolicy,
     pub policy_file: Option<std::path::PathBuf>,
 }
 

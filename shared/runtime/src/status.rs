@@ -5,19 +5,20 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// `code` with `message` and an `ErrorInfo { reason, domain, {key: value} }`.
-pub fn with_reason(
-    code: Code,
-    message: String,
-    domain: &str,
-    reason: &str,
-    (key, value): (&str, &str),
-) -> Status {
-    Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, domain, [(key.to_owned(), value.to_owned())]),
-    )
+/// A service's `google.rpc.ErrorInfo` domain (`order.ordermesh`), which
+/// makes its domain errors' statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Domain(pub &'static str);
+
+impl Domain {
+    /// `code` with `message` and an `ErrorInfo { reason, domain, {key: value} }`.
+    pub fn status(self, code: Code, message: String, reason: &str, (key, value): (&str, &str)) -> Status {
+        Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(reason, self.0, [(key.to_owned(), value.to_owned())]),
+        )
+    }
 }
 
 /// A database error: UNAVAILABLE when the database cannot be reached (worth
@@ -60,7 +61,7 @@ mod tests {
 
     #[test]
     fn reasons_travel_as_error_info() {
-        let status = with_reason(Code::NotFound, "gone".into(), "d", "R", ("k", "v"));
+        let status = Domain("d").status(Code::NotFound, "gone".into(), "R", ("k", "v"));
         let info = status.get_details_error_info().expect("ErrorInfo");
         assert_eq!((info.reason.as_str(), info.domain.as_str()), ("R", "d"));
         assert_eq!(info.metadata.get("k").map(String::as_str), Some("v"));

@@ -132,7 +132,9 @@ impl Store {
                 .and_then(|t| t.checked_add(total))
             else {
                 tx.rollback().await?;
-                return Err(Error::Corrupt("order total overflows".into()));
+                return Err(Error::from(ordermesh_runtime::Infra::Corrupt(
+                    "order total overflows".into(),
+                )));
             };
             total = line_total;
             reserved[line_no] = Some((line, taken));

@@ -88,25 +88,16 @@ impl CrashPoint {
     }
 }
 
-/// Saga tuning.
+/// Saga tuning: the decision's [`plan::Limits`], and the workers' own
+/// settings. Each default is written once, in `Default` (the binary's flags
+/// read theirs from it).
 #[derive(Debug, Clone)]
 pub struct SagaConfig {
+    /// What the decision keeps to: patience, forward window, compensation
+    /// attempts and back-off.
+    pub limits: plan::Limits,
     /// Deadline of each downstream call.
     pub call_timeout: Duration,
-    /// How long a step before the payment is captured waits out an outage
-    /// before the order is compensated.
-    pub patience: Duration,
-    /// How long a step after the capture retries an outage before the saga
-    /// stops for an operator. Reservations must outlive `3 x patience +
-    /// forward_window` (see `ordermesh up`'s check).
-    pub forward_window: Duration,
-    /// Attempts of a compensating step before the saga stops for an operator.
-    pub max_compensation_attempts: i64,
-    /// Back-off before the second attempt; doubles up to `max_backoff`
-    /// (forward steps) or `compensation_max_backoff` (compensating steps).
-    pub initial_backoff: Duration,
-    pub max_backoff: Duration,
-    pub compensation_max_backoff: Duration,
     /// How long a worker's claim on a saga lasts without being renewed.
     pub lease: Duration,
     /// Allowance for clock skew between processes (see the module docs).
@@ -132,41 +123,14 @@ pub struct Pause {
 impl Default for SagaConfig {
     fn default() -> Self {
         Self {
+            limits: plan::Limits::default(),
             call_timeout: Duration::from_secs(5),
-            patience: Duration::from_secs(30),
-            forward_window: Duration::from_secs(10 * 60),
-            max_compensation_attempts: 12,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            compensation_max_backoff: Duration::from_secs(60),
             lease: Duration::from_secs(15),
             lease_margin: Duration::from_secs(1),
             recovery_interval: Duration::from_secs(5),
             crash_at: None,
             pause_before_record: None,
         }
-    }
-}
-
-impl SagaConfig {
-    /// The decision's share of the tuning.
-    pub fn policy(&self) -> plan::Policy {
-        plan::Policy {
-            patience: self.patience,
-            forward_window: self.forward_window,
-            max_compensation_attempts: self.max_compensation_attempts,
-            initial_backoff: self.initial_backoff,
-            max_backoff: self.max_backoff,
-            compensation_max_backoff: self.compensation_max_backoff,
-        }
-    }
-
-    /// The longest a saga may need its reservation for: patience at each of
-    /// the three steps before COMMIT, then the forward window.
-    pub fn reservation_needed(&self) -> Duration {
-        self.patience
-            .saturating_mul(3)
-            .saturating_add(self.forward_window)
     }
 }
 

@@ -153,9 +153,10 @@ pub struct SagaView {
     pub step_age: Duration,
 }
 
-/// The decision's tuning (from `SagaConfig`).
+/// The bounds the decision keeps: how long outages are waited out, how
+/// often compensation is tried, how retries back off. `SagaConfig::limits`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub struct Limits {
     /// How long a step before the pivot waits out an outage.
     pub patience: Duration,
     /// How long a step after the pivot retries an outage before it stops for
@@ -172,10 +173,34 @@ pub struct Policy {
     pub compensation_max_backoff: Duration,
 }
 
+impl Default for Limits {
+    /// The binary's defaults (`ordermesh serve --help` shows them).
+    fn default() -> Self {
+        Self {
+            patience: Duration::from_secs(30),
+            forward_window: Duration::from_secs(10 * 60),
+            max_compensation_attempts: 12,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            compensation_max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The longest a saga may need its reservation for: patience at each of
+    /// the three steps before COMMIT, then the forward window.
+    pub fn reservation_needed(&self) -> Duration {
+        self.patience
+            .saturating_mul(3)
+            .saturating_add(self.forward_window)
+    }
+}
+
 /// A forward step's back-off: capped exponential with full jitter (`jitter`
 /// in [0, 1)), so the retries of many sagas against one outage spread out.
-pub fn backoff(attempts: i64, policy: &Policy, jitter: f64) -> Duration {
-    capped_backoff(attempts, policy.initial_backoff, policy.max_backoff, jitter)
+pub fn backoff(attempts: i64, limits: &Limits, jitter: f64) -> Duration {
+    capped_backoff(attempts, limits.initial_backoff, limits.max_backoff, jitter)
 }
 
 fn capped_backoff(attempts: i64, initial: Duration, cap: Duration, jitter: f64) -> Duration {
@@ -185,11 +210,11 @@ fn capped_backoff(attempts: i64, initial: Duration, cap: Duration, jitter: f64) 
 }
 
 /// A compensating step's back-off (capped at `compensation_max_backoff`).
-pub fn compensation_backoff(attempts: i64, policy: &Policy, jitter: f64) -> Duration {
+pub fn compensation_backoff(attempts: i64, limits: &Limits, jitter: f64) -> Duration {
     capped_backoff(
         attempts,
-        policy.initial_backoff,
-        policy.compensation_max_backoff,
+        limits.initial_backoff,
+        limits.compensation_max_backoff,
         jitter,
     )
 }
@@ -204,7 +229,7 @@ pub fn lease_covers(remaining: Duration, needed: Duration, margin: Duration) -> 
 
 /// The decision: given the saga and its current step's result, what is
 /// recorded and what runs next.
-pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64) -> Decision {
+pub fn decide(saga: &SagaView, result: StepResult, limits: &Limits, jitter: f64) -> Decision {
     use StepResult as R;
     if saga.state == SagaState::Done {
         // Nothing runs on a finished saga; a result for it is a driver bug.
@@ -263,9 +288,9 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
             },
         ) => {
             let maybe_sent = saga.step_maybe_sent || maybe_sent;
-            if saga.step_age < policy.patience {
+            if saga.step_age < limits.patience {
                 Decision::Retry {
-                    wait: retry_after.unwrap_or_else(|| backoff(saga.attempts, policy, jitter)),
+                    wait: retry_after.unwrap_or_else(|| backoff(saga.attempts, limits, jitter)),
                     error: detail,
                     maybe_sent,
                 }
@@ -273,7 +298,7 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
                 let detail = format!(
                     "{} did not succeed within {:?}: {detail}",
                     saga.step.as_str(),
-                    policy.patience
+                    limits.patience
                 );
                 Decision::Record(compensation(
                     saga,
@@ -318,9 +343,9 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
                 retry_after,
             },
         ) => {
-            if saga.step_age < policy.forward_window {
+            if saga.step_age < limits.forward_window {
                 Decision::Retry {
-                    wait: retry_after.unwrap_or_else(|| backoff(saga.attempts, policy, jitter)),
+                    wait: retry_after.unwrap_or_else(|| backoff(saga.attempts, limits, jitter)),
                     error: detail,
                     maybe_sent: saga.step_maybe_sent || maybe_sent,
                 }
@@ -328,7 +353,7 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
                 Decision::NeedsAttention {
                     error: format!(
                         "COMMIT did not succeed within {:?} after the payment was captured: {detail}",
-                        policy.forward_window
+                        limits.forward_window
                     ),
                 }
             }
@@ -356,7 +381,7 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
                 compensation_failed(
                     saga,
                     "UNDO_PAYMENT found the payment captured where a refund was due".into(),
-                    policy,
+                    limits,
                     jitter,
                 )
             }
@@ -367,7 +392,7 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
             R::Unavailable {
                 detail, retry_after, ..
             },
-        ) => match compensation_failed(saga, detail, policy, jitter) {
+        ) => match compensation_failed(saga, detail, limits, jitter) {
             Decision::Retry {
                 error,
                 wait,
@@ -384,11 +409,11 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
         (Step::UndoPayment | Step::Release, R::Refused { detail, .. }) => compensation_failed(
             saga,
             format!("{} refused: {detail}", saga.step.as_str()),
-            policy,
+            limits,
             jitter,
         ),
         (Step::UndoPayment | Step::Release, R::Invariant { detail }) => {
-            compensation_failed(saga, format!("{}: {detail}", saga.step.as_str()), policy, jitter)
+            compensation_failed(saga, format!("{}: {detail}", saga.step.as_str()), limits, jitter)
         }
 
         // --- A result that does not belong to the step: a driver bug or a
@@ -404,7 +429,7 @@ pub fn decide(saga: &SagaView, result: StepResult, policy: &Policy, jitter: f64)
                     Decision::Record(compensation(saga, RejectReason::Internal, error, true))
                 }
                 Step::Commit => Decision::NeedsAttention { error },
-                _ => compensation_failed(saga, error, policy, jitter),
+                _ => compensation_failed(saga, error, limits, jitter),
             }
         }
     }
@@ -510,8 +535,8 @@ fn after_undo(saga: &SagaView) -> Advance {
 
 /// A compensating attempt failed: retry after a capped back-off, or stop for
 /// an operator once the attempts are spent.
-fn compensation_failed(saga: &SagaView, error: String, policy: &Policy, jitter: f64) -> Decision {
-    if saga.attempts + 1 >= policy.max_compensation_attempts {
+fn compensation_failed(saga: &SagaView, error: String, limits: &Limits, jitter: f64) -> Decision {
+    if saga.attempts + 1 >= limits.max_compensation_attempts {
         Decision::NeedsAttention {
             error: format!(
                 "{} failed {} times, last: {error}",
@@ -521,7 +546,7 @@ fn compensation_failed(saga: &SagaView, error: String, policy: &Policy, jitter: 
         }
     } else {
         Decision::Retry {
-            wait: compensation_backoff(saga.attempts, policy, jitter),
+            wait: compensation_backoff(saga.attempts, limits, jitter),
             error,
             maybe_sent: saga.step_maybe_sent,
         }

@@ -38,7 +38,7 @@ struct Inner {
     store: Store,
     steps: Steps,
     config: SagaConfig,
-    policy: plan::Policy,
+    limits: plan::Limits,
     /// This process's lease identity.
     owner: String,
     /// Sagas a worker of this process drives, each with a "drive again" flag.
@@ -154,7 +154,7 @@ impl SagaRunner {
             inner: Arc::new(Inner {
                 store,
                 steps,
-                policy: config.policy(),
+                limits: config.limits.clone(),
                 config,
                 owner: format!("order-{}", uuid::Uuid::new_v4()),
                 running: Mutex::new(HashMap::new()),
@@ -410,7 +410,7 @@ impl SagaRunner {
             } else {
                 StepResult::Nothing
             };
-            let decision = plan::decide(&driven.view(), result, &self.inner.policy, fastrand::f64());
+            let decision = plan::decide(&driven.view(), result, &self.inner.limits, fastrand::f64());
             self.perform(&mut driven, decision).await?;
         }
     }
@@ -450,11 +450,11 @@ impl SagaRunner {
                             maybe_sent: true,
                             retry_after: None,
                         };
-                        match plan::decide(&driven.view(), failure, &self.inner.policy, fastrand::f64()) {
+                        match plan::decide(&driven.view(), failure, &self.inner.limits, fastrand::f64()) {
                             Decision::NeedsAttention { error } => self.park(driven, &error).await,
                             _ => {
                                 let wait =
-                                    plan::backoff(driven.saga.attempts, &self.inner.policy, fastrand::f64());
+                                    plan::backoff(driven.saga.attempts, &self.inner.limits, fastrand::f64());
                                 self.failed_attempt(driven, &e.to_string(), wait, true).await
                             }
                         }

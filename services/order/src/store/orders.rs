@@ -160,9 +160,12 @@ impl Store {
     }
 
     async fn replay(&self, new: &NewOrder) -> Result<Order, Error> {
-        self.replay_of(new)
-            .await?
-            .ok_or_else(|| Error::Corrupt(format!("request_id {} conflicted but is missing", new.request_id)))
+        self.replay_of(new).await?.ok_or_else(|| {
+            Error::from(ordermesh_runtime::Infra::Corrupt(format!(
+                "request_id {} conflicted but is missing",
+                new.request_id
+            )))
+        })
     }
 
     pub(super) async fn lines(&self, order_id: &str) -> Result<Vec<OrderLine>, Error> {

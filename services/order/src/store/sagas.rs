@@ -33,7 +33,7 @@ pub enum AdvanceError {
 
 impl From<sqlx::Error> for AdvanceError {
     fn from(e: sqlx::Error) -> Self {
-        AdvanceError::Store(Error::Db(e))
+        AdvanceError::Store(Error::from(e))
     }
 }
 

@@ -257,9 +257,9 @@ impl Store {
         .fetch_optional(&self.db.read)
         .await?;
         let Some(recorded) = recorded else {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::from(ordermesh_runtime::Infra::Corrupt(format!(
                 "no account operation for conflicting request_id {request_id:?}"
-            )));
+            ))));
         };
         if recorded.kind == kind
             && recorded.account_id == account_id

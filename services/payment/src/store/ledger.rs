@@ -55,9 +55,9 @@ pub(super) async fn post(
     now: i64,
 ) -> Result<(), Error> {
     let Some(negated) = amount_minor.checked_neg() else {
-        return Err(Error::Corrupt(format!(
+        return Err(Error::from(ordermesh_runtime::Infra::Corrupt(format!(
             "ledger amount {amount_minor} out of range"
-        )));
+        ))));
     };
     // Both halves in one statement: one round trip per movement.
     sqlx::query(

@@ -225,9 +225,9 @@ impl Store {
                 .fetch_optional(&self.db.read)
                 .await?;
         let Some((recorded_payment, recorded_kind)) = recorded else {
-            return Err(Error::Corrupt(format!(
+            return Err(Error::from(ordermesh_runtime::Infra::Corrupt(format!(
                 "no operation for conflicting request_id {request_id:?}"
-            )));
+            ))));
         };
         if recorded_payment == payment_id && recorded_kind == op.kind() {
             self.payment(payment_id).await

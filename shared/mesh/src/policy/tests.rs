@@ -4,7 +4,7 @@ const EXAMPLE: &str = include_str!("../../../../docs/mesh-policy.example.toml");
 
 #[test]
 fn the_documented_example_is_valid() {
-    let policy = Policy::parse(EXAMPLE, []).expect("the example in docs/ parses");
+    let policy = MeshPolicy::parse(EXAMPLE, []).expect("the example in docs/ parses");
     let payment = policy
         .downstream_settings("payment", "http://127.0.0.1:50053")
         .expect("payment");
@@ -14,7 +14,7 @@ fn the_documented_example_is_valid() {
 
 #[test]
 fn no_file_gives_defaults() {
-    let policy = Policy::parse("", []).expect("defaults");
+    let policy = MeshPolicy::parse("", []).expect("defaults");
     let s = policy
         .downstream_settings("inventory", "http://127.0.0.1:50052")
         .expect("defaults");
@@ -54,10 +54,10 @@ fn invalid_values_name_their_key() {
         ),
     ];
     for (text, key) in cases {
-        let err = Policy::parse(text, []).expect_err(text).to_string();
+        let err = MeshPolicy::parse(text, []).expect_err(text).to_string();
         assert!(err.contains(key), "{text:?} -> {err}");
     }
-    let err = Policy::parse("[downstream.payment.breaker]\nfailure_rate = 0.5", [])
+    let err = MeshPolicy::parse("[downstream.payment.breaker]\nfailure_rate = 0.5", [])
         .expect_err("unknown key")
         .to_string();
     assert!(err.contains("failure_rate"), "{err}");
@@ -69,7 +69,7 @@ fn environment_overrides_win_and_are_validated() {
         "ORDERMESH_MESH__DOWNSTREAM__PAYMENT__RETRY__MAX_ATTEMPTS".to_string(),
         "4".to_string(),
     )];
-    let policy = Policy::parse("[downstream.payment.retry]\nmax_attempts = 2", env).expect("override");
+    let policy = MeshPolicy::parse("[downstream.payment.retry]\nmax_attempts = 2", env).expect("override");
     let s = policy
         .downstream_settings("payment", "http://x:1")
         .expect("payment");
@@ -78,6 +78,6 @@ fn environment_overrides_win_and_are_validated() {
         "ORDERMESH_MESH__DOWNSTREAM__PAYMENT__RETRY__MAX_ATTEMPTS".to_string(),
         "0".to_string(),
     )];
-    let err = Policy::parse("", env).expect_err("0 attempts").to_string();
+    let err = MeshPolicy::parse("", env).expect_err("0 attempts").to_string();
     assert!(err.contains("downstream.payment.retry.max_attempts"), "{err}");
 }

@@ -3,8 +3,8 @@
 
 use super::*;
 
-fn policy() -> Policy {
-    Policy {
+fn limits() -> Limits {
+    Limits {
         patience: Duration::from_secs(30),
         forward_window: Duration::from_secs(600),
         max_compensation_attempts: 5,
@@ -139,7 +139,7 @@ fn reserve_records_prices_and_goes_on_to_authorize() {
     let a = record(decide(
         &placing(Step::Reserve),
         StepResult::Reserved(pricing()),
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.step, Some(Step::Authorize));
@@ -156,7 +156,7 @@ fn authorize_records_the_payment_and_goes_on_to_capture() {
         StepResult::Authorized {
             payment_id: "p1".into(),
         },
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.step, Some(Step::Capture));
@@ -170,7 +170,7 @@ fn capture_is_the_pivot() {
     let a = record(decide(
         &placing(Step::Capture),
         StepResult::Captured,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.step, Some(Step::Commit));
@@ -183,7 +183,7 @@ fn commit_confirms_in_the_same_record() {
     let a = record(decide(
         &placing(Step::Commit),
         StepResult::Committed,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.state, Some(SagaState::Done));
@@ -195,7 +195,7 @@ fn legacy_confirm_and_finish_rows_finish_without_a_call() {
     let a = record(decide(
         &placing(Step::Confirm),
         StepResult::Nothing,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(
@@ -204,12 +204,12 @@ fn legacy_confirm_and_finish_rows_finish_without_a_call() {
     );
     let mut finishing = placing(Step::Finish);
     finishing.state = SagaState::Compensating;
-    let a = record(decide(&finishing, StepResult::Nothing, &policy(), 0.5));
+    let a = record(decide(&finishing, StepResult::Nothing, &limits(), 0.5));
     assert_eq!(a.order_status, Some(OrderStatus::Rejected));
     let a = record(decide(
         &cancelling(Step::Finish),
         StepResult::Nothing,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.order_status, Some(OrderStatus::Cancelled));
@@ -222,7 +222,7 @@ fn a_refused_reservation_still_releases_by_key() {
     let a = record(decide(
         &placing(Step::Reserve),
         refused(RejectReason::OutOfStock),
-        &policy(),
+        &limits(),
         0.5,
     ));
     compensating_with(&a, RejectReason::OutOfStock, Step::Release);
@@ -234,7 +234,7 @@ fn a_refused_authorization_voids_the_key_but_a_decline_does_not() {
     let a = record(decide(
         &placing(Step::Authorize),
         refused(RejectReason::UnknownCustomer),
-        &policy(),
+        &limits(),
         0.5,
     ));
     compensating_with(&a, RejectReason::UnknownCustomer, Step::UndoPayment);
@@ -246,7 +246,7 @@ fn a_refused_authorization_voids_the_key_but_a_decline_does_not() {
             detail: "payment p9 declined".into(),
             declined_payment_id: Some("p9".into()),
         },
-        &policy(),
+        &limits(),
         0.5,
     ));
     compensating_with(&a, RejectReason::InsufficientFunds, Step::Release);
@@ -263,7 +263,7 @@ fn a_refused_capture_undoes_the_payment_first() {
     let a = record(decide(
         &placing(Step::Capture),
         refused(RejectReason::AuthorizationExpired),
-        &policy(),
+        &limits(),
         0.5,
     ));
     compensating_with(&a, RejectReason::AuthorizationExpired, Step::UndoPayment);
@@ -277,13 +277,13 @@ fn an_outage_before_the_pivot_is_waited_out_within_patience() {
         let mut saga = placing(step);
         saga.step_age = Duration::from_secs(29);
         saga.attempts = 40;
-        match decide(&saga, unavailable(), &policy(), 0.5) {
+        match decide(&saga, unavailable(), &limits(), 0.5) {
             Decision::Retry {
                 wait,
                 error,
                 maybe_sent,
             } => {
-                assert!(wait <= policy().max_backoff, "{step:?}: {wait:?}");
+                assert!(wait <= limits().max_backoff, "{step:?}: {wait:?}");
                 assert!(error.contains("down"), "{error}");
                 assert!(maybe_sent, "a sent attempt is remembered");
             }
@@ -296,7 +296,7 @@ fn an_outage_before_the_pivot_is_waited_out_within_patience() {
 fn an_open_breaker_is_retried_at_its_next_probe_and_uncertainty_sticks() {
     let mut saga = placing(Step::Authorize);
     assert_eq!(
-        decide(&saga, not_sent(), &policy(), 0.5),
+        decide(&saga, not_sent(), &limits(), 0.5),
         Decision::Retry {
             wait: Duration::from_secs(4),
             error: "circuit breaker open".into(),
@@ -307,7 +307,7 @@ fn an_open_breaker_is_retried_at_its_next_probe_and_uncertainty_sticks() {
     // make the step certain again.
     saga.step_maybe_sent = true;
     assert!(matches!(
-        decide(&saga, not_sent(), &policy(), 0.5),
+        decide(&saga, not_sent(), &limits(), 0.5),
         Decision::Retry { maybe_sent: true, .. }
     ));
 }
@@ -316,7 +316,7 @@ fn an_open_breaker_is_retried_at_its_next_probe_and_uncertainty_sticks() {
 fn past_patience_an_outage_compensates_every_step_that_may_have_happened() {
     let mut saga = placing(Step::Reserve);
     saga.step_age = Duration::from_secs(30);
-    let a = record(decide(&saga, unavailable(), &policy(), 0.5));
+    let a = record(decide(&saga, unavailable(), &limits(), 0.5));
     compensating_with(&a, RejectReason::ServiceUnavailable, Step::Release);
     assert_eq!(a.stock_maybe_reserved, Some(true));
     let detail = &a.reject.as_ref().expect("reject").1;
@@ -328,7 +328,7 @@ fn past_patience_an_outage_compensates_every_step_that_may_have_happened() {
     let mut saga = placing(Step::Authorize);
     saga.step_age = Duration::from_secs(31);
     saga.step_maybe_sent = true;
-    let a = record(decide(&saga, not_sent(), &policy(), 0.5));
+    let a = record(decide(&saga, not_sent(), &limits(), 0.5));
     compensating_with(&a, RejectReason::ServiceUnavailable, Step::UndoPayment);
     assert_eq!(a.payment_maybe_made, Some(true));
 }
@@ -338,13 +338,13 @@ fn past_patience_a_step_the_mesh_never_sent_is_not_undone() {
     // Every AUTHORIZE attempt refused by the mesh: only the stock goes back.
     let mut saga = placing(Step::Authorize);
     saga.step_age = Duration::from_secs(31);
-    let a = record(decide(&saga, not_sent(), &policy(), 0.5));
+    let a = record(decide(&saga, not_sent(), &limits(), 0.5));
     compensating_with(&a, RejectReason::ServiceUnavailable, Step::Release);
     assert_eq!(a.payment_maybe_made, Some(false));
     // Every RESERVE attempt refused by the mesh: nothing to undo at all.
     let mut saga = placing(Step::Reserve);
     saga.step_age = Duration::from_secs(31);
-    let a = record(decide(&saga, not_sent(), &policy(), 0.5));
+    let a = record(decide(&saga, not_sent(), &limits(), 0.5));
     assert_eq!(
         (a.state, a.order_status),
         (Some(SagaState::Done), Some(OrderStatus::Rejected))
@@ -355,7 +355,7 @@ fn past_patience_a_step_the_mesh_never_sent_is_not_undone() {
 #[test]
 fn a_broken_invariant_before_the_pivot_compensates_as_internal_never_as_an_outage() {
     for step in [Step::Reserve, Step::Authorize, Step::Capture] {
-        let a = record(decide(&placing(step), invariant(), &policy(), 0.5));
+        let a = record(decide(&placing(step), invariant(), &limits(), 0.5));
         let first = if step == Step::Reserve {
             Step::Release
         } else {
@@ -374,11 +374,11 @@ fn after_the_pivot_an_outage_is_retried_through_the_forward_window_then_flagged(
     let mut saga = placing(Step::Commit);
     saga.step_age = Duration::from_secs(599);
     assert!(matches!(
-        decide(&saga, unavailable(), &policy(), 0.5),
+        decide(&saga, unavailable(), &limits(), 0.5),
         Decision::Retry { .. }
     ));
     saga.step_age = Duration::from_secs(600);
-    match decide(&saga, unavailable(), &policy(), 0.5) {
+    match decide(&saga, unavailable(), &limits(), 0.5) {
         Decision::NeedsAttention { error } => assert!(error.contains("COMMIT"), "{error}"),
         other => panic!("{other:?}"),
     }
@@ -389,7 +389,7 @@ fn after_the_pivot_an_expired_reservation_is_the_one_refund() {
     let a = record(decide(
         &placing(Step::Commit),
         refused(RejectReason::ReservationExpired),
-        &policy(),
+        &limits(),
         0.5,
     ));
     compensating_with(&a, RejectReason::ReservationExpired, Step::UndoPayment);
@@ -406,7 +406,7 @@ fn after_the_pivot_any_other_refusal_or_invariant_stops_for_an_operator() {
     ] {
         assert!(
             matches!(
-                decide(&placing(Step::Commit), result.clone(), &policy(), 0.5),
+                decide(&placing(Step::Commit), result.clone(), &limits(), 0.5),
                 Decision::NeedsAttention { .. }
             ),
             "{result:?}"
@@ -421,14 +421,14 @@ fn undo_then_release_then_rejected() {
     let a = record(decide(
         &placing(Step::UndoPayment),
         StepResult::PaymentUndone,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.step, Some(Step::Release));
     assert_eq!(a.payment_maybe_made, Some(false));
     let mut releasing = placing(Step::Release);
     releasing.payment_maybe_made = false;
-    let a = record(decide(&releasing, StepResult::StockReleased, &policy(), 0.5));
+    let a = record(decide(&releasing, StepResult::StockReleased, &limits(), 0.5));
     assert_eq!(
         (a.state, a.order_status),
         (Some(SagaState::Done), Some(OrderStatus::Rejected))
@@ -440,14 +440,14 @@ fn a_cancel_refunds_returns_stock_and_ends_cancelled() {
     let a = record(decide(
         &cancelling(Step::UndoPayment),
         StepResult::PaymentUndone,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.step, Some(Step::Release));
     let a = record(decide(
         &cancelling(Step::Release),
         StepResult::StockReleased,
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.order_status, Some(OrderStatus::Cancelled));
@@ -460,7 +460,7 @@ fn a_payment_found_captured_turns_a_placing_saga_forward() {
         StepResult::PaymentFoundCaptured {
             payment_id: "p1".into(),
         },
-        &policy(),
+        &limits(),
         0.5,
     ));
     assert_eq!(a.state, Some(SagaState::Running));
@@ -474,7 +474,7 @@ fn a_payment_found_captured_turns_a_placing_saga_forward() {
             StepResult::PaymentFoundCaptured {
                 payment_id: "p1".into()
             },
-            &policy(),
+            &limits(),
             0.5
         ),
         Decision::Retry { .. }
@@ -483,7 +483,7 @@ fn a_payment_found_captured_turns_a_placing_saga_forward() {
 
 #[test]
 fn a_compensating_step_is_retried_with_capped_backoff_then_flagged() {
-    let policy = policy();
+    let policy = limits();
     for step in [Step::UndoPayment, Step::Release] {
         for result in [unavailable(), refused(RejectReason::StepRefused), invariant()] {
             let mut saga = placing(step);
@@ -522,7 +522,7 @@ fn a_compensation_waits_for_an_open_breaker_probe_when_it_is_later_than_the_back
         maybe_sent: false,
         retry_after: Some(Duration::from_secs(5)),
     };
-    match decide(&placing(Step::UndoPayment), result, &policy(), 0.5) {
+    match decide(&placing(Step::UndoPayment), result, &limits(), 0.5) {
         Decision::Retry { wait, .. } => assert_eq!(wait, Duration::from_secs(5)),
         other => panic!("{other:?}"),
     }
@@ -530,7 +530,7 @@ fn a_compensation_waits_for_an_open_breaker_probe_when_it_is_later_than_the_back
 
 #[test]
 fn backoff_doubles_and_caps() {
-    let p = policy();
+    let p = limits();
     assert_eq!(backoff(0, &p, 1.0), Duration::from_millis(100));
     assert_eq!(backoff(1, &p, 1.0), Duration::from_millis(200));
     assert_eq!(backoff(4, &p, 1.0), Duration::from_millis(1600));
@@ -582,7 +582,7 @@ fn every_saga() -> Vec<SagaView> {
 
 #[test]
 fn every_combination_decides_and_keeps_the_saga_promises() {
-    let policy = policy();
+    let policy = limits();
     for saga in every_saga() {
         for result in every_result() {
             let decision = decide(&saga, result.clone(), &policy, 0.5);

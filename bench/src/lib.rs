@@ -1,4 +1,4 @@
-//! `ordermesh bench`: load over gRPC against a mesh the bench starts (or one
+//! `ordermesh bench` (this crate; the binary keeps the subcommand): load over gRPC against a mesh the bench starts (or one
 //! already running), with the CPU of every process and the database's work
 //! measured over the same window, and the machine's lower limit for an
 //! order measured in the same run.
@@ -32,14 +32,12 @@ mod scenarios;
 mod target;
 mod watch;
 
-pub use args::BenchArgs;
-
 use std::time::Duration;
 
 use anyhow::Context;
 use tonic_health::pb::health_client::HealthClient;
 
-use ordermesh_mesh::policy::Policy;
+use ordermesh_mesh::policy::MeshPolicy;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use ordermesh_proto::order::v1::order_service_client::OrderServiceClient;
@@ -50,6 +48,13 @@ use load::{Mode, Plan};
 use measure::Probe;
 use procstat::Members;
 use target::Mesh;
+
+pub use args::BenchArgs;
+
+/// A free loopback port (for the servers the bench starts).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
 
 /// Connections the load spreads over (as several clients would).
 const CONNECTIONS: usize = 8;
@@ -304,7 +309,7 @@ async fn echo(
     probe: &mut Probe,
 ) -> anyhow::Result<load::Outcome> {
     let bare: Vec<_> = channels.iter().cloned().map(HealthClient::new).collect();
-    let stack = ordermesh_mesh::stack::Mesh::new(Policy::default());
+    let stack = ordermesh_mesh::stack::Mesh::new(MeshPolicy::default());
     let meshed = HealthClient::new(
         stack
             .client("echo", &mesh.order_url)

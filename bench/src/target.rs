@@ -12,16 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use super::postgres::{self, Cluster};
 use super::procstat::{self, Members};
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use super::free_port;
 
 /// The PostgreSQL databases of a mesh, and how to count their work.
 pub struct Database {
@@ -75,39 +70,22 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
 }
 
 /// Asks every address's health until all say SERVING, polling quickly so
-/// the start-up time is measured to a few milliseconds.
+/// the start-up time is measured to a few milliseconds; a server that exits
+/// meanwhile ends the wait.
 async fn wait_serving(urls: &[String], children: &mut [Child], within: Duration) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + within;
-    for url in urls {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())?;
-        loop {
-            let serving = async {
-                let channel = endpoint.connect().await.ok()?;
-                let answer = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .ok()?;
-                Some(answer.into_inner().status() == ServingStatus::Serving)
-            };
-            if serving.await == Some(true) {
-                break;
+    ordermesh_runtime::health::wait_until_serving(urls, within, Duration::from_millis(5), || {
+        for child in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("a server exited during start-up ({status}); see its log in the bench's temporary directory");
             }
-            for child in children.iter_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "a server exited during start-up ({status}); see its log in the bench's temporary directory"
-                    );
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("{url} did not report SERVING within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
+    .map_err(|error| match error {
+        ordermesh_runtime::health::WaitError::Stopped(error) => error,
+        timeout => anyhow::anyhow!(timeout),
+    })
 }
 
 fn with_policy(mut args: Vec<String>, policy: Option<&Path>) -> Vec<String> {
