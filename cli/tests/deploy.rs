@@ -164,7 +164,6 @@ fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_service
     };
     for values in ["minimal.yaml", "production.yaml", "demo.yaml"] {
         let policy = rendered_policy(&helm_template(&helm, values, "templates/configmap.yaml"));
-        assert!(policy.contains("[downstream.payment"), "{values}: {policy}");
         let deployments = rendered_overrides(&helm_template(&helm, values, "templates/deployment.yaml"));
         assert_eq!(deployments.len(), 4, "{values}: a Deployment per target");
         for (deployment, overrides) in deployments {
@@ -313,4 +312,72 @@ fn the_charts_gateway_starts_from_its_rendered_args_and_env_and_answers_health()
             .expect("serve gateway starts"),
     );
     wait_serving(&mut server, &addr);
+}
+
+/// The chart's `values.yaml` as JSON (read with the PyYAML of `.ci/tools.sh`'s
+/// Python, the parser Helm's own tooling tests use).
+fn chart_values(python: &Path) -> serde_json::Value {
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(repo().join("helm/ordermesh/values.yaml"))
+        .output()
+        .expect("python runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("values.yaml as JSON")
+}
+
+/// The `[default: ...]` clap prints for `flag` in `ordermesh <command> --help`.
+fn binary_default(command: &str, flag: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .args([command, "--help"])
+        .output()
+        .expect("ordermesh --help runs");
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut lines = help.lines().skip_while(|line| !line.trim_start().starts_with(&format!("{flag} ")));
+    lines.next().unwrap_or_else(|| panic!("{command} --help has {flag}"));
+    lines
+        .take_while(|line| !line.trim_start().starts_with("--"))
+        .find_map(|line| {
+            let (_, default) = line.split_once("[default: ")?;
+            default.split_once(']').map(|(value, _)| value.to_owned())
+        })
+        .unwrap_or_else(|| panic!("{flag} shows a default"))
+}
+
+#[test]
+fn the_charts_values_agree_with_the_binarys_defaults() {
+    let Some(python) = tool("PYTHON_WITH_YAML", "python", "chart defaults") else {
+        return;
+    };
+    let values = chart_values(&python);
+    let chart = |path: &str| -> String {
+        let value = path
+            .split('.')
+            .fold(&values, |node, key| &node[key]);
+        assert!(!value.is_null(), "values.yaml has {path}");
+        value.to_string()
+    };
+    // The chart's own mesh policy (what `meshPolicy` replaces) sets nothing
+    // the binary does not already default to.
+    let policy = std::fs::read_to_string(repo().join("helm/ordermesh/files/mesh-policy.toml")).expect("read");
+    assert_eq!(
+        MeshPolicy::parse(&policy, Vec::new()).expect("the chart's policy loads"),
+        MeshPolicy::default()
+    );
+    for (path, command, flag) in [
+        ("gateway.port", "up", "--gateway-port"),
+        ("order.port", "up", "--order-port"),
+        ("inventory.port", "up", "--inventory-port"),
+        ("payment.port", "up", "--payment-port"),
+        ("inventory.reservationTtlSecs", "serve", "--reservation-ttl-secs"),
+    ] {
+        assert_eq!(
+            chart(path),
+            binary_default(command, flag),
+            "values.yaml {path} disagrees with `ordermesh {command}` {flag}"
+        );
+    }
 }
