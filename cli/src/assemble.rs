@@ -274,7 +274,7 @@ async fn build(
         }
         Target::Gateway => {
             let gateway = ordermesh_gateway::build(gateway_config(plan, mesh.clone())?).await?;
-            gateway.serve(listener, shutdown).boxed()
+            async move { Ok(gateway.serve(listener, shutdown).await?) }.boxed()
         }
     })
 }

@@ -325,7 +325,11 @@ fn chart_values(python: &Path) -> serde_json::Value {
         .arg(repo().join("helm/ordermesh/values.yaml"))
         .output()
         .expect("python runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("values.yaml as JSON")
 }
 
@@ -336,8 +340,12 @@ fn binary_default(command: &str, flag: &str) -> String {
         .output()
         .expect("ordermesh --help runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    let mut lines = help.lines().skip_while(|line| !line.trim_start().starts_with(&format!("{flag} ")));
-    lines.next().unwrap_or_else(|| panic!("{command} --help has {flag}"));
+    let mut lines = help
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with(&format!("{flag} ")));
+    lines
+        .next()
+        .unwrap_or_else(|| panic!("{command} --help has {flag}"));
     lines
         .take_while(|line| !line.trim_start().starts_with("--"))
         .find_map(|line| {
@@ -354,9 +362,7 @@ fn the_charts_values_agree_with_the_binarys_defaults() {
     };
     let values = chart_values(&python);
     let chart = |path: &str| -> String {
-        let value = path
-            .split('.')
-            .fold(&values, |node, key| &node[key]);
+        let value = path.split('.').fold(&values, |node, key| &node[key]);
         assert!(!value.is_null(), "values.yaml has {path}");
         value.to_string()
     };

@@ -24,7 +24,7 @@ use http::{HeaderMap, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::Shared;
-use crate::error;
+use crate::error::{self, EdgeError};
 use crate::json;
 use crate::rest::{deadline, json_response, outgoing};
 
@@ -35,12 +35,10 @@ pub async fn details(
     State(shared): State<Arc<Shared>>,
     Path(order_id): Path<String>,
     parts: http::request::Parts,
-) -> Response<Body> {
+) -> Result<Response<Body>, EdgeError> {
     let peer = crate::rest::peer(&parts.extensions);
-    match compose(&shared, peer, &order_id, &parts.headers).await {
-        Ok(document) => json_response(StatusCode::OK, &document),
-        Err(status) => error::response(&shared.pool, &status),
-    }
+    let document = compose(&shared, peer, &order_id, &parts.headers).await?;
+    Ok(json_response(StatusCode::OK, &document))
 }
 
 async fn compose(
@@ -57,8 +55,7 @@ async fn compose(
             // Each part is admitted by its own RPC's scopes: the composed
             // read shows no more than the caller could read part by part.
             shared.guard.allows(&format!("/{method}"), principal.as_ref())?;
-            let descriptor = shared
-                .pool
+            let descriptor = crate::descriptors::pool()
                 .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))
                 .and_then(|s| {
                     s.methods()
@@ -118,7 +115,7 @@ async fn compose(
         }
         Err(status) => {
             document.insert(name.to_owned(), Value::Null);
-            unavailable.insert(name.to_owned(), error::status_json(&shared.pool, &status));
+            unavailable.insert(name.to_owned(), error::status_json(&status));
         }
     };
     part("order", order);

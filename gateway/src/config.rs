@@ -5,7 +5,7 @@
 //! (`ORDERMESH_GATEWAY_CONFIG`), because a table per RPC does not fit in
 //! environment variables.
 //!
-//! Every RPC of the public services gets a [`RoutePolicy`] at start: the
+//! Every RPC of the public services gets a [`RouteAccess`] at start: the
 //! built-in default (below), then the file's entries, most specific last
 //! (`/pkg.Service/*` before `/pkg.Service/Method`). A key naming no RPC, an
 //! unknown field or a zero rate stops the gateway at start, naming the key.
@@ -100,7 +100,7 @@ pub struct RouteEntry {
 
 /// What one RPC requires at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RoutePolicy {
+pub struct RouteAccess {
     pub scopes: Vec<String>,
     pub public: bool,
     pub rate_limit: Option<RateLimit>,
@@ -162,19 +162,19 @@ pub fn default_scope(service: &str, method: &str) -> &'static str {
     }
 }
 
-/// Every public RPC's policy: defaults, then the file's entries.
-pub fn route_policies(
+/// Every public RPC's access: defaults, then the file's entries.
+pub fn route_access(
     pool: &DescriptorPool,
     services: &[&str],
     file: &FileConfig,
     path: &Path,
-) -> Result<HashMap<String, RoutePolicy>, ConfigError> {
-    let mut policies: BTreeMap<String, RoutePolicy> = BTreeMap::new();
+) -> Result<HashMap<String, RouteAccess>, ConfigError> {
+    let mut access: BTreeMap<String, RouteAccess> = BTreeMap::new();
     for service in pool.services().filter(|s| services.contains(&s.full_name())) {
         for method in service.methods() {
-            policies.insert(
+            access.insert(
                 crate::rules::rpc_path(&method),
-                RoutePolicy {
+                RouteAccess {
                     scopes: vec![default_scope(service.full_name(), method.name()).to_owned()],
                     public: false,
                     // The file's default limit is not copied here: routes
@@ -189,11 +189,11 @@ pub fn route_policies(
     entries.sort_by_key(|(_, entry)| !entry.rpc.ends_with("/*"));
     for (index, entry) in entries {
         let matching: Vec<&String> = match entry.rpc.strip_suffix("/*") {
-            Some(service) => policies
+            Some(service) => access
                 .keys()
                 .filter(|rpc| rpc.rsplit_once('/').is_some_and(|(s, _)| s == service))
                 .collect(),
-            None => policies.keys().filter(|rpc| **rpc == entry.rpc).collect(),
+            None => access.keys().filter(|rpc| **rpc == entry.rpc).collect(),
         };
         if matching.is_empty() {
             return Err(ConfigError::UnknownRpc {
@@ -204,19 +204,19 @@ pub fn route_policies(
         }
         let matching: Vec<String> = matching.into_iter().cloned().collect();
         for rpc in matching {
-            let policy = policies.get_mut(&rpc).expect("matched from the map's keys");
+            let route = access.get_mut(&rpc).expect("matched from the map's keys");
             if let Some(scopes) = &entry.scopes {
-                policy.scopes.clone_from(scopes);
+                route.scopes.clone_from(scopes);
             }
             if let Some(public) = entry.public {
-                policy.public = public;
+                route.public = public;
             }
             if entry.rate_limit.is_some() {
-                policy.rate_limit = entry.rate_limit;
+                route.rate_limit = entry.rate_limit;
             }
         }
     }
-    Ok(policies.into_iter().collect())
+    Ok(access.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -224,18 +224,18 @@ mod tests {
     use super::*;
     use crate::descriptors::{PUBLIC_SERVICES, pool};
 
-    fn load(text: &str) -> Result<HashMap<String, RoutePolicy>, ConfigError> {
+    fn load(text: &str) -> Result<HashMap<String, RouteAccess>, ConfigError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).expect("write");
         let file = FileConfig::load(&path)?;
-        route_policies(&pool(), PUBLIC_SERVICES, &file, &path)
+        route_access(pool(), PUBLIC_SERVICES, &file, &path)
     }
 
     #[test]
     fn defaults_split_reads_writes_and_admin() {
-        let policies = load("").expect("empty file is valid");
-        let scopes = |rpc: &str| policies[rpc].scopes.clone();
+        let access = load("").expect("empty file is valid");
+        let scopes = |rpc: &str| access[rpc].scopes.clone();
         assert_eq!(
             scopes("/ordermesh.order.v1.OrderService/GetOrder"),
             ["orders:read"]
@@ -265,12 +265,12 @@ mod tests {
             ["admin"]
         );
         assert_eq!(scopes("/ordermesh.mesh.v1.MeshAdminService/SetFaults"), ["admin"]);
-        assert!(policies.values().all(|p| !p.public && p.rate_limit.is_none()));
+        assert!(access.values().all(|p| !p.public && p.rate_limit.is_none()));
     }
 
     #[test]
     fn file_entries_override_wildcard_then_method() {
-        let policies = load(
+        let access = load(
             r#"
 rate_limit = { per_second = 10, burst = 20 }
 [[routes]]
@@ -283,7 +283,7 @@ scopes = ["shop"]
 "#,
         )
         .expect("valid");
-        let get = &policies["/ordermesh.order.v1.OrderService/GetOrder"];
+        let get = &access["/ordermesh.order.v1.OrderService/GetOrder"];
         assert_eq!(get.scopes, ["shop"]);
         assert!(get.public);
         assert_eq!(
@@ -293,7 +293,7 @@ scopes = ["shop"]
                 burst: 2
             })
         );
-        let create = &policies["/ordermesh.order.v1.OrderService/CreateOrder"];
+        let create = &access["/ordermesh.order.v1.OrderService/CreateOrder"];
         assert_eq!(create.scopes, ["shop"]);
         assert!(!create.public);
         assert_eq!(

@@ -14,15 +14,18 @@ pub const PUBLIC_SERVICES: &[&str] = &[
     "ordermesh.mesh.v1.MeshAdminService",
 ];
 
-/// Decodes the compiled-in descriptor sets; they are built with the binary,
-/// so a failure here is a build defect.
-pub fn pool() -> DescriptorPool {
-    let mut pool = DescriptorPool::new();
-    pool.decode_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
-        .expect("the contracts' descriptor set decodes");
-    pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .expect("google.rpc's descriptor set decodes");
-    pool
+/// The compiled-in descriptor sets, decoded once for the process; they are
+/// built with the binary, so a failure here is a build defect.
+pub fn pool() -> &'static DescriptorPool {
+    static POOL: std::sync::LazyLock<DescriptorPool> = std::sync::LazyLock::new(|| {
+        let mut pool = DescriptorPool::new();
+        pool.decode_file_descriptor_set(ordermesh_proto::FILE_DESCRIPTOR_SET)
+            .expect("the contracts' descriptor set decodes");
+        pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .expect("google.rpc's descriptor set decodes");
+        pool
+    });
+    &POOL
 }
 
 #[cfg(test)]
@@ -35,7 +38,7 @@ mod tests {
         for service in PUBLIC_SERVICES {
             assert!(pool.get_service_by_name(service).is_some(), "{service} missing");
         }
-        let bindings = crate::rules::bindings(&pool, PUBLIC_SERVICES).expect("every http rule is valid");
+        let bindings = crate::rules::bindings(pool, PUBLIC_SERVICES).expect("every http rule is valid");
         let cancel = bindings
             .iter()
             .find(|b| b.method.name() == "CancelOrder")

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 
 use crate::auth::{Authenticator, Principal};
-use crate::config::RoutePolicy;
+use crate::config::RouteAccess;
 use crate::error;
 use crate::limit::RateLimits;
 
@@ -30,15 +30,15 @@ const RESERVED_PREFIX: &str = "x-ordermesh-";
 pub struct Guard {
     auth: Authenticator,
     limits: RateLimits,
-    policies: Arc<HashMap<String, RoutePolicy>>,
+    access: Arc<HashMap<String, RouteAccess>>,
 }
 
 impl Guard {
-    pub fn new(auth: Authenticator, limits: RateLimits, policies: HashMap<String, RoutePolicy>) -> Self {
+    pub fn new(auth: Authenticator, limits: RateLimits, access: HashMap<String, RouteAccess>) -> Self {
         Self {
             auth,
             limits,
-            policies: Arc::new(policies),
+            access: Arc::new(access),
         }
     }
 
@@ -46,21 +46,21 @@ impl Guard {
     /// public, and every scope it requires), without taking a rate-limit
     /// token: for a composed read, whose parts are other RPCs.
     pub fn allows(&self, rpc: &str, principal: Option<&Principal>) -> Result<(), tonic::Status> {
-        let policy = self
-            .policies
+        let access = self
+            .access
             .get(rpc)
             .ok_or_else(|| tonic::Status::unimplemented(format!("{rpc} is not served by the gateway")))?;
-        Self::permits(policy, rpc, principal)
+        Self::permits(access, rpc, principal)
     }
 
-    fn permits(policy: &RoutePolicy, rpc: &str, principal: Option<&Principal>) -> Result<(), tonic::Status> {
-        if policy.public {
+    fn permits(access: &RouteAccess, rpc: &str, principal: Option<&Principal>) -> Result<(), tonic::Status> {
+        if access.public {
             return Ok(());
         }
         let Some(principal) = principal else {
             return Err(crate::error::token_missing());
         };
-        let missing: Vec<&str> = policy
+        let missing: Vec<&str> = access
             .scopes
             .iter()
             .filter(|scope| !principal.has_scope(scope))
@@ -87,8 +87,8 @@ impl Guard {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Option<Principal>, tonic::Status> {
-        let policy = self
-            .policies
+        let access = self
+            .access
             .get(rpc)
             .ok_or_else(|| tonic::Status::unimplemented(format!("{rpc} is not served by the gateway")))?;
         let principal = self
@@ -96,7 +96,7 @@ impl Guard {
             .authenticate(headers.get(http::header::AUTHORIZATION))
             .await
             .map_err(|error| error.to_status())?;
-        Self::permits(policy, rpc, principal.as_ref())?;
+        Self::permits(access, rpc, principal.as_ref())?;
         let key = match (&principal, peer) {
             (Some(principal), _) => format!("sub:{}", principal.subject),
             (None, Some(ip)) => format!("ip:{ip}"),

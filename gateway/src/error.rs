@@ -4,13 +4,15 @@
 //! status (native and grpc-web callers) or, here, an HTTP response whose body
 //! is `google.rpc.Status` as JSON with its details rendered by type URL (the
 //! same document grpc-gateway and Envoy return, so their clients' error
-//! handling works unchanged).
+//! handling works unchanged). [`EdgeError`] is that HTTP answer as a type:
+//! REST handlers return `Result<_, EdgeError>` and axum turns it into the
+//! response (`IntoResponse`), so no handler builds an error response itself.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, SerializeOptions};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -34,7 +36,7 @@ pub fn http_status(code: Code) -> StatusCode {
 }
 
 /// `google.rpc.Status` as JSON: `{"code", "message", "details": [{"@type", ...}]}`.
-pub fn status_json(pool: &DescriptorPool, status: &tonic::Status) -> serde_json::Value {
+pub fn status_json(status: &tonic::Status) -> serde_json::Value {
     let plain = || {
         serde_json::json!({
             "code": status.code() as i32,
@@ -45,7 +47,7 @@ pub fn status_json(pool: &DescriptorPool, status: &tonic::Status) -> serde_json:
     if status.details().is_empty() {
         return plain();
     }
-    let Some(descriptor) = pool.get_message_by_name("google.rpc.Status") else {
+    let Some(descriptor) = crate::descriptors::pool().get_message_by_name("google.rpc.Status") else {
         return plain();
     };
     let Ok(message) = DynamicMessage::decode(descriptor, status.details()) else {
@@ -74,29 +76,83 @@ pub fn retry_after(status: &tonic::Status) -> Option<Duration> {
     status.get_details_retry_info().and_then(|info| info.retry_delay)
 }
 
-/// The HTTP response for a failed REST call.
-pub fn response(pool: &DescriptorPool, status: &tonic::Status) -> Response<Body> {
-    let body = serde_json::to_vec(&status_json(pool, status)).unwrap_or_default();
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = http_status(status.code());
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(delay) = retry_after(status) {
-        // Whole seconds, rounded up: a client that waits this long is admitted.
-        let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+/// A failed REST call, as the edge answers it: the status, rendered as
+/// `google.rpc.Status` JSON with the HTTP code of the standard table, unless
+/// the HTTP answer is more precise than any gRPC code (405 with `Allow`, 413).
+#[derive(Debug)]
+pub struct EdgeError {
+    status: tonic::Status,
+    http: Option<StatusCode>,
+    allow: Option<HeaderValue>,
+}
+
+impl From<tonic::Status> for EdgeError {
+    fn from(status: tonic::Status) -> Self {
+        Self {
+            status,
+            http: None,
+            allow: None,
+        }
     }
-    if status.code() == Code::Unauthenticated {
-        // RFC 6750 3.1: a request without credentials gets the challenge
-        // alone; error="invalid_token" is for a token that was refused.
-        let challenge = if is_token_missing(status) {
-            "Bearer realm=\"ordermesh\""
-        } else {
-            "Bearer realm=\"ordermesh\", error=\"invalid_token\""
-        };
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+}
+
+impl EdgeError {
+    /// 405 with `Allow` (UNIMPLEMENTED in the body), for a path another verb binds.
+    pub fn method_not_allowed(method: &http::Method, path: &str, allow: &str) -> Self {
+        let status =
+            tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
+        Self {
+            status,
+            http: Some(StatusCode::METHOD_NOT_ALLOWED),
+            allow: HeaderValue::from_str(allow).ok(),
+        }
     }
-    response
+
+    /// 413: a body over the limit, refused before it is parsed or forwarded.
+    pub fn too_large(max_body_bytes: usize) -> Self {
+        Self {
+            status: bad_field(
+                "",
+                format!("the request body is larger than {max_body_bytes} bytes"),
+            ),
+            http: Some(StatusCode::PAYLOAD_TOO_LARGE),
+            allow: None,
+        }
+    }
+
+    pub fn status(&self) -> &tonic::Status {
+        &self.status
+    }
+}
+
+impl axum::response::IntoResponse for EdgeError {
+    fn into_response(self) -> Response<Body> {
+        let status = &self.status;
+        let body = serde_json::to_vec(&status_json(status)).unwrap_or_default();
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = self.http.unwrap_or_else(|| http_status(status.code()));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, allow);
+        }
+        if let Some(delay) = retry_after(status) {
+            // Whole seconds, rounded up: a client that waits this long is admitted.
+            let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if status.code() == Code::Unauthenticated {
+            // RFC 6750 3.1: a request without credentials gets the challenge
+            // alone; error="invalid_token" is for a token that was refused.
+            let challenge = if is_token_missing(status) {
+                "Bearer realm=\"ordermesh\""
+            } else {
+                "Bearer realm=\"ordermesh\", error=\"invalid_token\""
+            };
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
 }
 
 /// `ErrorInfo.reason` of a call that came without a bearer token.
@@ -178,8 +234,7 @@ mod tests {
 
     #[test]
     fn details_render_by_type_url() {
-        let pool = crate::descriptors::pool();
-        let json = status_json(&pool, &bad_field("lines[0].quantity", "must be positive"));
+        let json = status_json(&bad_field("lines[0].quantity", "must be positive"));
         assert_eq!(json["code"], 3);
         assert_eq!(json["message"], "lines[0].quantity: must be positive");
         let detail = &json["details"][0];
@@ -190,11 +245,11 @@ mod tests {
 
     #[test]
     fn rate_limited_carries_retry_after_rounded_up() {
-        let pool = crate::descriptors::pool();
-        let response = response(&pool, &rate_limited(Duration::from_millis(1200)));
+        use axum::response::IntoResponse;
+        let response = EdgeError::from(rate_limited(Duration::from_millis(1200))).into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        let plain = super::response(&pool, &tonic::Status::unavailable("down"));
+        let plain = EdgeError::from(tonic::Status::unavailable("down")).into_response();
         assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(plain.headers().get(header::RETRY_AFTER).is_none());
     }

@@ -33,8 +33,6 @@ pub mod upstream;
 
 use std::time::Duration;
 
-use prost_reflect::DescriptorPool;
-
 use crate::edge::Guard;
 use crate::rules::Binding;
 use crate::upstream::Upstreams;
@@ -47,7 +45,6 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// What every handler shares.
 pub struct Shared {
-    pub pool: DescriptorPool,
     /// Most specific first: templates with a custom verb, then by literals.
     pub routes: Vec<Binding>,
     pub guard: Guard,

@@ -17,7 +17,7 @@ use prost_reflect::DynamicMessage;
 use crate::Shared;
 use crate::auth::Principal;
 use crate::edge::forward_identity;
-use crate::error;
+use crate::error::{self, EdgeError};
 use crate::json;
 use crate::rules::Binding;
 
@@ -25,16 +25,16 @@ use crate::rules::Binding;
 /// a bare number of seconds.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";
 
-pub async fn handle(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
+pub async fn handle(
+    State(shared): State<Arc<Shared>>,
+    request: Request<Body>,
+) -> Result<Response<Body>, EdgeError> {
     let peer = peer(request.extensions());
     let path = request.uri().path().to_owned();
     let Some((binding, variables)) = shared.route(request.method(), &path) else {
-        return no_route(&shared, request.method(), &path);
+        return Err(no_route(&shared, request.method(), &path));
     };
-    match call(&shared, peer, binding, variables, request).await {
-        Ok(response) => response,
-        Err(status) => error::response(&shared.pool, &status),
-    }
+    call(&shared, peer, binding, variables, request).await
 }
 
 async fn call(
@@ -43,19 +43,19 @@ async fn call(
     binding: &Binding,
     variables: crate::template::Captures,
     request: Request<Body>,
-) -> Result<Response<Body>, tonic::Status> {
+) -> Result<Response<Body>, EdgeError> {
     let rpc = binding.rpc_path();
     let principal = match shared.guard.admit(&rpc, request.headers(), peer).await {
         Ok(principal) => principal,
         Err(status) => {
             drain(request.into_body(), shared.max_body_bytes).await;
-            return Err(status);
+            return Err(status.into());
         }
     };
     let timeout = deadline(request.headers(), shared.default_timeout, shared.max_timeout)?;
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, shared.max_body_bytes).await else {
-        return Ok(too_large(shared));
+        return Err(EdgeError::too_large(shared.max_body_bytes));
     };
     let message = json::request(binding, variables, parts.uri.query(), &body, shared.json)?;
     let grpc_request = outgoing(message, &parts.headers, principal.as_ref(), timeout);
@@ -65,7 +65,7 @@ async fn call(
             .server_streaming(&binding.method, grpc_request)
             .await?
             .into_inner();
-        Ok(streaming(shared, binding, &parts.headers, stream))
+        Ok(streaming(binding, &parts.headers, stream))
     } else {
         let response = shared.upstreams.unary(&binding.method, grpc_request).await?;
         let json = json::response(response.get_ref(), binding.response_body.as_deref())?;
@@ -75,7 +75,7 @@ async fn call(
 
 /// 405 (with `Allow`) when another verb binds this path, else 404; both
 /// with a `google.rpc.Status` body.
-fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
+fn no_route(shared: &Shared, method: &Method, path: &str) -> EdgeError {
     let allowed: std::collections::BTreeSet<&str> = shared
         .routes
         .iter()
@@ -83,44 +83,17 @@ fn no_route(shared: &Shared, method: &Method, path: &str) -> Response<Body> {
         .map(|b| b.verb.as_str())
         .collect();
     if allowed.is_empty() {
-        return error::response(
-            &shared.pool,
-            &tonic::Status::not_found(format!("no route for {method} {path}")),
-        );
+        return tonic::Status::not_found(format!("no route for {method} {path}")).into();
     }
     let allow = allowed.into_iter().collect::<Vec<_>>().join(", ");
-    method_not_allowed(shared, method, path, &allow)
+    EdgeError::method_not_allowed(method, path, &allow)
 }
 
 /// Any verb but GET on a route the gateway serves itself (the composed
 /// read, the OpenAPI document): the same 405 as a transcoded route's, not
 /// the router's empty one.
-pub async fn get_only(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
-    let path = request.uri().path().to_owned();
-    method_not_allowed(&shared, request.method(), &path, "GET")
-}
-
-/// 405 with `Allow` and a `google.rpc.Status` body (UNIMPLEMENTED).
-pub fn method_not_allowed(shared: &Shared, method: &Method, path: &str, allow: &str) -> Response<Body> {
-    let status =
-        tonic::Status::unimplemented(format!("{method} is not allowed on {path} (allowed: {allow})"));
-    let mut response = error::response(&shared.pool, &status);
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    if let Ok(value) = HeaderValue::from_str(allow) {
-        response.headers_mut().insert(header::ALLOW, value);
-    }
-    response
-}
-
-/// 413: a body over the limit is refused before it is parsed or forwarded.
-fn too_large(shared: &Shared) -> Response<Body> {
-    let status = error::bad_field(
-        "",
-        format!("the request body is larger than {} bytes", shared.max_body_bytes),
-    );
-    let mut response = error::response(&shared.pool, &status);
-    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-    response
+pub async fn get_only(request: Request<Body>) -> EdgeError {
+    EdgeError::method_not_allowed(request.method(), request.uri().path(), "GET")
 }
 
 /// Reads and drops a refused request's body (up to `max` bytes, for at most
@@ -204,7 +177,6 @@ pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<B
 /// after the first message can no longer change the HTTP status, so it is
 /// sent in-band (`{"error": Status}` or an `event: error`) and ends the stream.
 fn streaming(
-    shared: &Shared,
     binding: &Binding,
     headers: &HeaderMap,
     stream: tonic::Streaming<DynamicMessage>,
@@ -213,13 +185,12 @@ fn streaming(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
-    let pool = shared.pool.clone();
     let response_body = binding.response_body.clone();
     let frames = stream
         .map(move |item| {
             let (kind, json) = match item.and_then(|m| json::response(&m, response_body.as_deref())) {
                 Ok(json) => ("result", json),
-                Err(status) => ("error", error::status_json(&pool, &status)),
+                Err(status) => ("error", error::status_json(&status)),
             };
             let text = if sse {
                 let event = if kind == "error" { "event: error\n" } else { "" };

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{HeaderName, HeaderValue, Method, Request, Response, header};
 use tokio::net::TcpListener;
@@ -25,7 +26,7 @@ use ordermesh_mesh::admin::MeshAdmin;
 use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer;
 
 use crate::auth::Authenticator;
-use crate::config::{FileConfig, GatewayConfig, route_policies};
+use crate::config::{FileConfig, GatewayConfig, route_access};
 use crate::descriptors::{PUBLIC_SERVICES, pool};
 use crate::edge::Guard;
 use crate::limit::RateLimits;
@@ -39,29 +40,47 @@ pub struct Gateway {
     reporter: tonic_health::server::HealthReporter,
 }
 
+/// What can stop the gateway from starting; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the contracts' HTTP rules: {0}")]
+    Rules(#[from] crate::rules::RuleError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error("the mesh client stack: {0}")]
+    Mesh(#[from] ordermesh_mesh::stack::MeshError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
 /// Reads the contracts, checks the configuration (an invalid value stops the
 /// gateway here, naming the key) and connects the upstreams.
-pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
+pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
     let pool = pool();
-    let mut routes = rules::bindings(&pool, PUBLIC_SERVICES)?;
+    let mut routes = rules::bindings(pool, PUBLIC_SERVICES)?;
     sort_routes(&mut routes);
     let (file, file_path) = match &config.file {
         Some(path) => (FileConfig::load(path)?, path.clone()),
         None => (FileConfig::default(), "(built-in defaults)".into()),
     };
-    let policies = route_policies(&pool, PUBLIC_SERVICES, &file, &file_path)?;
+    let access = route_access(pool, PUBLIC_SERVICES, &file, &file_path)?;
     let limits = RateLimits::new(
         file.rate_limit,
-        policies
+        access
             .iter()
-            .filter_map(|(rpc, policy)| policy.rate_limit.map(|limit| (rpc.clone(), limit))),
+            .filter_map(|(rpc, access)| access.rate_limit.map(|limit| (rpc.clone(), limit))),
     );
     let auth = Authenticator::new(config.auth.clone()).await?;
-    let guard = Guard::new(auth, limits, policies);
+    let guard = Guard::new(auth, limits, access);
 
     let mesh = config.mesh.build();
-    let remote =
-        |name: &str, url: &str| -> anyhow::Result<Upstream> { Ok(Upstream::new(mesh.client(name, url)?)) };
+    let remote = |name: &str, url: &str| -> Result<Upstream, BuildError> {
+        Ok(Upstream::new(mesh.client(name, url)?))
+    };
     let (reporter, health) = tonic_health::server::health_reporter();
     let local = ordermesh_runtime::server::with_reflection(
         tonic::service::Routes::new(health)
@@ -76,9 +95,8 @@ pub async fn build(config: GatewayConfig) -> anyhow::Result<Gateway> {
             |never: std::convert::Infallible| match never {},
         )),
     );
-    let openapi = serde_json::to_vec_pretty(&crate::openapi::document(&pool, &routes))?;
+    let openapi = serde_json::to_vec_pretty(&crate::openapi::document(pool, &routes))?;
     let shared = Arc::new(Shared {
-        pool,
         routes,
         guard,
         upstreams,
@@ -116,7 +134,7 @@ impl Gateway {
                         .unwrap_or_else(|never| match never {});
                     response.map(Body::new)
                 } else {
-                    rest::handle(State(shared), request).await
+                    rest::handle(State(shared), request).await.into_response()
                 }
             }
         };
@@ -145,7 +163,7 @@ impl Gateway {
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> std::io::Result<()> {
         self.reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -170,7 +188,7 @@ impl Gateway {
             .await;
         sweeper.abort();
         tracing::info!(service = "gateway", "stopped");
-        Ok(result?)
+        result
     }
 }
 

@@ -29,8 +29,8 @@ fn the_document_passes_openapi_spec_validator() {
         return;
     };
     let pool = descriptors::pool();
-    let bindings = rules::bindings(&pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
-    let document = openapi::document(&pool, &bindings);
+    let bindings = rules::bindings(pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
+    let document = openapi::document(pool, &bindings);
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&document).expect("serializes"))

@@ -1,6 +1,7 @@
-//! What the operator sets: the auth mode, the `ORDERMESH_JWT_*` variables read into an
-//! [`AuthConfig`], and [`AuthConfigError`], whose messages name the variable or key at fault so a
-//! misconfigured gateway fails at start with a message saying what to fix.
+//! What the operator sets: the auth mode, the `ORDERMESH_JWT_*` settings (read by the binary's
+//! flags, whose variables are the names here) held in an [`AuthConfig`], and [`AuthConfigError`],
+//! whose messages name the variable or key at fault so a misconfigured gateway fails at start with
+//! a message saying what to fix.
 
 use std::fmt;
 use std::io;
@@ -110,49 +111,6 @@ impl AuthConfig {
             jwks_min_refresh_interval: Duration::from_secs(30),
         }
     }
-
-    /// [`AuthConfig::new`] plus the `ORDERMESH_JWT_*` environment variables (empty = unset).
-    /// `dev_key_dir` is left unset.
-    pub fn from_env(mode: AuthMode) -> Result<Self, AuthConfigError> {
-        let mut not_unicode = None;
-        let config = Self::from_lookup(mode, |var| match std::env::var(var) {
-            Ok(value) => Some(value),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                not_unicode.get_or_insert(var_name(var));
-                None
-            }
-        });
-        match not_unicode {
-            Some(var) => Err(AuthConfigError::NotUnicode(var)),
-            None => Ok(config),
-        }
-    }
-
-    /// [`AuthConfig::from_env`] with an explicit variable lookup (for tests and embedding).
-    pub fn from_lookup(mode: AuthMode, mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
-        let mut get = |var: &str| lookup(var).filter(|value| !value.trim().is_empty());
-        let mut config = Self::new(mode);
-        config.issuer = get(ENV_ISSUER);
-        config.audience = get(ENV_AUDIENCE);
-        config.jwks_file = get(ENV_JWKS_FILE).map(PathBuf::from);
-        config.jwks_url = get(ENV_JWKS_URL).map(|url| url.trim().to_owned());
-        config.hs256_secret = get(ENV_HS256_SECRET);
-        config
-    }
-}
-
-fn var_name(var: &str) -> &'static str {
-    [
-        ENV_ISSUER,
-        ENV_AUDIENCE,
-        ENV_JWKS_FILE,
-        ENV_JWKS_URL,
-        ENV_HS256_SECRET,
-    ]
-    .into_iter()
-    .find(|known| *known == var)
-    .unwrap_or("ORDERMESH_JWT_*")
 }
 
 /// Why the authenticator could not be built. Messages name the variable or key at fault.
@@ -160,8 +118,6 @@ fn var_name(var: &str) -> &'static str {
 pub enum AuthConfigError {
     #[error("invalid auth mode `{0}`: expected `production` or `development`")]
     InvalidMode(String),
-    #[error("{0} is not valid UTF-8")]
-    NotUnicode(&'static str),
     #[error(
         "production mode needs verification keys: set {ENV_JWKS_FILE} or {ENV_JWKS_URL} \
          (a JWKS document with the issuer's public keys)"

@@ -101,6 +101,23 @@ pub(super) fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()>
     file.sync_all()
 }
 
+/// Why a development token could not be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("the subject must not be empty")]
+    EmptySubject,
+    #[error("scope {0:?} must be non-empty and contain no whitespace")]
+    BadScope(String),
+    #[error("dev key {}: {source}", path.display())]
+    DevKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signing the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
 /// Mints an HS256 development token signed with the dev key in `dir` (created if missing), as
 /// `ordermesh token` does. `scopes` become the space-separated `scope` claim.
 pub fn mint_dev_token(
@@ -110,17 +127,24 @@ pub fn mint_dev_token(
     ttl: Duration,
     issuer: Option<&str>,
     audience: Option<&str>,
-) -> anyhow::Result<String> {
-    anyhow::ensure!(!subject.is_empty(), "the subject must not be empty");
+) -> Result<String, MintError> {
+    if subject.is_empty() {
+        return Err(MintError::EmptySubject);
+    }
     if let Some(bad) = scopes
         .iter()
         .find(|scope| scope.is_empty() || scope.chars().any(char::is_whitespace))
     {
-        anyhow::bail!("scope {bad:?} must be non-empty and contain no whitespace");
+        return Err(MintError::BadScope(bad.clone()));
     }
-    let secret =
-        dev_key(dir).map_err(|err| anyhow::anyhow!("dev key {}: {err}", dir.join(DEV_KEY_FILE).display()))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let secret = dev_key(dir).map_err(|source| MintError::DevKey {
+        path: dir.join(DEV_KEY_FILE),
+        source,
+    })?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
     let mut claims = serde_json::Map::new();
     claims.insert("sub".into(), subject.into());
     claims.insert("iat".into(), now.into());

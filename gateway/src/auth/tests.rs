@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -822,28 +821,6 @@ fn mode_parses() {
     assert!("prod".parse::<AuthMode>().is_err());
     assert!("".parse::<AuthMode>().is_err());
     assert_eq!(AuthMode::Development.to_string(), "development");
-}
-
-#[test]
-fn config_from_lookup_reads_the_env_names_and_ignores_empty_values() {
-    let vars: HashMap<&str, &str> = HashMap::from([
-        ("ORDERMESH_JWT_ISSUER", "https://id.test"),
-        ("ORDERMESH_JWT_AUDIENCE", "gw"),
-        ("ORDERMESH_JWT_JWKS_FILE", "/etc/ordermesh/jwks.json"),
-        ("ORDERMESH_JWT_JWKS_URL", " https://id.test/jwks "),
-        ("ORDERMESH_JWT_HS256_SECRET", "  "),
-    ]);
-    let config = AuthConfig::from_lookup(AuthMode::Production, |var| {
-        vars.get(var).map(|value| (*value).to_owned())
-    });
-    assert_eq!(config.issuer.as_deref(), Some("https://id.test"));
-    assert_eq!(config.audience.as_deref(), Some("gw"));
-    assert_eq!(config.jwks_file, Some(PathBuf::from("/etc/ordermesh/jwks.json")));
-    assert_eq!(config.jwks_url.as_deref(), Some("https://id.test/jwks"));
-    assert_eq!(config.hs256_secret, None);
-    assert_eq!(config.leeway, Duration::from_secs(30));
-    assert_eq!(config.jwks_refresh_interval, Duration::from_secs(300));
-    assert_eq!(config.jwks_min_refresh_interval, Duration::from_secs(30));
 }
 
 #[test]

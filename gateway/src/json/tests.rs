@@ -5,7 +5,7 @@ use crate::descriptors::{PUBLIC_SERVICES, pool};
 use crate::rules::bindings;
 
 fn binding(method: &str) -> Binding {
-    bindings(&pool(), PUBLIC_SERVICES)
+    bindings(pool(), PUBLIC_SERVICES)
         .expect("rules")
         .into_iter()
         .find(|b| b.method.name() == method)

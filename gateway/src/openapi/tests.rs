@@ -5,8 +5,8 @@ use crate::{descriptors, rules};
 
 fn generated() -> (Value, usize) {
     let pool = descriptors::pool();
-    let bindings = rules::bindings(&pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
-    (document(&pool, &bindings), bindings.len())
+    let bindings = rules::bindings(pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
+    (document(pool, &bindings), bindings.len())
 }
 
 const VERBS: &[&str] = &[
