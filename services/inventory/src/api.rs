@@ -209,7 +209,7 @@ impl InventoryService for InventoryApi {
             .store
             .reservation(&order_id)
             .await?
-            .ok_or_else(|| crate::Error::ReservationNotFound { order_id })?;
+            .ok_or_else(|| crate::error::Error::ReservationNotFound { order_id })?;
         Ok(Response::new(pb::GetReservationResponse {
             reservation: Some(reservation_to_pb(reservation)),
         }))

@@ -71,7 +71,7 @@ impl OrderAdminService for OrderAdmin {
             .store
             .saga(&order_id)
             .await?
-            .ok_or(crate::Error::NotFound { order_id })?;
+            .ok_or(crate::error::Error::NotFound { order_id })?;
         Ok(Response::new(pb::GetSagaResponse {
             saga: Some(saga_to_pb(saga)),
         }))

@@ -83,7 +83,7 @@ impl OrderApi {
     async fn precheck(&self, new: &NewOrder, lookups: &[Lookup]) -> Result<(), Status> {
         // The catalogue cache already knows an unknown SKU (inventory said so).
         if let Some(index) = lookups.iter().position(|l| *l == Lookup::Unknown) {
-            return Err(crate::Error::UnknownSku {
+            return Err(crate::error::Error::UnknownSku {
                 field: format!("lines[{index}].sku"),
                 sku: new.lines[index].sku.clone(),
             }
@@ -111,7 +111,7 @@ impl OrderApi {
             return Ok(());
         }
         if let Some((index, line)) = answer.lines.iter().enumerate().find(|(_, l)| !l.known) {
-            return Err(crate::Error::UnknownSku {
+            return Err(crate::error::Error::UnknownSku {
                 field: format!("lines[{index}].sku"),
                 sku: line.sku.clone(),
             }
@@ -124,7 +124,7 @@ impl OrderApi {
             .map(|l| format!("{} (requested {}, available {})", l.sku, l.requested, l.available))
             .collect::<Vec<_>>()
             .join(", ");
-        Err(crate::Error::InsufficientStock {
+        Err(crate::error::Error::InsufficientStock {
             sku: short.first().map(|l| l.sku.clone()).unwrap_or_default(),
             detail,
         }
@@ -144,25 +144,6 @@ fn status_to_pb(status: store::OrderStatus) -> pb::OrderStatus {
         S::Rejected => pb::OrderStatus::Rejected,
         S::Cancelling => pb::OrderStatus::Cancelling,
         S::Cancelled => pb::OrderStatus::Cancelled,
-    }
-}
-
-pub fn reject_reason_to_pb(reason: store::RejectReason) -> pb::RejectReason {
-    use store::RejectReason as R;
-    match reason {
-        R::NotRejected => pb::RejectReason::Unspecified,
-        R::OutOfStock => pb::RejectReason::OutOfStock,
-        R::UnknownSku => pb::RejectReason::UnknownSku,
-        R::UnknownCustomer => pb::RejectReason::UnknownCustomer,
-        R::InsufficientFunds => pb::RejectReason::InsufficientFunds,
-        R::AccountBlocked => pb::RejectReason::AccountBlocked,
-        R::AmountOverLimit => pb::RejectReason::AmountOverLimit,
-        R::ReservationExpired => pb::RejectReason::ReservationExpired,
-        R::ServiceUnavailable => pb::RejectReason::ServiceUnavailable,
-        R::CurrencyMismatch => pb::RejectReason::CurrencyMismatch,
-        R::StepRefused => pb::RejectReason::StepRefused,
-        R::Internal => pb::RejectReason::Internal,
-        R::AuthorizationExpired => pb::RejectReason::AuthorizationExpired,
     }
 }
 
@@ -186,7 +167,7 @@ pub fn order_to_pb(order: store::Order) -> pb::Order {
             })
             .collect(),
         total: order.total_minor.map(money),
-        reject_reason: reject_reason_to_pb(order.reject_reason).into(),
+        reject_reason: pb::RejectReason::from(order.reject_reason).into(),
         reject_detail: order.reject_detail,
         payment_id: order.payment_id,
         create_time: Some(clock::timestamp(order.create_time)),
@@ -258,7 +239,7 @@ impl OrderService for OrderApi {
             .store
             .order(&order_id)
             .await?
-            .ok_or(crate::Error::NotFound { order_id })?;
+            .ok_or(crate::error::Error::NotFound { order_id })?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(order)),
         }))
@@ -309,9 +290,13 @@ impl OrderService for OrderApi {
         require_id("order_id", &order_id)?;
         // Subscribe before the first read so no change between them is missed.
         let mut updates = self.watch.subscribe(&order_id);
-        let first = self.store.order(&order_id).await?.ok_or(crate::Error::NotFound {
-            order_id: order_id.clone(),
-        })?;
+        let first = self
+            .store
+            .order(&order_id)
+            .await?
+            .ok_or(crate::error::Error::NotFound {
+                order_id: order_id.clone(),
+            })?;
         // Tells the hub which version this process has seen, so its poll for
         // other replicas' changes does not re-read it.
         self.watch.publish(&first);
@@ -369,7 +354,7 @@ impl OrderService for OrderApi {
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         if self.store.order(&order_id).await?.is_none() {
-            return Err(crate::Error::NotFound { order_id }.into());
+            return Err(crate::error::Error::NotFound { order_id }.into());
         }
         let entries = self
             .store
@@ -381,7 +366,7 @@ impl OrderService for OrderApi {
                 let data = base64::engine::general_purpose::STANDARD
                     .decode(entry.payload.as_bytes())
                     .map_err(|e| {
-                        crate::Error::from(ordermesh_runtime::Infra::Corrupt(format!(
+                        crate::error::Error::from(ordermesh_runtime::Infra::Corrupt(format!(
                             "timeline payload of {}: {e}",
                             entry.event_id
                         )))
@@ -395,7 +380,7 @@ impl OrderService for OrderApi {
                     data,
                 })
             })
-            .collect::<Result<Vec<_>, crate::Error>>()?;
+            .collect::<Result<Vec<_>, crate::error::Error>>()?;
         Ok(Response::new(pb::GetOrderTimelineResponse { entries }))
     }
 }

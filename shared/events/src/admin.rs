@@ -13,8 +13,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use ordermesh_proto::events::v1 as pb;
 use ordermesh_proto::events::v1::event_admin_service_server::{EventAdminService, EventAdminServiceServer};
 
-use crate::Error;
 use crate::bus::Bus;
+use crate::error::Error;
 
 const DEFAULT_PAGE_SIZE: usize = 50;
 const MAX_PAGE_SIZE: usize = 1000;

@@ -120,14 +120,14 @@ impl ConsumerConfig {
     }
 
     /// Checks the name and filters; `Invalid` names the field.
-    pub fn validate(&self) -> Result<(), crate::Error> {
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
         let name_ok = !self.name.is_empty()
             && self
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 "consumer.name",
                 format!(
                     "{:?} must be non-empty ASCII letters, digits, '-' or '_'",
@@ -136,18 +136,21 @@ impl ConsumerConfig {
             ));
         }
         if self.max_deliver == 0 {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 "consumer.max_deliver",
                 "must be at least 1",
             ));
         }
         if self.ack_wait.is_zero() {
-            return Err(crate::Error::invalid("consumer.ack_wait", "must be positive"));
+            return Err(crate::error::Error::invalid(
+                "consumer.ack_wait",
+                "must be positive",
+            ));
         }
         for filter in &self.filter_subjects {
             crate::kind::validate_filter(filter)?;
             if !crate::kind::subjects_overlap(filter, &self.context.subjects()) {
-                return Err(crate::Error::invalid(
+                return Err(crate::error::Error::invalid(
                     "consumer.filter_subjects",
                     format!("{filter:?} matches nothing in stream {}", self.context.stream()),
                 ));

@@ -11,7 +11,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use ordermesh_proto::events::v1 as pb;
 
-use crate::Error;
+use crate::error::Error;
 use crate::kind::{DomainEvent, kind_of_type};
 
 /// Header names of the envelope.

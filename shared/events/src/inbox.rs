@@ -11,8 +11,8 @@
 
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 
-use crate::Error;
 use crate::envelope::now_micros;
+use crate::error::Error;
 
 /// The inbox table, for the consumer's own database migrations.
 pub const DDL: &str = include_str!("../sql/inbox.sql");

@@ -162,17 +162,17 @@ pub fn subjects_overlap(a: &str, b: &str) -> bool {
 }
 
 /// Checks a subject filter given by a user: non-empty tokens, `>` only last.
-pub fn validate_filter(filter: &str) -> Result<(), crate::Error> {
+pub fn validate_filter(filter: &str) -> Result<(), crate::error::Error> {
     let tokens: Vec<&str> = filter.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
         if token.is_empty() || token.contains(char::is_whitespace) {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 "subject_filter",
                 format!("{filter:?} has an empty or blank token"),
             ));
         }
         if *token == ">" && i + 1 != tokens.len() {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 "subject_filter",
                 format!("{filter:?}: `>` may only be the last token"),
             ));

@@ -43,16 +43,12 @@ pub mod testing;
 pub mod worker;
 
 pub use bus::{Bus, DeadLetter, Delivery, Published};
+pub use bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
 pub use config::{BusSettings, ConsumerConfig, Retention, StreamSettings};
 pub use envelope::Event;
 pub use error::Error;
 pub use kind::{BoundedContext, DomainEvent, EventKind};
-pub use outbox::{Outbox, Publisher};
-pub use relay::{Notifier, Relay, RelayConfig};
+pub use outbox::{Notifier, Outbox, Publisher};
+pub use relay::{Relay, RelayConfig};
 pub use service::ServiceEvents;
 pub use worker::{Handler, HandlerError, Inboxed, TxHandler};
-
-/// The stream holding dead letters.
-pub const DEAD_LETTER_STREAM: &str = "DEADLETTER";
-/// Dead letters are published on `<prefix>.<consumer>`.
-pub const DEAD_LETTER_PREFIX: &str = "ordermesh.deadletter";

@@ -23,12 +23,15 @@
 //! through `AnyPool` cannot read a column declared BYTEA, so TEXT is the one
 //! portable choice (a few hundred bytes per event; encoding is negligible).
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sqlx::AnyConnection;
+use tokio::sync::Notify;
 
-use crate::Error;
 use crate::envelope::{Event, now_micros};
+use crate::error::Error;
 use crate::kind::DomainEvent;
 
 /// The outbox table. Add it to each service's migrations (portable SQL for
@@ -57,7 +60,7 @@ impl Outbox {
     }
 
     /// Adds `payload` as an event inside the caller's open transaction and
-    /// returns it (with its id). Poke the relay's [`crate::relay::Notifier`]
+    /// returns it (with its id). Poke the relay's [`Notifier`]
     /// after the commit.
     pub async fn add<E: DomainEvent>(
         &self,
@@ -90,49 +93,20 @@ pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Error
     Ok(())
 }
 
-/// Pending rows in publishing order, from the start.
-pub(crate) const SELECT_PENDING: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
-     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox WHERE sent_us IS NULL \
-     ORDER BY created_us, aggregate_seq, event_id LIMIT $1";
+/// Wakes the relay (which waits on it); call [`notify`](Notifier::notify) after committing a
+/// transaction that added outbox rows. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Notifier(Arc<Notify>);
 
-/// Pending rows in publishing order after a key (`$2, $3, $4`).
-pub(crate) const SELECT_PENDING_AFTER: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
-     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox WHERE sent_us IS NULL \
-     AND (created_us, aggregate_seq, event_id) > ($2, $3, $4) \
-     ORDER BY created_us, aggregate_seq, event_id LIMIT $1";
+impl Notifier {
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
 
-/// A pending row as the relay reads it.
-pub(crate) struct Pending {
-    pub event: Event,
-    pub aggregate_id: String,
-    pub aggregate_seq: i64,
-    pub created_us: i64,
-}
-
-/// Turns a row of [`SELECT_PENDING`] back into the event and its position.
-pub(crate) fn pending_of_row(row: &sqlx::any::AnyRow) -> Result<Pending, Error> {
-    use sqlx::Row;
-    let payload: String = row.try_get("payload")?;
-    let event_id: String = row.try_get("event_id")?;
-    let data = BASE64.decode(payload.as_bytes()).map_err(|e| Error::OutboxRow {
-        event_id: event_id.clone(),
-        reason: format!("payload is not base64: {e}"),
-    })?;
-    Ok(Pending {
-        event: Event {
-            id: event_id,
-            source: row.try_get("ce_source")?,
-            ce_type: row.try_get("ce_type")?,
-            subject: row.try_get("ce_subject")?,
-            time_us: row.try_get("occur_us")?,
-            traceparent: row.try_get("traceparent")?,
-            topic: row.try_get("topic")?,
-            data: data.into(),
-        },
-        aggregate_id: row.try_get("aggregate_id")?,
-        aggregate_seq: row.try_get("aggregate_seq")?,
-        created_us: row.try_get("created_us")?,
-    })
+    /// What the relay waits on.
+    pub(crate) async fn notified(&self) {
+        self.0.notified().await;
+    }
 }
 
 /// Rows not yet published (for tests and health checks).
@@ -152,11 +126,11 @@ pub async fn pending_count(pool: &sqlx::AnyPool) -> Result<i64, Error> {
 #[derive(Debug, Clone)]
 pub struct Publisher {
     outbox: Outbox,
-    notifier: crate::relay::Notifier,
+    notifier: Notifier,
 }
 
 impl Publisher {
-    pub fn new(outbox: Outbox, notifier: crate::relay::Notifier) -> Self {
+    pub fn new(outbox: Outbox, notifier: Notifier) -> Self {
         Self { outbox, notifier }
     }
 

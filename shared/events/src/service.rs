@@ -8,7 +8,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::EventAdmin;
-use crate::{Bus, ConsumerConfig, Handler, Publisher, Relay, RelayConfig};
+use crate::bus::Bus;
+use crate::config::ConsumerConfig;
+use crate::outbox::{Outbox, Publisher};
+use crate::relay::{Relay, RelayConfig};
+use crate::worker::Handler;
 use ordermesh_proto::events::v1::event_admin_service_server::EventAdminServiceServer;
 
 /// A service's running event plumbing.
@@ -31,7 +35,7 @@ impl ServiceEvents {
             tracing::warn!(error = %e, "cannot create the event streams yet; retried when NATS answers");
         }
         let relay = Relay::spawn(pool, bus.clone(), RelayConfig::default());
-        let publisher = Publisher::new(crate::Outbox::new(source), relay.notifier());
+        let publisher = Publisher::new(Outbox::new(source), relay.notifier());
         Self {
             bus,
             relay,

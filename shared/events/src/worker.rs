@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool};
 
-use crate::Error;
 use crate::bus::{Bus, Delivery};
 use crate::config::ConsumerConfig;
 use crate::envelope::Event;
+use crate::error::Error;
 use crate::inbox::{Claim, claim, claim_in};
 
 /// Why a handler did not process an event.

@@ -39,15 +39,8 @@
 
 use std::time::Duration;
 
-use super::super::store::{OrderStatus, RejectReason, SagaKind, SagaState, Step};
-
-/// Unit prices (in line order), total and currency of a reservation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pricing {
-    pub unit_prices: Vec<i64>,
-    pub total_minor: i64,
-    pub currency_code: String,
-}
+pub use crate::store::{Advance, OrderEvent, Pricing};
+use crate::store::{OrderStatus, RejectReason, SagaKind, SagaState, Step};
 
 /// What performing a step produced, as the decision needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,32 +83,6 @@ pub enum StepResult {
     /// The saga met data it cannot act on (a downstream answer missing what
     /// it must carry, a status that contradicts the saga's record).
     Invariant { detail: String },
-}
-
-/// What a recorded step changes; `None` fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Advance {
-    pub state: Option<SagaState>,
-    pub step: Option<Step>,
-    pub order_status: Option<OrderStatus>,
-    pub stock_maybe_reserved: Option<bool>,
-    pub payment_maybe_made: Option<bool>,
-    pub payment_captured: Option<bool>,
-    pub payment_id: Option<String>,
-    pub pricing: Option<Pricing>,
-    /// Reject reason and detail (`NotRejected` and empty to clear them).
-    pub reject: Option<(RejectReason, String)>,
-    /// The order event this record publishes (in the same transaction).
-    pub event: Option<OrderEvent>,
-}
-
-/// The order events a saga record publishes: the terminal ones (the order's
-/// creation is published by CreateOrder).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderEvent {
-    Confirmed,
-    Rejected,
-    Cancelled,
 }
 
 /// What the driver does next.

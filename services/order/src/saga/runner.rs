@@ -500,7 +500,7 @@ impl SagaRunner {
                 events.event(&pb::OrderRejected {
                     order_id: order.order_id.clone(),
                     customer_id: order.customer_id.clone(),
-                    reject_reason: crate::api::reject_reason_to_pb(reason).into(),
+                    reject_reason: ordermesh_proto::order::v1::RejectReason::from(reason).into(),
                     reject_detail: detail,
                     occur_time,
                 })

@@ -47,7 +47,7 @@ use ordermesh_runtime::text_enum;
 use crate::error::Error;
 
 pub use orders::Created;
-pub use sagas::{AdvanceError, Applied, LeaseLost, SagaCursor};
+pub use sagas::{Advance, AdvanceError, Applied, LeaseLost, OrderEvent, Pricing, SagaCursor};
 
 text_enum!(
     /// An order's status, as stored.
@@ -88,6 +88,29 @@ text_enum!(
         AuthorizationExpired => "AUTHORIZATION_EXPIRED",
     }
 );
+
+/// The contract's reject reason (what `GetOrder` and `OrderRejected` carry).
+impl From<RejectReason> for ordermesh_proto::order::v1::RejectReason {
+    fn from(reason: RejectReason) -> Self {
+        use RejectReason as R;
+        use ordermesh_proto::order::v1::RejectReason as Pb;
+        match reason {
+            R::NotRejected => Pb::Unspecified,
+            R::OutOfStock => Pb::OutOfStock,
+            R::UnknownSku => Pb::UnknownSku,
+            R::UnknownCustomer => Pb::UnknownCustomer,
+            R::InsufficientFunds => Pb::InsufficientFunds,
+            R::AccountBlocked => Pb::AccountBlocked,
+            R::AmountOverLimit => Pb::AmountOverLimit,
+            R::ReservationExpired => Pb::ReservationExpired,
+            R::ServiceUnavailable => Pb::ServiceUnavailable,
+            R::CurrencyMismatch => Pb::CurrencyMismatch,
+            R::StepRefused => Pb::StepRefused,
+            R::Internal => Pb::Internal,
+            R::AuthorizationExpired => Pb::AuthorizationExpired,
+        }
+    }
+}
 
 text_enum!(
     /// Which saga a row drives: placing the order or cancelling it.

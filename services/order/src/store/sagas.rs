@@ -12,15 +12,49 @@ use ordermesh_runtime::clock;
 use ordermesh_events::Event;
 use sqlx::FromRow;
 
-use super::{Order, OrderRow, OrderStatus, Saga, SagaKind, SagaRow, SagaState, Step, Store};
+use super::{Order, OrderRow, OrderStatus, RejectReason, Saga, SagaKind, SagaRow, SagaState, Step, Store};
 use crate::error::Error;
-use crate::saga::plan::Advance;
 
 /// A saga write was refused because another worker holds the lease now.
 #[derive(Debug, thiserror::Error)]
 #[error("lease on saga {order_id} lost")]
 pub struct LeaseLost {
     pub order_id: String,
+}
+
+/// Unit prices (in line order), total and currency of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pricing {
+    pub unit_prices: Vec<i64>,
+    pub total_minor: i64,
+    pub currency_code: String,
+}
+
+/// What a recorded step changes; `None` fields stay as they are. The saga's
+/// plan decides it; [`Store::advance`](super::Store) writes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Advance {
+    pub state: Option<SagaState>,
+    pub step: Option<Step>,
+    pub order_status: Option<OrderStatus>,
+    pub stock_maybe_reserved: Option<bool>,
+    pub payment_maybe_made: Option<bool>,
+    pub payment_captured: Option<bool>,
+    pub payment_id: Option<String>,
+    pub pricing: Option<Pricing>,
+    /// Reject reason and detail (`NotRejected` and empty to clear them).
+    pub reject: Option<(RejectReason, String)>,
+    /// The order event this record publishes (in the same transaction).
+    pub event: Option<OrderEvent>,
+}
+
+/// The order events a saga record publishes: the terminal ones (the order's
+/// creation is published by CreateOrder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderEvent {
+    Confirmed,
+    Rejected,
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error)]

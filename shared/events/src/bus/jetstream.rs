@@ -25,10 +25,11 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
 use super::{Acker, DeadLetter, Delivery, Published, dead_letter_subject, replay_message_id};
+use crate::bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
 use crate::config::{BusSettings, ConsumerConfig, Retention};
 use crate::envelope::{Event, micros_of};
+use crate::error::Error;
 use crate::kind::{BoundedContext, subject_matches, subjects_overlap};
-use crate::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, Error};
 
 /// Headers a dead letter carries besides the event's own.
 pub mod header {

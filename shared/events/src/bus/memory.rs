@@ -26,9 +26,9 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use super::{DeadLetter, Delivery, Published, replay_message_id};
-use crate::Error;
 use crate::config::{BusSettings, ConsumerConfig};
 use crate::envelope::{Event, now_micros};
+use crate::error::Error;
 use crate::kind::{BoundedContext, subject_matches};
 
 /// Messages kept per stream when the settings give no limit.

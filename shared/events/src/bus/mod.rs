@@ -23,7 +23,12 @@ use futures::stream::BoxStream;
 
 use crate::config::{BusSettings, ConsumerConfig};
 use crate::envelope::Event;
-use crate::{DEAD_LETTER_PREFIX, Error};
+use crate::error::Error;
+
+/// The stream holding dead letters.
+pub const DEAD_LETTER_STREAM: &str = "DEADLETTER";
+/// Dead letters are published on `<prefix>.<consumer>`.
+pub const DEAD_LETTER_PREFIX: &str = "ordermesh.deadletter";
 
 /// Where a publish landed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,18 +26,19 @@
 //! replicas) are safe, duplicates are dropped by the message id, but waste
 //! work.
 
+mod pending;
 mod rounds;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::AnyPool;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::Error;
 use crate::bus::Bus;
 use crate::envelope::now_micros;
+use crate::error::Error;
+use crate::outbox::Notifier;
 use rounds::Rounds;
 
 pub use rounds::relay_batch;
@@ -81,17 +82,6 @@ impl Default for RelayConfig {
             max_backoff: Duration::from_secs(5),
             sent_retention: Duration::from_secs(60),
         }
-    }
-}
-
-/// Wakes the relay; call [`notify`](Notifier::notify) after committing a
-/// transaction that added outbox rows. Cheap to clone.
-#[derive(Debug, Clone, Default)]
-pub struct Notifier(Arc<Notify>);
-
-impl Notifier {
-    pub fn notify(&self) {
-        self.0.notify_one();
     }
 }
 
@@ -195,7 +185,7 @@ async fn run(
             }
         };
         tokio::select! {
-            () = notifier.0.notified() => {}
+            () = notifier.notified() => {}
             () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => break,
         }

@@ -17,10 +17,10 @@ use sqlx::AnyPool;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::Error;
+use super::pending::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
 use crate::bus::Bus;
 use crate::envelope::{Event, now_micros};
-use crate::outbox::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
+use crate::error::Error;
 
 /// The position of a row in publishing order.
 type Key = (i64, i64, String);
