@@ -45,8 +45,6 @@ mod operations;
 mod payments;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_accounts;
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! Store tests on a SQLite file (the PostgreSQL variants of the concurrent
 //! cases live in the system tests, which run on both backends).
 
+mod accounts;
+
 use super::*;
 use tonic::Code;
 

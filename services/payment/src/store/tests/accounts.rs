@@ -1,20 +1,8 @@
-//! Store tests of opening and crediting accounts through the API's store
-//! calls: idempotency by request id, refusals, and the ledger staying
-//! balanced.
+//! Opening and crediting accounts through the store: idempotency by request
+//! id, refusals, and the ledger staying balanced (on the fixture of
+//! [`super`]).
 
 use super::*;
-use tonic::Code;
-
-const USD: &str = "USD";
-
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = ordermesh_runtime::db::sqlite_url(dir.path(), "payment").expect("sqlite url");
-    let mut config = crate::Config::new(url);
-    config.seed = crate::demo::accounts();
-    let service = crate::build(config).await.expect("payment service builds");
-    (dir, service.store().clone())
-}
 
 fn new_account(id: &str, opening: i64) -> NewAccount {
     NewAccount {
@@ -25,10 +13,6 @@ fn new_account(id: &str, opening: i64) -> NewAccount {
         credit_limit_minor: 0,
         payment_limit_minor: 1_000_000_000,
     }
-}
-
-fn code(error: Error) -> Code {
-    tonic::Status::from(error).code()
 }
 
 async fn assert_balanced(store: &Store) {
