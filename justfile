@@ -4,7 +4,7 @@
 up:
     cargo run --release -- up
 
-# The test suite (SQLite always; PostgreSQL when one answers, see README).
+# The test suite (SQLite always; PostgreSQL when one answers, see CONTRIBUTING.md).
 test:
     cargo test --workspace
 
@@ -35,7 +35,7 @@ buf-lint: tools
 buf-breaking: tools
     bash .ci/buf-breaking.sh
 
-# The comparison set of issue 7 (`ordermesh bench` runs) into BENCHMARKS.md and
+# The comparison set (`ordermesh bench` runs) into BENCHMARKS.md and
 # bench/benchmarks.png, about 7 minutes; e.g. `just bench --long 10m --baseline OLD_BIN`.
 bench *args:
     bash bench/run.sh {{args}}
@@ -49,7 +49,7 @@ bench-gateway *args:
 bench-mesh:
     cargo bench -p ordermesh-mesh
 
-# The README's chaos walkthrough, checked step by step, against a running `just up`.
+# The chaos walkthrough of docs/mesh.md, checked step by step, against a running `just up`.
 chaos address="127.0.0.1:50051": tools
     bash scripts/chaos.sh {{address}}
 

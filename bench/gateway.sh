@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gateway's benchmarks (the gateway issue): one backend (`ordermesh up`,
+# The gateway's benchmarks: one backend (`ordermesh up`,
 # SQLite), four ways to read an order from it, in the same run:
 #
 #   direct        gRPC GetOrder straight to the order service's port

@@ -160,7 +160,7 @@ def main():
         f"| nginx gRPC / direct | {x(ratios['nginx_grpc_vs_direct']['throughput'])} | {x(ratios['nginx_grpc_vs_direct']['p99'])} | {x(ratios['nginx_grpc_vs_direct']['server_cpu'])} | |",
         f"| gateway gRPC / nginx gRPC | {x(ratios['gateway_grpc_vs_nginx']['throughput'])} | {x(ratios['gateway_grpc_vs_nginx']['p99'])} | {x(ratios['gateway_grpc_vs_nginx']['server_cpu'])} | {x(ratios['gateway_grpc_vs_nginx']['proxy_cpu'])} |",
         "",
-        "Targets of the gateway issue:",
+        "Targets:",
         "",
         f"- gRPC pass-through at least as fast as nginx: gateway / nginx throughput "
         f"{x(ratios['gateway_grpc_vs_nginx']['throughput'])}, p99 {x(ratios['gateway_grpc_vs_nginx']['p99'])}, "

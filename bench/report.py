@@ -4,7 +4,7 @@ bench/run.sh) into BENCHMARKS.md and a PNG chart.
 
 Runs are named NAME-A.json (this branch's binary) and NAME-B.json (the
 --baseline binary, when given). Every figure is compared with its target
-from issue 7 and, where the run measured it, with the machine's lower limit
+(BENCHMARKS.md's Targets) and, where the run measured it, with the machine's lower limit
 measured in the same run.
 """
 import argparse
@@ -402,7 +402,7 @@ def main():
           f"- tonic {lock_version('tonic')}, sqlx {lock_version('sqlx')}, "
           f"SQLite (libsqlite3-sys) {lock_version('libsqlite3-sys')}, {postgres_version()}",
           f"- Baseline binary: `{a.baseline}`" if a.baseline else "- Baseline: none (run with `--baseline BIN`)",
-          "", "## Targets of issue 7", "",
+          "", "## Targets", "",
           ]
     header = "| figure | target | this branch | x limit | pass/miss |"
     sep = "|---|---|---|---|---|"

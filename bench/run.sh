@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The comparison set of issue 7 in one go: builds the release binary, runs
+# The comparison set in one go: builds the release binary, runs
 # `ordermesh bench` for every figure (create-order on `up`/SQLite and on three
 # `serve` processes on PostgreSQL at c=1, 8, 32; open loop at 100 orders/s;
 # the echo floor with the mesh client stack against a bare channel; 1,000
@@ -8,7 +8,7 @@
 #
 #   bench/run.sh                         # the default set (about 7 minutes on 2 cores)
 #   bench/run.sh --baseline OLD_BIN      # every run also against OLD_BIN, alternating A and B
-#   bench/run.sh --long 10m              # the 10-minute memory run of issue 7 (default 60s)
+#   bench/run.sh --long 10m              # the 10-minute memory run (default 60s)
 #   bench/run.sh --duration 20s          # longer windows (default 8s)
 #   bench/run.sh --criterion             # also the mesh's criterion bench (stack vs channel, open breaker)
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's chaos walkthrough as a script, against a running mesh
+# The chaos walkthrough of docs/mesh.md as a script, against a running mesh
 # (`ordermesh up --saga-patience-secs 5`, or a port-forward to an order pod
 # with that patience): break payment with an injected fault.
 #  1. A short outage (healed within the patience) is waited out: the order

@@ -1,4 +1,4 @@
-//! `scripts/chaos.sh` (the README's chaos walkthrough, `just chaos`) against
+//! `scripts/chaos.sh` (the chaos walkthrough of docs/mesh.md, `just chaos`) against
 //! the real `ordermesh up --saga-patience-secs 5`: payment broken by an
 //! injected fault; a short outage waited out (the order confirms), a long one
 //! rejects orders after the patience and opens the breaker; healed, the

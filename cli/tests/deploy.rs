@@ -343,11 +343,12 @@ fn binary_default(command: &str, flag: &str) -> String {
     let mut lines = help
         .lines()
         .skip_while(|line| !line.trim_start().starts_with(&format!("{flag} ")));
-    lines
+    let first = lines
         .next()
         .unwrap_or_else(|| panic!("{command} --help has {flag}"));
-    lines
-        .take_while(|line| !line.trim_start().starts_with("--"))
+    // Short help puts the default on the flag's line, long help below it.
+    std::iter::once(first)
+        .chain(lines.take_while(|line| !line.trim_start().starts_with("--")))
         .find_map(|line| {
             let (_, default) = line.split_once("[default: ")?;
             default.split_once(']').map(|(value, _)| value.to_owned())
@@ -386,4 +387,39 @@ fn the_charts_values_agree_with_the_binarys_defaults() {
             "values.yaml {path} disagrees with `ordermesh {command}` {flag}"
         );
     }
+}
+
+/// The flag table of `docs/deployment.md` restates defaults for readers; each
+/// one it gives as a literal (`` `900` ``) must be what `ordermesh serve
+/// --help` says, so the page cannot drift from the binary.
+#[test]
+fn the_deployment_pages_flag_defaults_are_the_binarys() {
+    let page = std::fs::read_to_string(repo().join("docs/deployment.md")).expect("docs/deployment.md");
+    let mut checked = 0;
+    for row in page.lines().filter(|line| line.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        let flag = cells[0]
+            .trim_start_matches("| `")
+            .split([' ', '`'])
+            .next()
+            .expect("a flag");
+        let Some(default) = cells
+            .get(2)
+            .and_then(|c| c.strip_prefix('`'))
+            .and_then(|c| c.split('`').next())
+        else {
+            continue;
+        };
+        let command = if flag == "--log-format" { "up" } else { "serve" };
+        assert_eq!(
+            binary_default(command, flag),
+            default,
+            "docs/deployment.md's default of {flag}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "the table's literal defaults were found ({checked})"
+    );
 }

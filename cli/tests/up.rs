@@ -1,5 +1,5 @@
 //! `ordermesh up` as a user runs it: the real binary, its ready line, the
-//! README's grpcurl walkthrough through reflection against every service,
+//! grpcurl walkthrough of docs/services.md through reflection against every service,
 //! and a graceful stop on SIGTERM.
 //!
 //! grpcurl comes from `GRPCURL`, else `target/tools/bin/grpcurl` (installed by
@@ -86,7 +86,7 @@ fn up_serves_every_service_through_reflection_and_stops_on_sigterm() {
     );
     assert!(account.contains("alice"), "{account}");
 
-    // The README walkthrough: create, get, watch, cancel.
+    // The walkthrough of docs/services.md: create, get, watch, cancel.
     let created = run(
         &grpcurl,
         &[

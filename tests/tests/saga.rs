@@ -353,7 +353,7 @@ async fn payment_outage_is_compensated(backend: Backend) {
     mesh.shutdown().await;
 }
 
-/// The chaos walkthrough of the README: a fault injected through the admin
+/// The chaos walkthrough of docs/mesh.md: a fault injected through the admin
 /// API makes every payment call fail before it is sent. Orders wait out the
 /// outage for the saga's patience, then are rejected with their stock
 /// released and the payment service never called (every attempt was refused

@@ -1,5 +1,5 @@
-//! The demo catalogue `ordermesh up` seeds on first start, so the README's
-//! grpcurl walkthrough has something to order.
+//! The demo catalogue `ordermesh up` seeds on first start, so the grpcurl walkthrough
+//! of docs/services.md has something to order.
 
 use crate::store::SeedItem;
 

@@ -1,5 +1,5 @@
 //! The demo customers `ordermesh up` seeds on first start, one per way an
-//! order's payment can go, so the README's grpcurl walkthrough can show each.
+//! order's payment can go, so the grpcurl walkthrough of docs/services.md can show each.
 
 use crate::store::SeedAccount;
 

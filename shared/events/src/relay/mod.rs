@@ -55,7 +55,7 @@ pub struct RelayConfig {
     /// batch goes on at once (catching up). 20 ms: at a few hundred orders a
     /// second a round then carries several orders' events (one read, one
     /// publish wave, one wake-up of the consumers) instead of about one,
-    /// and commit-to-consumer stays well under the 50 ms of the events issue.
+    /// and commit-to-consumer stays well under its 50 ms target.
     pub min_round_interval: Duration,
     /// Longest time acked rows wait to be marked sent together (a full
     /// batch is marked at once). Rows are never published twice by one
