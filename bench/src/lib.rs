@@ -51,10 +51,6 @@ use target::Mesh;
 
 pub use args::BenchArgs;
 
-/// A free loopback port (for the servers the bench starts).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// Connections the load spreads over (as several clients would).
 const CONNECTIONS: usize = 8;

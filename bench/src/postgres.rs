@@ -89,7 +89,7 @@ impl Cluster {
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres"]);
         run(initdb, "initdb")?;
-        let port = super::free_port()?;
+        let port = ordermesh_runtime::net::free_port()?;
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=300 \
              -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=2000",

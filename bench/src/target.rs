@@ -16,7 +16,6 @@ use anyhow::{Context, bail};
 use super::postgres::{self, Cluster};
 use super::procstat::{self, Members};
 
-use super::free_port;
 
 /// The PostgreSQL databases of a mesh, and how to count their work.
 pub struct Database {
@@ -107,7 +106,7 @@ fn takes_flag(bin: &Path, command: &str, flag: &str) -> anyhow::Result<bool> {
 /// `ordermesh up` on free ports and SQLite files in a temporary directory.
 pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
-    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+    let ports = ordermesh_runtime::net::free_ports::<4>()?;
     let args: Vec<String> = [
         "up",
         "--data-dir",
@@ -185,7 +184,7 @@ pub async fn start_serve(
         statements &= postgres::create_database(&admin_url, &db).await?;
         databases.push(db);
     }
-    let ports = [free_port()?, free_port()?, free_port()?];
+    let ports = ordermesh_runtime::net::free_ports::<3>()?;
     let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     let began = Instant::now();
     let mut children = Vec::new();

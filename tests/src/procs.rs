@@ -51,13 +51,6 @@ pub struct Cluster {
     children: HashMap<&'static str, Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -101,7 +94,10 @@ impl Cluster {
             backend,
             nats_url: nats_url.map(str::to_owned),
             databases,
-            ports: SERVICES.iter().map(|s| (*s, free_port())).collect(),
+            ports: SERVICES
+                .into_iter()
+                .zip(ordermesh_runtime::net::free_ports::<3>().expect("free ports"))
+                .collect(),
             children: HashMap::new(),
         };
         for service in SERVICES {

@@ -42,11 +42,7 @@ pub fn tool(env_var: &str, name: &str, test: &str) -> Option<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    ordermesh_runtime::net::free_port().expect("a free port")
 }
 
 /// `ordermesh up` on free loopback ports and its own data directory, killed
@@ -68,7 +64,7 @@ impl Up {
     /// deadline) for its ready line.
     pub fn start(extra: &[String]) -> Up {
         let data = tempfile::tempdir().expect("tempdir");
-        let (order, inventory, payment, gateway) = (free_port(), free_port(), free_port(), free_port());
+        let [order, inventory, payment, gateway] = ordermesh_runtime::net::free_ports().expect("free ports");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
             .args(["up", "--data-dir"])
             .arg(data.path())

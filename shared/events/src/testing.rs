@@ -7,7 +7,6 @@
 //! prints a SKIP line and returns `None`, except under `CI`, where it panics:
 //! CI must run what needs NATS.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -66,10 +65,6 @@ pub struct NatsServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
 
 impl NatsServer {
     /// Starts a server, or `None` (after a SKIP line) when none is installed
@@ -81,7 +76,7 @@ impl NatsServer {
         };
         let mut server = Self {
             binary,
-            port: free_port(),
+            port: ordermesh_runtime::net::free_port().expect("a free port"),
             store: tempfile::tempdir().expect("store dir"),
             child: None,
         };

@@ -6,7 +6,9 @@
 //!   the service's embedded migrations.
 //! - [`server`]: bootstrap a tonic server with health, reflection (v1 and
 //!   v1alpha) and graceful shutdown on a listener the caller bound.
-//! - [`health`]: keep the health status in step with database readiness.
+//! - [`health`]: keep the health status in step with database readiness,
+//!   and the one health client (`ordermesh health`, readiness waits).
+//! - [`net`]: free loopback ports for the processes the bench and tests start.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future.
 //! - [`validate`]: collect field violations into `INVALID_ARGUMENT` with
 //!   `google.rpc.BadRequest` details.
@@ -23,6 +25,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod net;
 pub mod paging;
 pub mod periodic;
 pub mod server;
