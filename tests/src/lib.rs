@@ -216,5 +216,6 @@ pub fn fast_saga() -> SagaConfig {
         recovery_interval: Duration::from_millis(200),
         crash_at: None,
         pause_before_record: None,
+        lose_record_reply: None,
     }
 }

@@ -36,6 +36,7 @@ fn contended_saga() -> SagaConfig {
             percent: 15.0,
             duration: Duration::from_millis(1_500),
         }),
+        lose_record_reply: None,
     }
 }
 

@@ -111,6 +111,10 @@ pub struct SagaConfig {
     /// make leases lapse mid-step and a stale worker wake up after another
     /// took its saga over.
     pub pause_before_record: Option<Pause>,
+    /// Chaos-test hook: the first record that completes this step commits,
+    /// but its worker is told the connection broke (a reply lost during
+    /// COMMIT), so tests can check the record is not made twice.
+    pub lose_record_reply: Option<crate::store::Step>,
 }
 
 /// A pause of `duration` in `percent` (0..=100) of the places it applies to.
@@ -130,6 +134,7 @@ impl Default for SagaConfig {
             recovery_interval: Duration::from_secs(5),
             crash_at: None,
             pause_before_record: None,
+            lose_record_reply: None,
         }
     }
 }

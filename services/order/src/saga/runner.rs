@@ -2,19 +2,28 @@
 //! else. A worker holds the saga's lease, keeps the saga and its order in
 //! memory (read once when it starts, then updated from what it records: no
 //! read per step), calls downstream only while its lease covers the call,
-//! and records each outcome fenced on the lease.
+//! and records each outcome fenced on its view of the saga (the lease owner
+//! and the row's `version`, see `store::sagas`): a worker whose view is stale
+//! writes nothing and stops.
 //!
 //! At most one worker per saga per process (`running`, with a "drive again"
-//! flag for work that arrives while a worker finishes); across processes the
-//! lease decides. The recovery worker resumes every unfinished saga whose
-//! lease lapsed (after a crash), except those stopped for an operator.
+//! flag for work that arrives while a worker finishes, and a wake-up for a
+//! worker waiting out a back-off); across processes the lease decides. A
+//! worker waiting out a back-off keeps renewing its lease, so one process and
+//! several behave alike. The recovery worker resumes every unfinished saga
+//! whose lease lapsed (after a crash), except those stopped for an operator.
+//!
+//! A record whose reply was lost (the connection broke during COMMIT) may
+//! have landed: the worker reads the row's version back and goes on from the
+//! record if it did, or counts a failed attempt if it did not; it never
+//! decides again on a view the database may have left behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use ordermesh_runtime::clock;
@@ -23,8 +32,7 @@ use super::plan::{self, Advance, Decision, OrderEvent, StepResult};
 use super::steps::Steps;
 use super::{CrashPoint, SagaConfig};
 use crate::error::Error;
-use crate::store::Applied;
-use crate::store::{AdvanceError, Created, NewOrder, Order, Saga, SagaState, Store};
+use crate::store::{AdvanceError, Applied, Created, Fence, NewOrder, Order, Saga, SagaState, Store};
 use crate::watch::WatchHub;
 
 /// Runs sagas: at most one worker per saga in this process, fenced by the
@@ -41,14 +49,25 @@ struct Inner {
     limits: plan::Limits,
     /// This process's lease identity.
     owner: String,
-    /// Sagas a worker of this process drives, each with a "drive again" flag.
-    running: Mutex<HashMap<String, bool>>,
+    /// Sagas a worker of this process drives.
+    running: Mutex<HashMap<String, Slot>>,
     watch: WatchHub,
     /// Set when the service shuts down: workers stop where they are.
     stop: watch::Sender<bool>,
     /// Sagas this process took up without having started them (recovery,
     /// re-drive): for tests and operators.
     resumed: AtomicU64,
+    /// Chaos-test hook (`SagaConfig::lose_record_reply`): set once a reply
+    /// was "lost".
+    reply_lost: std::sync::atomic::AtomicBool,
+}
+
+/// A saga this process drives: whether to drive it once more when its worker
+/// ends (work arrived meanwhile), and how to wake its worker from a back-off
+/// so it checks at once whether its view is still the saga's.
+struct Slot {
+    again: bool,
+    wake: Arc<Notify>,
 }
 
 /// A saga being driven: its state, its order, and until when (by this
@@ -161,6 +180,7 @@ impl SagaRunner {
                 watch,
                 stop: watch::channel(false).0,
                 resumed: AtomicU64::new(0),
+                reply_lost: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -174,6 +194,11 @@ impl SagaRunner {
     /// another worker's lease lapsed, or on an operator's re-drive).
     pub fn resumed(&self) -> u64 {
         self.inner.resumed.load(Ordering::Relaxed)
+    }
+
+    /// How many sagas a worker of this process drives now.
+    pub fn driving(&self) -> usize {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// A lease taken now: its end in the database (wall clock) and in this
@@ -250,16 +275,27 @@ impl SagaRunner {
     }
 
     /// Drives the saga of `order_id` in the background, unless this process
-    /// already does; then that worker drives it once more when done.
+    /// already does; then that worker is woken to check its view (a cancel or
+    /// a retry changed the saga: its next fenced write fails and it stops)
+    /// and the saga is driven once more, afresh, when it ends.
     fn spawn(&self, order_id: &str, preloaded: Option<Driven>) {
-        {
+        let wake = {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(again) = running.get_mut(order_id) {
-                *again = true;
+            if let Some(slot) = running.get_mut(order_id) {
+                slot.again = true;
+                slot.wake.notify_one();
                 return;
             }
-            running.insert(order_id.to_owned(), false);
-        }
+            let wake = Arc::new(Notify::new());
+            running.insert(
+                order_id.to_owned(),
+                Slot {
+                    again: false,
+                    wake: wake.clone(),
+                },
+            );
+            wake
+        };
         let runner = self.clone();
         let order_id = order_id.to_owned();
         let mut stop = self.inner.stop.subscribe();
@@ -267,7 +303,7 @@ impl SagaRunner {
             let mut preloaded = preloaded;
             loop {
                 let outcome = tokio::select! {
-                    outcome = runner.drive(&order_id, preloaded.take()) => outcome,
+                    outcome = runner.drive(&order_id, preloaded.take(), &wake) => outcome,
                     _ = stop.wait_for(|stop| *stop) => Err(Halt::Stopped),
                 };
                 match &outcome {
@@ -278,19 +314,24 @@ impl SagaRunner {
                         let _ = runner.inner.store.release_lease(&order_id, runner.owner()).await;
                         return;
                     }
-                    Err(Halt::LeaseLost) => tracing::info!(%order_id, "saga owned by another worker"),
+                    Err(Halt::LeaseLost) => {
+                        tracing::info!(%order_id, "saga changed under this worker (another owner, a cancel or a retry)")
+                    }
                     Err(Halt::Store(e)) => {
                         tracing::error!(%order_id, error = %e, "saga halted on a database error; recovery resumes it")
                     }
                 }
                 let again = {
                     let mut running = runner.inner.running.lock().unwrap_or_else(|p| p.into_inner());
-                    if running.get(&order_id) == Some(&true) {
-                        running.insert(order_id.clone(), false);
-                        true
-                    } else {
-                        running.remove(&order_id);
-                        false
+                    match running.get_mut(&order_id) {
+                        Some(slot) if slot.again => {
+                            slot.again = false;
+                            true
+                        }
+                        _ => {
+                            running.remove(&order_id);
+                            false
+                        }
                     }
                 };
                 if !again {
@@ -363,6 +404,15 @@ impl SagaRunner {
         }))
     }
 
+    /// The fence of this worker's writes: this process, at the version of
+    /// the saga the worker last read or wrote.
+    fn fence<'a>(&'a self, driven: &Driven) -> Fence<'a> {
+        Fence {
+            owner: self.owner(),
+            version: driven.order.version,
+        }
+    }
+
     /// Makes sure the lease covers a call: renews it when what is left would
     /// not outlast the call plus the skew margin.
     async fn ensure_lease(&self, driven: &mut Driven) -> Result<(), Halt> {
@@ -371,11 +421,17 @@ impl SagaRunner {
         if plan::lease_covers(remaining, config.call_timeout, config.lease_margin) {
             return Ok(());
         }
+        self.renew(driven).await
+    }
+
+    /// Renews the lease, fenced on the worker's view: fails when the saga
+    /// changed since (a cancel, a retry, another owner).
+    async fn renew(&self, driven: &mut Driven) -> Result<(), Halt> {
         let (until, valid_until) = self.new_lease();
         if !self
             .inner
             .store
-            .renew_lease(&driven.saga.order_id, self.owner(), until)
+            .renew_lease(&driven.saga.order_id, self.fence(driven), until)
             .await?
         {
             return Err(Halt::LeaseLost);
@@ -384,7 +440,7 @@ impl SagaRunner {
         Ok(())
     }
 
-    async fn drive(&self, order_id: &str, preloaded: Option<Driven>) -> Result<(), Halt> {
+    async fn drive(&self, order_id: &str, preloaded: Option<Driven>, wake: &Notify) -> Result<(), Halt> {
         let mut driven = match preloaded {
             Some(driven) => driven,
             None => match self.take(order_id).await? {
@@ -411,23 +467,28 @@ impl SagaRunner {
                 StepResult::Nothing
             };
             let decision = plan::decide(&driven.view(), result, &self.inner.limits, fastrand::f64());
-            self.perform(&mut driven, decision).await?;
+            self.perform(&mut driven, decision, wake).await?;
         }
     }
 
     /// Performs a decision: records it, or counts a failed attempt and waits,
     /// or stops the saga for an operator.
-    async fn perform(&self, driven: &mut Driven, decision: Decision) -> Result<(), Halt> {
+    async fn perform(&self, driven: &mut Driven, decision: Decision, wake: &Notify) -> Result<(), Halt> {
         let store = &self.inner.store;
         let order_id = driven.saga.order_id.clone();
         match decision {
             Decision::Record(advance) => {
                 let event = advance.event.map(|kind| self.order_event(driven, &advance, kind));
                 let (until, valid_until) = self.new_lease();
-                match store
-                    .advance(&order_id, self.owner(), until, &advance, event.as_ref())
-                    .await
-                {
+                let recorded = store
+                    .advance(&order_id, self.fence(driven), until, &advance, event.as_ref())
+                    .await;
+                let recorded = self.maybe_lose_reply(driven, recorded);
+                let recorded = match recorded {
+                    Err(AdvanceError::Store(e)) => self.landed(driven, e).await?,
+                    other => other,
+                };
+                match recorded {
                     Ok(applied) => {
                         let from = driven.saga.step;
                         driven.apply(&advance, applied);
@@ -443,8 +504,9 @@ impl SagaRunner {
                     }
                     Err(AdvanceError::LeaseLost(_)) => Err(Halt::LeaseLost),
                     Err(AdvanceError::Store(e)) => {
-                        // The database failing counts as a failed attempt of
-                        // the step (which is repeated: it is idempotent).
+                        // The record certainly did not land: the database
+                        // failing counts as a failed attempt of the step
+                        // (which is repeated: it is idempotent).
                         let failure = StepResult::Unavailable {
                             detail: format!("recording {}: {e}", driven.saga.step.as_str()),
                             maybe_sent: true,
@@ -455,7 +517,8 @@ impl SagaRunner {
                             _ => {
                                 let wait =
                                     plan::backoff(driven.saga.attempts, &self.inner.limits, fastrand::f64());
-                                self.failed_attempt(driven, &e.to_string(), wait, true).await
+                                self.failed_attempt(driven, &e.to_string(), wait, true, wake)
+                                    .await
                             }
                         }
                     }
@@ -465,9 +528,64 @@ impl SagaRunner {
                 wait,
                 error,
                 maybe_sent,
-            } => self.failed_attempt(driven, &error, wait, maybe_sent).await,
+            } => self.failed_attempt(driven, &error, wait, maybe_sent, wake).await,
             Decision::NeedsAttention { error } => self.park(driven, &error).await,
         }
+    }
+
+    /// After a record failed with a database error, which may have come after
+    /// its commit (a reply lost to a broken connection): reads the saga's
+    /// fence back (waiting out the database) and tells what happened. The
+    /// record landed when the row is this process's at the next version; it
+    /// did not when the version is unchanged; anything else is another
+    /// worker's change.
+    async fn landed(&self, driven: &Driven, error: Error) -> Result<Result<Applied, AdvanceError>, Halt> {
+        let order_id = &driven.saga.order_id;
+        let expected = driven.order.version;
+        let mut wait = self.inner.limits.initial_backoff;
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            match self.inner.store.fence_of(order_id).await {
+                Ok(Some((owner, version, update_time))) => {
+                    return Ok(if owner == self.owner() && version == expected + 1 {
+                        tracing::warn!(%order_id, %error, "a saga record's reply was lost; it had landed");
+                        Ok(Applied { version, update_time })
+                    } else if owner == self.owner() && version == expected {
+                        Err(AdvanceError::Store(error))
+                    } else {
+                        Err(AdvanceError::LeaseLost(crate::store::LeaseLost {
+                            order_id: order_id.clone(),
+                        }))
+                    });
+                }
+                Ok(None) => return Err(Halt::LeaseLost),
+                Err(e) => {
+                    tracing::warn!(%order_id, error = %e, "cannot read back a record whose reply was lost")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|stop| *stop) => return Err(Halt::Stopped),
+            }
+            wait = (wait * 2).min(self.inner.limits.max_backoff);
+        }
+    }
+
+    /// The chaos-test hook `lose_record_reply`: the first record of that step
+    /// committed, but the worker is told the connection broke.
+    fn maybe_lose_reply(
+        &self,
+        driven: &Driven,
+        recorded: Result<Applied, AdvanceError>,
+    ) -> Result<Applied, AdvanceError> {
+        if recorded.is_ok()
+            && self.inner.config.lose_record_reply == Some(driven.saga.step)
+            && !self.inner.reply_lost.swap(true, Ordering::Relaxed)
+        {
+            let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            return Err(AdvanceError::Store(Error::from(sqlx::Error::Io(reset))));
+        }
+        recorded
     }
 
     /// The order event a record publishes, from the order as the record
@@ -520,13 +638,15 @@ impl SagaRunner {
         error: &str,
         wait: Duration,
         maybe_sent: bool,
+        wake: &Notify,
     ) -> Result<(), Halt> {
-        let order_id = &driven.saga.order_id;
+        let order_id = driven.saga.order_id.clone();
+        let order_id = &order_id;
         driven.saga.step_maybe_sent |= maybe_sent;
         match self
             .inner
             .store
-            .record_failure(order_id, self.owner(), error, driven.saga.step_maybe_sent)
+            .record_failure(order_id, self.fence(driven), error, driven.saga.step_maybe_sent)
             .await
         {
             Ok(attempts) => driven.saga.attempts = attempts,
@@ -545,10 +665,32 @@ impl SagaRunner {
             %error,
             "saga step failed, will retry"
         );
+        self.back_off(driven, wait, wake).await
+    }
+
+    /// Waits `wait` before the next attempt, keeping the lease (renewed,
+    /// fenced on the worker's view, before it would lapse: a back-off may be
+    /// longer than the lease, and another process must not take the saga
+    /// over meanwhile). Woken early (a cancel or a retry arrived), it checks
+    /// its view at once and stops if the saga changed.
+    async fn back_off(&self, driven: &mut Driven, wait: Duration, wake: &Notify) -> Result<(), Halt> {
+        let until = Instant::now() + wait;
         let mut stop = self.inner.stop.subscribe();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => Ok(()),
-            _ = stop.wait_for(|stop| *stop) => Err(Halt::Stopped),
+        let renew_before = self.inner.config.call_timeout + self.inner.config.lease_margin;
+        loop {
+            let renew_at = driven
+                .lease_valid_until
+                .checked_sub(renew_before)
+                .unwrap_or_else(Instant::now);
+            tokio::select! {
+                () = tokio::time::sleep_until(until.min(renew_at)) => {}
+                () = wake.notified() => {}
+                _ = stop.wait_for(|stop| *stop) => return Err(Halt::Stopped),
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            self.renew(driven).await?;
         }
     }
 
@@ -561,7 +703,7 @@ impl SagaRunner {
             %error,
             "saga needs an operator (OrderAdminService/RetrySaga drives it again)"
         );
-        self.inner.store.park(order_id, self.owner(), error).await?;
+        self.inner.store.park(order_id, self.fence(driven), error).await?;
         driven.saga.needs_attention = true;
         Err(Halt::NeedsAttention)
     }

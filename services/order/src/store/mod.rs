@@ -47,7 +47,7 @@ use ordermesh_runtime::text_enum;
 use crate::error::Error;
 
 pub use orders::Created;
-pub use sagas::{Advance, AdvanceError, Applied, LeaseLost, OrderEvent, Pricing, SagaCursor};
+pub use sagas::{Advance, AdvanceError, Applied, Fence, LeaseLost, OrderEvent, Pricing, SagaCursor};
 
 text_enum!(
     /// An order's status, as stored.

@@ -3,7 +3,15 @@
 //! of recovery and admin.
 //!
 //! Fencing: every write a worker makes is conditional on `lease_owner` being
-//! that worker, so a worker whose lease another took over writes nothing.
+//! its process *and* on `version` being the version the worker last read or
+//! wrote. The lease owner alone is one id per process, so it cannot tell a
+//! stale worker from the one that should drive now (a worker asleep on an old
+//! view while a cancel re-armed the saga in the same process, or a worker
+//! whose write committed although its reply was lost). Every change of what
+//! the saga is or who drives it bumps `version`: a recorded step, a cancel, an
+//! operator's retry, and every acquisition of the lease. A fenced write that
+//! finds another version writes nothing and reports [`LeaseLost`].
+//!
 //! Whether a worker may *call downstream* is its own check against the lease
 //! it last wrote (see the saga runner); the database enforces only writes.
 
@@ -15,7 +23,8 @@ use sqlx::FromRow;
 use super::{Order, OrderRow, OrderStatus, RejectReason, Saga, SagaKind, SagaRow, SagaState, Step, Store};
 use crate::error::Error;
 
-/// A saga write was refused because another worker holds the lease now.
+/// A saga write was refused: another worker holds the lease now, or the
+/// saga changed since this worker's view of it (a newer `version`).
 #[derive(Debug, thiserror::Error)]
 #[error("lease on saga {order_id} lost")]
 pub struct LeaseLost {
@@ -81,13 +90,22 @@ pub struct Applied {
 /// A keyset position in the saga listing: (update_time, order_id).
 pub type SagaCursor = (i64, String);
 
+/// Who writes: the process's lease identity and the `version` of the row
+/// its worker last read or wrote. Every write of a worker is fenced on both.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    pub version: i64,
+}
+
 impl Store {
-    /// Takes (or renews) the lease on an unfinished saga that no operator
-    /// holds back. False when another worker holds an unexpired lease, or the
-    /// saga is done or needs attention.
+    /// Takes the lease on an unfinished saga that no operator holds back,
+    /// and bumps its version, so any other worker's view of it (this
+    /// process's included) is stale from now on. False when another process
+    /// holds an unexpired lease, or the saga is done or needs attention.
     pub async fn acquire_lease(&self, order_id: &str, owner: &str, until: i64) -> Result<bool, Error> {
         let taken = sqlx::query(
-            "UPDATE orders SET lease_owner = $1, lease_until = $2
+            "UPDATE orders SET lease_owner = $1, lease_until = $2, version = version + 1
              WHERE order_id = $3 AND saga_state <> $4 AND needs_attention = 0
                AND (lease_owner = $1 OR lease_until < $5)",
         )
@@ -102,21 +120,26 @@ impl Store {
     }
 
     /// Extends a lease this worker holds. False when another worker took the
-    /// saga over (or it finished meanwhile): the caller must stop.
-    pub async fn renew_lease(&self, order_id: &str, owner: &str, until: i64) -> Result<bool, Error> {
+    /// saga over, or the saga changed since the worker's view (or finished):
+    /// the caller must stop.
+    pub async fn renew_lease(&self, order_id: &str, fence: Fence<'_>, until: i64) -> Result<bool, Error> {
         let renewed = sqlx::query(
-            "UPDATE orders SET lease_until = $1 WHERE order_id = $2 AND lease_owner = $3 AND saga_state <> $4",
+            "UPDATE orders SET lease_until = $1
+             WHERE order_id = $2 AND lease_owner = $3 AND version = $4 AND saga_state <> $5",
         )
         .bind(until)
         .bind(order_id)
-        .bind(owner)
+        .bind(fence.owner)
+        .bind(fence.version)
         .bind(SagaState::Done.as_str())
         .execute(&self.db.write)
         .await?;
         Ok(renewed.rows_affected() == 1)
     }
 
-    /// Gives a lease back so any worker may pick the saga up at once.
+    /// Gives this process's lease back so any worker may pick the saga up at
+    /// once (at shutdown: whatever view its worker had, the next process
+    /// reads the saga afresh).
     pub async fn release_lease(&self, order_id: &str, owner: &str) -> Result<(), Error> {
         sqlx::query("UPDATE orders SET lease_until = 0 WHERE order_id = $1 AND lease_owner = $2")
             .bind(order_id)
@@ -124,6 +147,17 @@ impl Store {
             .execute(&self.db.write)
             .await?;
         Ok(())
+    }
+
+    /// Who holds the saga and at which version, with its last update time:
+    /// how a worker whose write's reply was lost learns whether it landed.
+    pub async fn fence_of(&self, order_id: &str) -> Result<Option<(String, i64, i64)>, Error> {
+        Ok(
+            sqlx::query_as("SELECT lease_owner, version, update_time FROM orders WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&self.db.write)
+                .await?,
+        )
     }
 
     /// The saga and its order, read once when a worker starts driving it:
@@ -165,20 +199,21 @@ impl Store {
     pub async fn record_failure(
         &self,
         order_id: &str,
-        owner: &str,
+        fence: Fence<'_>,
         error: &str,
         maybe_sent: bool,
     ) -> Result<i64, AdvanceError> {
         let attempts: Option<(i64,)> = sqlx::query_as(
             "UPDATE orders SET attempts = attempts + 1, last_error = $1, update_time = $2,
                 step_maybe_sent = COALESCE($5, step_maybe_sent)
-             WHERE order_id = $3 AND lease_owner = $4 RETURNING attempts",
+             WHERE order_id = $3 AND lease_owner = $4 AND version = $6 RETURNING attempts",
         )
         .bind(error)
         .bind(clock::now_micros())
         .bind(order_id)
-        .bind(owner)
+        .bind(fence.owner)
         .bind(maybe_sent.then_some(1_i64))
+        .bind(fence.version)
         .fetch_optional(&self.db.write)
         .await?;
         match attempts {
@@ -192,16 +227,17 @@ impl Store {
 
     /// Stops a saga for an operator: flagged, with its last error, lease
     /// given back; the recovery worker leaves it alone until `retry`.
-    pub async fn park(&self, order_id: &str, owner: &str, error: &str) -> Result<(), AdvanceError> {
+    pub async fn park(&self, order_id: &str, fence: Fence<'_>, error: &str) -> Result<(), AdvanceError> {
         let parked = sqlx::query(
             "UPDATE orders SET needs_attention = 1, attempts = attempts + 1, last_error = $1, update_time = $2,
                 lease_until = 0
-             WHERE order_id = $3 AND lease_owner = $4",
+             WHERE order_id = $3 AND lease_owner = $4 AND version = $5",
         )
         .bind(error)
         .bind(clock::now_micros())
         .bind(order_id)
-        .bind(owner)
+        .bind(fence.owner)
+        .bind(fence.version)
         .execute(&self.db.write)
         .await?;
         if parked.rows_affected() == 1 {
@@ -216,13 +252,13 @@ impl Store {
 
     /// Records a step's outcome and starts the next step, atomically with
     /// the order's change, and renews the lease: one UPDATE of the order's
-    /// row, fenced on the lease (plus, in the same transaction, the lines'
-    /// prices when a reservation priced them and the order's event when the
-    /// record publishes one).
+    /// row, fenced on the worker's view (plus, in the same transaction, the
+    /// lines' prices when a reservation priced them and the order's event when
+    /// the record publishes one). The new version is `fence.version + 1`.
     pub async fn advance(
         &self,
         order_id: &str,
-        owner: &str,
+        fence: Fence<'_>,
         lease_until: i64,
         advance: &Advance,
         event: Option<&Event>,
@@ -248,7 +284,7 @@ impl Store {
                 currency_code = COALESCE($11, currency_code),
                 attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $12, update_time = $12,
                 lease_until = $13, version = version + 1
-             WHERE order_id = $14 AND lease_owner = $15
+             WHERE order_id = $14 AND lease_owner = $15 AND version = $16
              RETURNING version, update_time",
         )
         .bind(advance.state.map(SagaState::as_str))
@@ -265,7 +301,8 @@ impl Store {
         .bind(now)
         .bind(lease_until)
         .bind(order_id)
-        .bind(owner);
+        .bind(fence.owner)
+        .bind(fence.version);
         let fenced = |applied: Option<Applied>| {
             applied.ok_or_else(|| {
                 AdvanceError::from(LeaseLost {
@@ -395,14 +432,16 @@ impl Store {
     }
 
     /// Clears a saga's attention flag and attempts, restarts its step's
-    /// clock, and leases it to `owner`, unless it is finished or a live
-    /// worker elsewhere drives it (then nothing changes). Returns the saga
-    /// when this call took it.
+    /// clock, and leases it to `owner` with a new version (a worker of this
+    /// process still driving it stops at its next write and the saga is
+    /// driven afresh), unless it is finished or a live worker elsewhere
+    /// drives it (then nothing changes). Returns the saga when this call took
+    /// it.
     pub async fn retry(&self, order_id: &str, owner: &str, lease_until: i64) -> Result<Option<Saga>, Error> {
         let now = clock::now_micros();
         let taken = sqlx::query(
             "UPDATE orders SET needs_attention = 0, attempts = 0, last_error = '', step_since = $1, update_time = $1,
-                lease_owner = $2, lease_until = $3
+                lease_owner = $2, lease_until = $3, version = version + 1
              WHERE order_id = $4 AND saga_state <> $5
                AND (needs_attention = 1 OR lease_until < $1 OR lease_owner = $2)",
         )
