@@ -65,7 +65,12 @@ async fn call(
             .server_streaming(&binding.method, grpc_request)
             .await?
             .into_inner();
-        Ok(streaming(binding, &parts.headers, stream))
+        Ok(streaming(
+            binding,
+            &parts.headers,
+            stream,
+            tokio::time::Instant::now() + timeout,
+        ))
     } else {
         let response = shared.upstreams.unary(&binding.method, grpc_request).await?;
         let json = json::response(response.get_ref(), binding.response_body.as_deref())?;
@@ -176,38 +181,53 @@ pub fn json_response(status: StatusCode, json: &serde_json::Value) -> Response<B
 /// (`data:` events) when the client accepts `text/event-stream`. A failure
 /// after the first message can no longer change the HTTP status, so it is
 /// sent in-band (`{"error": Status}` or an `event: error`) and ends the stream.
+/// So does the request's deadline: the stream ends there with
+/// DEADLINE_EXCEEDED (the service ends its side too, since the deadline
+/// travelled with the call; this holds whatever the service does).
 fn streaming(
     binding: &Binding,
     headers: &HeaderMap,
     stream: tonic::Streaming<DynamicMessage>,
+    deadline: tokio::time::Instant,
 ) -> Response<Body> {
     let sse = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("text/event-stream"));
     let response_body = binding.response_body.clone();
-    let frames = stream
-        .map(move |item| {
-            let (kind, json) = match item.and_then(|m| json::response(&m, response_body.as_deref())) {
-                Ok(json) => ("result", json),
-                Err(status) => ("error", error::status_json(&status)),
-            };
-            let text = if sse {
-                let event = if kind == "error" { "event: error\n" } else { "" };
-                format!("{event}data: {json}\n\n")
-            } else {
-                format!("{}\n", serde_json::json!({ kind: json }))
-            };
-            (kind == "error", Bytes::from(text))
-        })
-        // Stop after an error frame: the stream has ended.
-        .scan(false, |ended, (is_error, frame)| {
-            if *ended {
-                return futures::future::ready(None);
-            }
-            *ended = is_error;
-            futures::future::ready(Some(Ok::<_, std::convert::Infallible>(frame)))
-        });
+    let expired = futures::stream::once(tokio::time::sleep_until(deadline)).map(|()| {
+        Err(tonic::Status::deadline_exceeded(
+            "the stream reached the request's deadline",
+        ))
+    });
+    let frames = futures::stream::select(
+        stream.map(Some).chain(futures::stream::once(async { None })),
+        expired.map(Some),
+    )
+    // The upstream's end (None) ends the response at once.
+    .take_while(|item| futures::future::ready(item.is_some()))
+    .filter_map(futures::future::ready)
+    .map(move |item| {
+        let (kind, json) = match item.and_then(|m| json::response(&m, response_body.as_deref())) {
+            Ok(json) => ("result", json),
+            Err(status) => ("error", error::status_json(&status)),
+        };
+        let text = if sse {
+            let event = if kind == "error" { "event: error\n" } else { "" };
+            format!("{event}data: {json}\n\n")
+        } else {
+            format!("{}\n", serde_json::json!({ kind: json }))
+        };
+        (kind == "error", Bytes::from(text))
+    })
+    // Stop after an error frame: the stream has ended.
+    .scan(false, |ended, (is_error, frame)| {
+        if *ended {
+            return futures::future::ready(None);
+        }
+        *ended = is_error;
+        futures::future::ready(Some(Ok::<_, std::convert::Infallible>(frame)))
+    });
     let mut response = Response::new(Body::from_stream(frames));
     let content_type = if sse {
         "text/event-stream"

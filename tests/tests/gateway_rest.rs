@@ -224,6 +224,50 @@ async fn watch_streams_as_ndjson_and_sse() {
     assert_eq!(body["details"][0]["reason"], "ORDER_NOT_FOUND");
 }
 
+/// A REST watch keeps the caller's deadline: with `X-Request-Timeout: 1s`
+/// on an order that stays open for seconds, the stream ends at the deadline
+/// with DEADLINE_EXCEEDED in-band, not when the order ends.
+#[tokio::test]
+async fn a_watch_ends_at_its_deadline() {
+    let mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+    // Payment answers after 10 s: the order stays open until the saga's
+    // patience (3 s) runs out.
+    mesh.set_faults(
+        "payment",
+        vec![ordermesh_proto::mesh::v1::FaultRule {
+            delay_percent: 100.0,
+            delay_ms: 10_000,
+            ..Default::default()
+        }],
+    )
+    .await;
+    let order_id = rest.create("watch-deadline", "CB-004", 1).await["orderId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let started = std::time::Instant::now();
+    let response = rest
+        .request(reqwest::Method::GET, &format!("/v1/orders/{order_id}:watch"))
+        .header("x-request-timeout", "1s")
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(10), response.text())
+        .await
+        .expect("the stream ends")
+        .expect("body");
+    let last: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["error"]["code"], 4, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "ended at the 1 s deadline, not with the order: {:?}",
+        started.elapsed()
+    );
+    mesh.set_faults("payment", vec![]).await;
+}
+
 #[tokio::test]
 async fn errors_are_google_rpc_status_with_standard_codes() {
     let mut mesh = mesh().await;

@@ -170,7 +170,154 @@ async fn a_watcher_on_another_replica_follows_the_order(backend: Backend) {
     mesh.shutdown().await;
 }
 
-/// Issue item 7: reads (GetOrder, ListOrders, health) do not queue behind
+/// A write that commits late, with a time stamp older than changes the
+/// replica already saw (a writer that waited for a connection or a lock),
+/// still reaches a watcher on another replica: the replica polls its
+/// watched orders by version, not by a window of update times.
+async fn a_late_commit_reaches_a_watcher_on_another_replica(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let replica = mesh.start_order_replica(ordermesh_tests::fast_saga()).await;
+    // Payment answers after 10 s: the order stays PENDING for seconds.
+    mesh.set_faults(
+        "payment",
+        vec![mesh_pb::FaultRule {
+            delay_percent: 100.0,
+            delay_ms: 10_000,
+            ..Default::default()
+        }],
+    )
+    .await;
+    let watched = mesh
+        .create_order("late-1", "alice", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    let other = mesh
+        .create_order("late-2", "alice", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    let watch = |order_id: String| {
+        let mut client = replica.client.clone();
+        async move {
+            client
+                .watch_order(order_pb::WatchOrderRequest { order_id })
+                .await
+                .expect("watch on the replica")
+                .into_inner()
+        }
+    };
+    let mut stream = watch(watched.order_id.clone()).await;
+    let mut other_stream = watch(other.order_id.clone()).await;
+    let open = |status: OrderStatus| {
+        !matches!(
+            status,
+            OrderStatus::Confirmed | OrderStatus::Rejected | OrderStatus::Cancelled
+        )
+    };
+    let first = stream.next().await.expect("a first snapshot").expect("ok");
+    assert!(open(first.order.expect("order").status()));
+    let db = &mesh.order_store.db().write;
+    let now = ordermesh_runtime::clock::now_micros();
+    // Another order ends with a later stamp, and the replica sees it (its
+    // watcher gets the change)...
+    sqlx::query(
+        "UPDATE orders SET status = 'CANCELLED', saga_state = 'DONE', lease_owner = 'elsewhere',
+            update_time = $1, version = version + 1 WHERE order_id = $2",
+    )
+    .bind(now + 10_000_000)
+    .bind(&other.order_id)
+    .execute(db)
+    .await
+    .expect("update");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(item) = other_stream.next().await {
+            if item.expect("ok").order.expect("order").status() == OrderStatus::Cancelled {
+                return;
+            }
+        }
+        panic!("the other watch ended without the change");
+    })
+    .await
+    .expect("the replica saw the later change");
+    // ...then the watched order's terminal write lands, stamped earlier.
+    sqlx::query(
+        "UPDATE orders SET status = 'CANCELLED', saga_state = 'DONE', lease_owner = 'elsewhere',
+            update_time = $1, version = version + 1 WHERE order_id = $2",
+    )
+    .bind(now)
+    .bind(&watched.order_id)
+    .execute(db)
+    .await
+    .expect("update");
+    let last = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut last = None;
+        while let Some(item) = stream.next().await {
+            last = Some(item.expect("ok").order.expect("order").status());
+        }
+        last
+    })
+    .await
+    .expect("the watch ends with the late terminal write");
+    assert_eq!(last, Some(OrderStatus::Cancelled));
+    mesh.set_faults("payment", vec![]).await;
+    replica.stop().await;
+    mesh.shutdown().await;
+}
+
+/// A gRPC watch keeps its deadline: the stream ends with DEADLINE_EXCEEDED
+/// at the caller's deadline, not when the order ends.
+async fn a_watch_ends_at_its_deadline(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    mesh.set_faults(
+        "payment",
+        vec![mesh_pb::FaultRule {
+            delay_percent: 100.0,
+            delay_ms: 10_000,
+            ..Default::default()
+        }],
+    )
+    .await;
+    let order = mesh
+        .create_order("deadline-1", "alice", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    let mut request = tonic::Request::new(order_pb::WatchOrderRequest {
+        order_id: order.order_id.clone(),
+    });
+    request.set_timeout(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let mut stream = mesh
+        .order
+        .clone()
+        .watch_order(request)
+        .await
+        .expect("watch")
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(status)) => return Some(status.code()),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended, Some(tonic::Code::DeadlineExceeded));
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    mesh.set_faults("payment", vec![]).await;
+    mesh.shutdown().await;
+}
+
+/// Reads (GetOrder, ListOrders, health) do not queue behind
 /// the saga's writes. A write transaction is held open on the order
 /// database; reads still answer.
 async fn reads_do_not_wait_for_an_open_write(backend: Backend) {
@@ -230,5 +377,7 @@ async fn reads_do_not_wait_for_an_open_write(backend: Backend) {
 both_backends!(
     two_order_processes_share_the_sagas_safely,
     a_watcher_on_another_replica_follows_the_order,
+    a_late_commit_reaches_a_watcher_on_another_replica,
+    a_watch_ends_at_its_deadline,
     reads_do_not_wait_for_an_open_write,
 );

@@ -300,6 +300,9 @@ impl OrderService for OrderApi {
         // Tells the hub which version this process has seen, so its poll for
         // other replicas' changes does not re-read it.
         self.watch.publish(&first);
+        // The stream outlives this handler, so it keeps the caller's deadline
+        // itself: past it the watch ends with DEADLINE_EXCEEDED.
+        let deadline = ordermesh_mesh::deadline::incoming_deadline();
         let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
         tokio::spawn(async move {
@@ -329,6 +332,11 @@ impl OrderService for OrderApi {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     () = tx.closed() => return,
+                    () = until(deadline) => {
+                        let status = Status::deadline_exceeded("the watch reached its deadline before the order ended");
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 };
                 if order.version <= last.0 {
                     continue;
@@ -382,5 +390,13 @@ impl OrderService for OrderApi {
             })
             .collect::<Result<Vec<_>, crate::error::Error>>()?;
         Ok(Response::new(pb::GetOrderTimelineResponse { entries }))
+    }
+}
+
+/// Completes at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

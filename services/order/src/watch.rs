@@ -5,9 +5,17 @@
 //! Why not a poll per watcher: a thousand watchers would read the database a
 //! thousand times a second. Here a watcher costs one database read when it
 //! subscribes (and again only if it lags behind its channel); the poll for
-//! other replicas' changes is one query per interval for the whole process,
-//! and only while someone watches. Snapshots carry the order's `version`, so
-//! a watcher fed from both sources keeps only newer ones.
+//! other replicas' changes reads the versions of the watched orders (one
+//! query per 64 of them) per interval for the whole process, and only while
+//! someone watches. Snapshots carry the order's `version`, so a watcher fed
+//! from both sources keeps only newer ones.
+//!
+//! Why by version and not by update time: a write stamps its time before it
+//! waits for a connection or a row lock, so writes commit out of time order;
+//! a poll that looks back a fixed window past the newest time it has seen
+//! misses a write that committed late, and the watch of that order never
+//! ends. A version per row cannot be missed, and the poll's cost follows the
+//! watched orders, not the write rate.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,11 +27,6 @@ use crate::store::{Order, Store};
 
 /// How many snapshots a watcher may fall behind before it re-reads.
 const CHANNEL_CAPACITY: usize = 16;
-/// How far back each poll looks, past the newest change it saw: commits land
-/// in a different order than their timestamps, and replicas' clocks differ.
-const POLL_OVERLAP: Duration = Duration::from_secs(1);
-/// Most changes one poll reads.
-const POLL_LIMIT: i64 = 10_000;
 
 #[derive(Clone)]
 pub struct WatchHub {
@@ -90,7 +93,6 @@ impl WatchHub {
     pub async fn poll_forever(self, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut newest = ordermesh_runtime::clock::now_micros();
         loop {
             ticker.tick().await;
             let watched: HashMap<String, i64> = {
@@ -99,19 +101,17 @@ impl WatchHub {
                 orders.iter().map(|(id, w)| (id.clone(), w.version)).collect()
             };
             if watched.is_empty() {
-                newest = ordermesh_runtime::clock::now_micros();
                 continue;
             }
-            let since = newest.saturating_sub(ordermesh_runtime::clock::micros(POLL_OVERLAP));
-            let changed = match self.inner.store.changed_since(since, POLL_LIMIT).await {
-                Ok(changed) => changed,
+            let ids: Vec<String> = watched.keys().cloned().collect();
+            let versions = match self.inner.store.versions_of(&ids).await {
+                Ok(versions) => versions,
                 Err(e) => {
                     tracing::warn!(error = %e, "watch poll failed");
                     continue;
                 }
             };
-            for (order_id, version, update_time) in changed {
-                newest = newest.max(update_time);
+            for (order_id, version) in versions {
                 if watched.get(&order_id).is_some_and(|seen| version > *seen) {
                     match self.inner.store.order(&order_id).await {
                         Ok(Some(order)) => self.publish(&order),

@@ -254,16 +254,34 @@ impl Store {
             .collect())
     }
 
-    /// Ids and versions of orders changed since `since` (microseconds),
-    /// oldest change first: how a process learns of changes other replicas
-    /// made to orders someone watches here.
-    pub async fn changed_since(&self, since: i64, limit: i64) -> Result<Vec<(String, i64, i64)>, Error> {
-        Ok(sqlx::query_as(
-            "SELECT order_id, version, update_time FROM orders WHERE update_time > $1 ORDER BY update_time LIMIT $2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.db.read)
-        .await?)
+    /// The current version of each of these orders (those that exist): how
+    /// a process learns of changes other replicas made to orders someone
+    /// watches here. By version, not by time: a write stamps its time before
+    /// it waits for a connection or a lock, so commits land out of time
+    /// order, and a time window would miss a late one for good.
+    pub async fn versions_of(&self, order_ids: &[String]) -> Result<Vec<(String, i64)>, Error> {
+        let mut versions = Vec::with_capacity(order_ids.len());
+        for chunk in order_ids.chunks(VERSIONS_CHUNK) {
+            // One statement text whatever the chunk's length (kept prepared):
+            // a short chunk repeats its first id.
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(&**VERSIONS_OF));
+            for i in 0..VERSIONS_CHUNK {
+                query = query.bind(chunk.get(i).unwrap_or(&chunk[0]));
+            }
+            versions.extend(query.fetch_all(&self.db.read).await?);
+        }
+        Ok(versions)
     }
 }
+
+/// Ids per `versions_of` statement.
+const VERSIONS_CHUNK: usize = 64;
+
+/// `SELECT order_id, version FROM orders WHERE order_id IN ($1, ..., $64)`.
+static VERSIONS_OF: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let params: Vec<String> = (1..=VERSIONS_CHUNK).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT order_id, version FROM orders WHERE order_id IN ({})",
+        params.join(", ")
+    )
+});
