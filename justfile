@@ -53,6 +53,11 @@ bench-mesh:
 chaos address="127.0.0.1:50051": tools
     bash scripts/chaos.sh {{address}}
 
+# Mutation testing (cargo-mutants) of the saga's plan, with zero survivors,
+# as CI runs it; `just mutants services/order/src/saga/plan.rs` for one file.
+mutants *files: tools
+    bash .ci/mutants.sh {{files}}
+
 # Python and TypeScript clients from proto/ into target/clients/.
 gen-clients: tools
     bash .ci/gen-clients.sh

@@ -64,3 +64,12 @@ for tool in hadolint kubernetes-validate helm kubectl protoc-gen-es; do
     exit 1
   fi
 done
+
+# cargo-mutants (crates.io): which decisions the tests do not pin. CI mutates
+# the saga's plan, the circuit breaker and the token verifier whole
+# (`.ci/mutants.sh`). Built once into target/tools (its own target dir, so it
+# does not disturb the workspace's).
+if [ ! -x "$TOOLS/bin/cargo-mutants" ]; then
+  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --root "$TOOLS" cargo-mutants
+  rm -rf "$TOOLS/build"
+fi

@@ -465,8 +465,25 @@ fn a_payment_found_captured_turns_a_placing_saga_forward() {
     ));
     assert_eq!(a.state, Some(SagaState::Running));
     assert_eq!(a.step, Some(Step::Commit));
+    assert_eq!(a.order_status, Some(OrderStatus::PaymentCaptured));
     assert_eq!(a.payment_captured, Some(true));
+    assert_eq!(a.payment_id.as_deref(), Some("p1"), "the captured payment is the order's");
     assert_eq!(a.reject, Some((RejectReason::NotRejected, String::new())));
+    // A refund (after an expired reservation) that finds the payment
+    // captured does not turn forward again: a failed attempt.
+    let mut refunding = placing(Step::UndoPayment);
+    refunding.payment_captured = true;
+    assert!(matches!(
+        decide(
+            &refunding,
+            StepResult::PaymentFoundCaptured {
+                payment_id: "p1".into()
+            },
+            &limits(),
+            0.5
+        ),
+        Decision::Retry { .. }
+    ));
     // A cancel that finds a capture where it refunds is a failed attempt.
     assert!(matches!(
         decide(
@@ -656,6 +673,7 @@ fn every_combination_decides_and_keeps_the_saga_promises() {
                     assert_eq!(a.event.is_some(), a.state == Some(SagaState::Done), "{case}");
                     // Cancels end cancelled, placements confirmed or rejected.
                     if a.state == Some(SagaState::Done) {
+                        assert_eq!(a.step, Some(Step::Finish), "{case}");
                         let want: &[OrderStatus] = match (saga.kind, saga.state) {
                             (SagaKind::Cancel, _) => &[OrderStatus::Cancelled],
                             (SagaKind::Place, SagaState::Compensating) => &[OrderStatus::Rejected],
@@ -691,4 +709,77 @@ fn every_combination_decides_and_keeps_the_saga_promises() {
             }
         }
     }
+}
+
+// --- Decisions that the properties above leave open (each found by
+// mutation testing: flipping it made no test fail).
+
+#[test]
+fn a_step_recorded_before_the_failed_one_is_undone_whatever_its_flag_says() {
+    // CAPTURE comes after a recorded AUTHORIZE: the payment is undone even
+    // if the flag says nothing was paid.
+    let mut saga = placing(Step::Capture);
+    saga.payment_maybe_made = false;
+    let a = record(decide(&saga, refused(RejectReason::AuthorizationExpired), &limits(), 0.5));
+    compensating_with(&a, RejectReason::AuthorizationExpired, Step::UndoPayment);
+    assert_eq!(a.payment_maybe_made, Some(true));
+    // Past RESERVE the stock is released by key, even for a step never sent.
+    let mut saga = placing(Step::Authorize);
+    saga.stock_maybe_reserved = false;
+    saga.step_age = Duration::from_secs(31);
+    let a = record(decide(&saga, not_sent(), &limits(), 0.5));
+    compensating_with(&a, RejectReason::ServiceUnavailable, Step::Release);
+    assert_eq!(a.stock_maybe_reserved, Some(true));
+}
+
+#[test]
+fn only_an_authorization_can_be_declined() {
+    // A payment id on a refusal at RESERVE is no decline: the stock is still
+    // released, and no payment is named.
+    let declined = StepResult::Refused {
+        reason: RejectReason::InsufficientFunds,
+        detail: "declined".into(),
+        declined_payment_id: Some("p9".into()),
+    };
+    let a = record(decide(&placing(Step::Reserve), declined.clone(), &limits(), 0.5));
+    assert_eq!(a.stock_maybe_reserved, Some(true));
+    assert_eq!(a.payment_id, None);
+    let a = record(decide(&placing(Step::Capture), declined, &limits(), 0.5));
+    assert_eq!(a.payment_id, None, "a refused capture keeps its authorization's id");
+}
+
+#[test]
+fn undoing_the_payment_of_a_saga_that_reserved_nothing_finishes_with_nothing_held() {
+    let mut saga = placing(Step::UndoPayment);
+    saga.stock_maybe_reserved = false;
+    let a = record(decide(&saga, StepResult::PaymentUndone, &limits(), 0.5));
+    assert_eq!(
+        (a.state, a.step, a.order_status),
+        (
+            Some(SagaState::Done),
+            Some(Step::Finish),
+            Some(OrderStatus::Rejected)
+        )
+    );
+    assert_eq!(a.payment_maybe_made, Some(false), "the payment is known undone");
+}
+
+#[test]
+fn an_unexpected_result_is_named_in_the_error() {
+    match decide(&placing(Step::Commit), StepResult::Captured, &limits(), 0.5) {
+        Decision::NeedsAttention { error } => {
+            assert!(error.contains("Captured"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Before the pivot the unexpected result compensates, its name in the detail.
+    let a = record(decide(&placing(Step::Reserve), StepResult::PaymentUndone, &limits(), 0.5));
+    let (reason, detail) = a.reject.expect("a reject reason");
+    assert_eq!(reason, RejectReason::Internal);
+    assert!(detail.contains("PaymentUndone"), "{detail}");
+}
+
+#[test]
+fn a_reservation_must_outlive_three_patiences_and_the_forward_window() {
+    assert_eq!(limits().reservation_needed(), Duration::from_secs(3 * 30 + 600));
 }
