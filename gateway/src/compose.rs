@@ -47,14 +47,16 @@ async fn compose(
     order_id: &str,
     headers: &HeaderMap,
 ) -> Result<Value, tonic::Status> {
-    let principal = shared.guard.admit(ADMITTED_AS, headers, peer).await?;
+    let admitted = shared.guard.admit(ADMITTED_AS, headers, peer).await?;
     let timeout = deadline(headers, shared.default_timeout, shared.max_timeout)?;
     let call = |method: &'static str, request: Value, field: Option<&'static str>| {
-        let principal = principal.clone();
+        let admitted = admitted.clone();
         async move {
             // Each part is admitted by its own RPC's scopes: the composed
             // read shows no more than the caller could read part by part.
-            shared.guard.allows(&format!("/{method}"), principal.as_ref())?;
+            shared
+                .guard
+                .allows(&format!("/{method}"), admitted.principal.as_ref())?;
             let descriptor = crate::descriptors::pool()
                 .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))
                 .and_then(|s| {
@@ -63,7 +65,7 @@ async fn compose(
                 })
                 .ok_or_else(|| tonic::Status::internal(format!("{method} is not in the contracts")))?;
             let message = json::decode(descriptor.input(), request, json::JsonOptions::default())?;
-            let request = outgoing(message, headers, principal.as_ref(), timeout);
+            let request = outgoing(message, headers, &admitted, timeout);
             // The deadline travels with the call; this is the safety net.
             let response = tokio::time::timeout(
                 timeout + Duration::from_millis(50),

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue};
 
+use ordermesh_mesh::breaker::Caller;
+
 use crate::auth::{Authenticator, Principal};
 use crate::config::RouteAccess;
 use crate::error;
@@ -86,7 +88,7 @@ impl Guard {
         rpc: &str,
         headers: &HeaderMap,
         peer: Option<IpAddr>,
-    ) -> Result<Option<Principal>, tonic::Status> {
+    ) -> Result<Admitted, tonic::Status> {
         let access = self
             .access
             .get(rpc)
@@ -103,8 +105,20 @@ impl Guard {
             (None, None) => "ip:unknown".to_owned(),
         };
         self.limits.check(rpc, &key).map_err(error::rate_limited)?;
-        Ok(principal)
+        Ok(Admitted {
+            principal,
+            caller: Caller::of(&key),
+        })
     }
+}
+
+/// An admitted call: who made it (when it carried a token), and the caller
+/// the mesh counts its failures by (the token's subject, else the client's
+/// address), so that no single caller can open a breaker for everyone.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub principal: Option<Principal>,
+    pub caller: Caller,
 }
 
 /// Drops every identity header a client sent, and its credentials (the

@@ -82,14 +82,15 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         .ok_or_else(|| tonic::Status::unimplemented(format!("{service} is not served by the gateway")))?;
     if !is_open(&service) {
         let peer = crate::rest::peer(request.extensions());
-        let principal = match shared.guard.admit(&path, request.headers(), peer).await {
-            Ok(principal) => principal,
+        let admitted = match shared.guard.admit(&path, request.headers(), peer).await {
+            Ok(admitted) => admitted,
             Err(status) => {
                 crate::rest::drain(request.into_body(), shared.max_body_bytes).await;
                 return Err(status);
             }
         };
-        forward_identity(request.headers_mut(), principal.as_ref());
+        forward_identity(request.headers_mut(), admitted.principal.as_ref());
+        request.extensions_mut().insert(admitted.caller);
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
     }
     upstream.oneshot(request).await

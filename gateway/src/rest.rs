@@ -15,8 +15,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use prost_reflect::DynamicMessage;
 
 use crate::Shared;
-use crate::auth::Principal;
-use crate::edge::forward_identity;
+use crate::edge::{Admitted, forward_identity};
 use crate::error::{self, EdgeError};
 use crate::json;
 use crate::rules::Binding;
@@ -45,8 +44,8 @@ async fn call(
     request: Request<Body>,
 ) -> Result<Response<Body>, EdgeError> {
     let rpc = binding.rpc_path();
-    let principal = match shared.guard.admit(&rpc, request.headers(), peer).await {
-        Ok(principal) => principal,
+    let admitted = match shared.guard.admit(&rpc, request.headers(), peer).await {
+        Ok(admitted) => admitted,
         Err(status) => {
             drain(request.into_body(), shared.max_body_bytes).await;
             return Err(status.into());
@@ -58,7 +57,7 @@ async fn call(
         return Err(EdgeError::too_large(shared.max_body_bytes));
     };
     let message = json::request(binding, variables, parts.uri.query(), &body, shared.json)?;
-    let grpc_request = outgoing(message, &parts.headers, principal.as_ref(), timeout);
+    let grpc_request = outgoing(message, &parts.headers, &admitted, timeout);
     if binding.method.is_server_streaming() {
         let stream = shared
             .upstreams
@@ -144,23 +143,25 @@ pub fn deadline(headers: &HeaderMap, default: Duration, max: Duration) -> Result
     }
 }
 
-/// The gRPC request: the message, the verified identity, the request id and
-/// the deadline (tonic writes it as `grpc-timeout`, which the mesh's deadline
+/// The gRPC request: the message, the verified identity (and the caller the
+/// mesh counts failures by), the request id and the deadline (tonic writes it as `grpc-timeout`, which the mesh's deadline
 /// layer and the service honour).
 pub fn outgoing(
     message: DynamicMessage,
     incoming: &HeaderMap,
-    principal: Option<&Principal>,
+    admitted: &Admitted,
     timeout: Duration,
 ) -> tonic::Request<DynamicMessage> {
     let mut headers = HeaderMap::new();
     if let Some(id) = incoming.get(crate::REQUEST_ID) {
         headers.insert(crate::REQUEST_ID, id.clone());
     }
-    forward_identity(&mut headers, principal);
+    forward_identity(&mut headers, admitted.principal.as_ref());
+    let mut extensions = tonic::Extensions::default();
+    extensions.insert(admitted.caller);
     let mut request = tonic::Request::from_parts(
         tonic::metadata::MetadataMap::from_headers(headers),
-        tonic::Extensions::default(),
+        extensions,
         message,
     );
     request.set_timeout(timeout);

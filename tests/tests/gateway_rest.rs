@@ -224,6 +224,43 @@ async fn watch_streams_as_ndjson_and_sse() {
     assert_eq!(body["details"][0]["reason"], "ORDER_NOT_FOUND");
 }
 
+/// One caller's own bad requests never take a service away from everyone:
+/// an order with a hundred copies of one line (and a stock check likewise)
+/// is refused with a small 400 naming the first fields and counting the
+/// rest, however often it is sent, and the next good order goes through.
+#[tokio::test]
+async fn bad_requests_of_one_caller_never_open_a_breaker() {
+    let mesh = mesh().await;
+    let rest = Rest::start(&mesh).await;
+    let lines: Vec<Value> = (0..100)
+        .map(|_| json!({"sku": "KB-001", "quantity": 1}))
+        .collect();
+    for i in 0..30 {
+        let (status, body) = rest
+            .json(
+                reqwest::Method::POST,
+                "/v1/orders",
+                Some(json!({"requestId": format!("dup-{i}"), "customerId": "alice", "lines": lines})),
+            )
+            .await;
+        assert_eq!(status, 400, "attempt {i}: {body}");
+        let violations = body["details"][0]["fieldViolations"]
+            .as_array()
+            .expect("violations");
+        assert_eq!(violations.len(), 11, "ten named, then the rest counted: {body}");
+        let (status, body) = rest
+            .json(
+                reqwest::Method::POST,
+                "/v1/stock:checkAvailability",
+                Some(json!({"lines": lines})),
+            )
+            .await;
+        assert_eq!(status, 400, "attempt {i}: {body}");
+    }
+    let order = rest.create("after-the-flood", "KB-001", 1).await;
+    assert_eq!(order["customerId"], "alice");
+}
+
 /// A REST watch keeps the caller's deadline: with `X-Request-Timeout: 1s`
 /// on an order that stays open for seconds, the stream ends at the deadline
 /// with DEADLINE_EXCEEDED in-band, not when the order ends.

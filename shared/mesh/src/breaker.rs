@@ -3,6 +3,14 @@
 //! and slow-call-rate thresholds, a minimum number of calls, a wait in open,
 //! a fixed number of half-open probes, automatic move to half-open).
 //!
+//! One rule beyond resilience4j's: a breaker protects everyone from a sick
+//! downstream, so no single caller may open it. Failures count only when
+//! they come from several distinct callers ([`Caller`]: the gateway's
+//! principal, the saga's order), a timeout counts only when the caller gave
+//! the server a fair time, a call is slow only by when its answer began (a
+//! stream's length is its caller's choice), and a response this client
+//! refused to relay is not the server's fault ([`crate::classify`]).
+//!
 //! Why not the `tower-resilience` crate (evaluated, v0.13): its classifier
 //! sees a call's `Result` when the response *headers* arrive, but a gRPC
 //! status often arrives in the *trailers*, and a slow call is only slow once
@@ -36,7 +44,12 @@ pub enum Window {
     Time(Duration),
 }
 
-/// Breaker settings.
+/// Most distinct callers the breaker tells apart (`minimum_callers` is at
+/// most this).
+pub const MAX_MINIMUM_CALLERS: u32 = 8;
+
+/// Breaker settings. `Default` holds the defaults of the policy file's
+/// `[downstream.NAME.breaker]` (the file's section reads them from here).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Names the breaker in logs, metrics and rejection messages.
@@ -46,10 +59,19 @@ pub struct BreakerConfig {
     pub failure_rate_threshold: f64,
     /// Opens when this share of the window's calls was slow (0 < r <= 1).
     pub slow_call_rate_threshold: f64,
-    /// A call taking at least this long is slow.
+    /// A call whose answer takes at least this long to begin is slow (a
+    /// stream's length is the caller's choice, so its end does not count).
     pub slow_call_duration: Duration,
     /// Never opens before the window holds this many calls.
     pub minimum_calls: u32,
+    /// Never opens on the failures (or slow calls) of fewer distinct callers
+    /// than this (see [`Caller`]): one caller provoking errors with its own
+    /// requests must not take the downstream away from everyone.
+    pub minimum_callers: u32,
+    /// A DEADLINE_EXCEEDED counts as a server fault only when the call had
+    /// at least this long: a caller's own short deadline is not the server's
+    /// fault.
+    pub deadline_fault_after: Duration,
     /// How long it stays open before letting probes through.
     pub wait_in_open: Duration,
     /// Probes allowed in half-open; their outcome decides close or reopen.
@@ -57,7 +79,6 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
-    /// The policy file's defaults (`[downstream.NAME.breaker]`).
     fn default() -> Self {
         Self {
             name: "downstream".into(),
@@ -66,10 +87,46 @@ impl Default for BreakerConfig {
             slow_call_rate_threshold: 1.0,
             slow_call_duration: Duration::from_secs(5),
             minimum_calls: 10,
+            minimum_callers: 3,
+            deadline_fault_after: Duration::from_secs(1),
             wait_in_open: Duration::from_secs(5),
             permitted_in_half_open: 3,
         }
     }
+}
+
+/// Who a call is made for: the gateway's caller (its token's subject, else
+/// its address) or the order a saga step serves. The breaker counts failures
+/// by distinct callers, so that one caller cannot open it for all. A call
+/// without one counts as a caller of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Caller(pub u64);
+
+impl Caller {
+    /// The caller named by `key` (a subject, an address, an order id).
+    pub fn of(key: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        Caller(hasher.finish())
+    }
+
+    /// A caller of its own, for a call that names none.
+    fn anonymous() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // The high bit keeps these apart from hashed keys in practice.
+        Caller(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) | (1 << 63))
+    }
+}
+
+/// One finished call, as the breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    /// A server fault (see [`CircuitBreaker::judge`]).
+    pub failure: bool,
+    /// Its answer was slow to begin.
+    pub slow: bool,
+    pub caller: Caller,
 }
 
 /// The state as reported to operators.
@@ -90,18 +147,69 @@ impl StateKind {
     }
 }
 
+/// A few distinct callers (enough to tell whether `minimum_callers` are
+/// reached), without allocating.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Callers {
+    seen: [u64; MAX_MINIMUM_CALLERS as usize],
+    len: u32,
+}
+
+impl Callers {
+    fn add(&mut self, caller: Caller) {
+        let seen = &self.seen[..self.len as usize];
+        if self.len < MAX_MINIMUM_CALLERS && !seen.contains(&caller.0) {
+            self.seen[self.len as usize] = caller.0;
+            self.len += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Callers) {
+        for caller in &other.seen[..other.len as usize] {
+            self.add(Caller(*caller));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Tally {
     calls: u32,
     failures: u32,
     slow: u32,
+    failing: Callers,
+    slow_callers: Callers,
 }
 
 impl Tally {
-    fn add(&mut self, failure: bool, slow: bool) {
+    fn add(&mut self, call: Call) {
         self.calls += 1;
-        self.failures += u32::from(failure);
-        self.slow += u32::from(slow);
+        if call.failure {
+            self.failures += 1;
+            self.failing.add(call.caller);
+        }
+        if call.slow {
+            self.slow += 1;
+            self.slow_callers.add(call.caller);
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.calls += other.calls;
+        self.failures += other.failures;
+        self.slow += other.slow;
+        self.failing.merge(&other.failing);
+        self.slow_callers.merge(&other.slow_callers);
+    }
+
+    /// Whether the failure or slow-call rate reaches its threshold, among at
+    /// least `minimum_callers` distinct callers.
+    fn exceeds(&self, config: &BreakerConfig, minimum_callers: u32) -> bool {
+        let calls = f64::from(self.calls.max(1));
+        let failing = f64::from(self.failures) / calls >= config.failure_rate_threshold
+            && self.failing.len >= minimum_callers;
+        let slow = f64::from(self.slow) / calls >= config.slow_call_rate_threshold
+            && self.slow_callers.len >= minimum_callers;
+        failing || slow
     }
 }
 
@@ -110,8 +218,7 @@ impl Tally {
 enum Recent {
     Count {
         size: usize,
-        calls: VecDeque<(bool, bool)>,
-        tally: Tally,
+        calls: VecDeque<Call>,
     },
     Time {
         span: Duration,
@@ -125,7 +232,6 @@ impl Recent {
             Window::Count(size) => Recent::Count {
                 size: size.max(1) as usize,
                 calls: VecDeque::new(),
-                tally: Tally::default(),
             },
             Window::Time(span) => Recent::Time {
                 span,
@@ -134,27 +240,22 @@ impl Recent {
         }
     }
 
-    fn record(&mut self, failure: bool, slow: bool, now: Instant) {
+    fn record(&mut self, call: Call, now: Instant) {
         match self {
-            Recent::Count { size, calls, tally } => {
-                calls.push_back((failure, slow));
-                tally.add(failure, slow);
-                if calls.len() > *size
-                    && let Some((f, s)) = calls.pop_front()
-                {
-                    tally.calls -= 1;
-                    tally.failures -= u32::from(f);
-                    tally.slow -= u32::from(s);
+            Recent::Count { size, calls } => {
+                calls.push_back(call);
+                if calls.len() > *size {
+                    calls.pop_front();
                 }
             }
             Recent::Time { buckets, .. } => {
                 match buckets.back_mut() {
                     Some((start, tally)) if now.duration_since(*start) < Duration::from_secs(1) => {
-                        tally.add(failure, slow)
+                        tally.add(call)
                     }
                     _ => {
                         let mut tally = Tally::default();
-                        tally.add(failure, slow);
+                        tally.add(call);
                         buckets.push_back((now, tally));
                     }
                 }
@@ -176,15 +277,12 @@ impl Recent {
 
     fn tally(&mut self, now: Instant) -> Tally {
         self.evict(now);
+        let mut sum = Tally::default();
         match self {
-            Recent::Count { tally, .. } => *tally,
-            Recent::Time { buckets, .. } => buckets.iter().fold(Tally::default(), |mut sum, (_, t)| {
-                sum.calls += t.calls;
-                sum.failures += t.failures;
-                sum.slow += t.slow;
-                sum
-            }),
+            Recent::Count { calls, .. } => calls.iter().for_each(|call| sum.add(*call)),
+            Recent::Time { buckets, .. } => buckets.iter().for_each(|(_, tally)| sum.merge(tally)),
         }
+        sum
     }
 }
 
@@ -264,6 +362,20 @@ impl CircuitBreaker {
         }
     }
 
+    /// How a finished call counts: a failure when the classifier calls its
+    /// outcome a server fault, except a DEADLINE_EXCEEDED of a call that ran
+    /// for less than `deadline_fault_after` (its caller's deadline was
+    /// short); slow when its answer took `slow_call_duration` to begin.
+    pub fn judge(&self, outcome: Outcome, to_headers: Duration, ran: Duration, caller: Caller) -> Call {
+        let timed_out_early =
+            outcome.code() == tonic::Code::DeadlineExceeded && ran < self.config.deadline_fault_after;
+        Call {
+            failure: outcome.is_server_fault() && !timed_out_early,
+            slow: to_headers >= self.config.slow_call_duration,
+            caller,
+        }
+    }
+
     /// The state as stored, without the move from open to half-open that
     /// time alone makes (which [`CircuitBreaker::state`] reports).
     fn stored_kind(&self) -> StateKind {
@@ -311,49 +423,43 @@ impl CircuitBreaker {
         }
         let epoch = self.epoch;
         match &mut self.state {
-            State::Closed(_) => Ok(Permit { epoch }),
-            State::HalfOpen { admitted, .. } => {
-                if *admitted < self.config.permitted_in_half_open {
-                    *admitted += 1;
-                    Ok(Permit { epoch })
-                } else {
-                    self.stats.rejected += 1;
-                    // The probes decide; the next chance is when they are back.
-                    Err(Rejected {
-                        retry_at: now + self.config.wait_in_open,
-                        state: StateKind::HalfOpen,
-                    })
-                }
+            State::HalfOpen { admitted, .. } if *admitted >= self.config.permitted_in_half_open => {
+                self.stats.rejected += 1;
+                // The probes decide; the next chance is when they are back.
+                Err(Rejected {
+                    retry_at: now + self.config.wait_in_open,
+                    state: StateKind::HalfOpen,
+                })
             }
-            State::Open { .. } => unreachable_open(),
+            State::HalfOpen { admitted, .. } => {
+                *admitted += 1;
+                Ok(Permit { epoch })
+            }
+            // Closed (Open was turned into HalfOpen or returned above).
+            _ => Ok(Permit { epoch }),
         }
     }
 
-    /// Records an admitted call's outcome. `failure` is true for server
-    /// faults only; callers' errors count as successes.
-    pub fn record(&mut self, permit: Permit, failure: bool, elapsed: Duration, now: Instant) {
+    /// Records an admitted call's outcome (see [`CircuitBreaker::judge`]).
+    pub fn record(&mut self, permit: Permit, call: Call, now: Instant) {
         if permit.epoch != self.epoch {
             return;
         }
-        let slow = elapsed >= self.config.slow_call_duration;
         let config = &self.config;
-        let exceeded = |t: Tally| {
-            let calls = f64::from(t.calls.max(1));
-            f64::from(t.failures) / calls >= config.failure_rate_threshold
-                || f64::from(t.slow) / calls >= config.slow_call_rate_threshold
-        };
         match &mut self.state {
             State::Closed(recent) => {
-                recent.record(failure, slow, now);
+                recent.record(call, now);
                 let tally = recent.tally(now);
-                if tally.calls >= config.minimum_calls && exceeded(tally) {
+                let minimum_callers = config.minimum_callers.min(MAX_MINIMUM_CALLERS);
+                if tally.calls >= config.minimum_calls && tally.exceeds(config, minimum_callers) {
                     self.open(now);
                 }
             }
             State::HalfOpen { done, .. } => {
-                done.add(failure, slow);
+                done.add(call);
                 if done.calls >= config.permitted_in_half_open {
-                    if exceeded(*done) {
+                    // The probes alone decide, whoever made them.
+                    if done.exceeds(config, 0) {
                         self.open(now);
                     } else {
                         let recent = Recent::new(self.config.window);
@@ -375,14 +481,6 @@ impl CircuitBreaker {
             *admitted = admitted.saturating_sub(1);
         }
     }
-}
-
-fn unreachable_open() -> Result<Permit, Rejected> {
-    // try_acquire turns Open into HalfOpen (or returns) before this match.
-    Err(Rejected {
-        retry_at: Instant::now(),
-        state: StateKind::Open,
-    })
 }
 
 /// A breaker shared by every clone of a client stack, readable by the admin
@@ -464,16 +562,19 @@ pub struct Breaker<S> {
 struct PermitGuard {
     breaker: BreakerHandle,
     permit: Option<Permit>,
+    caller: Caller,
     started: Instant,
+    /// How long until the response began (its headers came).
+    to_headers: Duration,
 }
 
 impl PermitGuard {
     fn finish(mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
             let now = Instant::now();
-            self.breaker
-                .lock()
-                .record(permit, outcome.is_server_fault(), now - self.started, now);
+            let mut breaker = self.breaker.lock();
+            let call = breaker.judge(outcome, self.to_headers, now - self.started, self.caller);
+            breaker.record(permit, call, now);
         }
     }
 }
@@ -520,21 +621,33 @@ where
                 return Box::pin(async move { Ok(rejection(&name, rejected)) });
             }
         };
-        let guard = PermitGuard {
+        let started = Instant::now();
+        let mut guard = PermitGuard {
             breaker: self.breaker.clone(),
             permit: Some(permit),
-            started: Instant::now(),
+            caller: request
+                .extensions()
+                .get::<Caller>()
+                .copied()
+                .unwrap_or_else(Caller::anonymous),
+            started,
+            to_headers: Duration::ZERO,
         };
         let classifier = self.classifier.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
-                Ok(response) => Ok(observe(response, classifier, move |outcome| {
-                    guard.finish(outcome)
-                })),
+                Ok(response) => {
+                    guard.to_headers = started.elapsed();
+                    Ok(observe(response, classifier, move |outcome| {
+                        guard.finish(outcome)
+                    }))
+                }
                 Err(error) => {
-                    guard.finish(classifier.transport_error());
-                    Err(error.into())
+                    let error: BoxError = error.into();
+                    guard.to_headers = started.elapsed();
+                    guard.finish(classifier.transport_error(&*error));
+                    Err(error)
                 }
             }
         })

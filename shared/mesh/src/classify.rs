@@ -84,10 +84,34 @@ impl Classifier {
         }
     }
 
-    /// A transport error (no response at all) is always a server fault.
-    pub fn transport_error(&self) -> Outcome {
-        Outcome::ServerFault(Code::Unavailable)
+    /// A transport error (no response): a server fault, unless this client
+    /// refused the response itself ([`refused_here`]), which says nothing
+    /// about the server's health.
+    pub fn transport_error(&self, error: &(dyn std::error::Error + 'static)) -> Outcome {
+        if refused_here(error) {
+            Outcome::CallerError(Code::ResourceExhausted)
+        } else {
+            Outcome::ServerFault(Code::Unavailable)
+        }
     }
+}
+
+/// Whether this client's HTTP/2 stack refused one response (a stream reset
+/// that h2 itself sent: the response's header block over this client's
+/// limit, or a frame it would not take), on a connection that stays healthy,
+/// as opposed to a connection or stream the server broke. Such a failure
+/// belongs to that request (it asked for an answer too large to relay), not
+/// to the server. A connection-level error (GOAWAY) still counts against the
+/// server.
+pub fn refused_here(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_library() && h2.is_reset();
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The `grpc-status` in a header map (response headers or trailers).
@@ -165,6 +189,7 @@ impl<B> ObservedBody<B> {
 impl<B> Body for ObservedBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: std::error::Error + 'static,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -180,7 +205,7 @@ where
                 this.classifier
                     .classify(grpc_status(trailers).unwrap_or(Code::Unknown))
             }),
-            Poll::Ready(Some(Err(_))) => Some(this.classifier.transport_error()),
+            Poll::Ready(Some(Err(error))) => Some(this.classifier.transport_error(error)),
             Poll::Ready(None) => Some(this.classifier.classify(Code::Internal)),
             Poll::Pending => None,
         };

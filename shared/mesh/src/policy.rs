@@ -67,10 +67,12 @@ pub struct DefaultsSection {
 }
 
 impl Default for DefaultsSection {
+    /// The deadline layer's own defaults ([`DeadlineConfig::default`]).
     fn default() -> Self {
+        let d = DeadlineConfig::default();
         Self {
-            timeout_ms: 5000,
-            deadline_margin_ms: 20,
+            timeout_ms: as_ms(d.default_timeout),
+            deadline_margin_ms: as_ms(d.margin),
         }
     }
 }
@@ -142,24 +144,41 @@ pub struct BreakerSection {
     pub slow_call_rate_threshold: f64,
     pub slow_call_ms: u64,
     pub minimum_calls: u32,
+    /// Distinct callers whose failures it takes to open (1 to 8).
+    pub minimum_callers: u32,
+    /// A timeout counts as a fault only when the call had this long.
+    pub deadline_fault_after_ms: u64,
     pub wait_in_open_ms: u64,
     pub permitted_in_half_open: u32,
 }
 
 impl Default for BreakerSection {
+    /// The breaker's own defaults ([`BreakerConfig::default`]), as the file
+    /// writes them.
     fn default() -> Self {
+        let d = BreakerConfig::default();
+        let (window, window_size, window_seconds) = match d.window {
+            Window::Count(size) => ("count", size, 30),
+            Window::Time(span) => ("time", 20, span.as_secs()),
+        };
         Self {
-            window: "count".into(),
-            window_size: 20,
-            window_seconds: 30,
-            failure_rate_threshold: 0.5,
-            slow_call_rate_threshold: 1.0,
-            slow_call_ms: 5000,
-            minimum_calls: 10,
-            wait_in_open_ms: 5000,
-            permitted_in_half_open: 3,
+            window: window.into(),
+            window_size,
+            window_seconds,
+            failure_rate_threshold: d.failure_rate_threshold,
+            slow_call_rate_threshold: d.slow_call_rate_threshold,
+            slow_call_ms: as_ms(d.slow_call_duration),
+            minimum_calls: d.minimum_calls,
+            minimum_callers: d.minimum_callers,
+            deadline_fault_after_ms: as_ms(d.deadline_fault_after),
+            wait_in_open_ms: as_ms(d.wait_in_open),
+            permitted_in_half_open: d.permitted_in_half_open,
         }
     }
+}
+
+fn as_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -177,15 +196,22 @@ pub struct RetrySection {
 }
 
 impl Default for RetrySection {
+    /// The retry layer's own defaults ([`RetryPolicy::default`] and
+    /// [`RetryBudget`]'s).
     fn default() -> Self {
+        let d = RetryPolicy::default();
         Self {
-            max_attempts: 3,
-            initial_backoff_ms: 50,
-            max_backoff_ms: 1000,
-            backoff_multiplier: 2.0,
-            retryable_codes: vec!["UNAVAILABLE".into()],
-            budget_max_tokens: 10.0,
-            budget_token_ratio: 0.1,
+            max_attempts: d.max_attempts,
+            initial_backoff_ms: as_ms(d.initial_backoff),
+            max_backoff_ms: as_ms(d.max_backoff),
+            backoff_multiplier: d.backoff_multiplier,
+            retryable_codes: d
+                .retryable_codes
+                .iter()
+                .map(|c| code_name(*c).to_owned())
+                .collect(),
+            budget_max_tokens: crate::retry::DEFAULT_BUDGET_MAX_TOKENS,
+            budget_token_ratio: crate::retry::DEFAULT_BUDGET_TOKEN_RATIO,
             methods: BTreeMap::new(),
         }
     }
@@ -211,12 +237,14 @@ pub struct EjectionSection {
 }
 
 impl Default for EjectionSection {
+    /// Outlier ejection's own defaults ([`EjectionPolicy::default`]).
     fn default() -> Self {
+        let d = EjectionPolicy::default();
         Self {
-            consecutive_failures: 5,
-            base_ejection_ms: 30_000,
-            max_ejection_ms: 300_000,
-            max_ejected_percent: 50,
+            consecutive_failures: d.consecutive_failures,
+            base_ejection_ms: as_ms(d.base_ejection),
+            max_ejection_ms: as_ms(d.max_ejection),
+            max_ejected_percent: d.max_ejected_percent,
         }
     }
 }
@@ -441,6 +469,16 @@ impl MeshPolicy {
                 u64::from(b.minimum_calls),
             )?)
             .unwrap_or(1),
+            minimum_callers: match b.minimum_callers {
+                n @ 1..=crate::breaker::MAX_MINIMUM_CALLERS => n,
+                _ => {
+                    return Err(key_error(
+                        key("breaker.minimum_callers"),
+                        format!("must be between 1 and {}", crate::breaker::MAX_MINIMUM_CALLERS),
+                    ));
+                }
+            },
+            deadline_fault_after: ms(b.deadline_fault_after_ms),
             wait_in_open: ms(positive(&key("breaker.wait_in_open_ms"), b.wait_in_open_ms)?),
             permitted_in_half_open: u32::try_from(positive(
                 &key("breaker.permitted_in_half_open"),

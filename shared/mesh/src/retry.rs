@@ -84,6 +84,11 @@ impl RetryPolicies {
     }
 }
 
+/// The retry budget's size in tokens (gRFC A6 `maxTokens`), by default.
+pub const DEFAULT_BUDGET_MAX_TOKENS: f64 = 10.0;
+/// Tokens a success gives back (gRFC A6 `tokenRatio`), by default.
+pub const DEFAULT_BUDGET_TOKEN_RATIO: f64 = 0.1;
+
 /// gRFC A6 retry throttling, shared by every call to one downstream.
 #[derive(Debug)]
 pub struct RetryBudget {
@@ -166,6 +171,8 @@ pub struct Retry<S> {
 /// What an attempt's result means for retrying.
 fn retryable_code(result: &Result<Response<Body>, BoxError>) -> Option<Code> {
     match result {
+        // A response this client refused would be refused again.
+        Err(error) if crate::classify::refused_here(&**error) => None,
         Err(_) => Some(Code::Unavailable),
         Ok(response) if NotSent::of_response(response) == Some(NotSent::Breaker) => {
             // An open breaker answers for a while; retrying only spins.
@@ -211,6 +218,9 @@ where
                 *request.uri_mut() = parts.uri.clone();
                 *request.version_mut() = parts.version;
                 *request.headers_mut() = parts.headers.clone();
+                // The layers below read what the caller attached (who the
+                // call is for: the breaker counts failures by caller).
+                *request.extensions_mut() = parts.extensions.clone();
                 if attempt > 1 {
                     request
                         .headers_mut()

@@ -71,6 +71,12 @@ impl tower::Service<Request<Body>> for MeshChannel {
                     Some(status) => Err(status),
                     None => Ok(response),
                 },
+                Err(error) if crate::classify::refused_here(&*error) => Ok(crate::classify::status_response(
+                    tonic::Status::resource_exhausted(format!(
+                        "the response's headers exceed this client's limit of {} bytes: {error}",
+                        crate::server::MAX_RESPONSE_HEADER_LIST_BYTES
+                    )),
+                )),
                 Err(error) => Ok(crate::classify::status_response(tonic::Status::unavailable(
                     format!("transport error: {error}"),
                 ))),

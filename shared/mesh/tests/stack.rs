@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ordermesh_mesh::breaker::Caller;
 use ordermesh_mesh::breaker::StateKind;
 use ordermesh_mesh::deadline::{InheritDeadlineLayer, with_deadline};
 use ordermesh_mesh::fault::FaultRule;
 use ordermesh_mesh::flags::Flag;
 use ordermesh_mesh::policy::MeshPolicy;
-use ordermesh_mesh::server::ShedLayer;
+use ordermesh_mesh::server::{BoundErrorsLayer, ShedLayer};
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -49,6 +50,8 @@ enum Mode {
     Hang(Duration),
     /// Waits until the gate opens, then serves.
     Gate,
+    /// Refuses with INVALID_ARGUMENT carrying this many bytes of details.
+    Huge(usize),
 }
 
 /// A controllable test server's behaviour and what it saw.
@@ -127,6 +130,14 @@ impl Backend {
         };
         let scripted = self.script.lock().expect("script lock").pop_front();
         let mode = self.mode.lock().expect("mode lock").clone();
+        if let (None, Mode::Huge(bytes)) = (&scripted, &mode) {
+            guard.armed = false;
+            return Err(Status::with_details(
+                Code::InvalidArgument,
+                "your request, refused at length",
+                vec![b'x'; *bytes].into(),
+            ));
+        }
         let code = match (scripted, mode) {
             (Some(code), _) => code,
             (None, Mode::Serve) => Code::Ok,
@@ -136,6 +147,7 @@ impl Backend {
                 tokio::time::sleep(pause).await;
                 Code::Ok
             }
+            (None, Mode::Huge(_)) => unreachable!("answered above"),
             (None, Mode::Gate) => {
                 let mut gate = self.gate.subscribe();
                 gate.wait_for(|open| *open).await.expect("gate sender alive");
@@ -217,6 +229,17 @@ impl Health for Relay {
     async fn watch(&self, _: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("relay only checks"))
     }
+}
+
+/// Starts a server behind the services' bound on error sizes; returns its URL.
+async fn serve_bounded(backend: &Arc<Backend>) -> String {
+    let (incoming, url) = listen().await;
+    let server = tonic::transport::Server::builder()
+        .layer(tower::ServiceBuilder::new().layer(BoundErrorsLayer))
+        .add_service(HealthServer::new(Server(Arc::clone(backend))))
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
+    url
 }
 
 /// Starts a relay behind `InheritDeadlineLayer`; returns its URL.
@@ -725,4 +748,69 @@ async fn an_expired_deadline_is_reported_as_deadline_exceeded() {
         wrong.len()
     );
     assert_eq!(slow.calls(), CALLS as usize, "an expired call was retried");
+}
+
+/// An answer too large for this client to take (its header block over the
+/// client's limit) is the request's doing, not the server's: the caller gets
+/// RESOURCE_EXHAUSTED, nothing is retried, and however often it happens the
+/// breaker stays closed for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_to_relay_never_opens_the_breaker() {
+    let backend = Backend::new(Mode::Huge(48 * 1024));
+    let url = serve(&backend).await;
+    let mesh = mesh("[downstream.big.breaker]\nminimum_calls = 2\nminimum_callers = 1\n");
+    let mut client = mesh_client(&mesh, "big", &url);
+    for i in 0..10 {
+        let refused = check(&mut client).await.expect_err("too large");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(backend.calls(), i + 1, "not retried");
+    }
+    let handles = mesh.downstream("big").expect("registered");
+    assert_eq!(handles.breaker.state(), StateKind::Closed);
+    // A healthy answer still goes through at once.
+    backend.set_mode(Mode::Serve);
+    check(&mut client).await.expect("served");
+}
+
+/// A server behind the error bound never sends what a client must refuse:
+/// the caller gets its INVALID_ARGUMENT, told the details were left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_server_keeps_its_errors_relayable() {
+    let backend = Backend::new(Mode::Huge(48 * 1024));
+    let url = serve_bounded(&backend).await;
+    let mesh = mesh("");
+    let mut client = mesh_client(&mesh, "bounded", &url);
+    let refused = check(&mut client).await.expect_err("refused");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("details omitted"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.details().is_empty());
+}
+
+/// Server faults provoked by one caller never open the breaker; the same
+/// failures from several callers do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_open_the_breaker_for_everyone() {
+    let backend = Backend::new(Mode::Fail(Code::Internal));
+    let url = serve(&backend).await;
+    let mesh = mesh("[downstream.svc.breaker]\nminimum_calls = 4\nminimum_callers = 3\n");
+    let mut client = mesh_client(&mesh, "svc", &url);
+    let as_caller = |who: &str| {
+        let mut request = Request::new(HealthCheckRequest::default());
+        request.extensions_mut().insert(Caller::of(who));
+        request
+    };
+    for _ in 0..20 {
+        let failed = client.check(as_caller("mallory")).await.expect_err("fails");
+        assert_eq!(failed.code(), Code::Internal);
+    }
+    let breaker = mesh.downstream("svc").expect("registered").breaker;
+    assert_eq!(breaker.state(), StateKind::Closed, "one caller's failures");
+    for who in ["alice", "bob", "carol"] {
+        let _ = client.check(as_caller(who)).await;
+    }
+    assert_eq!(breaker.state(), StateKind::Open, "three callers' failures");
 }

@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 
 use ordermesh_mesh::admin::MeshAdmin;
 use ordermesh_mesh::deadline::InheritDeadlineLayer;
-use ordermesh_mesh::server::ShedLayer;
+use ordermesh_mesh::server::{BoundErrorsLayer, ShedLayer};
 use ordermesh_mesh::stack::Mesh;
 use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer;
 
@@ -93,6 +93,7 @@ pub async fn serve(
         .layer(
             tower::ServiceBuilder::new()
                 .layer(ShedLayer::new(limit))
+                .layer(BoundErrorsLayer)
                 .layer(InheritDeadlineLayer),
         )
         .add_routes(routes)

@@ -1,6 +1,9 @@
 //! Request validation that reports every bad field at once, as AIP-193 asks:
 //! `INVALID_ARGUMENT` whose message names the fields and whose details carry a
-//! `google.rpc.BadRequest` with one field violation per problem.
+//! `google.rpc.BadRequest` with one field violation per problem, up to
+//! [`MAX_REPORTED_VIOLATIONS`]: a request with a hundred bad lines gets the
+//! first ones and a count of the rest, so its refusal stays small enough to
+//! relay (an error travels in HTTP/2 headers, which clients bound).
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -11,6 +14,10 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_LINES: usize = 100;
 /// Most units of one SKU per line.
 pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Most field violations one refusal names (the rest are counted).
+pub const MAX_REPORTED_VIOLATIONS: usize = 10;
+/// Longest description of a violation, in bytes.
+const MAX_DESCRIPTION_LEN: usize = 200;
 
 /// Collects field violations while a request is checked.
 #[derive(Debug, Default)]
@@ -72,18 +79,49 @@ impl Violations {
         if self.violations.is_empty() {
             return Ok(());
         }
-        let summary = self
+        let total = self.violations.len();
+        let mut reported: Vec<FieldViolation> = self
             .violations
+            .into_iter()
+            .take(MAX_REPORTED_VIOLATIONS)
+            .map(|mut v| {
+                v.field = cut(v.field, MAX_ID_LEN);
+                v.description = cut(v.description, MAX_DESCRIPTION_LEN);
+                v
+            })
+            .collect();
+        let mut summary = reported
             .iter()
             .map(|v| format!("{}: {}", v.field, v.description))
             .collect::<Vec<_>>()
             .join("; ");
+        if total > reported.len() {
+            let more = total - reported.len();
+            summary.push_str(&format!("; and {more} more"));
+            reported.push(FieldViolation::new(
+                "",
+                format!("and {more} more violations, not listed"),
+            ));
+        }
         Err(Status::with_error_details(
             Code::InvalidArgument,
             format!("invalid request: {summary}"),
-            ErrorDetails::with_bad_request(self.violations),
+            ErrorDetails::with_bad_request(reported),
         ))
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary).
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// `INVALID_ARGUMENT` unless `value` is a usable identifier.
@@ -111,6 +149,44 @@ pub fn is_currency_code(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hundred_bad_lines_give_a_small_refusal_that_counts_the_rest() {
+        let line = ("KB-001", 1);
+        let mut v = Violations::new();
+        v.require_lines(std::iter::repeat_n(line, MAX_LINES));
+        let status = v.into_result().expect_err("duplicates are refused");
+        let bad = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad.field_violations.len(), MAX_REPORTED_VIOLATIONS + 1);
+        let last = bad.field_violations.last().expect("a count of the rest");
+        assert_eq!(
+            last.description,
+            format!(
+                "and {} more violations, not listed",
+                MAX_LINES - 1 - MAX_REPORTED_VIOLATIONS
+            )
+        );
+        assert!(
+            status
+                .message()
+                .ends_with(&format!("and {} more", MAX_LINES - 1 - MAX_REPORTED_VIOLATIONS))
+        );
+        assert!(
+            status.details().len() + status.message().len() < 2 * 1024,
+            "{}",
+            status.details().len()
+        );
+    }
+
+    #[test]
+    fn long_fields_and_descriptions_are_cut() {
+        let mut v = Violations::new();
+        v.add("x".repeat(1000), "é".repeat(500));
+        let status = v.into_result().expect_err("refused");
+        let bad = status.get_details_bad_request().expect("BadRequest");
+        assert!(bad.field_violations[0].field.len() <= MAX_ID_LEN + '…'.len_utf8());
+        assert!(bad.field_violations[0].description.len() <= MAX_DESCRIPTION_LEN + '…'.len_utf8());
+    }
 
     #[test]
     fn every_violation_is_reported_with_its_field() {

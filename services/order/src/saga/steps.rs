@@ -19,6 +19,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use ordermesh_mesh::breaker::Caller;
 use ordermesh_mesh::refused::NotSent;
 use ordermesh_mesh::stack::{Downstream, MeshChannel};
 use ordermesh_proto::common::v1::Money;
@@ -90,9 +91,13 @@ fn failed(mesh: &Downstream, status: Status, reason: impl FnOnce(&Status) -> Rej
 }
 
 impl Steps {
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// A call of a step of `order`'s saga, with the step's deadline, made
+    /// for that order (to the breaker, each order is a caller of its own, so
+    /// one order failing again and again is one caller).
+    fn request<T>(&self, order: &Order, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.call_timeout);
+        request.extensions_mut().insert(Caller::of(&order.order_id));
         request
     }
 
@@ -126,7 +131,7 @@ impl Steps {
                 .collect(),
         };
         let mut client = self.inventory.client.clone();
-        let reservation = match client.reserve_stock(self.request(request)).await {
+        let reservation = match client.reserve_stock(self.request(order, request)).await {
             Ok(response) => response.into_inner().reservation,
             Err(status) => {
                 return failed(&self.inventory.mesh, status, |status| {
@@ -201,7 +206,7 @@ impl Steps {
             reference: order.order_id.clone(),
         };
         let mut client = self.payment.client.clone();
-        let payment = match client.authorize_payment(self.request(request)).await {
+        let payment = match client.authorize_payment(self.request(order, request)).await {
             Ok(response) => response.into_inner().payment,
             Err(status) => {
                 return failed(&self.payment.mesh, status, |status| {
@@ -256,7 +261,7 @@ impl Steps {
             request_id: format!("{}:capture", order.order_id),
         };
         let mut client = self.payment.client.clone();
-        match client.capture_payment(self.request(request)).await {
+        match client.capture_payment(self.request(order, request)).await {
             Ok(response) => match response.into_inner().payment.map(|p| p.status()) {
                 Some(payment::PaymentStatus::Captured) => StepResult::Captured,
                 other => invariant(format!("CapturePayment answered {other:?}")),
@@ -275,7 +280,7 @@ impl Steps {
             order_id: order.order_id.clone(),
         };
         let mut client = self.inventory.client.clone();
-        match client.commit_reservation(self.request(request)).await {
+        match client.commit_reservation(self.request(order, request)).await {
             Ok(response) => match response.into_inner().reservation.map(|r| r.status()) {
                 Some(inventory::ReservationStatus::Committed) => StepResult::Committed,
                 other => invariant(format!("CommitReservation answered {other:?}")),
@@ -302,7 +307,7 @@ impl Steps {
                 payment_id: order.payment_id.clone(),
                 request_id: format!("{}:refund", order.order_id),
             };
-            return match client.refund_payment(self.request(request)).await {
+            return match client.refund_payment(self.request(order, request)).await {
                 Ok(response) => match response.into_inner().payment.map(|p| p.status()) {
                     Some(payment::PaymentStatus::Refunded) => StepResult::PaymentUndone,
                     other => invariant(format!("RefundPayment answered {other:?}")),
@@ -315,7 +320,7 @@ impl Steps {
             request_id: format!("{}:void", order.order_id),
             authorize_request_id: authorize_key(&order.order_id),
         };
-        match client.void_authorization(self.request(request)).await {
+        match client.void_authorization(self.request(order, request)).await {
             Ok(response) => {
                 let Some(payment) = response.into_inner().payment else {
                     // No authorization was made; none can be now.
@@ -345,7 +350,7 @@ impl Steps {
             order_id: order.order_id.clone(),
         };
         let mut client = self.inventory.client.clone();
-        match client.release_reservation(self.request(request)).await {
+        match client.release_reservation(self.request(order, request)).await {
             Ok(response) => {
                 use inventory::ReservationStatus as S;
                 match response.into_inner().reservation.map(|r| r.status()) {

@@ -154,6 +154,7 @@ impl Shared {
     pub(super) fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
         Ok(tonic::transport::Endpoint::from_shared(address.to_owned())?
             .connect_timeout(self.connect_timeout)
+            .http2_max_header_list_size(crate::server::MAX_RESPONSE_HEADER_LIST_BYTES)
             .connect_lazy())
     }
 
@@ -395,7 +396,7 @@ impl Service<Request<Body>> for Endpoint {
             let response = match call.await {
                 Ok(response) => response,
                 Err(error) => {
-                    report(classifier.transport_error());
+                    report(classifier.transport_error(&error));
                     return Err(error.into());
                 }
             };

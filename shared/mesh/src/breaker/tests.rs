@@ -8,15 +8,26 @@ fn config(window: Window) -> BreakerConfig {
         slow_call_rate_threshold: 1.0,
         slow_call_duration: Duration::from_secs(1),
         minimum_calls: 4,
+        minimum_callers: 1,
+        deadline_fault_after: Duration::from_secs(1),
         wait_in_open: Duration::from_secs(10),
         permitted_in_half_open: 2,
+    }
+}
+
+/// A call as the breaker counts it, by one caller (slow when it took 2 s).
+fn outcome(failure: bool, elapsed: Duration) -> Call {
+    Call {
+        failure,
+        slow: elapsed >= Duration::from_secs(1),
+        caller: Caller(0),
     }
 }
 
 fn call(b: &mut CircuitBreaker, failure: bool, elapsed: Duration) -> Result<(), Rejected> {
     let now = Instant::now();
     let permit = b.try_acquire(now)?;
-    b.record(permit, failure, elapsed, now);
+    b.record(permit, outcome(failure, elapsed), now);
     Ok(())
 }
 
@@ -75,9 +86,9 @@ async fn rejects_while_open_then_lets_exactly_n_probes_through() {
     let p2 = b.try_acquire(Instant::now()).expect("probe 2");
     assert!(b.try_acquire(Instant::now()).is_err(), "only 2 probes");
     let now = Instant::now();
-    b.record(p1, false, FAST, now);
+    b.record(p1, outcome(false, FAST), now);
     assert_eq!(b.state(now), StateKind::HalfOpen, "waits for every probe");
-    b.record(p2, false, FAST, now);
+    b.record(p2, outcome(false, FAST), now);
     assert_eq!(b.state(now), StateKind::Closed, "closes on successful probes");
     assert_eq!(
         b.stats().last_transition,
@@ -144,8 +155,8 @@ async fn a_result_from_before_the_breaker_opened_is_ignored() {
     }
     tokio::time::advance(Duration::from_secs(10)).await;
     let probe = b.try_acquire(Instant::now()).expect("half-open");
-    b.record(early, true, FAST, Instant::now());
-    b.record(probe, false, FAST, Instant::now());
+    b.record(early, outcome(true, FAST), Instant::now());
+    b.record(probe, outcome(false, FAST), Instant::now());
     assert_eq!(
         b.state(Instant::now()),
         StateKind::HalfOpen,
@@ -170,6 +181,87 @@ async fn time_window_forgets_old_failures() {
         call(&mut b, true, FAST).expect("closed");
     }
     assert_eq!(b.state(Instant::now()), StateKind::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_of_fewer_callers_than_the_minimum_never_open_it() {
+    let mut cfg = config(Window::Count(10));
+    cfg.minimum_callers = 3;
+    let mut b = CircuitBreaker::new(cfg);
+    let by = |b: &mut CircuitBreaker, caller: u64, failure: bool| {
+        let permit = b.try_acquire(Instant::now()).expect("closed");
+        let call = Call {
+            failure,
+            slow: false,
+            caller: Caller(caller),
+        };
+        b.record(permit, call, Instant::now());
+    };
+    for _ in 0..10 {
+        by(&mut b, 1, true);
+    }
+    assert_eq!(b.state(Instant::now()), StateKind::Closed, "one caller");
+    by(&mut b, 2, true);
+    assert_eq!(b.state(Instant::now()), StateKind::Closed, "two callers");
+    by(&mut b, 3, true);
+    assert_eq!(b.state(Instant::now()), StateKind::Open, "three callers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_of_one_caller_never_open_it() {
+    let mut cfg = config(Window::Time(Duration::from_secs(5)));
+    cfg.minimum_callers = 2;
+    cfg.slow_call_rate_threshold = 0.5;
+    let mut b = CircuitBreaker::new(cfg);
+    let slow = |caller| Call {
+        failure: false,
+        slow: true,
+        caller: Caller(caller),
+    };
+    for _ in 0..6 {
+        let permit = b.try_acquire(Instant::now()).expect("closed");
+        b.record(permit, slow(7), Instant::now());
+        tokio::time::advance(Duration::from_millis(400)).await;
+    }
+    assert_eq!(
+        b.state(Instant::now()),
+        StateKind::Closed,
+        "one caller's slow calls"
+    );
+    let permit = b.try_acquire(Instant::now()).expect("closed");
+    b.record(permit, slow(8), Instant::now());
+    assert_eq!(b.state(Instant::now()), StateKind::Open);
+}
+
+#[test]
+fn a_timeout_counts_only_when_the_server_had_time() {
+    let b = CircuitBreaker::new(config(Window::Count(10)));
+    let who = Caller(1);
+    let timed_out = Outcome::ServerFault(tonic::Code::DeadlineExceeded);
+    let short = Duration::from_millis(999);
+    let fair = Duration::from_secs(1);
+    assert!(
+        !b.judge(timed_out, short, short, who).failure,
+        "the caller's own short deadline"
+    );
+    assert!(b.judge(timed_out, fair, fair, who).failure);
+    let internal = Outcome::ServerFault(tonic::Code::Internal);
+    assert!(
+        b.judge(internal, FAST, FAST, who).failure,
+        "other faults count at once"
+    );
+    let caller_error = Outcome::CallerError(tonic::Code::InvalidArgument);
+    assert!(!b.judge(caller_error, fair, fair, who).failure);
+    assert_eq!(b.judge(internal, FAST, FAST, who).caller, who);
+}
+
+#[test]
+fn a_call_is_slow_by_when_its_answer_began_not_by_its_end() {
+    let b = CircuitBreaker::new(config(Window::Count(10)));
+    let ok = Outcome::Success;
+    let long = Duration::from_secs(60);
+    assert!(!b.judge(ok, FAST, long, Caller(1)).slow, "a long stream");
+    assert!(b.judge(ok, Duration::from_secs(1), long, Caller(1)).slow);
 }
 
 /// The proptest model: the count window recomputed from scratch from the
@@ -235,7 +327,7 @@ mod model {
                                 M::Open { .. } => { prop_assert!(got.is_err()); }
                                 M::Closed => {
                                     let permit = got.expect("closed admits");
-                                    b.record(permit, failure, elapsed, Instant::now());
+                                    b.record(permit, outcome(failure, elapsed), Instant::now());
                                     history.push((failure, slow));
                                     let window: Vec<_> = history.iter().rev().take(size as usize).copied().collect();
                                     if window.len() as u32 >= min && rates(&window) {
@@ -245,7 +337,7 @@ mod model {
                                 }
                                 M::HalfOpen => {
                                     let permit = got.expect("half-open admits one probe at a time here");
-                                    b.record(permit, failure, elapsed, Instant::now());
+                                    b.record(permit, outcome(failure, elapsed), Instant::now());
                                     probe_results.push((failure, slow));
                                     if probe_results.len() as u32 >= probes {
                                         if rates(&probe_results) { m = M::Open { until: now_s + 10 }; } else { m = M::Closed; history.clear(); }

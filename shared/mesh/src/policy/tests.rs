@@ -10,6 +10,25 @@ fn the_documented_example_is_valid() {
         .expect("payment");
     assert_eq!(payment.breaker.name, "payment");
     assert!(policy.flags().contains_key("fault_injection"));
+    // The example writes every key with its default (but for what it marks
+    // as an example): it cannot drift from the binary's defaults.
+    let documented = &policy.downstream["payment"];
+    let defaults = DownstreamSection::default();
+    assert_eq!(documented.breaker, defaults.breaker);
+    assert_eq!(documented.ejection, defaults.ejection);
+    assert_eq!(
+        RetrySection {
+            methods: BTreeMap::new(),
+            ..documented.retry.clone()
+        },
+        defaults.retry
+    );
+    assert_eq!(
+        (documented.dns_refresh_ms, documented.connect_timeout_ms),
+        (defaults.dns_refresh_ms, defaults.connect_timeout_ms)
+    );
+    assert_eq!(policy.defaults, DefaultsSection::default());
+    assert_eq!(policy.server, ServerSection::default());
 }
 
 #[test]

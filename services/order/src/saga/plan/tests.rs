@@ -467,7 +467,11 @@ fn a_payment_found_captured_turns_a_placing_saga_forward() {
     assert_eq!(a.step, Some(Step::Commit));
     assert_eq!(a.order_status, Some(OrderStatus::PaymentCaptured));
     assert_eq!(a.payment_captured, Some(true));
-    assert_eq!(a.payment_id.as_deref(), Some("p1"), "the captured payment is the order's");
+    assert_eq!(
+        a.payment_id.as_deref(),
+        Some("p1"),
+        "the captured payment is the order's"
+    );
     assert_eq!(a.reject, Some((RejectReason::NotRejected, String::new())));
     // A refund (after an expired reservation) that finds the payment
     // captured does not turn forward again: a failed attempt.
@@ -720,7 +724,12 @@ fn a_step_recorded_before_the_failed_one_is_undone_whatever_its_flag_says() {
     // if the flag says nothing was paid.
     let mut saga = placing(Step::Capture);
     saga.payment_maybe_made = false;
-    let a = record(decide(&saga, refused(RejectReason::AuthorizationExpired), &limits(), 0.5));
+    let a = record(decide(
+        &saga,
+        refused(RejectReason::AuthorizationExpired),
+        &limits(),
+        0.5,
+    ));
     compensating_with(&a, RejectReason::AuthorizationExpired, Step::UndoPayment);
     assert_eq!(a.payment_maybe_made, Some(true));
     // Past RESERVE the stock is released by key, even for a step never sent.
@@ -745,7 +754,10 @@ fn only_an_authorization_can_be_declined() {
     assert_eq!(a.stock_maybe_reserved, Some(true));
     assert_eq!(a.payment_id, None);
     let a = record(decide(&placing(Step::Capture), declined, &limits(), 0.5));
-    assert_eq!(a.payment_id, None, "a refused capture keeps its authorization's id");
+    assert_eq!(
+        a.payment_id, None,
+        "a refused capture keeps its authorization's id"
+    );
 }
 
 #[test]
@@ -773,7 +785,12 @@ fn an_unexpected_result_is_named_in_the_error() {
         other => panic!("{other:?}"),
     }
     // Before the pivot the unexpected result compensates, its name in the detail.
-    let a = record(decide(&placing(Step::Reserve), StepResult::PaymentUndone, &limits(), 0.5));
+    let a = record(decide(
+        &placing(Step::Reserve),
+        StepResult::PaymentUndone,
+        &limits(),
+        0.5,
+    ));
     let (reason, detail) = a.reject.expect("a reject reason");
     assert_eq!(reason, RejectReason::Internal);
     assert!(detail.contains("PaymentUndone"), "{detail}");
