@@ -13,6 +13,7 @@ MUTANTS=target/tools/bin/cargo-mutants
 # package : file : test arguments (unit tests of the crate suffice and keep it fast)
 targets=(
   "ordermesh-order:services/order/src/saga/plan.rs:--lib"
+  "ordermesh-mesh:shared/mesh/src/breaker.rs:--lib"
 )
 if [ $# -gt 0 ]; then
   filtered=()
@@ -27,13 +28,15 @@ for t in "${targets[@]}"; do
   out="target/mutants/$(basename "$file" .rs)"
   mkdir -p "$out"
   echo "== cargo mutants: $file"
-  if ! "$MUTANTS" mutants --in-place --no-shuffle -p "$package" -f "$file" -o "$out" -- $args > "$out/log.txt" 2>&1; then
-    status=1
+  "$MUTANTS" mutants --in-place --no-shuffle -p "$package" -f "$file" -o "$out" -- $args > "$out/log.txt" 2>&1 || true
+  if ! grep -q "mutants tested" "$out/log.txt"; then
+    echo "cargo mutants did not run:"; tail -20 "$out/log.txt"; status=1
   fi
   tail -1 "$out/log.txt"
-  if [ -s "$out/mutants.out/missed.txt" ] || [ -s "$out/mutants.out/timeout.txt" ]; then
+  # A mutant that makes the tests hang (timeout.txt) is caught: CI would fail.
+  if [ -s "$out/mutants.out/missed.txt" ]; then
     echo "survivors (a decision no test pins):"
-    cat "$out/mutants.out/missed.txt" "$out/mutants.out/timeout.txt" 2>/dev/null | sed 's/^/  /'
+    sed 's/^/  /' "$out/mutants.out/missed.txt"
     status=1
   fi
 done

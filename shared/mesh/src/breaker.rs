@@ -111,11 +111,11 @@ impl Caller {
         Caller(hasher.finish())
     }
 
-    /// A caller of its own, for a call that names none.
+    /// A caller of its own, for a call that names none (a clash with a
+    /// hashed key is as unlikely as two keys' hashes clashing).
     fn anonymous() -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        // The high bit keeps these apart from hashed keys in practice.
-        Caller(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) | (1 << 63))
+        Caller(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -595,7 +595,7 @@ pub fn rejection(name: &str, rejected: Rejected) -> Response<Body> {
         rejected.state.as_str(),
         wait.as_millis()
     );
-    NotSent::Breaker.respond(tonic::Status::unavailable(message))
+    NotSent::Breaker { retry_after: wait }.respond(tonic::Status::unavailable(message))
 }
 
 impl<S> Service<Request<Body>> for Breaker<S>

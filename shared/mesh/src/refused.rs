@@ -28,9 +28,10 @@ use crate::classify::status_response;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NotSent {
     /// The downstream's circuit breaker is open (or half-open with every
-    /// probe out): the answer is UNAVAILABLE until the next probe.
-    #[error("refused by the circuit breaker")]
-    Breaker,
+    /// probe out): the answer is UNAVAILABLE until the next probe, due in
+    /// `retry_after`.
+    #[error("refused by the circuit breaker; next probe in {retry_after:?}")]
+    Breaker { retry_after: std::time::Duration },
     /// A fault rule aborted the call (`MeshAdminService/SetFaults`).
     #[error("aborted by an injected fault")]
     Fault,
@@ -73,7 +74,10 @@ mod tests {
 
     #[test]
     fn the_marker_survives_from_response_to_status() {
-        for reason in [NotSent::Breaker, NotSent::Fault, NotSent::Deadline] {
+        let breaker = NotSent::Breaker {
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        for reason in [breaker, NotSent::Fault, NotSent::Deadline] {
             let mut response = reason.respond(tonic::Status::unavailable("no"));
             assert_eq!(NotSent::of_response(&response), Some(reason));
             let status = NotSent::take_status(&mut response).expect("a marked response holds its status");

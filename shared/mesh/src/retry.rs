@@ -174,7 +174,7 @@ fn retryable_code(result: &Result<Response<Body>, BoxError>) -> Option<Code> {
         // A response this client refused would be refused again.
         Err(error) if crate::classify::refused_here(&**error) => None,
         Err(_) => Some(Code::Unavailable),
-        Ok(response) if NotSent::of_response(response) == Some(NotSent::Breaker) => {
+        Ok(response) if matches!(NotSent::of_response(response), Some(NotSent::Breaker { .. })) => {
             // An open breaker answers for a while; retrying only spins.
             None
         }

@@ -115,10 +115,15 @@ impl Downstream {
     }
 
     /// For a call the breaker refused without sending: how long until it lets
-    /// a probe through (zero when it already does).
+    /// a probe through, as the refusal said (an open breaker's wait, or a
+    /// half-open one's while its probes are out; reading the breaker's state
+    /// later would find a half-open breaker "due now" and retry at once,
+    /// starving its probes).
     pub fn breaker_retry_after(&self, status: &tonic::Status) -> Option<Duration> {
-        (NotSent::of_status(status) == Some(NotSent::Breaker))
-            .then(|| self.breaker.opens_for().unwrap_or(Duration::ZERO))
+        match NotSent::of_status(status) {
+            Some(NotSent::Breaker { retry_after }) => Some(retry_after),
+            _ => None,
+        }
     }
 }
 

@@ -84,7 +84,15 @@ async fn rejects_while_open_then_lets_exactly_n_probes_through() {
         "the log names the state it left, not the state time reports"
     );
     let p2 = b.try_acquire(Instant::now()).expect("probe 2");
-    assert!(b.try_acquire(Instant::now()).is_err(), "only 2 probes");
+    let rejected_before = b.stats().rejected;
+    let third = b.try_acquire(Instant::now()).expect_err("only 2 probes");
+    assert_eq!(third.state, StateKind::HalfOpen);
+    assert_eq!(
+        third.retry_at,
+        Instant::now() + Duration::from_secs(10),
+        "the next chance: when the probes are back"
+    );
+    assert_eq!(b.stats().rejected, rejected_before + 1);
     let now = Instant::now();
     b.record(p1, outcome(false, FAST), now);
     assert_eq!(b.state(now), StateKind::HalfOpen, "waits for every probe");
@@ -262,6 +270,261 @@ fn a_call_is_slow_by_when_its_answer_began_not_by_its_end() {
     let long = Duration::from_secs(60);
     assert!(!b.judge(ok, FAST, long, Caller(1)).slow, "a long stream");
     assert!(b.judge(ok, Duration::from_secs(1), long, Caller(1)).slow);
+}
+
+/// A time window keeps one-second buckets: calls within a second of a
+/// bucket's start share it (and leave the window with it), a call a second
+/// or more later starts the next.
+#[tokio::test(start_paused = true)]
+async fn a_time_window_counts_in_one_second_buckets() {
+    let mut cfg = config(Window::Time(Duration::from_secs(2)));
+    cfg.minimum_calls = 2;
+    let record = |b: &mut CircuitBreaker, failure: bool| {
+        let permit = b.try_acquire(Instant::now()).expect("closed");
+        b.record(permit, outcome(failure, FAST), Instant::now());
+    };
+    // Two calls 0.9 s apart share a bucket, and leave together: at 2.5 s a
+    // failure alone is below the minimum calls.
+    let mut b = CircuitBreaker::new(cfg.clone());
+    record(&mut b, false);
+    tokio::time::advance(Duration::from_millis(900)).await;
+    record(&mut b, false);
+    tokio::time::advance(Duration::from_millis(1600)).await;
+    record(&mut b, true);
+    assert_eq!(
+        b.state(Instant::now()),
+        StateKind::Closed,
+        "the first bucket left whole"
+    );
+    // A failure exactly a second after a bucket began starts a bucket of its
+    // own, which is still in the window when the first leaves.
+    let mut b = CircuitBreaker::new(cfg);
+    for _ in 0..3 {
+        record(&mut b, false);
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    record(&mut b, true);
+    assert_eq!(b.state(Instant::now()), StateKind::Closed, "1 failure of 4 calls");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    record(&mut b, false);
+    assert_eq!(
+        b.state(Instant::now()),
+        StateKind::Open,
+        "1 failure of the 2 calls still in the window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn operators_see_each_transition_counted_and_the_open_deadline() {
+    let mut b = CircuitBreaker::new(config(Window::Count(10)));
+    assert_eq!(b.open_until(), None);
+    for _ in 0..4 {
+        call(&mut b, true, FAST).expect("closed");
+    }
+    let opened_at = Instant::now();
+    assert_eq!(b.open_until(), Some(opened_at + Duration::from_secs(10)));
+    for _ in 0..2 {
+        assert!(b.try_acquire(Instant::now()).is_err());
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    call(&mut b, false, FAST).expect("probe");
+    assert_eq!(b.open_until(), None, "half-open");
+    call(&mut b, false, FAST).expect("probe");
+    assert_eq!(
+        b.stats(),
+        BreakerStats {
+            opened: 1,
+            half_opened: 1,
+            closed: 1,
+            rejected: 2,
+            last_transition: Some((StateKind::HalfOpen, StateKind::Closed)),
+        }
+    );
+    for _ in 0..4 {
+        call(&mut b, true, FAST).expect("closed");
+    }
+    assert_eq!(b.stats().opened, 2);
+}
+
+#[test]
+fn states_are_named_as_operators_read_them() {
+    let names: Vec<&str> = [StateKind::Closed, StateKind::Open, StateKind::HalfOpen]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    assert_eq!(names, ["CLOSED", "OPEN", "HALF_OPEN"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_distinct_callers_are_counted_up_to_what_it_needs() {
+    let mut cfg = config(Window::Count(50));
+    cfg.minimum_calls = 20;
+    cfg.minimum_callers = MAX_MINIMUM_CALLERS;
+    let mut b = CircuitBreaker::new(cfg);
+    for caller in 0..19 {
+        let permit = b.try_acquire(Instant::now()).expect("closed");
+        let call = Call {
+            failure: true,
+            slow: false,
+            caller: Caller(caller),
+        };
+        b.record(permit, call, Instant::now());
+    }
+    assert_eq!(
+        b.state(Instant::now()),
+        StateKind::Closed,
+        "below the minimum calls"
+    );
+    call(&mut b, true, FAST).expect("closed");
+    assert_eq!(
+        b.state(Instant::now()),
+        StateKind::Open,
+        "twenty callers, far above eight"
+    );
+}
+
+// --- The layer: readiness, and permits given back.
+
+fn layer_over_mock(
+    cfg: BreakerConfig,
+) -> (
+    Breaker<tower_test::mock::Mock<Request<Body>, Response<Body>>>,
+    tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    BreakerHandle,
+) {
+    let (inner, handle) = tower_test::mock::pair();
+    let breaker = BreakerHandle::new(cfg);
+    let layer = BreakerLayer::new(breaker.clone(), Arc::new(Classifier::default()));
+    (layer.layer(inner), handle, breaker)
+}
+
+fn request() -> Request<Body> {
+    Request::new(Body::empty())
+}
+
+#[tokio::test]
+async fn the_layer_is_ready_only_when_its_service_is() {
+    use tower::ServiceExt;
+    let (mut service, mut handle, _) = layer_over_mock(config(Window::Count(10)));
+    handle.allow(0);
+    let ready = tokio::time::timeout(Duration::from_millis(50), service.ready()).await;
+    assert!(ready.is_err(), "not ready while the inner service is not");
+    handle.allow(1);
+    tokio::time::timeout(Duration::from_secs(1), service.ready())
+        .await
+        .expect("ready once the inner service is")
+        .expect("no error");
+}
+
+#[tokio::test]
+async fn a_probe_whose_caller_gave_up_frees_its_slot() {
+    use tower::ServiceExt;
+    let mut cfg = config(Window::Count(10));
+    cfg.permitted_in_half_open = 1;
+    cfg.wait_in_open = Duration::from_millis(20);
+    let (mut service, mut handle, breaker) = layer_over_mock(cfg);
+    {
+        let mut b = breaker.lock();
+        for _ in 0..4 {
+            let permit = b.try_acquire(Instant::now()).expect("closed");
+            b.record(permit, outcome(true, FAST), Instant::now());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    handle.allow(2);
+    // The one probe: its caller gives up before any answer.
+    let probe = service.ready().await.expect("ready").call(request());
+    let _ = handle
+        .next_request()
+        .await
+        .expect("the probe reached the service");
+    drop(probe);
+    // The slot came back: the next call is a probe too, not refused.
+    let next = service.ready().await.expect("ready").call(request());
+    let (_, respond) = handle
+        .next_request()
+        .await
+        .expect("the next call reached the service");
+    respond.send_response(Response::new(Body::empty()));
+    next.await.expect("answered");
+}
+
+/// Through the layer: failures of several callers open the breaker, whose
+/// handle then reports it, and the next call is refused without reaching
+/// the service, marked as not sent with the wait until the next probe.
+#[tokio::test]
+async fn the_layer_records_outcomes_and_refuses_while_open() {
+    use tower::ServiceExt;
+    let mut cfg = config(Window::Count(10));
+    cfg.minimum_callers = 2;
+    let (mut service, mut handle, breaker) = layer_over_mock(cfg);
+    handle.allow(10);
+    for _ in 0..4 {
+        let call = service.ready().await.expect("ready").call(request());
+        let (_, respond) = handle.next_request().await.expect("reached the service");
+        respond.send_response(crate::classify::status_response(tonic::Status::internal(
+            "broken",
+        )));
+        let response = call.await.expect("a response");
+        assert!(
+            NotSent::of_response(&response).is_none(),
+            "answered by the server"
+        );
+    }
+    assert_eq!(breaker.state(), StateKind::Open);
+    assert_eq!(breaker.name(), "test");
+    assert_eq!(breaker.stats().opened, 1);
+    let wait = breaker.opens_for().expect("open");
+    assert!(
+        wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+        "{wait:?}"
+    );
+    let refused = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(request())
+        .await
+        .expect("a response");
+    match NotSent::of_response(&refused) {
+        Some(NotSent::Breaker { retry_after }) => {
+            assert!(retry_after > Duration::from_secs(9), "{retry_after:?}")
+        }
+        other => panic!("not marked as the breaker's refusal: {other:?}"),
+    }
+    let status = tonic::Status::from_header_map(refused.headers()).expect("a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("\"test\" is OPEN; next probe in"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(breaker.stats().rejected, 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), handle.next_request())
+            .await
+            .is_err(),
+        "the refused call never reached the service"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_refusal_names_the_wait_for_the_probes() {
+    let mut b = CircuitBreaker::new(config(Window::Count(10)));
+    for _ in 0..4 {
+        call(&mut b, true, FAST).expect("closed");
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _probes = (b.try_acquire(Instant::now()), b.try_acquire(Instant::now()));
+    let rejected = b.try_acquire(Instant::now()).expect_err("probes out");
+    let response = rejection("test", rejected);
+    assert_eq!(
+        NotSent::of_response(&response),
+        Some(NotSent::Breaker {
+            retry_after: Duration::from_secs(10)
+        }),
+        "half-open: retry when the probes are back, not at once"
+    );
 }
 
 /// The proptest model: the count window recomputed from scratch from the
