@@ -385,13 +385,10 @@ async fn many_distinct_callers_are_counted_up_to_what_it_needs() {
 
 // --- The layer: readiness, and permits given back.
 
-fn layer_over_mock(
-    cfg: BreakerConfig,
-) -> (
-    Breaker<tower_test::mock::Mock<Request<Body>, Response<Body>>>,
-    tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    BreakerHandle,
-) {
+type MockService = tower_test::mock::Mock<Request<Body>, Response<Body>>;
+type MockHandle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn layer_over_mock(cfg: BreakerConfig) -> (Breaker<MockService>, MockHandle, BreakerHandle) {
     let (inner, handle) = tower_test::mock::pair();
     let breaker = BreakerHandle::new(cfg);
     let layer = BreakerLayer::new(breaker.clone(), Arc::new(Classifier::default()));
