@@ -51,7 +51,6 @@ use target::Mesh;
 
 pub use args::BenchArgs;
 
-
 /// Connections the load spreads over (as several clients would).
 const CONNECTIONS: usize = 8;
 

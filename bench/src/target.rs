@@ -16,7 +16,6 @@ use anyhow::{Context, bail};
 use super::postgres::{self, Cluster};
 use super::procstat::{self, Members};
 
-
 /// The PostgreSQL databases of a mesh, and how to count their work.
 pub struct Database {
     pub admin_url: String,

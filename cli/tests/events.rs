@@ -87,7 +87,7 @@ struct Refuse;
 
 impl Handler for Refuse {
     async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
-        Err(HandlerError::permanent("refused by the test"))
+        Err(HandlerError::poison("refused by the test"))
     }
 }
 

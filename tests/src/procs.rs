@@ -51,7 +51,6 @@ pub struct Cluster {
     children: HashMap<&'static str, Child>,
 }
 
-
 impl Drop for Cluster {
     fn drop(&mut self) {
         for child in self.children.values_mut() {

@@ -20,6 +20,11 @@ pub enum Error {
     UnknownType(String),
     #[error("cannot decode {ce_type} payload: {reason}")]
     Decode { ce_type: String, reason: String },
+    /// A payload that decodes but breaks its type's contract (a required
+    /// id empty, an amount not positive): refused at the producer,
+    /// dead-lettered at the consumer.
+    #[error("invalid {ce_type}: {reason}")]
+    InvalidEvent { ce_type: String, reason: String },
     /// An outbox row that cannot be turned back into its event.
     #[error("outbox row {event_id}: {reason}")]
     OutboxRow { event_id: String, reason: String },

@@ -65,7 +65,6 @@ pub struct NatsServer {
     child: Option<Child>,
 }
 
-
 impl NatsServer {
     /// Starts a server, or `None` (after a SKIP line) when none is installed
     /// outside CI.

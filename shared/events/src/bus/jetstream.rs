@@ -389,6 +389,10 @@ pub struct JetStreamConsumer {
 }
 
 impl JetStreamConsumer {
+    pub(crate) fn pause(&mut self) {
+        self.messages = None;
+    }
+
     /// Waits up to `wait` for the first message, then takes whatever else is
     /// already buffered, up to `max`: low latency at low rates, batches at
     /// high ones.

@@ -230,6 +230,16 @@ impl Consumer {
             Consumer::Memory(c) => Ok(c.fetch(max, wait).await),
         }
     }
+
+    /// Stops prefetching until the next fetch: what the bus already pushed
+    /// ahead is given back (redelivered after `ack_wait`) instead of waiting
+    /// out its ack wait unseen while the worker holds a batch.
+    pub fn pause(&mut self) {
+        match self {
+            Consumer::JetStream(c) => c.pause(),
+            Consumer::Memory(_) => {}
+        }
+    }
 }
 
 /// One delivery of a message to a consumer; settle it with exactly one of

@@ -256,7 +256,7 @@ async fn crashed_last_attempt_is_dead_lettered(kind: BusKind, backend: Backend) 
     worker.stop().await;
 }
 
-/// Fails (transiently) for one order, records an effect for the others.
+/// Fails (unclassified, so retried) for one order, records an effect for the others.
 #[derive(Clone)]
 struct FailsFor {
     order_id: &'static str,
@@ -268,7 +268,7 @@ impl TxHandler for FailsFor {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let created: OrderCreated = event.decode()?;
         if created.order_id == self.order_id {
-            return Err(HandlerError::transient("this one fails"));
+            return Err(HandlerError::failed("this one fails"));
         }
         sqlx::query("INSERT INTO effects (consumer, event_id) VALUES ('batch', $1)")
             .bind(&event.id)
@@ -385,7 +385,9 @@ crate::per_bus_and_backend!(
     a_batch_settles_each_event_by_its_own_result,
     consumer_killed_mid_handling_applies_its_effect_once,
     poison_message_is_dead_lettered_and_replayable,
-    crashed_last_attempt_is_dead_lettered
+    crashed_last_attempt_is_dead_lettered,
+    a_database_outage_dead_letters_nothing,
+    a_constraint_violation_is_poison
 );
 
 /// A message some other publisher put on an ordermesh subject without the
@@ -423,5 +425,128 @@ async fn message_without_envelope_is_dead_lettered_at_once() {
     );
     assert_eq!(dead[0].event.data.as_ref(), b"not protobuf");
     assert_eq!(recorder.calls(), 0);
+    worker.stop().await;
+}
+
+/// Fails with a database error while `down` is set (as a real outage
+/// would: the error comes from sqlx and goes through `?`), else records an
+/// effect.
+#[derive(Clone, Default)]
+struct NeedsTheDatabase {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl TxHandler for NeedsTheDatabase {
+    async fn handle(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            Err(sqlx::Error::PoolTimedOut)?;
+        }
+        sqlx::query("INSERT INTO effects (consumer, event_id) VALUES ('outage', $1)")
+            .bind(&event.id)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// An outage of the database (or broker) is not the message's fault: the
+/// consumer holds its batch and retries, however long it lasts, instead of
+/// spending attempts and dead-lettering healthy events; once the database is
+/// back each event takes effect once.
+async fn a_database_outage_dead_letters_nothing(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let mut config = config("outage");
+    config.max_deliver = 2;
+    let handler = NeedsTheDatabase::default();
+    handler.down.store(true, Ordering::SeqCst);
+    let first = publish_created(&bus, "o-1").await;
+    let second = publish_created(&bus, "o-2").await;
+    let worker = Worker::spawn(
+        &bus,
+        config.clone(),
+        Inboxed::new(db.pool.clone(), "outage", handler.clone()),
+    );
+    // Far more attempts than max_deliver, and longer than ack_wait.
+    let started = tokio::time::Instant::now();
+    eventually(SHORT, "the outage outlasts ack_wait and max_deliver", || async {
+        handler.calls.load(Ordering::SeqCst) > 2 * config.max_deliver as usize
+            && started.elapsed() > config.ack_wait * 2
+    })
+    .await;
+    assert!(
+        bus.dead_letters(0, 10).await.expect("list").is_empty(),
+        "nothing is dead-lettered during the outage"
+    );
+    handler.down.store(false, Ordering::SeqCst);
+    eventually(
+        SHORT,
+        "both events take effect once the database is back",
+        || async {
+            db.effects("outage", &first.id).await == 1 && db.effects("outage", &second.id).await == 1
+        },
+    )
+    .await;
+    assert!(bus.dead_letters(0, 10).await.expect("list").is_empty());
+    worker.stop().await;
+}
+
+/// Refused by a constraint of the consumer's own table: the message itself
+/// is bad and fails the same way every time.
+#[derive(Clone, Default)]
+struct InsertsTwice {
+    calls: Arc<AtomicUsize>,
+}
+
+impl TxHandler for InsertsTwice {
+    async fn handle(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..2 {
+            sqlx::query("INSERT INTO unique_effects (event_id) VALUES ($1)")
+                .bind(&event.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A constraint violation is poison: dead-lettered on its first delivery,
+/// with the database's reason, not after max_deliver attempts.
+async fn a_constraint_violation_is_poison(kind: BusKind, backend: Backend) {
+    let Some((bus, _nats)) = bus(kind).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    sqlx::query("CREATE TABLE unique_effects (event_id TEXT PRIMARY KEY)")
+        .execute(&db.pool)
+        .await
+        .expect("create table");
+    let mut config = config("strict-unique");
+    config.max_deliver = 3;
+    let handler = InsertsTwice::default();
+    let event = publish_created(&bus, "o-dup").await;
+    let worker = Worker::spawn(
+        &bus,
+        config,
+        Inboxed::new(db.pool.clone(), "strict-unique", handler.clone()),
+    );
+    eventually(SHORT, "the message reaches the dead letters", || async {
+        !bus.dead_letters(0, 10).await.expect("list").is_empty()
+    })
+    .await;
+    let dead = bus.dead_letters(0, 10).await.expect("list");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].event.id, event.id);
+    assert_eq!(dead[0].deliveries, 1, "poison is dead-lettered at once");
+    assert!(
+        dead[0].error.to_lowercase().contains("unique"),
+        "{}",
+        dead[0].error
+    );
     worker.stop().await;
 }
