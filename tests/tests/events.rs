@@ -334,7 +334,84 @@ async fn a_product_update_reaches_the_catalogue_cache(bus: BusKind, backend: Bac
     mesh.shutdown().await;
 }
 
+/// Events that cannot be right (an OrderConfirmed for no order, a StockLow
+/// for no SKU) are dead-lettered by every consumer with the reason, naming
+/// the field; no notice and no alert is recorded for them.
+async fn invalid_events_are_dead_lettered_with_the_reason(bus: BusKind, backend: Backend) {
+    let Some((mesh, _nats)) = start(bus, backend).await else {
+        return;
+    };
+    let confirmed = events_pb::OrderConfirmed {
+        order_id: String::new(),
+        customer_id: "alice".into(),
+        total: Some(Money::new(8999, "USD")),
+        payment_id: "p-1".into(),
+        occur_time: None,
+    };
+    let low = events_pb::StockLow {
+        sku: String::new(),
+        available: 2,
+        threshold: 5,
+        order_id: String::new(),
+        occur_time: None,
+    };
+    mesh.bus
+        .publish(&Event::new("/ordermesh/test", &confirmed, None))
+        .await
+        .expect("publish");
+    mesh.bus
+        .publish(&Event::new("/ordermesh/test", &low, None))
+        .await
+        .expect("publish");
+    let dead = eventually(
+        Duration::from_secs(15),
+        "both dead-lettered by their consumers",
+        async || {
+            let dead = mesh.bus.dead_letters(0, 100).await.expect("dead letters");
+            let by = |consumer: &str| dead.iter().any(|d| d.consumer == consumer);
+            (by(ordermesh_order::projections::NOTIFIER) && by("inventory-restock-alerts")).then_some(dead)
+        },
+    )
+    .await;
+    for letter in &dead {
+        let field = if letter.consumer == "inventory-restock-alerts"
+            || letter.consumer == "order-timeline-inventory"
+        {
+            "sku is empty"
+        } else {
+            "order_id is empty"
+        };
+        assert!(
+            letter.error.contains(field),
+            "{}: {}",
+            letter.consumer,
+            letter.error
+        );
+        assert_eq!(letter.deliveries, 1, "dead-lettered at once");
+    }
+    let notices = mesh
+        .order_admin_api
+        .clone()
+        .list_confirmation_notices(order_pb::ListConfirmationNoticesRequest::default())
+        .await
+        .expect("ListConfirmationNotices")
+        .into_inner()
+        .notices;
+    assert!(notices.is_empty(), "{notices:?}");
+    let alerts = mesh
+        .inventory
+        .clone()
+        .list_restock_alerts(inventory_pb::ListRestockAlertsRequest::default())
+        .await
+        .expect("ListRestockAlerts")
+        .into_inner()
+        .alerts;
+    assert!(alerts.is_empty(), "{alerts:?}");
+    mesh.shutdown().await;
+}
+
 per_bus_and_backend!(
+    invalid_events_are_dead_lettered_with_the_reason,
     an_orders_events_arrive_and_build_its_timeline,
     low_stock_raises_one_restock_alert,
     a_product_update_reaches_the_catalogue_cache,

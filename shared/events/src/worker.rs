@@ -11,7 +11,9 @@
 //!   meanwhile. An outage must never turn healthy events into dead letters;
 //! - poison (undecodable, not an ordermesh event, invalid by its type's
 //!   contract, refused by a constraint): publish to the dead letters with
-//!   the reason at once, then terminate the delivery;
+//!   the reason at once, then terminate the delivery. The contract
+//!   ([`crate::DomainEvent::validate`]) is checked before the handler runs;
+//!   an invalid event never reaches it;
 //! - unclassified: NAK with the back-off delay for that attempt
 //!   (`ConsumerConfig::backoff`); in attempt `max_deliver`, dead-letter;
 //! - delivery `max_deliver + 1` (the bus allows one more than the attempts):
@@ -464,7 +466,8 @@ fn refused(config: &ConsumerConfig, delivery: &Delivery) -> Option<HandlerError>
             attempt - 1,
             config.ack_wait
         ))),
-        Ok(_) => None,
+        // Checked here for every consumer, whether or not its handler would.
+        Ok(event) => event.validate().err().map(HandlerError::from),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod consumer;
+mod contract;
 mod harness;
 mod outbox;
 mod python;
