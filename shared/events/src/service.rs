@@ -1,7 +1,9 @@
 //! What every ordermesh service does with events, in one place: relay its
 //! outbox to the bus, hand its store a [`Publisher`], run its consumers,
 //! serve `EventAdminService` (so `ordermesh events tail` works against any
-//! service's port), and stop all of it on shutdown.
+//! service's port), prune the inbox of a service whose consumers use one
+//! (the relay cannot: payment has no inbox table), and stop all of it on
+//! shutdown.
 
 use sqlx::AnyPool;
 use tokio::sync::watch;
@@ -9,10 +11,10 @@ use tokio::task::JoinHandle;
 
 use crate::admin::EventAdmin;
 use crate::bus::Bus;
-use crate::config::ConsumerConfig;
+use crate::config::{ConsumerConfig, InboxPruning};
 use crate::outbox::{Outbox, Publisher};
 use crate::relay::{Relay, RelayConfig};
-use crate::worker::Handler;
+use crate::worker::{Handler, Inboxed, TxHandler};
 use ordermesh_proto::events::v1::event_admin_service_server::EventAdminServiceServer;
 
 /// A service's running event plumbing.
@@ -22,6 +24,9 @@ pub struct ServiceEvents {
     publisher: Publisher,
     stop: watch::Sender<bool>,
     consumers: Vec<JoinHandle<()>>,
+    inbox_pruning: InboxPruning,
+    /// Started with the first inboxed consumer (`Some(None)`: not pruned).
+    pruner: Option<Option<JoinHandle<()>>>,
 }
 
 impl ServiceEvents {
@@ -42,7 +47,46 @@ impl ServiceEvents {
             publisher,
             stop: watch::channel(false).0,
             consumers: Vec::new(),
+            inbox_pruning: InboxPruning::default(),
+            pruner: None,
         }
+    }
+
+    /// How the inbox is pruned once a consumer uses it (call before
+    /// [`consume_inboxed`](Self::consume_inboxed)).
+    pub fn set_inbox_pruning(&mut self, pruning: InboxPruning) {
+        self.inbox_pruning = pruning;
+    }
+
+    /// Runs `handler` exactly-once through the inbox in `pool` (keyed by the
+    /// consumer's name) until shutdown.
+    /// The first such consumer also starts pruning that inbox
+    /// ([`crate::inbox::Pruner`]); services without one have no inbox table.
+    pub fn consume_inboxed<H: TxHandler>(&mut self, config: ConsumerConfig, pool: AnyPool, handler: H) {
+        if self.pruner.is_none() {
+            self.pruner = Some(self.start_pruner(pool.clone()));
+        }
+        let name = config.name.clone();
+        self.consume(config, Inboxed::new(pool, name, handler));
+    }
+
+    fn start_pruner(&self, pool: AnyPool) -> Option<JoinHandle<()>> {
+        let pruning = &self.inbox_pruning;
+        let Some(retention) = pruning.retention_for(&self.bus.settings().streams) else {
+            tracing::info!("streams keep events forever (max_age 0): the inbox is not pruned");
+            return None;
+        };
+        let mut stop = self.stop.subscribe();
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        Some(crate::inbox::Pruner::spawn(
+            pool,
+            retention,
+            pruning.interval,
+            pruning.chunk,
+            stopped,
+        ))
     }
 
     /// Runs `handler` on `config`'s durable consumer until shutdown.
@@ -80,6 +124,9 @@ impl ServiceEvents {
         let _ = self.stop.send(true);
         for consumer in self.consumers {
             let _ = consumer.await;
+        }
+        if let Some(Some(pruner)) = self.pruner {
+            let _ = pruner.await;
         }
         self.relay.shutdown().await;
     }

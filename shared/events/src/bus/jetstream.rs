@@ -71,6 +71,10 @@ impl JetStreamBus {
         Ok(Self { client, js, settings })
     }
 
+    pub(crate) fn settings(&self) -> &BusSettings {
+        &self.settings
+    }
+
     /// The NATS client (for tools and tests).
     pub fn client(&self) -> &async_nats::Client {
         &self.client

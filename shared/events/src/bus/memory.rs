@@ -100,6 +100,10 @@ impl MemoryBus {
         }
     }
 
+    pub(crate) fn settings(&self) -> &BusSettings {
+        &self.inner.settings
+    }
+
     fn changed(&self, context: BoundedContext) -> &Notify {
         // A fieldless enum's discriminants are 0.. in the order of `ALL`.
         &self.inner.changed[context as usize]

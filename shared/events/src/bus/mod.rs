@@ -104,6 +104,14 @@ impl Bus {
         }
     }
 
+    /// The settings the bus was made with.
+    pub fn settings(&self) -> &BusSettings {
+        match self {
+            Bus::JetStream(bus) => bus.settings(),
+            Bus::Memory(bus) => bus.settings(),
+        }
+    }
+
     /// Creates or updates the context streams and the dead-letter stream
     /// (idempotent; called at start and again by the relay after a failure).
     pub async fn ensure_streams(&self) -> Result<(), Error> {

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use ordermesh_events::inbox::{Claim, claim};
 use ordermesh_events::{
-    BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, HandlerError, Inboxed, TxHandler, worker,
+    BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, HandlerError, InboxPruning, Inboxed,
+    ServiceEvents, TxHandler, worker,
 };
 use ordermesh_proto::events::v1::OrderCreated;
 use sqlx::AnyConnection;
@@ -550,3 +551,63 @@ async fn a_constraint_violation_is_poison(kind: BusKind, backend: Backend) {
     );
     worker.stop().await;
 }
+
+/// Whether `consumer`'s inbox holds `event_id`.
+async fn in_inbox(db: &Db, consumer: &str, event_id: &str) -> bool {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE consumer = $1 AND event_id = $2")
+        .bind(consumer)
+        .bind(event_id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count inbox");
+    n == 1
+}
+
+/// A service that consumes through its inbox prunes it: records older than
+/// the retention go, newer ones stay.
+async fn the_inbox_is_pruned_past_its_retention(backend: Backend) {
+    let Some(db) = Db::new(backend).await else { return };
+    let bus = Bus::in_process(crate::harness::bus_settings());
+    let mut events = ServiceEvents::start("/ordermesh/test", db.pool.clone(), bus.clone()).await;
+    events.set_inbox_pruning(InboxPruning {
+        retention: Some(Duration::from_secs(60)),
+        interval: Duration::from_millis(50),
+        chunk: 1,
+    });
+    let recorder = Recorder::new("pruned");
+    events.consume_inboxed(config("pruned"), db.pool.clone(), recorder.clone());
+    let mut old = Vec::new();
+    for order in ["o-1", "o-2", "o-3"] {
+        old.push(publish_created(&bus, order).await);
+    }
+    eventually(SHORT, "the first events are processed", || async {
+        let mut done = 0;
+        for event in &old {
+            done += db.effects("pruned", &event.id).await;
+        }
+        done == 3
+    })
+    .await;
+    // As if processed long ago.
+    sqlx::query("UPDATE inbox SET processed_us = processed_us - 600000000")
+        .execute(&db.pool)
+        .await
+        .expect("age the records");
+    let recent = publish_created(&bus, "o-4").await;
+    eventually(SHORT, "the recent event is processed", || async {
+        db.effects("pruned", &recent.id).await == 1
+    })
+    .await;
+    eventually(SHORT, "the old records are pruned (in chunks of one)", || async {
+        let mut left = 0;
+        for event in &old {
+            left += usize::from(in_inbox(&db, "pruned", &event.id).await);
+        }
+        left == 0
+    })
+    .await;
+    assert!(in_inbox(&db, "pruned", &recent.id).await, "a recent record stays");
+    events.shutdown().await;
+}
+
+crate::per_backend!(the_inbox_is_pruned_past_its_retention);
