@@ -472,4 +472,102 @@ async fn events_written_while_nats_is_down_arrive_once_it_is_back(backend: Backe
     mesh.shutdown().await;
 }
 
-ordermesh_tests::both_backends!(events_written_while_nats_is_down_arrive_once_it_is_back);
+/// The order service's health for its events: SERVING or NOT_SERVING.
+async fn events_health(mesh: &Mesh) -> ordermesh_runtime::health::Answer {
+    let url = format!("http://{}", mesh.addr("order").expect("order runs"));
+    ordermesh_runtime::health::check(&url, EVENT_ADMIN)
+        .await
+        .expect("health answers")
+}
+
+const EVENT_ADMIN: &str = "ordermesh.events.v1.EventAdminService";
+
+/// NATS loses its store (restarted empty): while it is away the order
+/// service's events health says NOT_SERVING (the server as a whole, on its
+/// database, still SERVING); once it is back the services re-create the
+/// streams and their durables, the catalogue cache follows the new stream
+/// (a product renamed afterwards shows on the next order long before the
+/// cache's TTL), and the events health is SERVING again.
+async fn a_product_update_after_nats_lost_its_store_reaches_the_cache(backend: Backend) {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut options = MeshOptions::new(backend);
+    options.nats_url = Some(nats.url());
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let rename = async |name: &str| {
+        mesh.inventory
+            .clone()
+            .update_product(inventory_pb::UpdateProductRequest {
+                sku: KEYBOARD.into(),
+                name: Some(name.into()),
+                unit_price: None,
+                low_stock_threshold: None,
+            })
+            .await
+            .expect("UpdateProduct");
+    };
+    let mut placed = 0;
+    let mut order_named = async |name: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("an order line named {name:?}"),
+            async || {
+                placed += 1;
+                let order = mesh
+                    .create_order(&format!("store-{placed}"), "alice", &[(KEYBOARD, 1)])
+                    .await
+                    .expect("created");
+                mesh.wait_terminal(&order.order_id).await;
+                (order.lines[0].name == name).then_some(())
+            },
+        )
+        .await;
+    };
+    // Enough events that the INVENTORY stream's sequence is well above what
+    // a fresh stream reaches in this test.
+    for _ in 0..3 {
+        order_named("Mechanical keyboard").await;
+    }
+    rename("Mechanical keyboard, second edition").await;
+    order_named("Mechanical keyboard, second edition").await;
+    assert_eq!(
+        events_health(&mesh).await,
+        ordermesh_runtime::health::Answer::Serving
+    );
+
+    nats.stop().await;
+    eventually(
+        Duration::from_secs(20),
+        "events health NOT_SERVING while NATS is away",
+        async || (events_health(&mesh).await == ordermesh_runtime::health::Answer::NotServing).then_some(()),
+    )
+    .await;
+    let url = format!("http://{}", mesh.addr("order").expect("order runs"));
+    assert_eq!(
+        ordermesh_runtime::health::check(&url, "")
+            .await
+            .expect("health answers"),
+        ordermesh_runtime::health::Answer::Serving,
+        "the server as a whole stays on its database"
+    );
+    nats.restart_empty().await;
+    // An order's events make the relays re-create the streams.
+    order_named("Mechanical keyboard, second edition").await;
+    rename("Mechanical keyboard, third edition").await;
+    order_named("Mechanical keyboard, third edition").await;
+    eventually(
+        Duration::from_secs(20),
+        "events health SERVING again",
+        async || (events_health(&mesh).await == ordermesh_runtime::health::Answer::Serving).then_some(()),
+    )
+    .await;
+    mesh.shutdown().await;
+}
+
+ordermesh_tests::both_backends!(
+    events_written_while_nats_is_down_arrive_once_it_is_back,
+    a_product_update_after_nats_lost_its_store_reaches_the_cache
+);

@@ -120,10 +120,11 @@ impl Service {
         let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
             .max_decoding_message_size(self.config.mesh.max_request_bytes());
         let routes = Routes::new(server).add_service(self.events.admin());
-        let options = self
+        let mut options = self
             .config
             .mesh
             .serve_options(SERVICE_NAME, self.config.mesh.build());
+        options.extra_health.push(self.events.health());
         let db = self.store.db().clone();
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();

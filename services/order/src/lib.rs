@@ -236,7 +236,8 @@ impl Service {
             )
             .add_service(self.events.admin());
         let db = self.store.db().clone();
-        let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
+        let mut options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
+        options.extra_health.push(self.events.health());
         let result = serve(routes, db, listener, options, shutdown).await;
         recovery.abort();
         poll.abort();

@@ -9,6 +9,10 @@ pub enum Error {
     /// Stream or consumer management, fetching, acking on JetStream.
     #[error("JetStream {operation} failed: {reason}")]
     JetStream { operation: &'static str, reason: String },
+    /// A durable consumer (or its whole stream) no longer exists on the
+    /// server: NATS lost its store, or someone deleted it.
+    #[error("durable consumer {consumer} on stream {stream} is gone")]
+    ConsumerGone { stream: String, consumer: String },
     #[error("publishing {topic} failed: {reason}")]
     Publish { topic: String, reason: String },
     #[error("database error: {0}")]
@@ -36,6 +40,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is [`Error::ConsumerGone`] (the worker then re-creates
+    /// its durable).
+    pub fn is_consumer_gone(&self) -> bool {
+        matches!(self, Error::ConsumerGone { .. })
+    }
+
     pub(crate) fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
         Error::JetStream {
             operation,

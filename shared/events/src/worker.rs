@@ -34,6 +34,8 @@
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::bus::{Bus, Delivery};
 use crate::config::ConsumerConfig;
@@ -103,7 +105,10 @@ impl From<Error> for HandlerError {
     fn from(error: Error) -> Self {
         let failure = match &error {
             Error::Db(db) => classify_db(db),
-            Error::Connect { .. } | Error::JetStream { .. } | Error::Publish { .. } => Failure::Transient,
+            Error::Connect { .. }
+            | Error::JetStream { .. }
+            | Error::Publish { .. }
+            | Error::ConsumerGone { .. } => Failure::Transient,
             Error::Decode { .. }
             | Error::Envelope { .. }
             | Error::UnknownType(_)
@@ -327,6 +332,29 @@ pub enum Outcome {
 /// failure.
 const HOLD_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
 
+/// What a running consumer is doing, for health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsumerHealth {
+    /// Not bound to its durable yet.
+    Starting,
+    /// Fetching and handling.
+    Running,
+    /// Holding a batch through a transient failure (of its database, say)
+    /// since `since`.
+    Stalled { since: Instant, reason: String },
+    /// Cannot bind or fetch (the broker is unreachable, its durable or
+    /// stream is gone and not yet re-created) since `since`.
+    CannotFetch { since: Instant, error: String },
+}
+
+/// How often an idle consumer checks that its durable still answers (an
+/// empty fetch alone does not tell a quiet stream from a lost one).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Fetch failures in a row after which the durable is bound again even
+/// though nothing said it was gone.
+const REBIND_AFTER: u32 = 3;
+
 /// Runs `handler` on `config`'s durable consumer until `shutdown`.
 /// Binding is retried while the bus is unreachable.
 pub async fn run<H: Handler>(
@@ -335,48 +363,165 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let (health, _) = watch::channel(ConsumerHealth::Starting);
+    run_reporting(bus, config, handler, shutdown, health).await
+}
+
+/// [`run`], reporting the consumer's [`ConsumerHealth`] on `health`.
+///
+/// A consumer recovers by itself from losing its durable or its stream
+/// (NATS restarted with an empty store, an operator deleted it): when the
+/// durable does not answer it is created again (with the streams, if they
+/// are gone too), and consumes from the start of what the stream holds; the
+/// inbox makes that harmless.
+pub async fn run_reporting<H: Handler>(
+    bus: Bus,
+    config: ConsumerConfig,
+    handler: H,
+    shutdown: impl Future<Output = ()> + Send,
+    health: watch::Sender<ConsumerHealth>,
+) -> Result<(), Error> {
     config.validate()?;
     tokio::pin!(shutdown);
+    let report = Report {
+        health: &health,
+        name: &config.name,
+    };
     let mut backoff = Duration::from_millis(50);
     let mut consumer = loop {
-        match bus.consumer(&config).await {
+        match bind(&bus, &config).await {
             Ok(consumer) => break consumer,
             Err(e) => {
+                report.cannot_fetch(&e);
                 tracing::warn!(consumer = %config.name, error = %e, "cannot bind consumer; retrying");
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     () = tokio::time::sleep(backoff) => {}
                 }
-                // The streams may not exist yet (first start, fresh NATS).
-                let _ = bus.ensure_streams().await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     };
+    report.running();
+    let mut last_ok = Instant::now();
+    let mut failures = 0u32;
     loop {
         let batch = tokio::select! {
             () = &mut shutdown => return Ok(()),
             batch = consumer.fetch(config.batch, Duration::from_secs(1)) => batch,
         };
-        let deliveries = match batch {
-            Ok(deliveries) => deliveries,
+        let fetched = match batch {
+            Ok(deliveries) if !deliveries.is_empty() => Ok(deliveries),
+            Ok(none) if last_ok.elapsed() < PROBE_EVERY => Ok(none),
+            // Quiet: make sure the durable is still there.
+            Ok(none) => consumer.check().await.map(|()| none),
+            // Tell a lost durable from a broker that is away.
+            Err(e) => Err(consumer
+                .check()
+                .await
+                .err()
+                .filter(Error::is_consumer_gone)
+                .unwrap_or(e)),
+        };
+        match fetched {
+            Ok(deliveries) => {
+                last_ok = Instant::now();
+                failures = 0;
+                backoff = Duration::from_millis(50);
+                report.running();
+                if !deliveries.is_empty()
+                    && !work_through(
+                        &bus,
+                        &config,
+                        &handler,
+                        &mut consumer,
+                        deliveries,
+                        &mut shutdown,
+                        &report,
+                    )
+                    .await
+                {
+                    return Ok(());
+                }
+            }
             Err(e) => {
-                tracing::warn!(consumer = %config.name, error = %e, "fetch failed; retrying");
+                failures += 1;
+                report.cannot_fetch(&e);
+                if failures == 1 {
+                    tracing::warn!(consumer = %config.name, error = %e, "fetch failed; retrying");
+                } else {
+                    tracing::debug!(consumer = %config.name, error = %e, failures, "fetch failed again");
+                }
+                if e.is_consumer_gone() || failures.is_multiple_of(REBIND_AFTER) {
+                    match bind(&bus, &config).await {
+                        Ok(bound) => {
+                            consumer = bound;
+                            if e.is_consumer_gone() {
+                                tracing::warn!(consumer = %config.name, error = %e, "durable consumer was missing; recreated");
+                            } else {
+                                tracing::info!(consumer = %config.name, "durable consumer bound again");
+                            }
+                        }
+                        Err(bind_error) => {
+                            tracing::debug!(consumer = %config.name, error = %bind_error, "cannot bind the durable again yet");
+                        }
+                    }
+                }
                 tokio::select! {
                     () = &mut shutdown => return Ok(()),
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
             }
-        };
-        backoff = Duration::from_millis(50);
-        if deliveries.is_empty() {
-            continue;
         }
-        if !work_through(&bus, &config, &handler, &mut consumer, deliveries, &mut shutdown).await {
-            return Ok(());
+    }
+}
+
+/// Binds (creating or updating) the durable; when its stream is missing
+/// (first start, or NATS lost its store), creates the streams first.
+async fn bind(bus: &Bus, config: &ConsumerConfig) -> Result<crate::bus::Consumer, Error> {
+    match bus.consumer(config).await {
+        Ok(consumer) => Ok(consumer),
+        Err(Error::Invalid { field, reason }) => Err(Error::Invalid { field, reason }),
+        Err(_) => {
+            bus.ensure_streams().await?;
+            bus.consumer(config).await
         }
+    }
+}
+
+/// Publishes a consumer's health, logging when it changes for the better.
+struct Report<'a> {
+    health: &'a watch::Sender<ConsumerHealth>,
+    name: &'a str,
+}
+
+impl Report<'_> {
+    fn running(&self) {
+        let was = self.health.send_replace(ConsumerHealth::Running);
+        if let ConsumerHealth::CannotFetch { since, .. } = was {
+            tracing::warn!(consumer = %self.name, after = ?since.elapsed(), "fetching again");
+        }
+    }
+
+    fn cannot_fetch(&self, error: &Error) {
+        self.health.send_modify(|health| {
+            let since = match health {
+                ConsumerHealth::CannotFetch { since, .. } => *since,
+                _ => Instant::now(),
+            };
+            *health = ConsumerHealth::CannotFetch {
+                since,
+                error: error.to_string(),
+            };
+        });
+    }
+
+    fn stalled(&self, reason: &HandlerError) {
+        self.health.send_replace(ConsumerHealth::Stalled {
+            since: Instant::now(),
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -394,6 +539,7 @@ async fn work_through<H: Handler>(
     consumer: &mut crate::bus::Consumer,
     mut deliveries: Vec<Delivery>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    report: &Report<'_>,
 ) -> bool {
     let mut stalled: Option<tokio::time::Instant> = None;
     let mut delay = HOLD_BACKOFF.0;
@@ -403,6 +549,7 @@ async fn work_through<H: Handler>(
         let Some(cause) = cause else {
             if let Some(since) = stalled {
                 tracing::warn!(consumer = %config.name, held_for = ?since.elapsed(), "transient failure over; consuming again");
+                report.running();
             }
             return true;
         };
@@ -413,7 +560,8 @@ async fn work_through<H: Handler>(
                 held = held.len(),
                 "transient failure: holding the batch and retrying until it succeeds (nothing is dead-lettered for it)"
             );
-            stalled = Some(tokio::time::Instant::now());
+            stalled = Some(Instant::now());
+            report.stalled(&cause);
             // Messages the bus prefetched would wait out their ack_wait
             // unseen and come back with a higher delivery count.
             consumer.pause();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context, ErrorCode};
@@ -180,6 +180,8 @@ impl JetStreamBus {
             .map_err(|e| Error::jetstream("create consumer", e))?;
         Ok(JetStreamConsumer {
             consumer,
+            stream: config.context.stream().to_owned(),
+            name: config.name.clone(),
             batch: config.batch.max(1),
             messages: None,
         })
@@ -187,6 +189,7 @@ impl JetStreamBus {
 
     pub(crate) async fn tail(&self, filter: &str) -> Result<BoxStream<'static, Result<Event, Error>>, Error> {
         let mut streams = Vec::new();
+        let mut watched = Vec::new();
         for context in BoundedContext::ALL {
             if !subjects_overlap(filter, &context.subjects()) {
                 continue;
@@ -206,6 +209,7 @@ impl JetStreamBus {
                     _ => return Err(Error::jetstream("get stream", e)),
                 },
             };
+            watched.push((context.stream(), stream.cached_info().created));
             // An ordered ephemeral consumer from now on; the filter is applied
             // here, since the server wants a filter inside the stream's subjects.
             let messages = stream
@@ -221,20 +225,26 @@ impl JetStreamBus {
             streams.push(messages.boxed());
         }
         let filter = filter.to_owned();
-        Ok(futures::stream::select_all(streams)
-            .filter_map(move |item| {
-                let event = match item {
-                    Ok(message) if subject_matches(&filter, &message.subject) => Some(Event::from_message(
-                        &message.subject,
-                        message.headers.as_ref(),
-                        message.payload.clone(),
-                    )),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(Error::jetstream("tail", e))),
-                };
-                std::future::ready(event)
-            })
-            .boxed())
+        let events = futures::stream::select_all(streams).filter_map(move |item| {
+            let event = match item {
+                Ok(message) if subject_matches(&filter, &message.subject) => Some(Event::from_message(
+                    &message.subject,
+                    message.headers.as_ref(),
+                    message.payload.clone(),
+                )),
+                Ok(_) => None,
+                Err(e) => Some(Err(Error::jetstream("tail", e))),
+            };
+            std::future::ready(event)
+        });
+        // The events until a watched stream is gone or new, then that error,
+        // then the end (the ordered consumers would never yield again).
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel();
+        let watchdog = watch_streams(self.js.clone(), watched).map(move |error| {
+            let _ = gone_tx.send(error);
+        });
+        let gone = futures::stream::once(gone_rx).filter_map(|error| std::future::ready(error.ok().map(Err)));
+        Ok(events.take_until(watchdog).chain(gone).boxed())
     }
 
     pub(crate) async fn dead_letter(
@@ -349,6 +359,33 @@ impl JetStreamBus {
     }
 }
 
+/// How often a tail checks that its streams are still the ones it follows.
+const TAIL_WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Resolves when one of `watched` (stream name, creation time) no longer
+/// exists or was created anew. An ordered consumer does not notice: it
+/// resumes after its last sequence on the new stream, skipping everything up
+/// to there, so the tail ends instead and its reader subscribes again (the
+/// catalogue clears its cache then). While NATS is away nothing is decided.
+async fn watch_streams(js: Context, watched: Vec<(&'static str, async_nats::datetime::DateTime)>) -> Error {
+    loop {
+        tokio::time::sleep(TAIL_WATCH_EVERY).await;
+        for (name, created) in &watched {
+            let reason = match js.get_stream(*name).await {
+                Ok(stream) if stream.cached_info().created == *created => continue,
+                Ok(_) => format!("stream {name} was re-created; subscribe again"),
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                        format!("stream {name} is gone; subscribe again")
+                    }
+                    _ => continue,
+                },
+            };
+            return Error::jetstream("tail", reason);
+        }
+    }
+}
+
 fn dead_letter_of(message: jetstream::message::StreamMessage) -> DeadLetter {
     let get = |name: &str| {
         message
@@ -388,6 +425,8 @@ fn dead_letter_of(message: jetstream::message::StreamMessage) -> DeadLetter {
 /// A bound durable pull consumer on JetStream.
 pub struct JetStreamConsumer {
     consumer: PullConsumer,
+    stream: String,
+    name: String,
     batch: usize,
     messages: Option<pull::Stream>,
 }
@@ -395,6 +434,30 @@ pub struct JetStreamConsumer {
 impl JetStreamConsumer {
     pub(crate) fn pause(&mut self) {
         self.messages = None;
+    }
+
+    pub(crate) async fn check(&mut self) -> Result<(), Error> {
+        let Err(e) = self.consumer.get_info().await else {
+            return Ok(());
+        };
+        let gone = match e.kind() {
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => true,
+            ConsumerInfoErrorKind::JetStream(js) => {
+                matches!(
+                    js.error_code(),
+                    ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+                )
+            }
+            _ => false,
+        };
+        if gone {
+            self.messages = None;
+            return Err(Error::ConsumerGone {
+                stream: self.stream.clone(),
+                consumer: self.name.clone(),
+            });
+        }
+        Err(Error::jetstream("consumer info", e))
     }
 
     /// Waits up to `wait` for the first message, then takes whatever else is

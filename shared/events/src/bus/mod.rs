@@ -239,6 +239,16 @@ impl Consumer {
         }
     }
 
+    /// Whether the durable still exists on the bus: [`Error::ConsumerGone`]
+    /// when it (or its stream) does not, another error when the bus cannot
+    /// be asked.
+    pub async fn check(&mut self) -> Result<(), Error> {
+        match self {
+            Consumer::JetStream(c) => c.check().await,
+            Consumer::Memory(_) => Ok(()),
+        }
+    }
+
     /// Stops prefetching until the next fetch: what the bus already pushed
     /// ahead is given back (redelivered after `ack_wait`) instead of waiting
     /// out its ack wait unseen while the worker holds a batch.

@@ -10,15 +10,16 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use ordermesh_events::inbox::{Claim, claim};
+use ordermesh_events::worker::ConsumerHealth;
 use ordermesh_events::{
-    BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, HandlerError, InboxPruning, Inboxed,
-    ServiceEvents, TxHandler, worker,
+    BoundedContext, Bus, ConsumerConfig, Error, Event, Handler, HandlerError, InboxPruning, Inboxed, Outbox,
+    Relay, RelayConfig, ServiceEvents, TxHandler, worker,
 };
 use ordermesh_proto::events::v1::OrderCreated;
 use sqlx::AnyConnection;
 
 use crate::harness::{Backend, BusKind, Db, bus, eventually};
-use crate::support::{Counted, Recorder, SHORT, order_created};
+use crate::support::{Counted, Recorder, SHORT, commit_created, order_created};
 
 fn config(name: &str) -> ConsumerConfig {
     let mut config = ConsumerConfig::new(name, BoundedContext::Orders);
@@ -27,6 +28,15 @@ fn config(name: &str) -> ConsumerConfig {
     config.max_deliver = 5;
     config.backoff = vec![Duration::from_millis(30)];
     config
+}
+
+fn relay_config() -> RelayConfig {
+    RelayConfig {
+        poll_interval: Duration::from_millis(200),
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..RelayConfig::default()
+    }
 }
 
 struct Worker {
@@ -610,4 +620,65 @@ async fn the_inbox_is_pruned_past_its_retention(backend: Backend) {
     events.shutdown().await;
 }
 
-crate::per_backend!(the_inbox_is_pruned_past_its_retention);
+/// NATS restarts with an empty store (its streams and durable consumers are
+/// gone): the relay re-creates the streams on its next publish, and the
+/// worker notices its durable is gone, re-creates it and consumes again;
+/// meanwhile its health says it cannot fetch.
+async fn a_consumer_recovers_after_nats_lost_its_store(backend: Backend) {
+    let Some((bus, Some(mut nats))) = bus(BusKind::Nats).await else {
+        return;
+    };
+    let Some(db) = Db::new(backend).await else { return };
+    let relay = Relay::spawn(db.pool.clone(), bus.clone(), relay_config());
+    let outbox = Outbox::new("/ordermesh/test");
+    let recorder = Recorder::new("survivor");
+    let (health_tx, health) = tokio::sync::watch::channel(ConsumerHealth::Starting);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(worker::run_reporting(
+        bus.clone(),
+        config("survivor"),
+        Inboxed::new(db.pool.clone(), "survivor", recorder.clone()),
+        async move {
+            let _ = stopped.await;
+        },
+        health_tx,
+    ));
+    let first = commit_created(&db.pool, &outbox, "o-1").await;
+    relay.notifier().notify();
+    eventually(SHORT, "the first event takes effect", || async {
+        db.effects("survivor", &first.id).await == 1
+    })
+    .await;
+    assert!(
+        matches!(*health.borrow(), ConsumerHealth::Running),
+        "{:?}",
+        *health.borrow()
+    );
+
+    nats.stop().await;
+    eventually(SHORT, "the consumer reports it cannot fetch", || async {
+        matches!(*health.borrow(), ConsumerHealth::CannotFetch { .. })
+    })
+    .await;
+    nats.restart_empty().await;
+    let second = commit_created(&db.pool, &outbox, "o-2").await;
+    relay.notifier().notify();
+    eventually(
+        SHORT,
+        "the second event takes effect on the re-created durable",
+        || async { db.effects("survivor", &second.id).await == 1 },
+    )
+    .await;
+    eventually(SHORT, "the consumer reports it runs again", || async {
+        matches!(*health.borrow(), ConsumerHealth::Running)
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.expect("worker task").expect("worker ends cleanly");
+    relay.shutdown().await;
+}
+
+crate::per_backend!(
+    the_inbox_is_pruned_past_its_retention,
+    a_consumer_recovers_after_nats_lost_its_store
+);
