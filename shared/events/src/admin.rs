@@ -46,6 +46,7 @@ impl From<Error> for Status {
         match error {
             Error::Invalid { field, reason } => invalid(field, &reason),
             Error::DeadLetterNotFound(id) => Status::not_found(format!("dead letter {id:?} not found")),
+            Error::NotReplayable { .. } => Status::failed_precondition(error.to_string()),
             Error::Connect { .. }
             | Error::JetStream { .. }
             | Error::Publish { .. }

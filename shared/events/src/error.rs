@@ -34,6 +34,10 @@ pub enum Error {
     OutboxRow { event_id: String, reason: String },
     #[error("dead letter {0:?} not found")]
     DeadLetterNotFound(String),
+    /// A dead letter that cannot be replayed (it was never an ordermesh
+    /// event, or no consumer of that name can take it).
+    #[error("dead letter {id:?} cannot be replayed: {reason}")]
+    NotReplayable { id: String, reason: String },
     /// Bad input (a subject filter, a page token, a consumer name).
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },

@@ -113,7 +113,10 @@ impl From<Error> for HandlerError {
             | Error::Envelope { .. }
             | Error::UnknownType(_)
             | Error::InvalidEvent { .. } => Failure::Poison,
-            Error::OutboxRow { .. } | Error::DeadLetterNotFound(_) | Error::Invalid { .. } => Failure::Failed,
+            Error::OutboxRow { .. }
+            | Error::DeadLetterNotFound(_)
+            | Error::NotReplayable { .. }
+            | Error::Invalid { .. } => Failure::Failed,
         };
         Self {
             message: error.to_string(),

@@ -5,6 +5,7 @@
 mod admin;
 mod consumer;
 mod contract;
+mod dead_letters;
 mod harness;
 mod outbox;
 mod python;
