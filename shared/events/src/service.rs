@@ -2,8 +2,9 @@
 //! outbox to the bus, hand its store a [`Publisher`], run its consumers,
 //! serve `EventAdminService` (so `ordermesh events tail` works against any
 //! service's port), prune the inbox of a service whose consumers use one
-//! (the relay cannot: payment has no inbox table), and stop all of it on
-//! shutdown.
+//! (the relay cannot: payment has no inbox table), tell whether its
+//! consumers can fetch (the health of `EventAdminService`; a consumer cut off
+//! from NATS is otherwise invisible), and stop all of it on shutdown.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -485,7 +485,7 @@ pub async fn run_reporting<H: Handler>(
 async fn bind(bus: &Bus, config: &ConsumerConfig) -> Result<crate::bus::Consumer, Error> {
     match bus.consumer(config).await {
         Ok(consumer) => Ok(consumer),
-        Err(Error::Invalid { field, reason }) => Err(Error::Invalid { field, reason }),
+        Err(invalid @ Error::Invalid { .. }) => Err(invalid),
         Err(_) => {
             bus.ensure_streams().await?;
             bus.consumer(config).await
