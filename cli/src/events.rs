@@ -7,6 +7,8 @@
 //! prints as one JSON object per line, its payload decoded by `ce-type`.
 
 use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -47,7 +49,7 @@ pub enum EventsCommand {
 pub enum DlqCommand {
     /// Print every dead letter, oldest first, one JSON object per line.
     List,
-    /// Publish a dead letter's event again on its subject and remove it.
+    /// Give a dead letter's event again to the consumer that gave up on it (only), and remove it.
     Replay {
         /// The deadLetterId printed by `dlq list`.
         id: String,
@@ -120,35 +122,42 @@ async fn tail(source: Source, filter: String) -> anyhow::Result<()> {
         let event = event?;
         print(&event_json(&event));
     }
-    Ok(())
+    anyhow::bail!("the event tail ended (the server closed it)")
 }
 
+/// One dead letter as JSON: its event as `events tail` prints events, or,
+/// for a message that never was an event, `"event": null` with the reason
+/// and the message as it came (nothing made up).
 fn dead_letter_json(dead: &DeadLetter) -> Value {
-    json!({
+    let mut object = json!({
         "deadLetterId": dead.id.to_string(),
         "consumer": dead.consumer,
         "error": dead.error,
         "deliveries": dead.deliveries,
         "time": ordermesh_events::envelope::rfc3339(dead.time_us),
-        "event": event_json(&dead.event),
-    })
+    });
+    match &dead.event {
+        Ok(event) => object["event"] = event_json(event),
+        Err(malformed) => {
+            object["event"] = Value::Null;
+            object["envelopeError"] = json!(malformed.reason);
+            let headers: serde_json::Map<String, Value> = malformed
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), json!(value)))
+                .collect();
+            object["message"] = json!({
+                "topic": malformed.topic,
+                "headers": headers,
+                "dataBase64": BASE64.encode(&malformed.data),
+            });
+        }
+    }
+    object
 }
 
 fn dead_letter_of_pb(dead: pb::DeadLetter) -> anyhow::Result<DeadLetter> {
-    Ok(DeadLetter {
-        id: dead
-            .dead_letter_id
-            .parse()
-            .context("dead letter id from the server")?,
-        event: Event::from_pb(dead.event.unwrap_or_default()),
-        consumer: dead.consumer,
-        error: dead.error,
-        deliveries: u32::try_from(dead.deliveries).unwrap_or(0),
-        time_us: dead
-            .dead_letter_time
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000)
-            .unwrap_or(0),
-    })
+    DeadLetter::from_pb(dead).context("dead letter from the server")
 }
 
 async fn list(source: Source) -> anyhow::Result<()> {

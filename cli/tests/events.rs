@@ -1,5 +1,7 @@
 //! `ordermesh events` as a user runs it: the real binary tails events as JSON
-//! lines and lists and replays dead letters, both through a process's
+//! lines (refusing a filter that matches no stream) and lists and replays
+//! dead letters (to the consumer that gave up only; a message that never was
+//! an event listed as it came), both through a process's
 //! EventAdminService (`--url`, the in-process broker) and straight from
 //! JetStream (`--nats-url`, a real nats-server 2.10+).
 //!
@@ -87,7 +89,7 @@ struct Refuse;
 
 impl Handler for Refuse {
     async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
-        Err(HandlerError::permanent("refused by the test"))
+        Err(HandlerError::poison("refused by the test"))
     }
 }
 
@@ -116,6 +118,52 @@ async fn publish_until_tailed(bus: &Bus, tail: &Tail, order_id: &str) -> Value {
     tail.next_json()
 }
 
+/// Binds `name` on the orders stream (OrderCreated only) and acks all it has.
+async fn drained(bus: &Bus, name: &str) -> ordermesh_events::bus::Consumer {
+    let mut config = ConsumerConfig::new(name, BoundedContext::Orders);
+    config.filter_subjects = vec!["ordermesh.orders.v1.created".into()];
+    let mut consumer = bus.consumer(&config).await.expect("bind");
+    loop {
+        let deliveries = consumer
+            .fetch(100, Duration::from_millis(300))
+            .await
+            .expect("fetch");
+        if deliveries.is_empty() {
+            return consumer;
+        }
+        for delivery in deliveries {
+            delivery.ack().await.expect("ack");
+        }
+    }
+}
+
+/// Runs `ordermesh args` expecting it to fail within 10 s; its stderr.
+fn fails_at_once(args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+        .args(args)
+        .env_remove("ORDERMESH_NATS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ordermesh starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`ordermesh {}` still runs after 10 s", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(!status.success(), "`ordermesh {}` must fail", args.join(" "));
+    stderr
+}
+
 async fn dead_letter_one(bus: &Bus) -> Event {
     let event = created("o-dead");
     bus.publish(&event).await.expect("publish");
@@ -129,7 +177,7 @@ async fn dead_letter_one(bus: &Bus) -> Event {
         .await
         .expect("list")
         .iter()
-        .any(|d| d.event.id == event.id)
+        .any(|d| d.event.as_ref().is_ok_and(|e| e.id == event.id))
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -160,7 +208,19 @@ async fn tail_and_dead_letters(bus: Bus, url_args: &[&str]) {
     assert_eq!(line["data"]["lines"][0]["quantity"], "2");
     drop(tail);
 
+    // A filter that matches no stream is refused, not followed in silence.
+    let mut nowhere = vec!["events", "tail"];
+    nowhere.extend_from_slice(url_args);
+    nowhere.push("ordermesh.shipping.>");
+    let stderr = fails_at_once(&nowhere);
+    assert!(stderr.contains("matches no event stream"), "{stderr}");
+
+    // Another consumer of the stream, which must not see the replay.
+    let mut bystander = drained(&bus, "bystander").await;
     dead_letter_one(&bus).await;
+    for delivery in bystander.fetch(100, Duration::from_secs(1)).await.expect("fetch") {
+        delivery.ack().await.expect("ack");
+    }
     let mut list_args = vec!["events", "dlq", "list"];
     list_args.extend_from_slice(url_args);
     let listed = json_lines(&ordermesh(&list_args));
@@ -184,6 +244,10 @@ async fn tail_and_dead_letters(bus: Bus, url_args: &[&str]) {
     replay_args.extend_from_slice(url_args);
     let replayed = json_lines(&ordermesh(&replay_args));
     assert_eq!(replayed[0]["replayed"]["deadLetterId"], id.as_str());
+    // Only the consumer that gave up gets it again.
+    let _refuser = drained_until(&bus, "refuser", "o-dead").await;
+    let others = bystander.fetch(10, Duration::from_secs(1)).await.expect("fetch");
+    assert!(others.is_empty(), "the bystander got {} more", others.len());
     let after = json_lines(&ordermesh(&list_args));
     assert!(
         after.iter().all(|d| d["deadLetterId"] != id.as_str()),
@@ -198,6 +262,33 @@ async fn tail_and_dead_letters(bus: Bus, url_args: &[&str]) {
         String::from_utf8_lossy(&output.stderr).contains("dead"),
         "names the id"
     );
+}
+
+/// Binds `name` (OrderCreated only) and acks what it gets until the event
+/// of `order_id` came.
+async fn drained_until(bus: &Bus, name: &str, order_id: &str) -> ordermesh_events::bus::Consumer {
+    let mut config = ConsumerConfig::new(name, BoundedContext::Orders);
+    config.filter_subjects = vec!["ordermesh.orders.v1.created".into()];
+    let mut consumer = bus.consumer(&config).await.expect("bind");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} did not get {order_id} within 20 s"
+        );
+        let mut found = false;
+        for delivery in consumer
+            .fetch(100, Duration::from_millis(300))
+            .await
+            .expect("fetch")
+        {
+            found |= delivery.event.as_ref().is_ok_and(|e| e.subject == order_id);
+            delivery.ack().await.expect("ack");
+        }
+        if found {
+            return consumer;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,5 +357,59 @@ async fn events_commands_straight_from_jetstream() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tail_and_dead_letters(bus, &["--nats-url", &url]).await;
+    tail_and_dead_letters(bus.clone(), &["--nats-url", &url]).await;
+
+    // A message some other publisher put there without an envelope is
+    // listed as it came: no invented attributes, no 1970 time.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("nats"));
+    js.publish("ordermesh.orders.v1.created", "not protobuf".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let config = ConsumerConfig::new("strict", BoundedContext::Orders);
+    let mut consumer = bus.consumer(&config).await.expect("bind");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !bus
+        .dead_letters(0, 100)
+        .await
+        .expect("list")
+        .iter()
+        .any(|d| d.consumer == "strict" && d.event.is_err())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no dead letter within 20 s"
+        );
+        let deliveries = consumer
+            .fetch(100, Duration::from_millis(200))
+            .await
+            .expect("fetch");
+        for settled in worker::process(&bus, &config, &Refuse, deliveries).await {
+            settled.expect("settled");
+        }
+    }
+    let output = ordermesh(&["events", "dlq", "list", "--nats-url", &url]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(!text.contains("1970-01-01T00:00:00Z"), "{text}");
+    let listed = json_lines(&output);
+    let malformed: Vec<&Value> = listed.iter().filter(|d| d["event"].is_null()).collect();
+    assert_eq!(malformed.len(), 1, "{listed:?}");
+    assert!(
+        malformed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an ordermesh event")),
+        "{:?}",
+        malformed[0]
+    );
+    assert!(
+        malformed[0]["envelopeError"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(malformed[0]["message"]["topic"], "ordermesh.orders.v1.created");
+    assert_eq!(malformed[0]["message"]["dataBase64"], "bm90IHByb3RvYnVm");
+    let id = malformed[0]["deadLetterId"].as_str().expect("id").to_owned();
+    let stderr = fails_at_once(&["events", "dlq", "replay", &id, "--nats-url", &url]);
+    assert!(stderr.contains("cannot be replayed"), "{stderr}");
 }

@@ -334,7 +334,84 @@ async fn a_product_update_reaches_the_catalogue_cache(bus: BusKind, backend: Bac
     mesh.shutdown().await;
 }
 
+/// Events that cannot be right (an OrderConfirmed for no order, a StockLow
+/// for no SKU) are dead-lettered by every consumer with the reason, naming
+/// the field; no notice and no alert is recorded for them.
+async fn invalid_events_are_dead_lettered_with_the_reason(bus: BusKind, backend: Backend) {
+    let Some((mesh, _nats)) = start(bus, backend).await else {
+        return;
+    };
+    let confirmed = events_pb::OrderConfirmed {
+        order_id: String::new(),
+        customer_id: "alice".into(),
+        total: Some(Money::new(8999, "USD")),
+        payment_id: "p-1".into(),
+        occur_time: None,
+    };
+    let low = events_pb::StockLow {
+        sku: String::new(),
+        available: 2,
+        threshold: 5,
+        order_id: String::new(),
+        occur_time: None,
+    };
+    mesh.bus
+        .publish(&Event::new("/ordermesh/test", &confirmed, None))
+        .await
+        .expect("publish");
+    mesh.bus
+        .publish(&Event::new("/ordermesh/test", &low, None))
+        .await
+        .expect("publish");
+    let dead = eventually(
+        Duration::from_secs(15),
+        "both dead-lettered by their consumers",
+        async || {
+            let dead = mesh.bus.dead_letters(0, 100).await.expect("dead letters");
+            let by = |consumer: &str| dead.iter().any(|d| d.consumer == consumer);
+            (by(ordermesh_order::projections::NOTIFIER) && by("inventory-restock-alerts")).then_some(dead)
+        },
+    )
+    .await;
+    for letter in &dead {
+        let field = if letter.consumer == "inventory-restock-alerts"
+            || letter.consumer == "order-timeline-inventory"
+        {
+            "sku is empty"
+        } else {
+            "order_id is empty"
+        };
+        assert!(
+            letter.error.contains(field),
+            "{}: {}",
+            letter.consumer,
+            letter.error
+        );
+        assert_eq!(letter.deliveries, 1, "dead-lettered at once");
+    }
+    let notices = mesh
+        .order_admin_api
+        .clone()
+        .list_confirmation_notices(order_pb::ListConfirmationNoticesRequest::default())
+        .await
+        .expect("ListConfirmationNotices")
+        .into_inner()
+        .notices;
+    assert!(notices.is_empty(), "{notices:?}");
+    let alerts = mesh
+        .inventory
+        .clone()
+        .list_restock_alerts(inventory_pb::ListRestockAlertsRequest::default())
+        .await
+        .expect("ListRestockAlerts")
+        .into_inner()
+        .alerts;
+    assert!(alerts.is_empty(), "{alerts:?}");
+    mesh.shutdown().await;
+}
+
 per_bus_and_backend!(
+    invalid_events_are_dead_lettered_with_the_reason,
     an_orders_events_arrive_and_build_its_timeline,
     low_stock_raises_one_restock_alert,
     a_product_update_reaches_the_catalogue_cache,
@@ -395,4 +472,102 @@ async fn events_written_while_nats_is_down_arrive_once_it_is_back(backend: Backe
     mesh.shutdown().await;
 }
 
-ordermesh_tests::both_backends!(events_written_while_nats_is_down_arrive_once_it_is_back);
+/// The order service's health for its events: SERVING or NOT_SERVING.
+async fn events_health(mesh: &Mesh) -> ordermesh_runtime::health::Answer {
+    let url = format!("http://{}", mesh.addr("order").expect("order runs"));
+    ordermesh_runtime::health::check(&url, EVENT_ADMIN)
+        .await
+        .expect("health answers")
+}
+
+const EVENT_ADMIN: &str = "ordermesh.events.v1.EventAdminService";
+
+/// NATS loses its store (restarted empty): while it is away the order
+/// service's events health says NOT_SERVING (the server as a whole, on its
+/// database, still SERVING); once it is back the services re-create the
+/// streams and their durables, the catalogue cache follows the new stream
+/// (a product renamed afterwards shows on the next order long before the
+/// cache's TTL), and the events health is SERVING again.
+async fn a_product_update_after_nats_lost_its_store_reaches_the_cache(backend: Backend) {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    let mut options = MeshOptions::new(backend);
+    options.nats_url = Some(nats.url());
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    let rename = async |name: &str| {
+        mesh.inventory
+            .clone()
+            .update_product(inventory_pb::UpdateProductRequest {
+                sku: KEYBOARD.into(),
+                name: Some(name.into()),
+                unit_price: None,
+                low_stock_threshold: None,
+            })
+            .await
+            .expect("UpdateProduct");
+    };
+    let mut placed = 0;
+    let mut order_named = async |name: &str| {
+        eventually(
+            Duration::from_secs(10),
+            &format!("an order line named {name:?}"),
+            async || {
+                placed += 1;
+                let order = mesh
+                    .create_order(&format!("store-{placed}"), "alice", &[(KEYBOARD, 1)])
+                    .await
+                    .expect("created");
+                mesh.wait_terminal(&order.order_id).await;
+                (order.lines[0].name == name).then_some(())
+            },
+        )
+        .await;
+    };
+    // Enough events that the INVENTORY stream's sequence is well above what
+    // a fresh stream reaches in this test.
+    for _ in 0..3 {
+        order_named("Mechanical keyboard").await;
+    }
+    rename("Mechanical keyboard, second edition").await;
+    order_named("Mechanical keyboard, second edition").await;
+    assert_eq!(
+        events_health(&mesh).await,
+        ordermesh_runtime::health::Answer::Serving
+    );
+
+    nats.stop().await;
+    eventually(
+        Duration::from_secs(20),
+        "events health NOT_SERVING while NATS is away",
+        async || (events_health(&mesh).await == ordermesh_runtime::health::Answer::NotServing).then_some(()),
+    )
+    .await;
+    let url = format!("http://{}", mesh.addr("order").expect("order runs"));
+    assert_eq!(
+        ordermesh_runtime::health::check(&url, "")
+            .await
+            .expect("health answers"),
+        ordermesh_runtime::health::Answer::Serving,
+        "the server as a whole stays on its database"
+    );
+    nats.restart_empty().await;
+    // An order's events make the relays re-create the streams.
+    order_named("Mechanical keyboard, second edition").await;
+    rename("Mechanical keyboard, third edition").await;
+    order_named("Mechanical keyboard, third edition").await;
+    eventually(
+        Duration::from_secs(20),
+        "events health SERVING again",
+        async || (events_health(&mesh).await == ordermesh_runtime::health::Answer::Serving).then_some(()),
+    )
+    .await;
+    mesh.shutdown().await;
+}
+
+ordermesh_tests::both_backends!(
+    events_written_while_nats_is_down_arrive_once_it_is_back,
+    a_product_update_after_nats_lost_its_store_reaches_the_cache
+);

@@ -20,9 +20,13 @@ impl TxHandler for RestockAlerts {
     async fn handle(&self, conn: &mut AnyConnection, event: &Event) -> Result<(), HandlerError> {
         let low: StockLow = event
             .decode()
-            .map_err(|e| HandlerError::permanent(format!("not a StockLow: {e}")))?;
+            .map_err(|e| HandlerError::poison(format!("not a StockLow: {e}")))?;
         alerts::record(conn, &event.id, &low, clock::now_micros())
             .await
-            .map_err(|e| HandlerError::transient(e.to_string()))
+            .map_err(|e| match e {
+                // An outage is waited out, a refused row is poison.
+                crate::error::Error::Infra(infra) => infra.into(),
+                other => HandlerError::failed(other.to_string()),
+            })
     }
 }

@@ -22,9 +22,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use ordermesh_events::{
-    BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents,
-};
+use ordermesh_events::{BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, ServiceEvents};
 use ordermesh_proto::events::v1::StockLow;
 use ordermesh_proto::inventory::v1::inventory_service_server::{InventoryServiceServer, SERVICE_NAME};
 use ordermesh_runtime::server::{MeshSettings, serve};
@@ -85,13 +83,11 @@ pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> 
     if let Err(e) = store.seed(&config.seed).await {
         tracing::error!(error = %e, "seeding the catalogue failed");
     }
-    // Restock alerts: one per StockLow event, exactly once (its inbox).
+    // Restock alerts: one per StockLow event, exactly once (its inbox,
+    // pruned by `events`).
     let mut alerts = ConsumerConfig::new(alerts::CONSUMER, BoundedContext::Inventory);
     alerts.filter_subjects = vec![<StockLow as DomainEvent>::KIND.subject()];
-    events.consume(
-        alerts,
-        Inboxed::new(db.write, alerts::CONSUMER, alerts::RestockAlerts),
-    );
+    events.consume_inboxed(alerts, db.write, alerts::RestockAlerts);
     Ok(Service {
         store,
         events,
@@ -124,10 +120,11 @@ impl Service {
         let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
             .max_decoding_message_size(self.config.mesh.max_request_bytes());
         let routes = Routes::new(server).add_service(self.events.admin());
-        let options = self
+        let mut options = self
             .config
             .mesh
             .serve_options(SERVICE_NAME, self.config.mesh.build());
+        options.extra_health.push(self.events.health());
         let db = self.store.db().clone();
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();

@@ -140,7 +140,10 @@ impl Catalogue {
     /// Follows ProductUpdated events on `bus` until the task is dropped,
     /// dropping the entry of each updated SKU. Whenever the subscription
     /// (re)starts, the cache is cleared: updates missed meanwhile cannot
-    /// leave a stale entry behind.
+    /// leave a stale entry behind. The bus ends the subscription when its
+    /// stream is deleted or re-created (NATS lost its store: a subscription
+    /// left running would resume at its old sequence and skip every update
+    /// up to there), so that, too, clears the cache and subscribes again.
     pub async fn follow(self, bus: Bus) {
         let subject = <ProductUpdated as DomainEvent>::KIND.subject();
         let mut backoff = Duration::from_millis(100);

@@ -31,9 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use ordermesh_events::{
-    BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, Inboxed, ServiceEvents,
-};
+use ordermesh_events::{BoundedContext, Bus, BusSettings, ConsumerConfig, DomainEvent, ServiceEvents};
 use ordermesh_mesh::stack::{Mesh, MeshChannel};
 use ordermesh_proto::events::v1::OrderConfirmed;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
@@ -148,10 +146,7 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     }
     let mut notifier = ConsumerConfig::new(projections::NOTIFIER, BoundedContext::Orders);
     notifier.filter_subjects = vec![<OrderConfirmed as DomainEvent>::KIND.subject()];
-    events.consume(
-        notifier,
-        Inboxed::new(db.write.clone(), projections::NOTIFIER, projections::Notifier),
-    );
+    events.consume_inboxed(notifier, db.write.clone(), projections::Notifier);
     // Every outgoing call goes through the mesh stack (deadline, retry
     // budget, breaker, faults, balancing). Channels connect lazily, so the
     // service starts, and recovers sagas, while a peer is still down.
@@ -241,7 +236,8 @@ impl Service {
             )
             .add_service(self.events.admin());
         let db = self.store.db().clone();
-        let options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
+        let mut options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
+        options.extra_health.push(self.events.health());
         let result = serve(routes, db, listener, options, shutdown).await;
         recovery.abort();
         poll.abort();

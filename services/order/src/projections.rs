@@ -55,7 +55,16 @@ fn lines(lines: &[pb::StockLine]) -> String {
 }
 
 fn undecodable(e: ordermesh_events::Error) -> HandlerError {
-    HandlerError::permanent(format!("cannot decode the payload: {e}"))
+    HandlerError::poison(format!("cannot decode the payload: {e}"))
+}
+
+/// A store failure under a consumer: an outage is waited out, a refused row
+/// is poison (by the events crate's classification), the rest retried.
+fn store_failure(e: crate::error::Error) -> HandlerError {
+    match e {
+        crate::error::Error::Infra(infra) => infra.into(),
+        other => HandlerError::failed(other.to_string()),
+    }
 }
 
 /// The order an event concerns and a short account of it; `None` for
@@ -205,7 +214,7 @@ impl Handler for Timeline {
         }
         for (&i, entry) in owners.iter().zip(&entries) {
             if let Err(e) = self.write(std::slice::from_ref(entry)).await {
-                results[i] = Err(HandlerError::transient(e.to_string()));
+                results[i] = Err(store_failure(e));
             }
         }
         results
@@ -238,7 +247,7 @@ impl TxHandler for Notifier {
         };
         projections::record_notice(conn, &notice)
             .await
-            .map_err(|e| HandlerError::transient(e.to_string()))
+            .map_err(store_failure)
     }
 }
 

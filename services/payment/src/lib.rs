@@ -119,7 +119,8 @@ impl Service {
             },
         ));
         let db = self.store.db().clone();
-        let options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
+        let mut options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
+        options.extra_health.push(self.events.health());
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();
         self.events.shutdown().await;

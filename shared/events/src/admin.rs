@@ -46,7 +46,11 @@ impl From<Error> for Status {
         match error {
             Error::Invalid { field, reason } => invalid(field, &reason),
             Error::DeadLetterNotFound(id) => Status::not_found(format!("dead letter {id:?} not found")),
-            Error::Connect { .. } | Error::JetStream { .. } | Error::Publish { .. } => {
+            Error::NotReplayable { .. } => Status::failed_precondition(error.to_string()),
+            Error::Connect { .. }
+            | Error::JetStream { .. }
+            | Error::Publish { .. }
+            | Error::ConsumerGone { .. } => {
                 tracing::warn!(%error, "event bus unavailable");
                 Status::unavailable("event bus unavailable")
             }

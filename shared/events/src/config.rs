@@ -70,6 +70,41 @@ impl Default for BusSettings {
     }
 }
 
+/// How a service's inbox is pruned ([`crate::inbox::Pruner`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxPruning {
+    /// Records older than this are deleted. It must outlast every way an
+    /// event can come back to a consumer; `None` derives it from the bus:
+    /// the streams' `max_age` plus a day (a durable re-created on a
+    /// surviving stream replays up to `max_age`), and no pruning at all
+    /// when streams keep messages forever.
+    pub retention: Option<Duration>,
+    /// Time between pruning rounds.
+    pub interval: Duration,
+    /// Rows per DELETE, so no round holds long locks or the SQLite writer.
+    pub chunk: u32,
+}
+
+impl Default for InboxPruning {
+    fn default() -> Self {
+        Self {
+            retention: None,
+            interval: Duration::from_secs(600),
+            chunk: 1000,
+        }
+    }
+}
+
+impl InboxPruning {
+    /// The retention in force on a bus with `streams`, if records may be
+    /// pruned at all.
+    pub fn retention_for(&self, streams: &StreamSettings) -> Option<Duration> {
+        self.retention.or_else(|| {
+            (!streams.max_age.is_zero()).then(|| streams.max_age + Duration::from_secs(24 * 3600))
+        })
+    }
+}
+
 /// A durable pull consumer on one context's stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerConfig {

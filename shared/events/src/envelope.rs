@@ -143,6 +143,14 @@ impl Event {
         })
     }
 
+    /// Checks a known type's payload against its contract
+    /// ([`DomainEvent::validate`]) and that `ce-subject` is its aggregate id:
+    /// [`Error::InvalidEvent`] (or [`Error::Decode`]) when it cannot be right.
+    /// An event of a type ordermesh does not know passes (its consumers judge).
+    pub fn validate(&self) -> Result<(), Error> {
+        crate::kind::validate_encoded(&self.ce_type, &self.subject, &self.data).unwrap_or(Ok(()))
+    }
+
     /// Whether the type is one of ordermesh's event types.
     pub fn is_known_type(&self) -> bool {
         kind_of_type(&self.ce_type).is_some()

@@ -9,6 +9,10 @@ pub enum Error {
     /// Stream or consumer management, fetching, acking on JetStream.
     #[error("JetStream {operation} failed: {reason}")]
     JetStream { operation: &'static str, reason: String },
+    /// A durable consumer (or its whole stream) no longer exists on the
+    /// server: NATS lost its store, or someone deleted it.
+    #[error("durable consumer {consumer} on stream {stream} is gone")]
+    ConsumerGone { stream: String, consumer: String },
     #[error("publishing {topic} failed: {reason}")]
     Publish { topic: String, reason: String },
     #[error("database error: {0}")]
@@ -20,17 +24,32 @@ pub enum Error {
     UnknownType(String),
     #[error("cannot decode {ce_type} payload: {reason}")]
     Decode { ce_type: String, reason: String },
+    /// A payload that decodes but breaks its type's contract (a required
+    /// id empty, an amount not positive): refused at the producer,
+    /// dead-lettered at the consumer.
+    #[error("invalid {ce_type}: {reason}")]
+    InvalidEvent { ce_type: String, reason: String },
     /// An outbox row that cannot be turned back into its event.
     #[error("outbox row {event_id}: {reason}")]
     OutboxRow { event_id: String, reason: String },
     #[error("dead letter {0:?} not found")]
     DeadLetterNotFound(String),
+    /// A dead letter that cannot be replayed (it was never an ordermesh
+    /// event, or no consumer of that name can take it).
+    #[error("dead letter {id:?} cannot be replayed: {reason}")]
+    NotReplayable { id: String, reason: String },
     /// Bad input (a subject filter, a page token, a consumer name).
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 }
 
 impl Error {
+    /// Whether this is [`Error::ConsumerGone`] (the worker then re-creates
+    /// its durable).
+    pub fn is_consumer_gone(&self) -> bool {
+        matches!(self, Error::ConsumerGone { .. })
+    }
+
     pub(crate) fn jetstream(operation: &'static str, error: impl std::fmt::Display) -> Self {
         Error::JetStream {
             operation,

@@ -42,9 +42,9 @@ pub mod service;
 pub mod testing;
 pub mod worker;
 
-pub use bus::{Bus, DeadLetter, Delivery, Published};
-pub use bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
-pub use config::{BusSettings, ConsumerConfig, Retention, StreamSettings};
+pub use bus::{Bus, DeadLetter, Delivery, Malformed, Published};
+pub use bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, REPLAY_PREFIX, REPLAY_STREAM};
+pub use config::{BusSettings, ConsumerConfig, InboxPruning, Retention, StreamSettings};
 pub use envelope::Event;
 pub use error::Error;
 pub use kind::{BoundedContext, DomainEvent, EventKind};

@@ -76,7 +76,10 @@ impl Outbox {
 
 /// Inserts an already built event (one statement) on `conn`, normally the
 /// caller's open transaction: `insert(&mut *tx, &event)`.
+/// An event that breaks its type's contract is refused
+/// ([`Error::InvalidEvent`]): the producer's transaction fails at the source.
 pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Error> {
+    event.validate()?;
     sqlx::query(INSERT)
         .bind(&event.id)
         .bind(&event.subject)

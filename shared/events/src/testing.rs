@@ -1,6 +1,7 @@
 //! Test support (also for the services' system tests and benches): a real
 //! `nats-server -js` on a loopback port of its own with its own store
-//! directory, restartable on the same port, killed when dropped.
+//! directory, restartable on the same port (with its store, or with an empty
+//! one), killed when dropped.
 //!
 //! nats-server 2.10+ comes from `NATS_SERVER`, else `target/tools/bin`
 //! (`bash .ci/tools.sh`), else `PATH`. When none is found, [`NatsServer::start`]
@@ -127,6 +128,15 @@ impl NatsServer {
     /// Starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.run().await;
+    }
+
+    /// Starts it again on the same port with a fresh, empty store: NATS has
+    /// lost every stream, consumer and message (a disk lost, a volume not
+    /// mounted), while clients reconnect to the same address.
+    pub async fn restart_empty(&mut self) {
+        self.stop().await;
+        self.store = tempfile::tempdir().expect("store dir");
         self.run().await;
     }
 

@@ -1,5 +1,8 @@
 //! Keeps the gRPC health status (`grpc.health.v1`) in step with the service's
-//! real readiness: SERVING only while its database answers.
+//! real readiness: SERVING only while its database answers. Parts of a
+//! service with a readiness of their own (its event consumers) report under
+//! their own service name ([`track_flag`]) without changing the whole
+//! server's status.
 
 use std::time::Duration;
 
@@ -45,6 +48,38 @@ pub async fn track_database(
         }
     }
     publish(&reporter, service_name, ServingStatus::NotServing).await;
+}
+
+/// Publishes `flag` (`true`: SERVING) as the status of `service_name` alone
+/// whenever it changes, until `stop` completes; then NOT_SERVING.
+pub async fn track_flag(
+    reporter: HealthReporter,
+    service_name: &'static str,
+    mut flag: tokio::sync::watch::Receiver<bool>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let status = if *flag.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        reporter.set_service_status(service_name, status).await;
+        tokio::select! {
+            () = &mut stop => break,
+            changed = flag.changed() => {
+                if changed.is_err() {
+                    // The flag's owner is gone: its last word stands.
+                    stop.as_mut().await;
+                    break;
+                }
+            }
+        }
+    }
+    reporter
+        .set_service_status(service_name, ServingStatus::NotServing)
+        .await;
 }
 
 async fn publish(reporter: &HealthReporter, service_name: &str, status: ServingStatus) {

@@ -34,6 +34,11 @@ pub struct ServeOptions {
     pub mesh: Mesh,
     /// Re-read on change (flags and fault rules apply without a restart).
     pub policy_file: Option<std::path::PathBuf>,
+    /// More gRPC services whose health is their own flag (`true`: SERVING),
+    /// e.g. `ordermesh.events.v1.EventAdminService` by whether its consumers
+    /// can fetch. They do not change the whole server's status (""), which
+    /// stays the database's.
+    pub extra_health: Vec<(&'static str, watch::Receiver<bool>)>,
 }
 
 impl ServeOptions {
@@ -44,6 +49,7 @@ impl ServeOptions {
             drain_timeout: Duration::from_secs(10),
             mesh,
             policy_file: None,
+            extra_health: Vec::new(),
         }
     }
 }
@@ -71,6 +77,18 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let flags: Vec<_> = options
+        .extra_health
+        .iter()
+        .map(|(name, flag)| {
+            tokio::spawn(health::track_flag(
+                reporter.clone(),
+                name,
+                flag.clone(),
+                stopped(stop_rx.clone()),
+            ))
+        })
+        .collect();
     let tracker = tokio::spawn(health::track_database(
         reporter,
         options.service_name,
@@ -117,6 +135,9 @@ pub async fn serve(
     };
     let _ = stop_tx.send(true);
     let _ = tracker.await;
+    for flag in flags {
+        let _ = flag.await;
+    }
     if let Some(watcher) = watcher {
         watcher.abort();
     }

@@ -1,7 +1,9 @@
 //! The bus on NATS JetStream (async-nats).
 //!
 //! Streams: one per bounded context (`ORDERS`, `INVENTORY`, `PAYMENTS`)
-//! plus `DEADLETTER` (`ordermesh.deadletter.<consumer>`), created or updated
+//! plus `DEADLETTER` (`ordermesh.deadletter.<consumer>`) and `REPLAY`
+//! (`ordermesh.replay.<consumer>`: a replayed dead letter for that consumer
+//! alone, read by a durable of the consumer's name), created or updated
 //! idempotently. Publishing sets `Nats-Msg-Id` to the event id, so a
 //! re-publish within the duplicate window is stored once.
 //!
@@ -17,15 +19,17 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context, ErrorCode};
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
-use super::{Acker, DeadLetter, Delivery, Published, dead_letter_subject, replay_message_id};
-use crate::bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM};
+use super::{
+    Acker, DeadLetter, Delivery, Malformed, Published, dead_letter_subject, replay_message_id, replay_subject,
+};
+use crate::bus::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, REPLAY_PREFIX, REPLAY_STREAM};
 use crate::config::{BusSettings, ConsumerConfig, Retention};
 use crate::envelope::{Event, micros_of};
 use crate::error::Error;
@@ -69,6 +73,10 @@ impl JetStreamBus {
             .timeout(settings.publish_timeout)
             .build(client.clone());
         Ok(Self { client, js, settings })
+    }
+
+    pub(crate) fn settings(&self) -> &BusSettings {
+        &self.settings
     }
 
     /// The NATS client (for tools and tests).
@@ -122,6 +130,18 @@ impl JetStreamBus {
             .create_or_update_stream(dead)
             .await
             .map_err(|e| Error::jetstream("create or update stream", e))?;
+        // Replays, each for one consumer's durable (filtered to its own
+        // subject), gone once it acks.
+        let mut replays = self.stream_config(
+            REPLAY_STREAM,
+            format!("{REPLAY_PREFIX}.>"),
+            self.settings.streams.max_age,
+        );
+        replays.retention = RetentionPolicy::WorkQueue;
+        self.js
+            .create_or_update_stream(replays)
+            .await
+            .map_err(|e| Error::jetstream("create or update stream", e))?;
         Ok(())
     }
 
@@ -162,20 +182,34 @@ impl JetStreamBus {
             .get_stream_no_info(config.context.stream())
             .await
             .map_err(|e| Error::jetstream("get stream", e))?;
+        let durable = |filter_subjects: Vec<String>| pull::Config {
+            durable_name: Some(config.name.clone()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: i64::from(config.max_deliver) + 1,
+            filter_subjects,
+            max_ack_pending: i64::try_from(config.max_ack_pending).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
         let consumer: PullConsumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(config.name.clone()),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_deliver: i64::from(config.max_deliver) + 1,
-                filter_subjects: config.filter_subjects.clone(),
-                max_ack_pending: i64::try_from(config.max_ack_pending).unwrap_or(i64::MAX),
-                ..Default::default()
-            })
+            .create_consumer(durable(config.filter_subjects.clone()))
             .await
             .map_err(|e| Error::jetstream("create consumer", e))?;
+        // The same name on the replay stream, for this consumer's replays only.
+        let replays: PullConsumer = self
+            .js
+            .get_stream_no_info(REPLAY_STREAM)
+            .await
+            .map_err(|e| Error::jetstream("get stream", e))?
+            .create_consumer(durable(vec![replay_subject(&config.name)]))
+            .await
+            .map_err(|e| Error::jetstream("create replay consumer", e))?;
         Ok(JetStreamConsumer {
             consumer,
+            replays,
+            replays_checked: None,
+            stream: config.context.stream().to_owned(),
+            name: config.name.clone(),
             batch: config.batch.max(1),
             messages: None,
         })
@@ -183,6 +217,7 @@ impl JetStreamBus {
 
     pub(crate) async fn tail(&self, filter: &str) -> Result<BoxStream<'static, Result<Event, Error>>, Error> {
         let mut streams = Vec::new();
+        let mut watched = Vec::new();
         for context in BoundedContext::ALL {
             if !subjects_overlap(filter, &context.subjects()) {
                 continue;
@@ -202,6 +237,7 @@ impl JetStreamBus {
                     _ => return Err(Error::jetstream("get stream", e)),
                 },
             };
+            watched.push((context.stream(), stream.cached_info().created));
             // An ordered ephemeral consumer from now on; the filter is applied
             // here, since the server wants a filter inside the stream's subjects.
             let messages = stream
@@ -217,20 +253,26 @@ impl JetStreamBus {
             streams.push(messages.boxed());
         }
         let filter = filter.to_owned();
-        Ok(futures::stream::select_all(streams)
-            .filter_map(move |item| {
-                let event = match item {
-                    Ok(message) if subject_matches(&filter, &message.subject) => Some(Event::from_message(
-                        &message.subject,
-                        message.headers.as_ref(),
-                        message.payload.clone(),
-                    )),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(Error::jetstream("tail", e))),
-                };
-                std::future::ready(event)
-            })
-            .boxed())
+        let events = futures::stream::select_all(streams).filter_map(move |item| {
+            let event = match item {
+                Ok(message) if subject_matches(&filter, &message.subject) => Some(Event::from_message(
+                    &message.subject,
+                    message.headers.as_ref(),
+                    message.payload.clone(),
+                )),
+                Ok(_) => None,
+                Err(e) => Some(Err(Error::jetstream("tail", e))),
+            };
+            std::future::ready(event)
+        });
+        // The events until a watched stream is gone or new, then that error,
+        // then the end (the ordered consumers would never yield again).
+        let (gone_tx, gone_rx) = tokio::sync::oneshot::channel();
+        let watchdog = watch_streams(self.js.clone(), watched).map(move |error| {
+            let _ = gone_tx.send(error);
+        });
+        let gone = futures::stream::once(gone_rx).filter_map(|error| std::future::ready(error.ok().map(Err)));
+        Ok(events.take_until(watchdog).chain(gone).boxed())
     }
 
     pub(crate) async fn dead_letter(
@@ -250,7 +292,8 @@ impl JetStreamBus {
         let event_id = delivery.event.as_ref().map(|e| e.id.as_str()).unwrap_or("");
         // A worker that dies between this publish and its term ack publishes
         // again on the redelivery; the id makes that a duplicate.
-        let message_id = format!("{consumer}:{event_id}:{}", delivery.stream_sequence);
+        let origin = if delivery.replayed { "replay" } else { "stream" };
+        let message_id = format!("{consumer}:{event_id}:{origin}:{}", delivery.stream_sequence);
         let publish = PublishMessage::build()
             .payload(message.payload.clone())
             .headers(headers)
@@ -311,6 +354,11 @@ impl JetStreamBus {
             Err(e) => return Err(Error::jetstream("read dead letter", e)),
         };
         let dead = dead_letter_of(message.clone());
+        let event = dead.event.as_ref().map_err(|malformed| Error::NotReplayable {
+            id: id.to_string(),
+            reason: format!("the message was never an ordermesh event ({})", malformed.reason),
+        })?;
+        // The event's own headers, and the subject it came on.
         let mut headers = HeaderMap::new();
         for (name, values) in message.headers.iter() {
             let name: &str = name.as_ref();
@@ -321,27 +369,54 @@ impl JetStreamBus {
                 headers.append(name, value.as_str());
             }
         }
+        headers.insert(header::TOPIC, event.topic.as_str());
+        let subject = replay_subject(&dead.consumer);
         let publish = PublishMessage::build()
             .payload(message.payload.clone())
             .headers(headers)
-            .message_id(replay_message_id(&dead.event.id, id));
+            .message_id(replay_message_id(&event.id, id));
+        let failed = |e: &dyn std::fmt::Display| Error::Publish {
+            topic: subject.clone(),
+            reason: e.to_string(),
+        };
         self.js
-            .send_publish(dead.event.topic.clone(), publish)
+            .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| Error::Publish {
-                topic: dead.event.topic.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| failed(&e))?
             .await
-            .map_err(|e| Error::Publish {
-                topic: dead.event.topic.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| failed(&e))?;
         stream
             .delete_message(id)
             .await
             .map_err(|e| Error::jetstream("delete dead letter", e))?;
         Ok(dead)
+    }
+}
+
+/// How often a tail checks that its streams are still the ones it follows.
+const TAIL_WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Resolves when one of `watched` (stream name, creation time) no longer
+/// exists or was created anew. An ordered consumer does not notice: it
+/// resumes after its last sequence on the new stream, skipping everything up
+/// to there, so the tail ends instead and its reader subscribes again (the
+/// catalogue clears its cache then). While NATS is away nothing is decided.
+async fn watch_streams(js: Context, watched: Vec<(&'static str, async_nats::datetime::DateTime)>) -> Error {
+    loop {
+        tokio::time::sleep(TAIL_WATCH_EVERY).await;
+        for (name, created) in &watched {
+            let reason = match js.get_stream(*name).await {
+                Ok(stream) if stream.cached_info().created == *created => continue,
+                Ok(_) => format!("stream {name} was re-created; subscribe again"),
+                Err(e) => match e.kind() {
+                    GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                        format!("stream {name} is gone; subscribe again")
+                    }
+                    _ => continue,
+                },
+            };
+            return Error::jetstream("tail", reason);
+        }
     }
 }
 
@@ -354,19 +429,23 @@ fn dead_letter_of(message: jetstream::message::StreamMessage) -> DeadLetter {
             .unwrap_or_default()
     };
     let topic = get(header::TOPIC);
-    let event =
-        Event::from_message(&topic, Some(&message.headers), message.payload.clone()).unwrap_or_else(|e| {
-            Event {
-                id: get(crate::envelope::header::ID),
-                source: get(crate::envelope::header::SOURCE),
-                ce_type: get(crate::envelope::header::TYPE),
-                subject: e.to_string(),
-                time_us: 0,
-                traceparent: None,
-                topic: topic.clone(),
-                data: message.payload.clone(),
+    let event = Event::from_message(&topic, Some(&message.headers), message.payload.clone()).map_err(|e| {
+        // As it came: its own headers, not the dead letter's.
+        let mut headers = Vec::new();
+        for (name, values) in message.headers.iter() {
+            let name: &str = name.as_ref();
+            if name.starts_with("ordermesh-") || name.starts_with("Nats-") {
+                continue;
             }
-        });
+            headers.extend(values.iter().map(|v| (name.to_owned(), v.as_str().to_owned())));
+        }
+        Malformed {
+            reason: e.to_string(),
+            topic: topic.clone(),
+            headers,
+            data: message.payload.clone(),
+        }
+    });
     let time = prost_types::Timestamp {
         seconds: message.time.unix_timestamp(),
         nanos: i32::try_from(message.time.nanosecond()).unwrap_or(0),
@@ -384,15 +463,80 @@ fn dead_letter_of(message: jetstream::message::StreamMessage) -> DeadLetter {
 /// A bound durable pull consumer on JetStream.
 pub struct JetStreamConsumer {
     consumer: PullConsumer,
+    /// The consumer's durable on the replay stream.
+    replays: PullConsumer,
+    replays_checked: Option<tokio::time::Instant>,
+    stream: String,
+    name: String,
     batch: usize,
     messages: Option<pull::Stream>,
 }
 
 impl JetStreamConsumer {
+    /// Replays waiting for this consumer, looked for at most every
+    /// [`REPLAY_POLL`] (one no-wait pull; they are rare).
+    async fn fetch_replays(&mut self, max: usize) -> Result<Vec<Delivery>, Error> {
+        if self.replays_checked.is_some_and(|at| at.elapsed() < REPLAY_POLL) {
+            return Ok(Vec::new());
+        }
+        self.replays_checked = Some(tokio::time::Instant::now());
+        let pull = async {
+            let mut batch = self
+                .replays
+                .fetch()
+                .max_messages(max.max(1))
+                .messages()
+                .await
+                .map_err(|e| Error::jetstream("pull replays", e))?;
+            let mut out = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| Error::jetstream("pull replays", e))?;
+                out.push(replay_delivery_of(message));
+            }
+            Ok(out)
+        };
+        // While NATS is away the pull would wait for an answer forever.
+        tokio::time::timeout(REPLAY_PULL_TIMEOUT, pull)
+            .await
+            .unwrap_or_else(|_| Err(Error::jetstream("pull replays", "no answer (NATS away?)")))
+    }
+
+    pub(crate) fn pause(&mut self) {
+        self.messages = None;
+    }
+
+    pub(crate) async fn check(&mut self) -> Result<(), Error> {
+        let Err(e) = self.consumer.get_info().await else {
+            return Ok(());
+        };
+        let gone = match e.kind() {
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound => true,
+            ConsumerInfoErrorKind::JetStream(js) => {
+                matches!(
+                    js.error_code(),
+                    ErrorCode::CONSUMER_NOT_FOUND | ErrorCode::STREAM_NOT_FOUND
+                )
+            }
+            _ => false,
+        };
+        if gone {
+            self.messages = None;
+            return Err(Error::ConsumerGone {
+                stream: self.stream.clone(),
+                consumer: self.name.clone(),
+            });
+        }
+        Err(Error::jetstream("consumer info", e))
+    }
+
     /// Waits up to `wait` for the first message, then takes whatever else is
     /// already buffered, up to `max`: low latency at low rates, batches at
     /// high ones.
     pub(crate) async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
+        let replays = self.fetch_replays(max).await?;
+        if !replays.is_empty() {
+            return Ok(replays);
+        }
         if self.messages.is_none() {
             let messages = self
                 .consumer
@@ -442,6 +586,30 @@ impl JetStreamConsumer {
     }
 }
 
+/// How often a consumer looks for replays of its dead letters.
+const REPLAY_POLL: Duration = Duration::from_secs(1);
+/// How long a look for replays may take.
+const REPLAY_PULL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A replayed dead letter: the event under its original subject
+/// (`ordermesh-topic`), counted by the replay durable.
+fn replay_delivery_of(message: jetstream::Message) -> Delivery {
+    let topic = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(header::TOPIC))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| message.subject.to_string());
+    let mut delivery = delivery_of(message);
+    delivery.event = delivery.event.map(|event| Event {
+        topic: topic.clone(),
+        ..event
+    });
+    delivery.topic = topic;
+    delivery.replayed = true;
+    delivery
+}
+
 fn delivery_of(message: jetstream::Message) -> Delivery {
     let (delivered, stream_sequence) = message
         .info()
@@ -460,6 +628,7 @@ fn delivery_of(message: jetstream::Message) -> Delivery {
         topic,
         delivered,
         stream_sequence,
+        replayed: false,
         acker: Acker::JetStream(Box::new(message)),
     }
 }

@@ -25,7 +25,7 @@ use futures::stream::BoxStream;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
-use super::{DeadLetter, Delivery, Published, replay_message_id};
+use super::{DeadLetter, Delivery, Published};
 use crate::config::{BusSettings, ConsumerConfig};
 use crate::envelope::{Event, now_micros};
 use crate::error::Error;
@@ -59,6 +59,7 @@ struct State {
     dead: BTreeMap<u64, DeadLetter>,
     dead_keys: HashSet<String>,
     next_dead: u64,
+    next_replay: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +80,9 @@ struct ConsumerState {
     /// The next stream sequence not yet delivered.
     cursor: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Replayed dead letters for this consumer alone, by replay id; served
+    /// before the stream.
+    replays: BTreeMap<u64, (Event, Pending)>,
 }
 
 struct Pending {
@@ -98,6 +102,10 @@ impl MemoryBus {
                 settings,
             }),
         }
+    }
+
+    pub(crate) fn settings(&self) -> &BusSettings {
+        &self.inner.settings
     }
 
     fn changed(&self, context: BoundedContext) -> &Notify {
@@ -192,6 +200,7 @@ impl MemoryBus {
                 config: config.clone(),
                 cursor: first,
                 pending: BTreeMap::new(),
+                replays: BTreeMap::new(),
             });
         MemoryConsumer {
             bus: self.clone(),
@@ -218,20 +227,20 @@ impl MemoryBus {
 
     pub(crate) fn dead_letter(&self, delivery: &Delivery, consumer: &str, error: &str) {
         let event = match &delivery.event {
-            Ok(event) => event.clone(),
+            Ok(event) => Ok(event.clone()),
             // Only well-formed events are ever published here.
-            Err(reason) => Event {
-                id: String::new(),
-                source: String::new(),
-                ce_type: String::new(),
-                subject: reason.clone(),
-                time_us: 0,
-                traceparent: None,
+            Err(reason) => Err(super::Malformed {
+                reason: reason.clone(),
                 topic: delivery.topic.clone(),
+                headers: Vec::new(),
                 data: bytes::Bytes::new(),
-            },
+            }),
         };
-        let key = format!("{consumer}:{}:{}", event.id, delivery.stream_sequence);
+        let event_id = event.as_ref().map(|e| e.id.as_str()).unwrap_or("");
+        let key = format!(
+            "{consumer}:{event_id}:{}:{}",
+            delivery.stream_sequence, delivery.replayed
+        );
         let mut state = self.lock();
         if !state.dead_keys.insert(key) {
             return;
@@ -261,17 +270,41 @@ impl MemoryBus {
             .collect()
     }
 
+    /// Hands a dead letter's event to the consumer that gave up on it, and
+    /// to no other, then removes the letter.
     pub(crate) fn replay(&self, id: u64) -> Result<DeadLetter, Error> {
-        let dead = self
-            .lock()
-            .dead
-            .remove(&id)
-            .ok_or_else(|| Error::DeadLetterNotFound(id.to_string()))?;
-        if let Err(e) = self.publish(&dead.event, &replay_message_id(&dead.event.id, id)) {
-            // Put it back: a failed replay loses nothing.
-            self.lock().dead.insert(id, dead);
-            return Err(e);
-        }
+        let dead = {
+            let mut state = self.lock();
+            let dead = state
+                .dead
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::DeadLetterNotFound(id.to_string()))?;
+            let event = dead.event.clone().map_err(|malformed| Error::NotReplayable {
+                id: id.to_string(),
+                reason: format!("the message was never an ordermesh event ({})", malformed.reason),
+            })?;
+            let context = BoundedContext::of_subject(&event.topic).ok_or_else(|| Error::NotReplayable {
+                id: id.to_string(),
+                reason: format!("no stream holds its subject {:?}", event.topic),
+            })?;
+            state.next_replay += 1;
+            let replay = state.next_replay;
+            let consumer = state
+                .consumers
+                .get_mut(&(context, dead.consumer.clone()))
+                .ok_or_else(|| Error::NotReplayable {
+                    id: id.to_string(),
+                    reason: format!("consumer {:?} is not bound on this broker", dead.consumer),
+                })?;
+            let due = Instant::now();
+            consumer
+                .replays
+                .insert(replay, (event, Pending { delivered: 0, due }));
+            state.dead.remove(&id);
+            self.changed(context).notify_waiters();
+            dead
+        };
         Ok(dead)
     }
 }
@@ -317,6 +350,25 @@ impl MemoryConsumer {
         };
         let limit = consumer.config.max_deliver.saturating_add(1);
         let ack_wait = consumer.config.ack_wait;
+        let mut spent = Vec::new();
+        for (&id, (event, pending)) in consumer.replays.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if pending.due > now {
+                continue;
+            }
+            if pending.delivered >= limit {
+                spent.push(id);
+                continue;
+            }
+            pending.delivered += 1;
+            pending.due = now + ack_wait;
+            out.push(self.delivery(event, id, pending.delivered, true));
+        }
+        for id in spent {
+            consumer.replays.remove(&id);
+        }
         let mut gone = Vec::new();
         for (&seq, pending) in consumer.pending.iter_mut() {
             if out.len() >= max {
@@ -329,7 +381,7 @@ impl MemoryConsumer {
                 Some(stored) if pending.delivered < limit => {
                     pending.delivered += 1;
                     pending.due = now + ack_wait;
-                    out.push(self.delivery(&stored.event, seq, pending.delivered));
+                    out.push(self.delivery(&stored.event, seq, pending.delivered, false));
                 }
                 // Delivered as often as allowed, or expired from the stream.
                 _ => gone.push(seq),
@@ -353,24 +405,32 @@ impl MemoryConsumer {
                         due: now + ack_wait,
                     },
                 );
-                out.push(self.delivery(&stored.event, seq, 1));
+                out.push(self.delivery(&stored.event, seq, 1, false));
             }
         }
         consumer.cursor = next.max(consumer.cursor);
-        let next_due = consumer.pending.values().map(|p| p.due).min();
+        let next_due = consumer
+            .pending
+            .values()
+            .chain(consumer.replays.values().map(|(_, p)| p))
+            .map(|p| p.due)
+            .min();
         (out, next_due)
     }
 
-    fn delivery(&self, event: &Event, seq: u64, delivered: u32) -> Delivery {
+    /// A delivery of stream message `seq`, or (`replayed`) of replay `seq`.
+    fn delivery(&self, event: &Event, seq: u64, delivered: u32, replayed: bool) -> Delivery {
         Delivery {
             event: Ok(event.clone()),
             topic: event.topic.clone(),
             delivered,
             stream_sequence: seq,
+            replayed,
             acker: super::Acker::Memory(MemoryAcker {
                 bus: self.bus.clone(),
                 key: self.key.clone(),
                 seq,
+                replayed,
             }),
         }
     }
@@ -387,6 +447,18 @@ pub struct MemoryAcker {
     bus: MemoryBus,
     key: (BoundedContext, String),
     seq: u64,
+    replayed: bool,
+}
+
+impl ConsumerState {
+    /// The outstanding delivery of stream message `seq`, or of replay `seq`.
+    fn pending_mut(&mut self, seq: u64, replayed: bool) -> Option<&mut Pending> {
+        if replayed {
+            self.replays.get_mut(&seq).map(|(_, p)| p)
+        } else {
+            self.pending.get_mut(&seq)
+        }
+    }
 }
 
 impl MemoryAcker {
@@ -397,12 +469,16 @@ impl MemoryAcker {
                 return;
             };
             match how {
+                Settle::Ack if self.replayed => {
+                    consumer.replays.remove(&self.seq);
+                    false
+                }
                 Settle::Ack => {
                     let was_full = consumer.pending.len() >= consumer.config.max_ack_pending.max(1);
                     consumer.pending.remove(&self.seq).is_some() && was_full
                 }
                 Settle::Nak(delay) => {
-                    if let Some(pending) = consumer.pending.get_mut(&self.seq) {
+                    if let Some(pending) = consumer.pending_mut(self.seq, self.replayed) {
                         pending.due = Instant::now() + delay;
                     }
                     true
@@ -418,7 +494,7 @@ impl MemoryAcker {
         let mut state = self.bus.lock();
         if let Some(consumer) = state.consumers.get_mut(&self.key) {
             let ack_wait = consumer.config.ack_wait;
-            if let Some(pending) = consumer.pending.get_mut(&self.seq) {
+            if let Some(pending) = consumer.pending_mut(self.seq, self.replayed) {
                 pending.due = Instant::now() + ack_wait;
             }
         }

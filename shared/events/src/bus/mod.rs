@@ -40,28 +40,98 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// A message that failed every attempt of one consumer.
+/// The stream holding replayed dead letters, each for one consumer.
+pub const REPLAY_STREAM: &str = "REPLAY";
+/// A replay for a consumer is published on `<prefix>.<consumer>`.
+pub const REPLAY_PREFIX: &str = "ordermesh.replay";
+
+/// A message that a consumer gave up on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
     /// Position in the dead letters (opaque to users).
     pub id: u64,
-    pub event: Event,
+    /// The event, or the message as it came when it never was one.
+    pub event: Result<Event, Malformed>,
     pub consumer: String,
     pub error: String,
     pub deliveries: u32,
     pub time_us: i64,
 }
 
+/// A dead-lettered message without a usable CloudEvents envelope, as it
+/// came: nothing about it is made up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Malformed {
+    /// Why it is not an ordermesh event.
+    pub reason: String,
+    /// The subject it was delivered on.
+    pub topic: String,
+    /// Its own headers (not the dead letter's `ordermesh-*` ones), in order.
+    pub headers: Vec<(String, String)>,
+    pub data: bytes::Bytes,
+}
+
 impl DeadLetter {
     pub fn to_pb(&self) -> ordermesh_proto::events::v1::DeadLetter {
+        let (event, envelope_error, topic, headers, data) = match &self.event {
+            Ok(event) => (
+                Some(event.to_pb()),
+                String::new(),
+                event.topic.clone(),
+                Default::default(),
+                Vec::new(),
+            ),
+            Err(malformed) => (
+                None,
+                malformed.reason.clone(),
+                malformed.topic.clone(),
+                malformed.headers.iter().cloned().collect(),
+                malformed.data.to_vec(),
+            ),
+        };
         ordermesh_proto::events::v1::DeadLetter {
             dead_letter_id: self.id.to_string(),
-            event: Some(self.event.to_pb()),
+            event,
             consumer: self.consumer.clone(),
             error: self.error.clone(),
             deliveries: i64::from(self.deliveries),
             dead_letter_time: Some(crate::envelope::timestamp(self.time_us)),
+            envelope_error,
+            topic,
+            headers,
+            data,
         }
+    }
+
+    /// Back from the wire form (`event` unset: malformed).
+    pub fn from_pb(dead: ordermesh_proto::events::v1::DeadLetter) -> Result<Self, Error> {
+        let id = dead.dead_letter_id.parse().map_err(|_| {
+            Error::invalid(
+                "dead_letter_id",
+                format!("{:?} is not a dead-letter id", dead.dead_letter_id),
+            )
+        })?;
+        let event = match dead.event {
+            Some(event) => Ok(Event::from_pb(event)),
+            None => Err(Malformed {
+                reason: dead.envelope_error,
+                topic: dead.topic,
+                headers: dead.headers.into_iter().collect(),
+                data: bytes::Bytes::from(dead.data),
+            }),
+        };
+        Ok(Self {
+            id,
+            event,
+            consumer: dead.consumer,
+            error: dead.error,
+            deliveries: u32::try_from(dead.deliveries).unwrap_or(0),
+            time_us: dead
+                .dead_letter_time
+                .as_ref()
+                .map(crate::envelope::micros_of)
+                .unwrap_or(0),
+        })
     }
 }
 
@@ -101,6 +171,14 @@ impl Bus {
         match url {
             Some(url) if !url.trim().is_empty() => Self::connect(url, settings).await,
             _ => Ok(Self::in_process(settings)),
+        }
+    }
+
+    /// The settings the bus was made with.
+    pub fn settings(&self) -> &BusSettings {
+        match self {
+            Bus::JetStream(bus) => bus.settings(),
+            Bus::Memory(bus) => bus.settings(),
         }
     }
 
@@ -152,6 +230,22 @@ impl Bus {
             filter.to_owned()
         };
         crate::kind::validate_filter(&filter)?;
+        // Else JetStream would follow no stream and end at once, and the
+        // in-process broker would wait forever: silence either way.
+        let streams = crate::kind::BoundedContext::ALL;
+        if !streams
+            .iter()
+            .any(|c| crate::kind::subjects_overlap(&filter, &c.subjects()))
+        {
+            let known: Vec<String> = streams
+                .iter()
+                .map(|c| format!("{}: {}", c.stream(), c.subjects()))
+                .collect();
+            return Err(Error::invalid(
+                "subject_filter",
+                format!("{filter:?} matches no event stream ({})", known.join(", ")),
+            ));
+        }
         match self {
             Bus::JetStream(bus) => bus.tail(&filter).await,
             Bus::Memory(bus) => Ok(bus.tail(filter)),
@@ -179,9 +273,13 @@ impl Bus {
         }
     }
 
-    /// Publishes a dead letter's event again on its topic and removes it.
-    /// The event keeps its `ce-id` (inboxes that saw it skip it) but gets a
-    /// fresh `Nats-Msg-Id`, or the duplicate window would swallow it.
+    /// Gives a dead letter's event again to the consumer that gave up on it,
+    /// and to no other (the others had it already), then removes the letter.
+    /// On JetStream it is published on `ordermesh.replay.<consumer>` in the
+    /// `REPLAY` stream, which each worker also reads. The event keeps its
+    /// `ce-id` but gets a fresh `Nats-Msg-Id`, or the duplicate window would
+    /// swallow it. A malformed letter is refused ([`Error::NotReplayable`]):
+    /// it would only fail again.
     pub async fn replay(&self, id: u64) -> Result<DeadLetter, Error> {
         match self {
             Bus::JetStream(bus) => bus.replay(id).await,
@@ -211,6 +309,11 @@ pub(crate) fn dead_letter_subject(consumer: &str) -> String {
     format!("{DEAD_LETTER_PREFIX}.{consumer}")
 }
 
+/// The subject a replay for `consumer` is published on.
+pub(crate) fn replay_subject(consumer: &str) -> String {
+    format!("{REPLAY_PREFIX}.{consumer}")
+}
+
 /// The message id a replay publishes with.
 pub(crate) fn replay_message_id(event_id: &str, dead_letter_id: u64) -> String {
     format!("{event_id}:replay:{dead_letter_id}")
@@ -230,6 +333,26 @@ impl Consumer {
             Consumer::Memory(c) => Ok(c.fetch(max, wait).await),
         }
     }
+
+    /// Whether the durable still exists on the bus: [`Error::ConsumerGone`]
+    /// when it (or its stream) does not, another error when the bus cannot
+    /// be asked.
+    pub async fn check(&mut self) -> Result<(), Error> {
+        match self {
+            Consumer::JetStream(c) => c.check().await,
+            Consumer::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Stops prefetching until the next fetch: what the bus already pushed
+    /// ahead is given back (redelivered after `ack_wait`) instead of waiting
+    /// out its ack wait unseen while the worker holds a batch.
+    pub fn pause(&mut self) {
+        match self {
+            Consumer::JetStream(c) => c.pause(),
+            Consumer::Memory(_) => {}
+        }
+    }
 }
 
 /// One delivery of a message to a consumer; settle it with exactly one of
@@ -241,7 +364,10 @@ pub struct Delivery {
     pub topic: String,
     /// 1 on the first delivery.
     pub delivered: u32,
+    /// In its stream, or for a replay in the replays.
     pub stream_sequence: u64,
+    /// A replayed dead letter rather than a message of the event stream.
+    pub replayed: bool,
     pub(crate) acker: Acker,
 }
 

@@ -20,7 +20,7 @@ struct AlwaysFails;
 
 impl Handler for AlwaysFails {
     async fn handle(&self, _event: &Event) -> Result<(), HandlerError> {
-        Err(HandlerError::permanent("rejected by the test"))
+        Err(HandlerError::poison("rejected by the test"))
     }
 }
 

@@ -4,6 +4,8 @@
 
 mod admin;
 mod consumer;
+mod contract;
+mod dead_letters;
 mod harness;
 mod outbox;
 mod python;

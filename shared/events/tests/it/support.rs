@@ -59,7 +59,8 @@ pub async fn commit_created(pool: &AnyPool, outbox: &Outbox, order_id: &str) -> 
 }
 
 /// Records one `effects` row per processing, in the inbox transaction.
-/// While `broken` is set it fails (transiently) instead; while `hang` is
+/// While `broken` is set it fails (unclassified: retried, then
+/// dead-lettered) instead; while `hang` is
 /// set it writes the effect and then never finishes (a worker that dies
 /// mid-handling once its task is aborted).
 #[derive(Clone, Default)]
@@ -89,7 +90,7 @@ impl TxHandler for Recorder {
         // Decoding with the generated type is part of handling.
         event.decode::<pb::OrderCreated>()?;
         if self.broken.load(Ordering::SeqCst) {
-            return Err(HandlerError::transient("downstream unavailable"));
+            return Err(HandlerError::failed("downstream unavailable"));
         }
         sqlx::query("INSERT INTO effects (consumer, event_id) VALUES ($1, $2)")
             .bind(&self.consumer)
