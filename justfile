@@ -50,8 +50,16 @@ bench-mesh:
     cargo bench -p ordermesh-mesh
 
 # The chaos walkthrough of docs/mesh.md, checked step by step, against a running `just up`.
-chaos address="127.0.0.1:50051": tools
+chaos-walkthrough address="127.0.0.1:50051": tools
     bash scripts/chaos.sh {{address}}
+
+# A seeded chaos run (own PostgreSQL, NATS, processes) checked as docs/reliability.md says; e.g. `just chaos --seed 7 --duration 5m`.
+chaos *args: tools
+    RUST_LOG=info,async_nats=warn cargo run -- chaos {{args}}
+
+# The 30-minute soak: one seed, every fault many times over (release build; about 35 minutes).
+chaos-soak seed="1": tools
+    RUST_LOG=info,async_nats=warn cargo run --release -- chaos --seed {{seed}} --duration 30m --settle 120s
 
 # Mutation testing (cargo-mutants) of the saga's plan, with zero survivors,
 # as CI runs it; `just mutants services/order/src/saga/plan.rs` for one file.

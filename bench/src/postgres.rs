@@ -1,68 +1,24 @@
 //! PostgreSQL for the bench: a throwaway cluster of its own (as
 //! `.ci/postgres.sh` starts one, but with `fsync` on and
-//! `pg_stat_statements` loaded), fresh databases per run on it or on a
-//! server given by URL, and the counters read before and after the window:
-//! statements per query (`pg_stat_statements`) and commits
-//! (`pg_stat_database.xact_commit`).
+//! `pg_stat_statements` loaded; the cluster itself is
+//! `ordermesh_runtime::pgcluster`, shared with `ordermesh chaos`), fresh
+//! databases per run on it or on a server given by URL, and the counters
+//! read before and after the window: statements per query
+//! (`pg_stat_statements`) and commits (`pg_stat_database.xact_commit`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use ordermesh_runtime::pgcluster::PgCluster;
 use sqlx::{Connection, Row};
 
 use super::procstat::Members;
 
 /// A cluster started for one bench run, stopped (and deleted) on drop.
 pub struct Cluster {
-    bin: PathBuf,
-    dir: tempfile::TempDir,
-    pub port: u16,
-}
-
-fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context(
-            "no PostgreSQL under /usr/lib/postgresql (apt-get install postgresql, or pass --postgres-url)",
-        )?
-        .filter_map(|e| Some(e.ok()?.path().join("bin")))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    found.pop().context("no initdb under /usr/lib/postgresql/*/bin")
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-}
-
-/// Runs a PostgreSQL tool, as the `postgres` user when we are root (initdb
-/// refuses to run as root).
-fn pg_command(bin: &Path, tool: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
-        c
-    } else {
-        Command::new(bin.join(tool))
-    }
-}
-
-fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let output = command.output().with_context(|| format!("running {what}"))?;
-    if !output.status.success() {
-        bail!(
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
+    // Declared first: dropped (stopped) before the directory is deleted.
+    pg: PgCluster,
+    _dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -70,61 +26,29 @@ impl Cluster {
     /// with `pg_stat_statements` and durable commits (`fsync` on, as in
     /// production; `fsync = false` only when asked).
     pub fn start(fsync: bool) -> anyhow::Result<Self> {
-        let bin = pg_bin()?;
         let dir = tempfile::Builder::new().prefix("ordermesh-bench-pg").tempdir()?;
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.arg("postgres").arg(dir.path());
-                    c
-                },
-                "chown postgres",
-            )?;
-        }
-        let data = dir.path().join("data");
-        let mut initdb = pg_command(&bin, "initdb");
-        initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres"]);
-        run(initdb, "initdb")?;
         let port = ordermesh_runtime::net::free_port()?;
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=300 \
-             -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=2000",
-            dir.path().display(),
-            if fsync { "on" } else { "off" }
-        );
-        let mut start = pg_command(&bin, "pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .args(["-w", "-o", &options, "start"]);
-        run(start, "pg_ctl start")?;
-        Ok(Cluster { bin, dir, port })
+        let pg = PgCluster::init(
+            dir.path(),
+            port,
+            &[
+                ("fsync", if fsync { "on" } else { "off" }),
+                ("max_connections", "300"),
+                ("shared_preload_libraries", "pg_stat_statements"),
+                ("pg_stat_statements.max", "2000"),
+            ],
+        )
+        .context("starting the bench's PostgreSQL cluster")?;
+        Ok(Cluster { pg, _dir: dir })
     }
 
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.pg.admin_url()
     }
 
     /// The postmaster's pid (first line of `postmaster.pid`).
     pub fn postmaster(&self) -> anyhow::Result<u32> {
-        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;
-        Ok(text.lines().next().unwrap_or("").trim().parse()?)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let mut stop = pg_command(&self.bin, "pg_ctl");
-        stop.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"]);
-        let _ = stop.output();
+        Ok(self.pg.postmaster()?)
     }
 }
 

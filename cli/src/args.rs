@@ -47,6 +47,9 @@ pub enum Command {
     /// Load over gRPC with CPU, database work and the machine's limit
     /// measured in the same run (see bench/run.sh for the comparison set).
     Bench(ordermesh_bench::BenchArgs),
+    /// Run the distributed mode under a seeded fault schedule and check the
+    /// history (exit 1 on a broken promise; see docs/reliability.md).
+    Chaos(ordermesh_chaos::ChaosArgs),
     /// Watch domain events and handle dead letters (`events tail`, `events dlq list|replay`).
     Events(crate::events::EventsArgs),
     /// Mint a development token for the gateway (`up`, or a gateway in development mode).

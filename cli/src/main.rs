@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => assemble::run(Plan::serve(args)).await,
         Command::Health(args) => health::run(args).await,
         Command::Bench(args) => ordermesh_bench::run(args).await,
+        Command::Chaos(args) => ordermesh_chaos::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Token(args) => token::run(args),
     }

@@ -1,9 +1,10 @@
-//! `scripts/chaos.sh` (the chaos walkthrough of docs/mesh.md, `just chaos`) against
-//! the real `ordermesh up --saga-patience-secs 5`: payment broken by an
-//! injected fault; a short outage waited out (the order confirms), a long one
-//! rejects orders after the patience and opens the breaker; healed, the
-//! breaker closes and orders confirm. The script checks each step itself and exits non-zero when one
-//! does not hold; this test runs it and checks it saw each state.
+//! `scripts/chaos.sh` (the chaos walkthrough of docs/mesh.md, `just
+//! chaos-walkthrough`) against the real `ordermesh up --saga-patience-secs
+//! 5`: payment broken by an injected fault; a short outage waited out (the
+//! order confirms), a long one rejects orders after the patience and opens
+//! the breaker; healed, the breaker closes and orders confirm. The script
+//! checks each step itself and exits non-zero when one does not hold; this
+//! test runs it and checks it saw each state.
 
 mod support;
 

@@ -9,6 +9,8 @@
 //! - [`health`]: keep the health status in step with database readiness,
 //!   and the one health client (`ordermesh health`, readiness waits).
 //! - [`net`]: free loopback ports for the processes the bench and tests start.
+//! - [`pgcluster`]: a throwaway PostgreSQL cluster (start, stop, restart) for
+//!   the bench and the chaos run.
 //! - [`shutdown`]: the SIGTERM / Ctrl-C future.
 //! - [`validate`]: collect field violations into `INVALID_ARGUMENT` with
 //!   `google.rpc.BadRequest` details.
@@ -28,6 +30,7 @@ pub mod health;
 pub mod net;
 pub mod paging;
 pub mod periodic;
+pub mod pgcluster;
 pub mod server;
 pub mod shutdown;
 pub mod status;
