@@ -160,6 +160,80 @@ pub async fn is_ready(db: &Db) -> bool {
     sqlx::query("SELECT 1").execute(&db.read).await.is_ok()
 }
 
+/// Whose fault a database error is, which decides what its caller does: a
+/// consumer waits out a transient one and dead-letters on a constraint, a
+/// service answers UNAVAILABLE (worth a retry) or INTERNAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The database is down, busy or contended (connection lost, pool timed
+    /// out, shutting down, deadlock, serialization failure, lock timeout):
+    /// the same work may succeed when tried again.
+    Transient,
+    /// A constraint refused the data (unique, foreign key, not null, check):
+    /// the same work fails the same way.
+    Constraint,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a database error (see [`ErrorClass`]).
+pub fn classify(error: &sqlx::Error) -> ErrorClass {
+    use sqlx::error::ErrorKind;
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorClass::Transient,
+        sqlx::Error::Database(db) => match db.kind() {
+            ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+            | ErrorKind::ExclusionViolation => ErrorClass::Constraint,
+            _ => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    postgres_class(pg.code())
+                } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    sqlite_class(db.code().as_deref())
+                } else {
+                    ErrorClass::Other
+                }
+            }
+        },
+        _ => ErrorClass::Other,
+    }
+}
+
+/// SQLSTATE classes of an unavailable or contended server: connection
+/// exceptions (08), insufficient resources (53), operator intervention
+/// (57P01-57P05: shutdown, crash, cannot connect now), serialization and
+/// deadlock (40001, 40P01), lock not available (55P03).
+fn postgres_class(sqlstate: &str) -> ErrorClass {
+    let transient = sqlstate.starts_with("08")
+        || sqlstate.starts_with("53")
+        || sqlstate.starts_with("57P0")
+        || matches!(sqlstate, "40001" | "40P01" | "55P03");
+    if transient {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Other
+    }
+}
+
+/// SQLite primary result codes of a busy or failing file: BUSY (5), LOCKED
+/// (6), IOERR (10), FULL (13), CANTOPEN (14). Extended codes carry the
+/// primary one in their low byte.
+fn sqlite_class(code: Option<&str>) -> ErrorClass {
+    let primary = code.and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff);
+    if matches!(primary, Some(5 | 6 | 10 | 13 | 14)) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Other
+    }
+}
+
 /// True when the error is a unique-constraint violation (an idempotent
 /// replay or a lost race on an idempotency key).
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -169,6 +243,27 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlstates_and_result_codes_are_classified() {
+        for transient in ["08006", "53300", "57P01", "40001", "40P01", "55P03"] {
+            assert_eq!(postgres_class(transient), ErrorClass::Transient, "{transient}");
+        }
+        for other in ["42601", "22003", "XX000"] {
+            assert_eq!(postgres_class(other), ErrorClass::Other, "{other}");
+        }
+        for transient in ["5", "517", "6", "10", "13", "14"] {
+            assert_eq!(
+                sqlite_class(Some(transient)),
+                ErrorClass::Transient,
+                "{transient}"
+            );
+        }
+        assert_eq!(sqlite_class(Some("1")), ErrorClass::Other);
+        assert_eq!(sqlite_class(None), ErrorClass::Other);
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::Other);
+    }
 
     #[test]
     fn backend_is_read_from_the_url_scheme() {

@@ -21,14 +21,20 @@ impl Domain {
     }
 }
 
-/// A database error: UNAVAILABLE when the database cannot be reached (worth
-/// a retry), INTERNAL otherwise. The detail is logged, not sent.
+/// A database error: UNAVAILABLE when the database is down, busy or
+/// contended (worth a retry: a deadlock or a serialization failure rolled
+/// the whole transaction back, and every call is idempotent), INTERNAL
+/// otherwise. The detail is logged, not sent.
 pub fn database(service: &str, error: &sqlx::Error) -> Status {
-    tracing::error!(service, %error, "database error");
-    if matches!(error, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
-        Status::unavailable(format!("{service} database unavailable"))
-    } else {
-        Status::internal(format!("{service} database error"))
+    match crate::db::classify(error) {
+        crate::db::ErrorClass::Transient => {
+            tracing::warn!(service, %error, "database unavailable or contended");
+            Status::unavailable(format!("{service} database unavailable"))
+        }
+        _ => {
+            tracing::error!(service, %error, "database error");
+            Status::internal(format!("{service} database error"))
+        }
     }
 }
 
@@ -50,8 +56,15 @@ mod tests {
 
     #[test]
     fn database_text_never_reaches_the_client() {
-        let status = database("payment", &sqlx::Error::Protocol("secret table detail".into()));
+        let status = database("payment", &sqlx::Error::ColumnNotFound("secret_column".into()));
         assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+        let status = database("payment", &sqlx::Error::Protocol("secret table detail".into()));
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "a broken connection is worth a retry"
+        );
         assert!(!status.message().contains("secret"));
         assert_eq!(
             database("payment", &sqlx::Error::PoolTimedOut).code(),
