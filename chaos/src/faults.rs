@@ -93,8 +93,10 @@ async fn apply(
         }
         Fault::NatsWipe { .. } => {
             {
+                // A lost store comes with a lost server: killed, not drained,
+                // so nothing is acknowledged once the wipe began.
                 let mut cluster = cluster.lock().await;
-                cluster.nats.stop().await?;
+                cluster.nats.kill()?;
                 cluster.nats.wipe()?;
             }
             tokio::time::sleep(span).await;

@@ -200,11 +200,19 @@ pub fn last_wipe_ms(history: &History) -> Option<i64> {
         .max()
 }
 
+/// How long after a wipe's recorded start the old server may still have
+/// acknowledged a publish: the moment is taken before the run takes the
+/// cluster's lock and kills the server.
+pub const WIPE_GRACE_MS: i64 = 250;
+
 /// Whether the streams can be expected to hold all of this order's events.
 pub fn events_kept(history: &History, order: &OrderSnap) -> bool {
     match last_wipe_ms(history) {
         None => true,
-        Some(wipe) => order_start_ms(history, order) >= wipe && history.ms_of_micros(order.create_us) >= wipe,
+        Some(wipe) => {
+            let after = wipe + WIPE_GRACE_MS;
+            order_start_ms(history, order) >= after && history.ms_of_micros(order.create_us) >= after
+        }
     }
 }
 

@@ -126,6 +126,16 @@ impl NatsServer {
         }
     }
 
+    /// SIGKILL, as a crashed server or a lost node: nothing is flushed or
+    /// handed over, and no publish is acknowledged after this returns.
+    pub fn kill(&mut self) -> Result<(), ClusterError> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
     /// Deletes the store (only while stopped).
     pub fn wipe(&self) -> Result<(), ClusterError> {
         if self.child.is_some() {
