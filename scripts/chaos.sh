@@ -46,6 +46,10 @@ breaker() {
     | grep -A1 '"name": "payment"' | sed -n 's/.*"breakerState": "\(.*\)".*/\1/p'
 }
 
+# Fault injection is off unless an operator turns it on.
+call ordermesh.mesh.v1.MeshAdminService/SetFlag \
+  '{"flag": {"name": "fault_injection", "enabled": true, "rollout_percent": 100}}' >/dev/null
+
 state="$(breaker)"
 [ "$state" = CLOSED ] || fail "the payment breaker is ${state:-unknown} before the experiment (expected CLOSED)"
 echo "payment breaker: $state"

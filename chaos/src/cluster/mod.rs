@@ -137,6 +137,13 @@ impl Cluster {
                 },
             );
         }
+        // The run injects delays and aborts between services: fault
+        // injection is off unless the policy turns it on.
+        let mut order_env = nats_env.clone();
+        order_env.push((
+            "ORDERMESH_MESH__FLAGS__FAULT_INJECTION__ENABLED".to_owned(),
+            "true".to_owned(),
+        ));
         for (proc, port) in [(Proc::Order0, order0), (Proc::Order1, order1)] {
             let mut args = listen(port);
             args.extend(["--database-url".to_owned(), pg.database_url("om_order")]);
@@ -149,7 +156,7 @@ impl Cluster {
                 Spec {
                     port,
                     args,
-                    env: nats_env.clone(),
+                    env: order_env.clone(),
                 },
             );
         }

@@ -165,7 +165,11 @@ impl Mesh {
         let flags = Flags::new(policy.flags());
         flags.define(
             crate::fault::FAULT_FLAG,
-            crate::flags::Flag::on("Arms fault injection rules (policy file or MeshAdminService/SetFaults); turn off as a kill switch."),
+            crate::flags::Flag {
+                enabled: false,
+                rollout_percent: 100.0,
+                description: "Arms fault injection rules (policy file or MeshAdminService/SetFaults); off unless an operator turns it on (policy file or MeshAdminService/SetFlag)".into(),
+            },
         );
         Self {
             inner: Arc::new(Inner {

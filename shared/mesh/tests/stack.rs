@@ -814,3 +814,28 @@ async fn one_caller_cannot_open_the_breaker_for_everyone() {
     }
     assert_eq!(breaker.state(), StateKind::Open, "three callers' failures");
 }
+
+/// Fault injection is off unless an operator turns it on: rules set on a
+/// mesh with the default policy do nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_rules_do_nothing_unless_fault_injection_is_turned_on() {
+    let backend = Backend::new(Mode::Serve);
+    let url = serve(&backend).await;
+    let mesh = mesh("");
+    let mut client = mesh_client(&mesh, "unarmed", &url);
+    mesh.downstream("unarmed")
+        .expect("downstream handles")
+        .faults
+        .set(vec![FaultRule {
+            method: None,
+            abort_percent: 100.0,
+            abort_code: Code::Unavailable,
+            delay_percent: 0.0,
+            delay: Duration::ZERO,
+        }]);
+    for _ in 0..5 {
+        check(&mut client).await.expect("served: no rule is armed");
+    }
+    assert_eq!(backend.calls(), 5);
+    assert!(!mesh.flags().is_enabled(ordermesh_mesh::fault::FAULT_FLAG, None));
+}
