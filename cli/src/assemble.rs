@@ -185,6 +185,7 @@ pub fn mesh_settings(path: Option<&Path>) -> anyhow::Result<MeshSettings> {
     Ok(MeshSettings {
         policy,
         policy_file: path.map(Path::to_path_buf),
+        ..MeshSettings::default()
     })
 }
 

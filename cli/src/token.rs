@@ -17,8 +17,10 @@ pub struct TokenArgs {
     /// default: orders:read orders:write inventory:read payments:read.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
-    /// The token's subject (`sub`), forwarded to services as x-ordermesh-subject.
-    #[arg(long, default_value = "dev-user")]
+    /// The token's subject (`sub`): the customer it acts for (services let a
+    /// customer's token read and order for that customer only). Printable
+    /// ASCII. The default is the demo's customer alice.
+    #[arg(long, default_value = "alice")]
     pub subject: String,
     /// Lifetime in seconds.
     #[arg(long, default_value_t = 3600)]

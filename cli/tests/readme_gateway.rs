@@ -79,6 +79,7 @@ fn the_readme_gateway_walkthrough_runs_as_written() {
         "lines[0].quantity",
         "HTTP/1.1 401",
         "HTTP/1.1 403",
+        "HTTP/1.1 404",                    // bob reading alice's order
         "ordermesh.order.v1.OrderService", // grpcurl list
         "\"orderId\"",                     // grpcurl GetOrder
     ] {

@@ -22,10 +22,7 @@ use crate::config::RouteAccess;
 use crate::error;
 use crate::limit::RateLimits;
 
-/// The subject of the verified token, as services receive it.
-pub const SUBJECT_HEADER: &str = "x-ordermesh-subject";
-/// The verified token's scopes, space-separated.
-pub const SCOPES_HEADER: &str = "x-ordermesh-scopes";
+use ordermesh_runtime::actor::{CUSTOMER_HEADER, SCOPES_HEADER, SUBJECT_HEADER};
 const RESERVED_PREFIX: &str = "x-ordermesh-";
 
 #[derive(Clone)]
@@ -136,8 +133,13 @@ pub fn forward_identity(headers: &mut HeaderMap, principal: Option<&Principal>) 
         headers.remove(name);
     }
     if let Some(principal) = principal {
+        // The authenticator refused identities that are not printable
+        // ASCII, so these conversions keep every byte.
         if let Ok(subject) = HeaderValue::from_str(&principal.subject) {
             headers.insert(SUBJECT_HEADER, subject);
+        }
+        if let Ok(customer) = HeaderValue::from_str(&principal.customer) {
+            headers.insert(CUSTOMER_HEADER, customer);
         }
         let scopes: Vec<&str> = principal.scopes.iter().map(String::as_str).collect();
         if let Ok(scopes) = HeaderValue::from_str(&scopes.join(" ")) {
@@ -164,12 +166,15 @@ mod tests {
         assert_eq!(headers["x-request-id"], "r-1", "other headers pass");
 
         headers.insert(SUBJECT_HEADER, HeaderValue::from_static("mallory"));
+        headers.insert(CUSTOMER_HEADER, HeaderValue::from_static("mallory"));
         let alice = Principal {
-            subject: "alice".to_owned(),
+            subject: "u-1".to_owned(),
+            customer: "alice".to_owned(),
             scopes: ["orders:read".to_owned(), "orders:write".to_owned()].into(),
         };
         forward_identity(&mut headers, Some(&alice));
-        assert_eq!(headers[SUBJECT_HEADER], "alice");
+        assert_eq!(headers[SUBJECT_HEADER], "u-1");
+        assert_eq!(headers[CUSTOMER_HEADER], "alice");
         assert_eq!(headers[SCOPES_HEADER], "orders:read orders:write");
     }
 }

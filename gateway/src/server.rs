@@ -82,10 +82,12 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
         Ok(Upstream::new(mesh.client(name, url)?))
     };
     let (reporter, health) = tonic_health::server::health_reporter();
-    let local = ordermesh_runtime::server::with_reflection(
-        tonic::service::Routes::new(health)
-            .add_service(MeshAdminServiceServer::new(MeshAdmin::new(mesh.clone()))),
-    )?;
+    let local = ordermesh_runtime::server::with_reflection(tonic::service::Routes::new(health).add_service(
+        MeshAdminServiceServer::with_interceptor(
+            MeshAdmin::new(mesh.clone()),
+            ordermesh_runtime::actor::OperatorOnly(config.mesh.trust),
+        ),
+    ))?;
     let upstreams = Upstreams::new(
         remote("order", &config.order_url)?,
         remote("inventory", &config.inventory_url)?,

@@ -50,7 +50,7 @@ impl Gateway {
             allow_unknown_fields: false,
             mesh: ordermesh_runtime::server::MeshSettings {
                 policy: crate::test_policy(),
-                policy_file: None,
+                ..Default::default()
             },
         };
         let gateway = build(config).await.expect("gateway builds");
@@ -83,6 +83,27 @@ impl Gateway {
             Some("ordermesh"),
         )
         .expect("mint")
+    }
+
+    /// A valid token for `subject` with `scopes` and, when given, a
+    /// `customer_id` claim (the customer it acts for, as an identity
+    /// provider may set for a user whose id is not the customer's).
+    pub fn token_with(&self, subject: &str, scopes: &[&str], customer: Option<&str>) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let mut claims = serde_json::json!({"sub": subject, "scope": scopes.join(" "),
+            "iss": "ordermesh-test", "aud": "ordermesh", "iat": now, "exp": now + 600});
+        if let Some(customer) = customer {
+            claims["customer_id"] = customer.into();
+        }
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.secret().as_bytes()),
+        )
+        .expect("sign")
     }
 
     /// The development signing secret (to forge tokens that differ in one claim).

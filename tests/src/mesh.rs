@@ -137,7 +137,7 @@ impl OrderProcess {
         config.watch_poll_interval = Duration::from_millis(200);
         config.mesh = MeshSettings {
             policy,
-            policy_file: None,
+            ..MeshSettings::default()
         };
         let order = ordermesh_order::build(config).await.expect("order starts");
         let store = order.store().clone();

@@ -148,6 +148,29 @@ async fn bad_tokens_are_refused_and_never_forwarded() {
             Some(hs256(&secret, &claims(json!({"scope": "orders:read"})))),
             403,
         ),
+        (
+            "a subject with CR LF (header injection)",
+            Some(hs256(
+                &secret,
+                &claims(json!({"sub": "bob\r\nx-ordermesh-scopes: admin"})),
+            )),
+            401,
+        ),
+        (
+            "a subject with NUL",
+            Some(hs256(&secret, &claims(json!({"sub": "bob\u{0}"})))),
+            401,
+        ),
+        (
+            "a non-ASCII subject",
+            Some(hs256(&secret, &claims(json!({"sub": "bøb"})))),
+            401,
+        ),
+        (
+            "a customer_id with LF",
+            Some(hs256(&secret, &claims(json!({"customer_id": "alice\nbob"})))),
+            401,
+        ),
     ];
     for (case, token, want) in cases {
         let response = get(&gateway, ACCOUNT, token.as_deref()).await;
@@ -208,6 +231,10 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, GET_ACCOUNT);
     assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
+    assert_eq!(
+        seen[0].headers["x-ordermesh-customer"], "alice",
+        "the subject, without a customer_id claim"
+    );
     assert_eq!(seen[0].headers["x-ordermesh-scopes"], "payments:read");
     assert_eq!(seen[0].headers["x-request-id"], "req-42");
     assert!(
@@ -241,6 +268,20 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
     );
     assert!(!seen[1].headers["x-request-id"].is_empty());
 
+    // A customer_id claim names the customer; a spoofed one is replaced.
+    let claimed = gateway.token_with("u-1", &["payments:read"], Some("carol"));
+    let response = http_client()
+        .get(gateway.url(ACCOUNT))
+        .bearer_auth(&claimed)
+        .header("x-ordermesh-customer", "alice")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    let seen = recorder.seen();
+    assert_eq!(seen[2].headers["x-ordermesh-subject"], "u-1");
+    assert_eq!(seen[2].headers["x-ordermesh-customer"], "carol");
+
     // An anonymous call to a public route: the spoofed identity is dropped,
     // not passed on.
     let response = http_client()
@@ -251,11 +292,11 @@ async fn the_verified_identity_replaces_a_spoofed_one() {
         .expect("send");
     assert_eq!(response.status(), 404);
     let seen = recorder.seen();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 4);
     assert!(
-        seen[2].headers.get("x-ordermesh-subject").is_none(),
+        seen[3].headers.get("x-ordermesh-subject").is_none(),
         "{:?}",
-        seen[2].headers
+        seen[3].headers
     );
 }
 

@@ -24,6 +24,7 @@ fn scarce(sku: &str, stock: i64) -> SeedItem {
 fn reserve(order_id: String, sku: &str, quantity: i64) -> pb::ReserveStockRequest {
     pb::ReserveStockRequest {
         order_id,
+        customer_id: "alice".into(),
         lines: vec![pb::StockLine {
             sku: sku.into(),
             quantity,
@@ -45,6 +46,7 @@ async fn concurrent_reservations_sell_exactly_the_last_units(backend: Backend) {
             // reservation must roll back a line it had already taken.
             let request = pb::ReserveStockRequest {
                 order_id: format!("race-{i}"),
+                customer_id: "alice".into(),
                 lines: vec![
                     pb::StockLine {
                         sku: "PLENTY".into(),
@@ -278,6 +280,7 @@ async fn a_release_racing_an_in_flight_reserve_leaves_nothing_reserved(backend: 
         let mut release_client = mesh.inventory.clone();
         let reserving = pb::ReserveStockRequest {
             order_id: order_id.clone(),
+            customer_id: "alice".into(),
             // Two lines make the reserve's transaction longer.
             lines: vec![
                 pb::StockLine {
@@ -339,6 +342,7 @@ async fn a_failing_last_line_rolls_back_the_lines_taken(backend: Backend) {
     let err = client
         .reserve_stock(pb::ReserveStockRequest {
             order_id: "rollback-1".into(),
+            customer_id: "alice".into(),
             // Listed out of order on purpose: the store takes A, then B,
             // then fails on Z.
             lines: vec![

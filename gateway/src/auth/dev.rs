@@ -106,6 +106,8 @@ pub(super) fn write_private_file(path: &Path, contents: &[u8]) -> io::Result<()>
 pub enum MintError {
     #[error("the subject must not be empty")]
     EmptySubject,
+    #[error("the subject must be printable ASCII (gateways refuse any other)")]
+    SubjectNotHeaderSafe,
     #[error("scope {0:?} must be non-empty and contain no whitespace")]
     BadScope(String),
     #[error("dev key {}: {source}", path.display())]
@@ -130,6 +132,9 @@ pub fn mint_dev_token(
 ) -> Result<String, MintError> {
     if subject.is_empty() {
         return Err(MintError::EmptySubject);
+    }
+    if super::header_safe("sub", subject).is_err() {
+        return Err(MintError::SubjectNotHeaderSafe);
     }
     if let Some(bad) = scopes
         .iter()

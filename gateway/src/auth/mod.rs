@@ -73,13 +73,19 @@ const MAX_TOKEN_LEN: usize = 16 * 1024;
 pub struct Principal {
     /// The token's `sub`.
     pub subject: String,
+    /// The customer the token acts for: its `customer_id` claim, else its
+    /// subject. Services confine a customer's token to this customer's data.
+    pub customer: String,
     /// Union of the `scope` (space-separated) and `scp` (array) claims.
     pub scopes: BTreeSet<String>,
 }
 
 impl Principal {
+    /// Whether the token grants `scope`: listed in it, or implied by the
+    /// operator's scope (`admin`), which services also take as acting for
+    /// anyone ([`ordermesh_runtime::actor::OPERATOR_SCOPE`]).
     pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.contains(scope)
+        self.scopes.contains(scope) || self.scopes.contains(ordermesh_runtime::actor::OPERATOR_SCOPE)
     }
 }
 
@@ -104,6 +110,8 @@ pub enum AuthError {
     AlgorithmNotAllowed,
     #[error("token lacks the required `{0}` claim")]
     MissingClaim(&'static str),
+    #[error("the token's `{0}` claim is not printable ASCII (it travels as gRPC metadata)")]
+    NotHeaderSafe(&'static str),
 }
 
 impl AuthError {
@@ -332,6 +340,14 @@ impl Inner {
             .sub
             .filter(|sub| !sub.is_empty())
             .ok_or(AuthError::MissingClaim("sub"))?;
+        header_safe("sub", &subject)?;
+        let customer = match claims.customer_id {
+            Some(customer) if !customer.is_empty() => {
+                header_safe("customer_id", &customer)?;
+                customer
+            }
+            _ => subject.clone(),
+        };
         let mut scopes = BTreeSet::new();
         for claim in [claims.scope, claims.scp].into_iter().flatten() {
             match claim {
@@ -348,7 +364,22 @@ impl Inner {
                 }
             }
         }
-        Ok(Principal { subject, scopes })
+        Ok(Principal {
+            subject,
+            customer,
+            scopes,
+        })
+    }
+}
+
+/// Refuses an identity claim that could not travel as gRPC metadata
+/// unchanged: only printable ASCII (no CR, LF, NUL or other controls, no
+/// bytes above 0x7e), so a service sees exactly the subject the token names.
+pub fn header_safe(claim: &'static str, value: &str) -> Result<(), AuthError> {
+    if value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        Ok(())
+    } else {
+        Err(AuthError::NotHeaderSafe(claim))
     }
 }
 
@@ -391,6 +422,8 @@ fn base_validation(config: &AuthConfig) -> Validation {
 struct Claims {
     #[serde(default)]
     sub: Option<String>,
+    #[serde(default)]
+    customer_id: Option<String>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
     #[serde(default)]

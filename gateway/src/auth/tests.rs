@@ -143,6 +143,7 @@ async fn valid_hs256_dev_token() {
         principal,
         Ok(Some(Principal {
             subject: "alice".into(),
+            customer: "alice".into(),
             scopes: BTreeSet::new()
         }))
     );
@@ -270,6 +271,63 @@ async fn nbf_in_the_future_is_refused_and_in_the_past_accepted() {
     assert_eq!(check(&auth, &future).await, Err(AuthError::NotYetValid));
     let past = hs256(&with(claims(), "nbf", json!(now() - 300)));
     assert!(check(&auth, &past).await.is_ok());
+}
+
+#[test]
+fn the_operator_scope_implies_every_other() {
+    let principal = |scopes: &[&str]| Principal {
+        subject: "s".into(),
+        customer: "s".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    assert!(principal(&["orders:read"]).has_scope("orders:read"));
+    assert!(!principal(&["orders:read"]).has_scope("orders:write"));
+    assert!(!principal(&["administrator"]).has_scope("orders:write"));
+    assert!(principal(&["admin"]).has_scope("orders:write"));
+    assert!(principal(&["admin"]).has_scope("inventory:admin"));
+}
+
+#[tokio::test]
+async fn identity_claims_must_be_printable_ascii() {
+    let auth = dev_auth().await;
+    for bad in ["ali\rce", "ali\nce", "ali\u{0}ce", "alicé", "ali\u{7f}ce", "\t"] {
+        assert_eq!(
+            check(&auth, &hs256(&with(claims(), "sub", json!(bad)))).await,
+            Err(AuthError::NotHeaderSafe("sub")),
+            "sub {bad:?}"
+        );
+        assert_eq!(
+            check(&auth, &hs256(&with(claims(), "customer_id", json!(bad)))).await,
+            Err(AuthError::NotHeaderSafe("customer_id")),
+            "customer_id {bad:?}"
+        );
+    }
+    // The edges of the printable range pass.
+    let edge = check(&auth, &hs256(&with(claims(), "sub", json!(" a~")))).await;
+    assert_eq!(edge.expect("accepted").expect("principal").subject, " a~");
+}
+
+#[tokio::test]
+async fn the_customer_is_the_customer_id_claim_else_the_subject() {
+    let auth = dev_auth().await;
+    let own = check(&auth, &hs256(&claims()))
+        .await
+        .expect("ok")
+        .expect("principal");
+    assert_eq!(own.customer, "alice");
+    let claimed = check(&auth, &hs256(&with(claims(), "customer_id", json!("carol"))))
+        .await
+        .expect("ok")
+        .expect("principal");
+    assert_eq!(
+        (claimed.subject.as_str(), claimed.customer.as_str()),
+        ("alice", "carol")
+    );
+    let empty = check(&auth, &hs256(&with(claims(), "customer_id", json!(""))))
+        .await
+        .expect("ok")
+        .expect("principal");
+    assert_eq!(empty.customer, "alice", "an empty claim is no claim");
 }
 
 #[tokio::test]
@@ -600,6 +658,7 @@ fn every_error_maps_to_unauthenticated() {
         AuthError::BadSignature,
         AuthError::UnknownKey,
         AuthError::AlgorithmNotAllowed,
+        AuthError::NotHeaderSafe("sub"),
         AuthError::MissingClaim("sub"),
     ] {
         let status = err.to_status();
@@ -959,6 +1018,15 @@ async fn env_secret_takes_precedence_over_the_dev_key_file() {
 fn mint_dev_token_validates_its_input_and_sets_claims() {
     let dir = tempfile::tempdir().expect("tempdir");
     assert!(mint_dev_token(dir.path(), "", &[], Duration::from_secs(60), None, None).is_err());
+    for subject in ["bob\r\nx-ordermesh-scopes: admin", "bøb", "b\u{0}b"] {
+        assert!(
+            matches!(
+                mint_dev_token(dir.path(), subject, &[], Duration::from_secs(60), None, None),
+                Err(crate::auth::dev::MintError::SubjectNotHeaderSafe)
+            ),
+            "{subject:?}"
+        );
+    }
     assert!(
         mint_dev_token(
             dir.path(),

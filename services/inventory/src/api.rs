@@ -1,23 +1,41 @@
 //! The `ordermesh.inventory.v1.InventoryService` gRPC surface: validates
-//! requests, calls the store, converts to protobuf. No SQL here.
+//! requests, decides who may call what, calls the store, converts to
+//! protobuf. No SQL here.
+//!
+//! Access (decided here, whatever the gateway let through): the catalogue
+//! and availability are for any caller; adjusting stock, editing products
+//! and reading restock alerts need the `inventory:admin` scope; reserving,
+//! committing and releasing stock are the order service's saga's (and
+//! operators'); a customer's token reads the reservations of its own orders
+//! only, another's answering NOT_FOUND as a missing one
+//! ([`ordermesh_runtime::actor`]).
 
 use tonic::{Request, Response, Status};
 
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::inventory::v1 as pb;
 use ordermesh_proto::inventory::v1::inventory_service_server::InventoryService;
-use ordermesh_runtime::validate::{MAX_QUANTITY, Violations, require_id};
+use ordermesh_runtime::actor::{Actor, Trust};
+use ordermesh_runtime::validate::{MAX_ID_LEN, MAX_QUANTITY, Violations, require_id};
 use ordermesh_runtime::{clock, paging};
 
 use crate::store::{self, Store};
 
+/// The scope that adjusts stock, edits products and reads restock alerts.
+pub const ADMIN_SCOPE: &str = "inventory:admin";
+
 pub struct InventoryApi {
     store: Store,
+    trust: Trust,
 }
 
 impl InventoryApi {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, trust: Trust) -> Self {
+        Self { store, trust }
+    }
+
+    fn actor<T>(&self, request: &Request<T>) -> Actor {
+        Actor::of(request, self.trust)
     }
 }
 
@@ -80,6 +98,7 @@ fn reservation_to_pb(r: store::Reservation) -> pb::Reservation {
         expire_time: Some(clock::timestamp(r.expire_time)),
         create_time: Some(clock::timestamp(r.create_time)),
         update_time: Some(clock::timestamp(r.update_time)),
+        customer_id: r.customer_id,
         order_id: r.order_id,
     }
 }
@@ -159,6 +178,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        self.actor(&request).require_scope(ADMIN_SCOPE, "AdjustStock")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("sku", &request.sku);
@@ -187,12 +207,19 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        self.actor(&request).require_privileged("ReserveStock")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("order_id", &request.order_id);
+        if request.customer_id.len() > MAX_ID_LEN {
+            v.add("customer_id", format!("must be at most {MAX_ID_LEN} bytes"));
+        }
         let lines = validate_lines(&mut v, &request.lines);
         v.into_result()?;
-        let reservation = self.store.reserve(&request.order_id, &lines).await?;
+        let reservation = self
+            .store
+            .reserve(&request.order_id, &request.customer_id, &lines)
+            .await?;
         Ok(Response::new(pb::ReserveStockResponse {
             reservation: Some(reservation_to_pb(reservation)),
         }))
@@ -202,6 +229,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::GetReservationResponse>, Status> {
+        let actor = self.actor(&request);
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         self.store.expire(&order_id).await?;
@@ -209,6 +237,7 @@ impl InventoryService for InventoryApi {
             .store
             .reservation(&order_id)
             .await?
+            .filter(|r| actor.may_act_for(&r.customer_id))
             .ok_or_else(|| crate::error::Error::ReservationNotFound { order_id })?;
         Ok(Response::new(pb::GetReservationResponse {
             reservation: Some(reservation_to_pb(reservation)),
@@ -219,6 +248,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        self.actor(&request).require_privileged("ReleaseReservation")?;
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         let reservation = self.store.release(&order_id).await?;
@@ -231,6 +261,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CommitReservationRequest>,
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        self.actor(&request).require_privileged("CommitReservation")?;
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         let reservation = self.store.commit(&order_id).await?;
@@ -243,6 +274,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::UpdateProductRequest>,
     ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        self.actor(&request).require_scope(ADMIN_SCOPE, "UpdateProduct")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("sku", &request.sku);
@@ -286,6 +318,8 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ListRestockAlertsRequest>,
     ) -> Result<Response<pb::ListRestockAlertsResponse>, Status> {
+        self.actor(&request)
+            .require_scope(ADMIN_SCOPE, "ListRestockAlerts")?;
         let request = request.into_inner();
         if request.sku.len() > ordermesh_runtime::validate::MAX_ID_LEN {
             return Err(ordermesh_runtime::validate::invalid_field("sku", "is too long"));

@@ -117,9 +117,10 @@ impl Service {
                 async move { store.expire_due().await }
             },
         ));
-        let server = InventoryServiceServer::new(api::InventoryApi::new(self.store.clone()))
-            .max_decoding_message_size(self.config.mesh.max_request_bytes());
-        let routes = Routes::new(server).add_service(self.events.admin());
+        let server =
+            InventoryServiceServer::new(api::InventoryApi::new(self.store.clone(), self.config.mesh.trust))
+                .max_decoding_message_size(self.config.mesh.max_request_bytes());
+        let routes = Routes::new(server).add_service(self.events.admin(self.config.mesh.trust));
         let mut options = self
             .config
             .mesh

@@ -1,6 +1,13 @@
 //! The `ordermesh.order.v1.OrderService` gRPC surface: validation,
-//! conversion, and handing orders to the saga runner (`place`, `cancel`).
-//! No SQL and no leases here.
+//! conversion, who may act on which order, and handing orders to the saga
+//! runner (`place`, `cancel`). No SQL and no leases here.
+//!
+//! Access (decided here, where the orders live, whatever the gateway let
+//! through): a customer's token places orders for its own customer only,
+//! and sees, watches and cancels its own orders only; another customer's
+//! order answers NOT_FOUND, as a missing one, so order ids reveal nothing.
+//! Lists are confined to the caller's customer. Operators and services act
+//! for anyone ([`ordermesh_runtime::actor`]).
 
 use std::pin::Pin;
 
@@ -16,6 +23,7 @@ use ordermesh_proto::inventory::v1 as inventory_pb;
 use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use ordermesh_proto::order::v1 as pb;
 use ordermesh_proto::order::v1::order_service_server::OrderService;
+use ordermesh_runtime::actor::{Actor, Trust};
 use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, require_id};
 use ordermesh_runtime::{clock, paging};
 
@@ -35,6 +43,7 @@ pub struct OrderApi {
     inventory: InventoryServiceClient<MeshChannel>,
     catalogue: Catalogue,
     flags: Flags,
+    trust: Trust,
 }
 
 impl OrderApi {
@@ -42,9 +51,9 @@ impl OrderApi {
         store: Store,
         runner: SagaRunner,
         watch: WatchHub,
-        inventory: InventoryServiceClient<MeshChannel>,
-        catalogue: Catalogue,
+        (inventory, catalogue): (InventoryServiceClient<MeshChannel>, Catalogue),
         flags: Flags,
+        trust: Trust,
     ) -> Self {
         Self {
             store,
@@ -53,6 +62,17 @@ impl OrderApi {
             inventory,
             catalogue,
             flags,
+            trust,
+        }
+    }
+
+    /// The order, when it exists and `actor` may see it: another customer's
+    /// order is NOT_FOUND, as a missing one.
+    async fn visible_order(&self, actor: &Actor, order_id: String) -> Result<store::Order, Status> {
+        require_id("order_id", &order_id)?;
+        match self.store.order(&order_id).await? {
+            Some(order) if actor.may_act_for(&order.customer_id) => Ok(order),
+            _ => Err(crate::error::Error::NotFound { order_id }.into()),
         }
     }
 
@@ -194,8 +214,15 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let actor = Actor::of(&request, self.trust);
         let request = request.into_inner();
         validate_create(&request)?;
+        if !actor.may_act_for(&request.customer_id) {
+            return Err(Status::permission_denied(format!(
+                "customer_id: this caller may not place orders for customer {:?}",
+                request.customer_id
+            )));
+        }
         let (lines, lookups) = self.named_lines(request.lines).await;
         let new = NewOrder {
             order_id: uuid::Uuid::now_v7().to_string(),
@@ -233,13 +260,8 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
-        let order_id = request.into_inner().order_id;
-        require_id("order_id", &order_id)?;
-        let order = self
-            .store
-            .order(&order_id)
-            .await?
-            .ok_or(crate::error::Error::NotFound { order_id })?;
+        let actor = Actor::of(&request, self.trust);
+        let order = self.visible_order(&actor, request.into_inner().order_id).await?;
         Ok(Response::new(pb::GetOrderResponse {
             order: Some(order_to_pb(order)),
         }))
@@ -249,16 +271,24 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let actor = Actor::of(&request, self.trust);
         let request = request.into_inner();
         let size = paging::page_size(request.page_size)?;
         let position = paging::decode_time_id(&request.page_token)?;
         if request.customer_id.len() > MAX_ID_LEN {
             return Err(invalid_field("customer_id", "is too long"));
         }
-        let mut orders = self
-            .store
-            .list_orders(&request.customer_id, position, size + 1)
-            .await?;
+        // A customer lists its own orders only.
+        let customer_id = match actor.confined_to() {
+            Some(own) if request.customer_id.is_empty() || request.customer_id == own => own.to_owned(),
+            Some(_) => {
+                return Err(Status::permission_denied(
+                    "customer_id: this caller may list its own customer's orders only",
+                ));
+            }
+            None => request.customer_id,
+        };
+        let mut orders = self.store.list_orders(&customer_id, position, size + 1).await?;
         let next_page_token = paging::next_page(&mut orders, size, |o| {
             paging::time_id_key(o.create_time, &o.order_id)
         });
@@ -272,9 +302,9 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
-        let order_id = request.into_inner().order_id;
-        require_id("order_id", &order_id)?;
-        let order = self.runner.cancel(&order_id).await?;
+        let actor = Actor::of(&request, self.trust);
+        let order = self.visible_order(&actor, request.into_inner().order_id).await?;
+        let order = self.runner.cancel(&order.order_id).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order_to_pb(order)),
         }))
@@ -286,17 +316,12 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
+        let actor = Actor::of(&request, self.trust);
         let order_id = request.into_inner().order_id;
         require_id("order_id", &order_id)?;
         // Subscribe before the first read so no change between them is missed.
         let mut updates = self.watch.subscribe(&order_id);
-        let first = self
-            .store
-            .order(&order_id)
-            .await?
-            .ok_or(crate::error::Error::NotFound {
-                order_id: order_id.clone(),
-            })?;
+        let first = self.visible_order(&actor, order_id.clone()).await?;
         // Tells the hub which version this process has seen, so its poll for
         // other replicas' changes does not re-read it.
         self.watch.publish(&first);
@@ -359,11 +384,11 @@ impl OrderService for OrderApi {
         &self,
         request: Request<pb::GetOrderTimelineRequest>,
     ) -> Result<Response<pb::GetOrderTimelineResponse>, Status> {
-        let order_id = request.into_inner().order_id;
-        require_id("order_id", &order_id)?;
-        if self.store.order(&order_id).await?.is_none() {
-            return Err(crate::error::Error::NotFound { order_id }.into());
-        }
+        let actor = Actor::of(&request, self.trust);
+        let order_id = self
+            .visible_order(&actor, request.into_inner().order_id)
+            .await?
+            .order_id;
         let entries = self
             .store
             .timeline(&order_id)

@@ -38,7 +38,9 @@ use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceCl
 use ordermesh_proto::order::v1::order_admin_service_server::OrderAdminServiceServer;
 use ordermesh_proto::order::v1::order_service_server::{OrderServiceServer, SERVICE_NAME};
 use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
+use ordermesh_runtime::actor::OperatorOnly;
 use ordermesh_runtime::server::{MeshSettings, serve};
+use tonic::service::interceptor::InterceptedService;
 
 pub use error::Error;
 pub use saga::{CrashPoint, Pause, SagaConfig, SagaRunner};
@@ -220,21 +222,23 @@ impl Service {
         let recovery = tokio::spawn(self.runner.clone().recover_forever());
         let poll = tokio::spawn(self.watch.clone().poll_forever(self.watch_poll_interval));
         let catalogue_updates = tokio::spawn(self.catalogue.clone().follow(self.events.bus().clone()));
+        let trust = self.settings.trust;
         let api = api::OrderApi::new(
             self.store.clone(),
             self.runner.clone(),
             self.watch.clone(),
-            self.inventory.clone(),
-            self.catalogue.clone(),
+            (self.inventory.clone(), self.catalogue.clone()),
             self.mesh.flags().clone(),
+            trust,
         );
         let max = self.settings.max_request_bytes();
         let routes = Routes::new(OrderServiceServer::new(api).max_decoding_message_size(max))
-            .add_service(
+            .add_service(InterceptedService::new(
                 OrderAdminServiceServer::new(admin::OrderAdmin::new(self.store.clone(), self.runner.clone()))
                     .max_decoding_message_size(max),
-            )
-            .add_service(self.events.admin());
+                OperatorOnly(trust),
+            ))
+            .add_service(self.events.admin(trust));
         let db = self.store.db().clone();
         let mut options = self.settings.serve_options(SERVICE_NAME, self.mesh.clone());
         options.extra_health.push(self.events.health());

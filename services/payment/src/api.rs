@@ -6,9 +6,11 @@ use tonic::{Request, Response, Status};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::payment::v1 as pb;
 use ordermesh_proto::payment::v1::payment_service_server::PaymentService;
+use ordermesh_runtime::actor::{Actor, Trust};
 use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, is_currency_code, require_id};
 use ordermesh_runtime::{clock, paging};
 
+use crate::error::Error;
 use crate::store::{self, PaymentCursor, Store};
 
 /// Longest accepted payment reference.
@@ -17,13 +19,25 @@ const MAX_REFERENCE_LEN: usize = 1024;
 /// overflow a BIGINT.
 const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
+/// Who may do what (decided here, where the money is): a customer's token
+/// reads its own account and payments only (another's is NOT_FOUND, as a
+/// missing one) and lists only its own; moving money (authorize, capture,
+/// void, refund), opening and crediting accounts and reading the ledger are
+/// for the order service's saga and operators
+/// ([`ordermesh_runtime::actor`]).
 pub struct PaymentApi {
     store: Store,
+    trust: Trust,
 }
 
 impl PaymentApi {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, trust: Trust) -> Self {
+        Self { store, trust }
+    }
+
+    /// Ok when the call's actor is an operator or a service, naming `rpc`.
+    fn privileged<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        Actor::of(request, self.trust).require_privileged(rpc)
     }
 }
 
@@ -219,8 +233,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let actor = Actor::of(&request, self.trust);
         let account_id = request.into_inner().account_id;
         require_id("account_id", &account_id)?;
+        if !actor.may_act_for(&account_id) {
+            return Err(Error::AccountNotFound { account_id }.into());
+        }
         let account = self.store.account(&account_id).await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account_to_pb(account)),
@@ -231,6 +249,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ListAccountsRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        self.privileged(&request, "ListAccounts")?;
         let request = request.into_inner();
         let size = paging::page_size(request.page_size)?;
         let after = paging::decode_token(&request.page_token)?;
@@ -246,6 +265,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::OpenAccountRequest>,
     ) -> Result<Response<pb::OpenAccountResponse>, Status> {
+        self.privileged(&request, "OpenAccount")?;
         let request = request.into_inner();
         let account = new_account(&request)?;
         let account = self.store.open_account(&request.request_id, &account).await?;
@@ -258,6 +278,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::CreditAccountRequest>,
     ) -> Result<Response<pb::CreditAccountResponse>, Status> {
+        self.privileged(&request, "CreditAccount")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("request_id", &request.request_id);
@@ -285,6 +306,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::AuthorizePaymentRequest>,
     ) -> Result<Response<pb::AuthorizePaymentResponse>, Status> {
+        self.privileged(&request, "AuthorizePayment")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("request_id", &request.request_id);
@@ -334,6 +356,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::CapturePaymentRequest>,
     ) -> Result<Response<pb::CapturePaymentResponse>, Status> {
+        self.privileged(&request, "CapturePayment")?;
         let request = request.into_inner();
         require_operation(&request.payment_id, &request.request_id)?;
         let payment = self
@@ -349,6 +372,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::VoidAuthorizationRequest>,
     ) -> Result<Response<pb::VoidAuthorizationResponse>, Status> {
+        self.privileged(&request, "VoidAuthorization")?;
         let request = request.into_inner();
         // Exactly one of payment_id and authorize_request_id names the payment.
         let mut v = Violations::new();
@@ -382,6 +406,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
+        self.privileged(&request, "RefundPayment")?;
         let request = request.into_inner();
         require_operation(&request.payment_id, &request.request_id)?;
         let payment = self
@@ -397,9 +422,13 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::GetPaymentRequest>,
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let actor = Actor::of(&request, self.trust);
         let payment_id = request.into_inner().payment_id;
         require_id("payment_id", &payment_id)?;
         let payment = self.store.payment(&payment_id).await?;
+        if !actor.may_act_for(&payment.account_id) {
+            return Err(Error::PaymentNotFound { payment_id }.into());
+        }
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(payment_to_pb(payment)),
         }))
@@ -409,7 +438,17 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
-        let request = request.into_inner();
+        let actor = Actor::of(&request, self.trust);
+        let mut request = request.into_inner();
+        // A customer lists its own account's payments only.
+        if let Some(own) = actor.confined_to() {
+            if !request.account_id.is_empty() && request.account_id != own {
+                return Err(Status::permission_denied(
+                    "account_id: this caller may list its own account's payments only",
+                ));
+            }
+            request.account_id = own.to_owned();
+        }
         if request.account_id.len() > MAX_ID_LEN {
             return Err(invalid_field(
                 "account_id",
@@ -457,6 +496,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ListLedgerEntriesRequest>,
     ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
+        self.privileged(&request, "ListLedgerEntries")?;
         let request = request.into_inner();
         let mut v = Violations::new();
         for (field, value) in [
@@ -488,8 +528,9 @@ impl PaymentService for PaymentApi {
 
     async fn verify_ledger(
         &self,
-        _request: Request<pb::VerifyLedgerRequest>,
+        request: Request<pb::VerifyLedgerRequest>,
     ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        self.privileged(&request, "VerifyLedger")?;
         let check = self.store.verify_ledger().await?;
         Ok(Response::new(pb::VerifyLedgerResponse {
             balanced: check.balanced(),

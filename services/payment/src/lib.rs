@@ -106,9 +106,10 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
-        let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone()))
+        let trust = self.mesh.trust;
+        let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone(), trust))
             .max_decoding_message_size(self.mesh.max_request_bytes());
-        let routes = Routes::new(server).add_service(self.events.admin());
+        let routes = Routes::new(server).add_service(self.events.admin(trust));
         let store = self.store.clone();
         let sweeper = tokio::spawn(ordermesh_runtime::periodic::every(
             "authorization hold expiry",

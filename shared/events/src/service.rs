@@ -148,8 +148,16 @@ impl ServiceEvents {
     }
 
     /// The `EventAdminService` over this service's bus.
-    pub fn admin(&self) -> EventAdminServiceServer<EventAdmin> {
-        EventAdmin::new(self.bus.clone()).into_server()
+    /// The service's `EventAdminService`, for operators only (dead letters
+    /// are replayed through it).
+    pub fn admin(
+        &self,
+        trust: ordermesh_runtime::actor::Trust,
+    ) -> ordermesh_runtime::actor::OperatorsOnly<EventAdminServiceServer<EventAdmin>> {
+        tonic::service::interceptor::InterceptedService::new(
+            EventAdmin::new(self.bus.clone()).into_server(),
+            ordermesh_runtime::actor::OperatorOnly(trust),
+        )
     }
 
     /// Stops the consumers (between deliveries) and the relay after its

@@ -17,12 +17,15 @@
 //! - [`status`]: shared pieces of the services' error-to-status mappings.
 //! - [`paging`]: AIP-158 page sizes and opaque page tokens.
 //! - [`periodic`]: background sweeps on an interval.
+//! - [`actor`]: who a call acts for, decided where the data lives
+//!   (per-customer access, operators, admin APIs).
 //! - [`clock`]: timestamps as integer microseconds, the storage format.
 //! - [`telemetry`]: the tracing subscriber.
 //!
 //! The mesh client stack (breakers, retries, balancing) joins this crate in
 //! the mesh-layer work.
 
+pub mod actor;
 pub mod clock;
 pub mod db;
 pub mod error;

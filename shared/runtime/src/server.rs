@@ -39,6 +39,8 @@ pub struct ServeOptions {
     /// can fetch. They do not change the whole server's status (""), which
     /// stays the database's.
     pub extra_health: Vec<(&'static str, watch::Receiver<bool>)>,
+    /// Whom the admin API believes (operators only).
+    pub trust: crate::actor::Trust,
 }
 
 impl ServeOptions {
@@ -50,6 +52,7 @@ impl ServeOptions {
             mesh,
             policy_file: None,
             extra_health: Vec::new(),
+            trust: crate::actor::Trust::Network,
         }
     }
 }
@@ -67,7 +70,10 @@ pub async fn serve(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let routes = with_reflection(
         routes
-            .add_service(MeshAdminServiceServer::new(MeshAdmin::new(options.mesh.clone())))
+            .add_service(MeshAdminServiceServer::with_interceptor(
+                MeshAdmin::new(options.mesh.clone()),
+                crate::actor::OperatorOnly(options.trust),
+            ))
             .add_service(health_service),
     )?;
 
@@ -168,6 +174,9 @@ pub fn with_reflection(routes: Routes) -> Result<Routes, tonic_reflection::serve
 pub struct MeshSettings {
     pub policy: ordermesh_mesh::policy::MeshPolicy,
     pub policy_file: Option<std::path::PathBuf>,
+    /// How the process knows its peers, which decides whom it believes
+    /// about who a call acts for ([`crate::actor`]).
+    pub trust: crate::actor::Trust,
 }
 
 impl MeshSettings {
@@ -185,6 +194,7 @@ impl MeshSettings {
     pub fn serve_options(&self, service_name: &'static str, mesh: Mesh) -> ServeOptions {
         let mut options = ServeOptions::new(service_name, mesh);
         options.policy_file = self.policy_file.clone();
+        options.trust = self.trust;
         options
     }
 }

@@ -30,7 +30,7 @@ macro_rules! item_columns {
 
 macro_rules! reservation_columns {
     () => {
-        "order_id, status, total_minor, currency_code, expire_time, create_time, update_time"
+        "order_id, status, total_minor, currency_code, expire_time, create_time, update_time, customer_id"
     };
 }
 
@@ -113,6 +113,7 @@ struct ReservationRow {
     expire_time: i64,
     create_time: i64,
     update_time: i64,
+    customer_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +126,8 @@ pub struct Reservation {
     pub expire_time: i64,
     pub create_time: i64,
     pub update_time: i64,
+    /// Whose order it is (empty for reservations recorded before owners were).
+    pub customer_id: String,
 }
 
 impl ReservationRow {
@@ -133,6 +136,7 @@ impl ReservationRow {
             order_id: self.order_id,
             status: self.status,
             lines,
+            customer_id: self.customer_id,
             total_minor: self.total_minor,
             currency_code: self.currency_code,
             expire_time: self.expire_time,

@@ -65,7 +65,12 @@ impl Store {
     /// order), then record the reservation under the order id and its lines.
     /// A duplicate's record collides on the order id and the whole
     /// transaction rolls back, units included, so the stock moves once.
-    pub async fn reserve(&self, order_id: &str, lines: &[Line]) -> Result<Reservation, Error> {
+    pub async fn reserve(
+        &self,
+        order_id: &str,
+        customer_id: &str,
+        lines: &[Line],
+    ) -> Result<Reservation, Error> {
         let now = clock::now_micros();
         let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
         let mut tx = self.db.write.begin().await?;
@@ -143,7 +148,7 @@ impl Store {
         let recorded = sqlx::query(concat!(
             "INSERT INTO reservations (",
             reservation_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $6)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $6, $7)"
         ))
         .bind(order_id)
         .bind(ReservationStatus::Active.as_str())
@@ -151,6 +156,7 @@ impl Store {
         .bind(&currency)
         .bind(expire_time)
         .bind(now)
+        .bind(customer_id)
         .execute(&mut *tx)
         .await;
         match recorded {
@@ -205,6 +211,7 @@ impl Store {
             expire_time,
             create_time: now,
             update_time: now,
+            customer_id: customer_id.into(),
         };
         events::reservation_changed(&self.events, &mut tx, &reservation).await?;
         for (line, taken) in &lows {
@@ -276,7 +283,7 @@ impl Store {
         let placeholder = sqlx::query(concat!(
             "INSERT INTO reservations (",
             reservation_columns!(),
-            ") VALUES ($1, $2, 0, '', $3, $3, $3) ON CONFLICT (order_id) DO NOTHING"
+            ") VALUES ($1, $2, 0, '', $3, $3, $3, '') ON CONFLICT (order_id) DO NOTHING"
         ))
         .bind(order_id)
         .bind(Released.as_str())

@@ -121,6 +121,7 @@ impl Steps {
     async fn reserve(&self, order: &Order) -> StepResult {
         let request = inventory::ReserveStockRequest {
             order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
             lines: order
                 .lines
                 .iter()

@@ -68,7 +68,7 @@ async fn every_authorize_violation_is_reported_at_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = ordermesh_runtime::db::sqlite_url(dir.path(), "payment").expect("url");
     let service = crate::build(crate::Config::new(url)).await.expect("build");
-    let api = PaymentApi::new(service.store().clone());
+    let api = PaymentApi::new(service.store().clone(), ordermesh_runtime::actor::Trust::Network);
     let err = api
         .authorize_payment(Request::new(pb::AuthorizePaymentRequest {
             request_id: String::new(),
