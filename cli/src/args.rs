@@ -54,6 +54,9 @@ pub enum Command {
     Events(crate::events::EventsArgs),
     /// Mint a development token for the gateway (`up`, or a gateway in development mode).
     Token(crate::token::TokenArgs),
+    /// Mint a development CA and a certificate per process (gateway, order,
+    /// inventory, payment, admin) for mutual TLS (`serve --tls-*`).
+    Certs(crate::certs::CertsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -191,8 +194,42 @@ pub struct ServeArgs {
     pub database_url: Option<String>,
     #[command(flatten)]
     pub peers: PeerArgs,
+    #[command(flatten, next_help_heading = "Mutual TLS")]
+    pub tls: TlsArgs,
     #[command(flatten)]
     pub process: ProcessArgs,
+}
+
+/// Mutual TLS between processes (`serve`; `up` talks plaintext on loopback).
+/// All three files or none; see docs/security.md.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// This process's certificate (PEM), naming it `<target>.ordermesh`;
+    /// with it the process serves TLS only, requires client certificates
+    /// from the CA, and connects to its peers over TLS. Reloaded on change.
+    #[arg(long, env = "ORDERMESH_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "ORDERMESH_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA every ordermesh certificate is signed by (PEM).
+    #[arg(long, env = "ORDERMESH_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Also answer grpc.health.v1 (only) in plaintext on this address, for
+    /// probes that hold no certificate (Kubernetes gRPC probes).
+    #[arg(long, env = "ORDERMESH_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+}
+
+impl TlsArgs {
+    /// The files, when all three are given.
+    pub fn files(&self) -> Option<ordermesh_mesh::tls::TlsFiles> {
+        Some(ordermesh_mesh::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            ca: self.tls_ca.clone()?,
+        })
+    }
 }
 
 /// Where the services are reached from another process.

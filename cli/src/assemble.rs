@@ -51,6 +51,8 @@ pub struct Plan {
     /// `up`: print each endpoint, then a ready line once every target
     /// answers SERVING.
     pub announce: bool,
+    /// Mutual TLS (`serve` only), and the plaintext health address beside it.
+    pub tls: crate::args::TlsArgs,
 }
 
 impl Plan {
@@ -64,6 +66,7 @@ impl Plan {
                 database_url: args.database_url,
             }],
             peers: args.peers,
+            tls: args.tls,
             seed_demo: args.process.seed_demo.unwrap_or(false),
             auth_mode: args.process.gateway.auth_mode.unwrap_or(AuthMode::Production),
             process: args.process,
@@ -105,6 +108,7 @@ impl Plan {
         Plan {
             placements,
             peers,
+            tls: crate::args::TlsArgs::default(),
             seed_demo: args.process.seed_demo.unwrap_or(true),
             auth_mode: args.process.gateway.auth_mode.unwrap_or(AuthMode::Development),
             process: args.process,
@@ -127,7 +131,14 @@ type Serving = BoxFuture<'static, anyhow::Result<()>>;
 /// Runs the plan until a shutdown signal (then drains every target) or
 /// until a target fails.
 pub async fn run(plan: Plan) -> anyhow::Result<()> {
-    let mesh = mesh_settings(plan.process.policy.as_deref())?;
+    let mut mesh = mesh_settings(plan.process.policy.as_deref())?;
+    if let Some(files) = plan.tls.files() {
+        mesh.tls = Some(
+            ordermesh_mesh::tls::MeshTls::load(files)
+                .context("mutual TLS (--tls-cert, --tls-key, --tls-ca)")?,
+        );
+    }
+    mesh.probe_listen = plan.tls.health_listen;
     if plan.runs(Target::Inventory) {
         check_reservation_outlives_saga(&plan.process)?;
     }

@@ -9,6 +9,7 @@
 
 mod args;
 mod assemble;
+mod certs;
 mod events;
 mod health;
 mod token;
@@ -31,5 +32,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Chaos(args) => ordermesh_chaos::run(args).await,
         Command::Events(args) => events::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Certs(args) => certs::run(&args),
     }
 }

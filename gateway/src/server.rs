@@ -83,9 +83,11 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     let local = ordermesh_runtime::server::with_reflection(tonic::service::Routes::new(health).add_service(
+        // Reached in-process, through the edge only, which forwards the
+        // identity it verified: believed as it comes (`Network`).
         MeshAdminServiceServer::with_interceptor(
             MeshAdmin::new(mesh.clone()),
-            ordermesh_runtime::actor::OperatorOnly(config.mesh.trust),
+            ordermesh_runtime::actor::OperatorOnly(ordermesh_runtime::actor::Trust::Network),
         ),
     ))?;
     let upstreams = Upstreams::new(

@@ -27,6 +27,16 @@ impl Gateway {
     /// A gateway before `order`, `inventory` and `payment` (URLs), with the
     /// per-route config `file` (TOML) when given.
     pub async fn start(urls: [String; 3], file: Option<&str>) -> Gateway {
+        Self::start_with(urls, file, None).await
+    }
+
+    /// [`Gateway::start`], connecting to the services over mutual TLS with
+    /// `tls` when given.
+    pub async fn start_with(
+        urls: [String; 3],
+        file: Option<&str>,
+        tls: Option<std::sync::Arc<ordermesh_mesh::tls::MeshTls>>,
+    ) -> Gateway {
         let keys = tempfile::tempdir().expect("tempdir");
         let file = file.map(|text| {
             let path = keys.path().join("gateway.toml");
@@ -50,6 +60,7 @@ impl Gateway {
             allow_unknown_fields: false,
             mesh: ordermesh_runtime::server::MeshSettings {
                 policy: crate::test_policy(),
+                tls,
                 ..Default::default()
             },
         };

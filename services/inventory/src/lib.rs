@@ -117,10 +117,12 @@ impl Service {
                 async move { store.expire_due().await }
             },
         ));
-        let server =
-            InventoryServiceServer::new(api::InventoryApi::new(self.store.clone(), self.config.mesh.trust))
-                .max_decoding_message_size(self.config.mesh.max_request_bytes());
-        let routes = Routes::new(server).add_service(self.events.admin(self.config.mesh.trust));
+        let server = InventoryServiceServer::new(api::InventoryApi::new(
+            self.store.clone(),
+            self.config.mesh.trust(),
+        ))
+        .max_decoding_message_size(self.config.mesh.max_request_bytes());
+        let routes = Routes::new(server).add_service(self.events.admin(self.config.mesh.trust()));
         let mut options = self
             .config
             .mesh

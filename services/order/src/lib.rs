@@ -222,7 +222,7 @@ impl Service {
         let recovery = tokio::spawn(self.runner.clone().recover_forever());
         let poll = tokio::spawn(self.watch.clone().poll_forever(self.watch_poll_interval));
         let catalogue_updates = tokio::spawn(self.catalogue.clone().follow(self.events.bus().clone()));
-        let trust = self.settings.trust;
+        let trust = self.settings.trust();
         let api = api::OrderApi::new(
             self.store.clone(),
             self.runner.clone(),

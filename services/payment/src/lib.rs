@@ -106,7 +106,7 @@ impl Service {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ordermesh_runtime::Error> {
-        let trust = self.mesh.trust;
+        let trust = self.mesh.trust();
         let server = PaymentServiceServer::new(api::PaymentApi::new(self.store.clone(), trust))
             .max_decoding_message_size(self.mesh.max_request_bytes());
         let routes = Routes::new(server).add_service(self.events.admin(trust));

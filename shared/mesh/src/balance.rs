@@ -114,15 +114,29 @@ pub fn balanced(
     config: BalancerConfig,
     classifier: Arc<Classifier>,
 ) -> Result<(Balanced, BalancerHandle), BalanceError> {
+    balanced_over(name, config, classifier, None)
+}
+
+/// [`balanced`], connecting to every endpoint through `tls` when given
+/// (mutual TLS, the server's certificate naming `name`).
+pub fn balanced_over(
+    name: &str,
+    config: BalancerConfig,
+    classifier: Arc<Classifier>,
+    tls: Option<crate::tls::Connector>,
+) -> Result<(Balanced, BalancerHandle), BalanceError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(
-        name,
-        config.ejection,
-        classifier,
-        config.connect_timeout,
-        tx,
-        tokio::runtime::Handle::current(),
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            name,
+            config.ejection,
+            classifier,
+            config.connect_timeout,
+            tx,
+            tokio::runtime::Handle::current(),
+        )
+        .with_tls(tls),
+    );
     match config.source {
         EndpointSource::Static(endpoints) => {
             if endpoints.is_empty() {

@@ -17,6 +17,7 @@
 //! - [`stack`]: the client stack and the per-process [`stack::Mesh`].
 //! - [`server`]: load shedding on the server side.
 //! - [`admin`]: the `MeshAdminService` gRPC API.
+//! - [`tls`]: mutual TLS between processes, and the peer a certificate names.
 pub mod admin;
 pub mod balance;
 pub mod breaker;
@@ -30,3 +31,4 @@ pub mod refused;
 pub mod retry;
 pub mod server;
 pub mod stack;
+pub mod tls;

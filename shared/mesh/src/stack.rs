@@ -91,6 +91,8 @@ pub enum MeshError {
     MeshPolicy(#[from] PolicyError),
     #[error(transparent)]
     Balance(#[from] BalanceError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// The handles of one downstream's stack.
@@ -149,6 +151,8 @@ pub struct Mesh {
 
 #[derive(Debug)]
 struct Inner {
+    /// Mutual TLS for every downstream, when the process has certificates.
+    tls: Option<Arc<crate::tls::MeshTls>>,
     policy: Mutex<MeshPolicy>,
     flags: Flags,
     downstreams: Mutex<BTreeMap<String, Downstream>>,
@@ -162,6 +166,11 @@ impl Default for Mesh {
 
 impl Mesh {
     pub fn new(policy: MeshPolicy) -> Self {
+        Self::with_tls(policy, None)
+    }
+
+    /// A mesh whose clients connect over mutual TLS with `tls`.
+    pub fn with_tls(policy: MeshPolicy, tls: Option<Arc<crate::tls::MeshTls>>) -> Self {
         let flags = Flags::new(policy.flags());
         flags.define(
             crate::fault::FAULT_FLAG,
@@ -173,6 +182,7 @@ impl Mesh {
         );
         Self {
             inner: Arc::new(Inner {
+                tls,
                 policy: Mutex::new(policy),
                 flags,
                 downstreams: Mutex::new(BTreeMap::new()),
@@ -197,7 +207,12 @@ impl Mesh {
     pub fn client(&self, name: &str, default_url: &str) -> Result<MeshChannel, MeshError> {
         let settings = self.policy().downstream_settings(name, default_url)?;
         let classifier = Arc::new(settings.classifier);
-        let (balanced, balancer) = balance::balanced(name, settings.balancer, classifier.clone())?;
+        let connector = match &self.inner.tls {
+            Some(tls) => Some(tls.connector(name)?),
+            None => None,
+        };
+        let (balanced, balancer) =
+            balance::balanced_over(name, settings.balancer, classifier.clone(), connector)?;
         let breaker = BreakerHandle::new(settings.breaker);
         let budget = Arc::new(RetryBudget::new(
             settings.budget_max_tokens,

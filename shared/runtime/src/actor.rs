@@ -41,11 +41,7 @@ pub enum Trust {
     Certificates,
 }
 
-/// The ordermesh process at the other end of a mutually authenticated
-/// connection, by its certificate (`gateway`, `order`, `inventory`,
-/// `payment`, `admin`): a request extension the TLS acceptor sets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerTarget(pub String);
+pub use ordermesh_mesh::tls::PeerTarget;
 
 /// Who a call acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,11 @@ pub struct ServeOptions {
     pub extra_health: Vec<(&'static str, watch::Receiver<bool>)>,
     /// Whom the admin API believes (operators only).
     pub trust: crate::actor::Trust,
+    /// Mutual TLS on the listener: only clients with a certificate from the
+    /// mesh's CA connect, and each request knows which process called.
+    pub tls: Option<std::sync::Arc<ordermesh_mesh::tls::MeshTls>>,
+    /// Also answer grpc.health.v1 (nothing else) in plaintext here.
+    pub probe_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServeOptions {
@@ -53,6 +58,8 @@ impl ServeOptions {
             policy_file: None,
             extra_health: Vec::new(),
             trust: crate::actor::Trust::Network,
+            tls: None,
+            probe_listen: None,
         }
     }
 }
@@ -68,6 +75,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // The probe port: the same health answers, nothing else, no TLS.
+    let probe = match options.probe_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            tracing::info!(service = options.service_name, %addr, "health in plaintext for probes");
+            let health = health_service.clone();
+            Some(tokio::spawn(
+                Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            ))
+        }
+        None => None,
+    };
     let routes = with_reflection(
         routes
             .add_service(MeshAdminServiceServer::with_interceptor(
@@ -108,22 +131,31 @@ pub async fn serve(
         .clone()
         .map(|path| tokio::spawn(options.mesh.clone().watch_file(path, Duration::from_secs(2))));
     let local = listener.local_addr().ok();
-    // TCP_NODELAY on every accepted connection: gRPC writes a response's
-    // headers, data and trailers as separate small writes, and with Nagle's
-    // algorithm the last waits for the client's delayed ACK (40 ms on Linux).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let limit = options.mesh.policy().server.concurrency_limit;
-    let server = Server::builder()
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(ShedLayer::new(limit))
-                .layer(BoundErrorsLayer)
-                .layer(InheritDeadlineLayer),
-        )
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
-    tokio::pin!(server);
-    tracing::info!(service = options.service_name, addr = ?local, "serving");
+    let mut builder = Server::builder().layer(
+        tower::ServiceBuilder::new()
+            .layer(ShedLayer::new(limit))
+            .layer(BoundErrorsLayer)
+            .layer(InheritDeadlineLayer),
+    );
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &options.tls {
+            // TCP_NODELAY on every accepted connection (both ways): gRPC
+            // writes a response's headers, data and trailers as separate
+            // small writes, and with Nagle's algorithm the last waits for
+            // the client's delayed ACK (40 ms on Linux).
+            Some(tls) => Box::pin(
+                builder
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(tls.incoming(listener), stopped(stop_rx)),
+            ),
+            None => Box::pin(builder.add_routes(routes).serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopped(stop_rx),
+            )),
+        };
+    let mut server = server;
+    tracing::info!(service = options.service_name, addr = ?local, tls = options.tls.is_some(), "serving");
 
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -146,6 +178,9 @@ pub async fn serve(
     }
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    if let Some(probe) = probe {
+        probe.abort();
     }
     tracing::info!(service = options.service_name, "stopped");
     Ok(result?)
@@ -174,15 +209,30 @@ pub fn with_reflection(routes: Routes) -> Result<Routes, tonic_reflection::serve
 pub struct MeshSettings {
     pub policy: ordermesh_mesh::policy::MeshPolicy,
     pub policy_file: Option<std::path::PathBuf>,
-    /// How the process knows its peers, which decides whom it believes
-    /// about who a call acts for ([`crate::actor`]).
-    pub trust: crate::actor::Trust,
+    /// The process's certificate, key and CA, when it talks mutual TLS: it
+    /// then serves TLS only, connects to its downstreams over TLS, and
+    /// believes forwarded identity from the gateway's certificate only.
+    pub tls: Option<std::sync::Arc<ordermesh_mesh::tls::MeshTls>>,
+    /// Where to answer grpc.health.v1 (only) in plaintext as well, for
+    /// probes that hold no certificate.
+    pub probe_listen: Option<std::net::SocketAddr>,
 }
 
 impl MeshSettings {
     /// The process's mesh for one service.
     pub fn build(&self) -> Mesh {
-        Mesh::new(self.policy.clone())
+        Mesh::with_tls(self.policy.clone(), self.tls.clone())
+    }
+
+    /// How the process knows its peers, which decides whom it believes
+    /// about who a call acts for ([`crate::actor`]): by their certificates
+    /// with TLS, else the network is the boundary.
+    pub fn trust(&self) -> crate::actor::Trust {
+        if self.tls.is_some() {
+            crate::actor::Trust::Certificates
+        } else {
+            crate::actor::Trust::Network
+        }
     }
 
     /// Largest accepted request message, for the generated servers.
@@ -194,7 +244,9 @@ impl MeshSettings {
     pub fn serve_options(&self, service_name: &'static str, mesh: Mesh) -> ServeOptions {
         let mut options = ServeOptions::new(service_name, mesh);
         options.policy_file = self.policy_file.clone();
-        options.trust = self.trust;
+        options.trust = self.trust();
+        options.tls.clone_from(&self.tls);
+        options.probe_listen = self.probe_listen;
         options
     }
 }

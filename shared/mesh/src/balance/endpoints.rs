@@ -84,6 +84,8 @@ pub(super) struct Shared {
     // outside any runtime context; timers are spawned here instead.
     pub(super) runtime: tokio::runtime::Handle,
     registry: Mutex<Registry>,
+    /// Mutual TLS to every endpoint, when the process has certificates.
+    tls: Option<crate::tls::Connector>,
 }
 
 #[derive(Default)]
@@ -142,7 +144,14 @@ impl Shared {
             changes,
             runtime,
             registry: Mutex::new(Registry::default()),
+            tls: None,
         }
+    }
+
+    /// Connects every endpoint over mutual TLS through `connector`.
+    pub(super) fn with_tls(mut self, connector: Option<crate::tls::Connector>) -> Self {
+        self.tls = connector;
+        self
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -152,10 +161,13 @@ impl Shared {
     }
 
     pub(super) fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
-        Ok(tonic::transport::Endpoint::from_shared(address.to_owned())?
+        let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())?
             .connect_timeout(self.connect_timeout)
-            .http2_max_header_list_size(crate::server::MAX_RESPONSE_HEADER_LIST_BYTES)
-            .connect_lazy())
+            .http2_max_header_list_size(crate::server::MAX_RESPONSE_HEADER_LIST_BYTES);
+        Ok(match &self.tls {
+            Some(connector) => endpoint.connect_with_connector_lazy(connector.clone()),
+            None => endpoint.connect_lazy(),
+        })
     }
 
     fn service(self: &Arc<Self>, address: &str, generation: u64, channel: Channel) -> PeakEwma<Endpoint> {
