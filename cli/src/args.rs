@@ -156,7 +156,7 @@ pub struct ProcessArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
-    /// Address every target listens on.
+    /// Address the gateway listens on; the services listen on loopback only.
     #[arg(long, env = "ORDERMESH_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     #[arg(long, env = "ORDERMESH_ORDER_PORT", default_value_t = Target::Order.default_port())]

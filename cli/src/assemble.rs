@@ -74,8 +74,11 @@ impl Plan {
         }
     }
 
-    /// `up`: every target in this process, each on its own port of `--host`;
-    /// demo data and development auth unless asked otherwise.
+    /// `up`: every target in this process, each on its own port: the
+    /// gateway on `--host`, the services on loopback whatever `--host` says
+    /// (they trust the network they listen on: only the gateway, which
+    /// checks tokens, faces it); demo data and development auth unless
+    /// asked otherwise.
     pub fn up(args: UpArgs) -> Self {
         let placements: Vec<Placement> = Target::ALL
             .into_iter()
@@ -86,9 +89,14 @@ impl Plan {
                     Target::Order => (args.order_port, args.order_database_url.clone()),
                     Target::Gateway => (args.gateway_port, None),
                 };
+                let host = match (target, args.host) {
+                    (Target::Gateway, host) => host,
+                    (_, std::net::IpAddr::V4(_)) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    (_, std::net::IpAddr::V6(_)) => std::net::Ipv6Addr::LOCALHOST.into(),
+                };
                 Placement {
                     target,
-                    listen: SocketAddr::new(args.host, port),
+                    listen: SocketAddr::new(host, port),
                     database_url,
                 }
             })

@@ -232,3 +232,33 @@ fn logs_to_a_pipe_carry_no_colour_codes() {
         "escape codes in a piped log: {seen:#?}"
     );
 }
+
+/// `up --host 0.0.0.0` (the chart's SingleBinary mode) opens the gateway to
+/// the network and nothing else: the services, which believe the identity
+/// their callers forward, listen on loopback only.
+#[test]
+fn up_faces_the_network_with_the_gateway_only() {
+    let up = Up::start(&["--host".to_owned(), "0.0.0.0".to_owned()]);
+    // This machine's address on its default route (no packet is sent).
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    socket.connect("192.0.2.1:9").expect("a default route");
+    let outside = socket.local_addr().expect("local addr").ip();
+    assert!(!outside.is_loopback(), "{outside}");
+    let reach = |ip: std::net::IpAddr, port: u16| {
+        std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2)).is_ok()
+    };
+    assert!(
+        reach(outside, up.gateway),
+        "the gateway faces the network at {outside}"
+    );
+    for port in [up.order, up.inventory, up.payment] {
+        assert!(
+            !reach(outside, port),
+            "a service port {port} answers on {outside}"
+        );
+        assert!(
+            reach(std::net::Ipv4Addr::LOCALHOST.into(), port),
+            "and serves on loopback"
+        );
+    }
+}
