@@ -87,4 +87,10 @@ refused "Distributed without NATS" "nats: Distributed mode needs NATS" \
   --set database.existingSecret=db --set auth.jwksUrl=https://idp/jwks.json
 refused "production auth without keys" "auth: production mode needs the keys" \
   --set database.existingSecret=db --set nats.url=nats://nats:4222
+refused "TLS in SingleBinary mode" "tls: mutual TLS is for Distributed mode" \
+  "${MINIMAL[@]}" --set deploymentMode=SingleBinary --set tls.enabled=true
+refused "cert-manager without an issuer" "tls: tls.certManager.enabled needs tls.certManager.issuerRef.name" \
+  "${MINIMAL[@]}" --set tls.enabled=true --set tls.certManager.enabled=true
+refused "health port on a service port" "tls: tls.healthPort (50051) must differ" \
+  "${MINIMAL[@]}" --set tls.enabled=true --set tls.healthPort=50051
 refused "HTTPRoute without a parent" "at '/httpRoute/parentRefs': minItems" "${MINIMAL[@]}" --set httpRoute.enabled=true

@@ -2,7 +2,7 @@
 what the Kubernetes schemas say: the promises the chart makes in its README.
 
 Usage: python .ci/helm_checks.py RENDER_DIR
-Renders expected: minimal, production, demo (Distributed) and single-binary.
+Renders expected: minimal, production, demo, mtls (Distributed) and single-binary.
 """
 
 import sys
@@ -162,6 +162,28 @@ def main():
     for name in ("ordermesh-inventory", "ordermesh-payment"):
         env = env_of(of_kind(demo, "Deployment")[name]["spec"]["template"]["spec"]["containers"][0])
         check(f"demo/{name}: seeds the demo data", env.get("ORDERMESH_SEED_DEMO", {}).get("value") == "true")
+
+    mtls = load(directory, "mtls")
+    certificates = of_kind(mtls, "Certificate")
+    deployments = of_kind(mtls, "Deployment")
+    for target in ("gateway", "order", "inventory", "payment"):
+        name = f"ordermesh-{target}"
+        certificate = certificates.get(f"ordermesh-tls-{target}", {}).get("spec", {})
+        check(f"mtls: a Certificate naming {target}", certificate.get("dnsNames") == [f"{target}.ordermesh"], certificate)
+        check(f"mtls: {target}'s Certificate is for server and client",
+              sorted(certificate.get("usages", [])) == ["client auth", "server auth"], certificate)
+        pod = deployments[name]["spec"]["template"]
+        container = check_pod("mtls", name, pod, 8080 if target == "gateway" else 8086)
+        env = env_of(container)
+        check(f"mtls/{name}: certificate, key and CA from the mounted Secret",
+              [env.get(k, {}).get("value") for k in ("ORDERMESH_TLS_CERT", "ORDERMESH_TLS_KEY", "ORDERMESH_TLS_CA")]
+              == ["/etc/ordermesh/tls/tls.crt", "/etc/ordermesh/tls/tls.key", "/etc/ordermesh/tls/ca.crt"], env)
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        check(f"mtls/{name}: the Secret is its own",
+              volumes.get("tls", {}).get("secret", {}).get("secretName") == f"ordermesh-tls-{target}", volumes.get("tls"))
+        if target != "gateway":
+            check(f"mtls/{name}: plaintext health for the probes",
+                  env.get("ORDERMESH_HEALTH_LISTEN", {}).get("value") == "0.0.0.0:8086", env)
 
     single = load(directory, "single-binary")
     deployments = of_kind(single, "Deployment")

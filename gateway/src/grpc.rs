@@ -5,7 +5,9 @@
 //! is, with the verified identity and a bounded deadline added, to the
 //! service's mesh channel, and the response (trailers included) streams
 //! back. grpc-web (binary and text) is translated to gRPC in front of this by
-//! `tonic-web`, so browsers reach exactly the same path. The gateway answers
+//! `tonic-web`, so browsers reach exactly the same path. Each request
+//! message is held to the REST body limit as it streams through
+//! ([`frames`]). The gateway answers
 //! `grpc.health.v1` and reflection itself (open, as probes and grpcurl need
 //! them) for every public service.
 
@@ -24,6 +26,8 @@ use ordermesh_mesh::grpc_timeout;
 
 use crate::Shared;
 use crate::edge::forward_identity;
+
+mod frames;
 
 /// Whether a request is gRPC or grpc-web (by content type).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
@@ -92,6 +96,9 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         forward_identity(request.headers_mut(), admitted.principal.as_ref());
         request.extensions_mut().insert(admitted.caller);
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
+        // The body limit, per message, as for REST bodies.
+        let (parts, body) = request.into_parts();
+        request = Request::from_parts(parts, frames::limit(body, shared.max_body_bytes).await?);
     }
     upstream.oneshot(request).await
 }

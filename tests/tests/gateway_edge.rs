@@ -450,3 +450,68 @@ async fn grpc_web_text_reaches_the_service_as_grpc() {
     );
     assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
 }
+
+/// The body limit holds for gRPC and grpc-web as for REST: a message larger
+/// than it is refused RESOURCE_EXHAUSTED by the gateway, and never reaches
+/// a service.
+#[tokio::test]
+async fn grpc_and_grpc_web_messages_over_the_body_limit_are_refused() {
+    let (recorder, gateway) = setup(None).await;
+    let token = gateway.token("alice", &["payments:read"]);
+    // GetAccountRequest with a 6 MiB account id (the gateway's limit here is 64 KiB).
+    let id = vec![b'a'; 6 << 20];
+    let mut message = vec![0x0a];
+    let mut len = id.len();
+    while len >= 0x80 {
+        message.push(u8::try_from(len & 0x7f).expect("7 bits") | 0x80);
+        len >>= 7;
+    }
+    message.push(u8::try_from(len).expect("7 bits"));
+    message.extend_from_slice(&id);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("fits").to_be_bytes());
+    frame.extend_from_slice(&message);
+
+    let response = http_client()
+        .post(gateway.url(GET_ACCOUNT))
+        .bearer_auth(&token)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(frame.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "grpc-web carries the status in-band");
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let body = response.bytes().await.expect("body");
+    let trailers = String::from_utf8_lossy(&body);
+    assert!(
+        status.as_deref() == Some("8") || trailers.contains("grpc-status:8"),
+        "RESOURCE_EXHAUSTED: headers {status:?}, body {trailers:?}"
+    );
+
+    // Native gRPC, through a generated client.
+    let channel = tonic::transport::Endpoint::from_shared(gateway.url(""))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = PaymentServiceClient::new(channel).max_encoding_message_size(16 << 20);
+    let mut request = tonic::Request::new(GetAccountRequest {
+        account_id: String::from_utf8(id).expect("ascii"),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    let refused = client.get_account(request).await.expect_err("too large");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("limit"), "{}", refused.message());
+    assert!(
+        recorder.seen().is_empty(),
+        "nothing reached the service: {:?}",
+        recorder.seen()
+    );
+}

@@ -107,6 +107,15 @@ Deployment template, so `helm install` and `helm template` stop here.
 */}}
 {{- define "ordermesh.validate" -}}
 {{- $v := .Values }}
+{{- if and $v.tls.enabled (ne $v.deploymentMode "Distributed") }}
+{{- fail "tls: mutual TLS is for Distributed mode; in SingleBinary mode the services talk over loopback and only the gateway listens beyond it" }}
+{{- end }}
+{{- if and $v.tls.enabled $v.tls.certManager.enabled (not $v.tls.certManager.issuerRef.name) }}
+{{- fail "tls: tls.certManager.enabled needs tls.certManager.issuerRef.name (a CA issuer that signs every process's certificate)" }}
+{{- end }}
+{{- if and $v.tls.enabled (has (int $v.tls.healthPort) (list (int $v.order.port) (int $v.inventory.port) (int $v.payment.port))) }}
+{{- fail (printf "tls: tls.healthPort (%v) must differ from the services' ports" $v.tls.healthPort) }}
+{{- end }}
 {{- if and $v.database.existingSecret (or $v.database.urls.order $v.database.urls.inventory $v.database.urls.payment) }}
 {{- fail "database: set either database.existingSecret or database.urls, not both" }}
 {{- end }}
@@ -238,6 +247,12 @@ sidecar.istio.io/inject: "true"
 {{- end }}
 {{- end }}
 
+{{/* The Secret with a process's certificate: ctx = dict "root" $ "target" NAME */}}
+{{- define "ordermesh.tlsSecret" -}}
+{{- $prefix := default (printf "%s-tls" (include "ordermesh.fullname" .root)) .root.Values.tls.secretPrefix -}}
+{{ $prefix }}-{{ .target }}
+{{- end }}
+
 {{/*
 The pod template shared by every Deployment.
 ctx = dict "root" $ "component" NAME "block" VALUES "args" LIST "env" YAML
@@ -351,6 +366,13 @@ spec:
           mountPath: /etc/ordermesh/jwks
           readOnly: true
         {{- end }}
+        {{- if .tlsSecret }}
+        # A directory mount, so a renewed certificate reaches the files
+        # (reloaded within seconds, no restart).
+        - name: tls
+          mountPath: /etc/ordermesh/tls
+          readOnly: true
+        {{- end }}
         # The root filesystem is read-only: the data directory (development
         # signing key, SQLite when no database URL is set) and /tmp are scratch.
         - name: data
@@ -370,6 +392,12 @@ spec:
         items:
           - key: {{ $v.auth.jwksSecret.key }}
             path: {{ $v.auth.jwksSecret.key }}
+    {{- end }}
+    {{- if .tlsSecret }}
+    - name: tls
+      secret:
+        secretName: {{ .tlsSecret }}
+        defaultMode: 0400
     {{- end }}
     - name: data
       emptyDir:
