@@ -423,6 +423,16 @@ pub struct GatewayArgs {
     /// Accept (and drop) JSON fields a request message does not have, instead of 400.
     #[arg(long, env = "ORDERMESH_GATEWAY_ALLOW_UNKNOWN_FIELDS")]
     pub gateway_allow_unknown_fields: bool,
+    /// Time (ms) a client has to send its first byte and each HTTP/1 request
+    /// head; also how long an idle keep-alive connection is kept.
+    #[arg(long, env = "ORDERMESH_GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = millis(gateway_default().connections.header_read_timeout))]
+    pub gateway_header_read_timeout_ms: u64,
+    /// Time (ms) a client has to send a whole REST request body (408 after).
+    #[arg(long, env = "ORDERMESH_GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = millis(gateway_default().connections.body_read_timeout))]
+    pub gateway_body_read_timeout_ms: u64,
+    /// Open connections one client address may hold.
+    #[arg(long, env = "ORDERMESH_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = gateway_default().connections.max_connections_per_address)]
+    pub gateway_max_connections_per_address: usize,
 }
 
 #[cfg(test)]

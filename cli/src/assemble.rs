@@ -326,6 +326,11 @@ fn gateway_config(plan: &Plan, mesh: MeshSettings) -> anyhow::Result<GatewayConf
     config.max_timeout = Duration::from_millis(args.gateway_max_timeout_ms);
     config.max_body_bytes = args.gateway_max_body_bytes;
     config.allow_unknown_fields = args.gateway_allow_unknown_fields;
+    config.connections = ordermesh_gateway::listen::ConnectionLimits {
+        header_read_timeout: Duration::from_millis(args.gateway_header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(args.gateway_body_read_timeout_ms),
+        max_connections_per_address: args.gateway_max_connections_per_address,
+    };
     config.mesh = mesh;
     Ok(config)
 }

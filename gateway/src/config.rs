@@ -33,11 +33,13 @@ pub struct GatewayConfig {
     pub default_timeout: Duration,
     /// Longest deadline a caller may ask for.
     pub max_timeout: Duration,
-    /// Largest accepted REST request body, in bytes (gRPC messages stream
-    /// through to the services, whose own limit applies).
+    /// Largest accepted REST request body, and gRPC or grpc-web request
+    /// message, in bytes.
     pub max_body_bytes: usize,
     /// Accept (and drop) JSON fields the request message does not have.
     pub allow_unknown_fields: bool,
+    /// Bounds on client connections: read timeouts, connections per address.
+    pub connections: crate::listen::ConnectionLimits,
     /// The mesh policy for the gateway's own downstream calls.
     pub mesh: ordermesh_runtime::server::MeshSettings,
 }
@@ -57,6 +59,7 @@ impl GatewayConfig {
             max_timeout: Duration::from_secs(60),
             max_body_bytes: 4 * 1024 * 1024,
             allow_unknown_fields: false,
+            connections: crate::listen::ConnectionLimits::DEFAULT,
             mesh: Default::default(),
         }
     }

@@ -120,6 +120,18 @@ impl EdgeError {
         }
     }
 
+    /// 408: the body did not arrive in time (a client trickling it).
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self {
+            status: tonic::Status::deadline_exceeded(format!(
+                "the request body did not arrive within {} ms",
+                limit.as_millis()
+            )),
+            http: Some(StatusCode::REQUEST_TIMEOUT),
+            allow: None,
+        }
+    }
+
     pub fn status(&self) -> &tonic::Status {
         &self.status
     }

@@ -24,6 +24,7 @@ pub mod fields;
 pub mod grpc;
 pub mod json;
 pub mod limit;
+pub mod listen;
 pub mod openapi;
 pub mod rest;
 pub mod rules;
@@ -53,6 +54,8 @@ pub struct Shared {
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub max_body_bytes: usize,
+    /// How long a REST request's body may take to arrive.
+    pub body_read_timeout: Duration,
     pub openapi: bytes::Bytes,
 }
 

@@ -53,8 +53,15 @@ async fn call(
     };
     let timeout = deadline(request.headers(), shared.default_timeout, shared.max_timeout)?;
     let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, shared.max_body_bytes).await else {
-        return Err(EdgeError::too_large(shared.max_body_bytes));
+    let body = match tokio::time::timeout(
+        shared.body_read_timeout,
+        axum::body::to_bytes(body, shared.max_body_bytes),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return Err(EdgeError::too_large(shared.max_body_bytes)),
+        Err(_) => return Err(EdgeError::body_timeout(shared.body_read_timeout)),
     };
     let message = json::request(binding, variables, parts.uri.query(), &body, shared.json)?;
     let grpc_request = outgoing(message, &parts.headers, &admitted, timeout);

@@ -5,7 +5,6 @@
 //! stream through and are bounded by the services' own message limit.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,7 @@ use crate::{Shared, grpc, rest, rules, sort_routes};
 /// A built gateway, ready to serve.
 pub struct Gateway {
     shared: Arc<Shared>,
+    connections: crate::listen::ConnectionLimits,
     cors: Vec<String>,
     reporter: tonic_health::server::HealthReporter,
 }
@@ -110,10 +110,12 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
         default_timeout: config.default_timeout,
         max_timeout: config.max_timeout,
         max_body_bytes: config.max_body_bytes,
+        body_read_timeout: config.connections.body_read_timeout,
         openapi: openapi.into(),
     });
     Ok(Gateway {
         shared,
+        connections: config.connections,
         cors: file.cors.origins,
         reporter,
     })
@@ -182,14 +184,7 @@ impl Gateway {
         let app = self.router();
         let local = listener.local_addr().ok();
         tracing::info!(service = "gateway", addr = ?local, "serving");
-        // TCP_NODELAY, as for the services: small gRPC frames must not wait
-        // for a delayed ACK.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let result = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = crate::listen::serve(listener, app, self.connections, shutdown).await;
         sweeper.abort();
         tracing::info!(service = "gateway", "stopped");
         result

@@ -27,15 +27,22 @@ impl Gateway {
     /// A gateway before `order`, `inventory` and `payment` (URLs), with the
     /// per-route config `file` (TOML) when given.
     pub async fn start(urls: [String; 3], file: Option<&str>) -> Gateway {
-        Self::start_with(urls, file, None).await
+        Self::start_with(
+            urls,
+            file,
+            None,
+            ordermesh_gateway::listen::ConnectionLimits::DEFAULT,
+        )
+        .await
     }
 
     /// [`Gateway::start`], connecting to the services over mutual TLS with
-    /// `tls` when given.
+    /// `tls` when given, and holding clients to `connections`.
     pub async fn start_with(
         urls: [String; 3],
         file: Option<&str>,
         tls: Option<std::sync::Arc<ordermesh_mesh::tls::MeshTls>>,
+        connections: ordermesh_gateway::listen::ConnectionLimits,
     ) -> Gateway {
         let keys = tempfile::tempdir().expect("tempdir");
         let file = file.map(|text| {
@@ -58,6 +65,7 @@ impl Gateway {
             max_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
             allow_unknown_fields: false,
+            connections,
             mesh: ordermesh_runtime::server::MeshSettings {
                 policy: crate::test_policy(),
                 tls,

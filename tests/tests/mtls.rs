@@ -326,7 +326,13 @@ async fn the_gateway_reaches_services_over_mutual_tls() {
     let payment = start_payment(dir.path()).await;
     let url = format!("http://{}", payment.addr);
     let tls = MeshTls::load(TlsFiles::in_dir(dir.path(), "gateway")).expect("gateway certs");
-    let gateway = Gateway::start_with([url.clone(), url.clone(), url], None, Some(tls)).await;
+    let gateway = Gateway::start_with(
+        [url.clone(), url.clone(), url],
+        None,
+        Some(tls),
+        ordermesh_gateway::listen::ConnectionLimits::DEFAULT,
+    )
+    .await;
     let alice = gateway.token("alice", &["payments:read"]);
     let bob = gateway.token("bob", &["payments:read"]);
     let get = |token: String| {
