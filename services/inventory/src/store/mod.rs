@@ -13,6 +13,9 @@
 //! - [`catalogue`]: items, seeding, adjustments, product updates,
 //!   availability.
 //! - [`reservations`]: reserve, commit, release, expiry.
+//! - [`stock`]: how a change touches stock rows (in SKU order, so two
+//!   transactions over the same SKUs cannot deadlock) and the movements
+//!   between a SKU's buckets.
 //! - [`events`]: the events each change writes in its own transaction
 //!   (StockReserved, StockCommitted, StockReleased, StockAdjusted, StockLow,
 //!   ProductUpdated).
@@ -38,6 +41,7 @@ pub mod alerts;
 mod catalogue;
 mod events;
 mod reservations;
+mod stock;
 
 use std::time::Duration;
 

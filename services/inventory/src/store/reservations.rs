@@ -16,33 +16,9 @@ use ordermesh_runtime::{clock, db};
 
 use ordermesh_events::Publisher;
 
+use super::stock::{Movement, lock_order};
 use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store, events};
 use crate::error::Error;
-
-/// How a reservation transition moves units between a SKU's buckets. The SQL
-/// is a fixed text per variant.
-#[derive(Debug, Clone, Copy)]
-enum Movement {
-    ReservedToAvailable,
-    ReservedToSold,
-    SoldToAvailable,
-}
-
-impl Movement {
-    fn sql(self) -> &'static str {
-        match self {
-            Movement::ReservedToAvailable => {
-                "UPDATE stock_items SET available = available + $1, reserved = reserved - $1, update_time = $2 WHERE sku = $3"
-            }
-            Movement::ReservedToSold => {
-                "UPDATE stock_items SET reserved = reserved - $1, sold = sold + $1, update_time = $2 WHERE sku = $3"
-            }
-            Movement::SoldToAvailable => {
-                "UPDATE stock_items SET available = available + $1, sold = sold - $1, update_time = $2 WHERE sku = $3"
-            }
-        }
-    }
-}
 
 /// Deadline bounds that match every reservation.
 const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
@@ -72,11 +48,9 @@ impl Store {
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
         let mut reserved = vec![None; lines.len()];
-        // Rows are locked in SKU order, so two orders naming the same SKUs in
-        // different orders cannot deadlock each other on PostgreSQL.
-        let mut by_sku: Vec<(usize, &Line)> = lines.iter().enumerate().collect();
-        by_sku.sort_by(|a, b| a.1.sku.cmp(&b.1.sku));
-        for (line_no, line) in by_sku {
+        // Stock rows in SKU order, as every path takes them (`stock`).
+        for line_no in lock_order(lines) {
+            let line = &lines[line_no];
             let taken = sqlx::query_as::<_, Taken>(
                 "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
                  WHERE sku = $3 AND available >= $1
@@ -435,7 +409,9 @@ async fn transition_in(
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    for line in &lines {
+    // Stock rows in SKU order, as every path takes them (`stock`); the
+    // reservation keeps its lines in line order.
+    for line in lock_order(&lines).into_iter().map(|i| &lines[i]) {
         sqlx::query(movement.sql())
             .bind(line.quantity)
             .bind(now)
