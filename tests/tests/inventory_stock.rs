@@ -1,9 +1,12 @@
-//! Inventory's stock rows under concurrency, through the store on both
-//! backends: transactions over the same SKUs never deadlock, whatever the
-//! order of their lines.
+//! Inventory's stock rows, through the store on both backends:
+//! transactions over the same SKUs never deadlock, whatever the order of
+//! their lines; stock hovering around its low-stock threshold publishes one
+//! StockLow per low episode, not one per order.
 
-use ordermesh_inventory::store::Line;
+use ordermesh_events::DomainEvent;
+use ordermesh_inventory::store::{Line, ProductUpdate};
 use ordermesh_inventory::{Config, SeedItem, Service};
+use ordermesh_proto::events::v1::StockLow;
 use ordermesh_tests::{Backend, both_backends, postgres_database};
 
 fn item(sku: &str, stock: i64, threshold: i64) -> SeedItem {
@@ -123,4 +126,112 @@ async fn opposite_line_orders_never_deadlock(backend: Backend) {
     drop(service);
 }
 
-both_backends!(opposite_line_orders_never_deadlock);
+/// StockLow rows the SKU's changes wrote to the outbox (sent or not).
+async fn stock_lows(service: &Service, sku: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE ce_type = $1 AND aggregate_id = $2")
+        .bind(StockLow::KIND.type_name)
+        .bind(sku)
+        .fetch_one(&service.store().db().read)
+        .await
+        .expect("count StockLow rows")
+}
+
+/// Stock 6, threshold 5: orders take 2 (down to 4, below) and give them
+/// back (up to 6) by release and by expiry, again and again. One StockLow
+/// (before hysteresis: one per order); a restock re-arms it, and the next
+/// take below alerts again.
+async fn stock_hovering_at_its_threshold_alerts_once_per_episode(backend: Backend) {
+    let Some((service, _dir)) = inventory(backend, vec![item("LOW", 6, 5)]).await else {
+        return;
+    };
+    let store = service.store();
+    let two = [Line {
+        sku: "LOW".into(),
+        quantity: 2,
+    }];
+    for i in 0..10 {
+        let order_id = format!("hover-{i}");
+        store.reserve(&order_id, &two).await.expect("reserve");
+        if i % 2 == 0 {
+            store.release(&order_id).await.expect("release");
+        } else {
+            // Given back by its deadline instead.
+            sqlx::query("UPDATE reservations SET expire_time = 0 WHERE order_id = $1")
+                .bind(&order_id)
+                .execute(&store.db().write)
+                .await
+                .expect("backdate the deadline");
+            assert!(
+                store.expire(&order_id).await.expect("expire"),
+                "{order_id} expires"
+            );
+        }
+    }
+    assert_eq!(store.item("LOW").await.expect("LOW").available, 6);
+    assert_eq!(
+        stock_lows(&service, "LOW").await,
+        1,
+        "one alert while stock hovers"
+    );
+    // A negative adjustment below is a take too: still the same episode.
+    store
+        .adjust("LOW", -3, "shrinkage", "adj-1")
+        .await
+        .expect("adjust");
+    store
+        .adjust("LOW", 1, "found one", "adj-2")
+        .await
+        .expect("adjust");
+    assert_eq!(stock_lows(&service, "LOW").await, 1, "still low, already alerted");
+    // A restock above the threshold re-arms; the next take below alerts.
+    store.adjust("LOW", 10, "restock", "adj-3").await.expect("adjust");
+    let big = [Line {
+        sku: "LOW".into(),
+        quantity: 12,
+    }];
+    store.reserve("after-restock", &big).await.expect("reserve");
+    assert_eq!(
+        stock_lows(&service, "LOW").await,
+        2,
+        "a new episode after the restock"
+    );
+    // Lowering the threshold under the stock re-arms too; raising it again
+    // alerts at the next take.
+    store
+        .update_product(
+            "LOW",
+            &ProductUpdate {
+                low_stock_threshold: Some(2),
+                ..ProductUpdate::default()
+            },
+        )
+        .await
+        .expect("lower the threshold");
+    store
+        .update_product(
+            "LOW",
+            &ProductUpdate {
+                low_stock_threshold: Some(5),
+                ..ProductUpdate::default()
+            },
+        )
+        .await
+        .expect("raise the threshold");
+    assert_eq!(
+        stock_lows(&service, "LOW").await,
+        2,
+        "a threshold change never alerts by itself"
+    );
+    store.reserve("after-threshold", &two[..]).await.expect("reserve");
+    assert_eq!(
+        stock_lows(&service, "LOW").await,
+        3,
+        "armed by the lowered threshold"
+    );
+    drop(service);
+}
+
+both_backends!(
+    opposite_line_orders_never_deadlock,
+    stock_hovering_at_its_threshold_alerts_once_per_episode
+);

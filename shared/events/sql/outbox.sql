@@ -17,3 +17,5 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (created_us, aggregate_seq, event_id) WHERE sent_us IS NULL;
 CREATE INDEX outbox_sent ON outbox (sent_us) WHERE sent_us IS NOT NULL;
+-- The insert's look-up of the aggregate's latest created_us (src/outbox.rs).
+CREATE INDEX outbox_aggregate_created ON outbox (aggregate_id, created_us);

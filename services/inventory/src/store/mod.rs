@@ -19,6 +19,8 @@
 //! - [`events`]: the events each change writes in its own transaction
 //!   (StockReserved, StockCommitted, StockReleased, StockAdjusted, StockLow,
 //!   ProductUpdated).
+//! - [`low_stock`]: when a stock change publishes StockLow (once per low
+//!   episode, with hysteresis): the rule, a pure function.
 //! - [`alerts`]: restock alerts recorded from StockLow events.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
@@ -40,6 +42,7 @@ macro_rules! reservation_columns {
 pub mod alerts;
 mod catalogue;
 mod events;
+mod low_stock;
 mod reservations;
 mod stock;
 
@@ -66,7 +69,8 @@ pub struct Item {
     pub sold: i64,
     pub create_time: i64,
     pub update_time: i64,
-    /// StockLow is published when `available` falls below this (0: never).
+    /// StockLow is published when `available` falls below this (0: never),
+    /// once until a restock re-arms it (see `store::low_stock`).
     pub low_stock_threshold: i64,
 }
 

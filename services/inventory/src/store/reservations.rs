@@ -16,7 +16,8 @@ use ordermesh_runtime::{clock, db};
 
 use ordermesh_events::Publisher;
 
-use super::stock::{Movement, lock_order};
+use super::low_stock::Change;
+use super::stock::{self, Movement, lock_order};
 use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store, events};
 use crate::error::Error;
 
@@ -30,6 +31,7 @@ struct Taken {
     currency_code: String,
     available: i64,
     low_stock_threshold: i64,
+    low_alerted: i64,
 }
 
 impl Store {
@@ -48,13 +50,14 @@ impl Store {
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
         let mut reserved = vec![None; lines.len()];
+        let mut lows: Vec<(&Line, Taken)> = Vec::new();
         // Stock rows in SKU order, as every path takes them (`stock`).
         for line_no in lock_order(lines) {
             let line = &lines[line_no];
             let taken = sqlx::query_as::<_, Taken>(
                 "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
                  WHERE sku = $3 AND available >= $1
-                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold",
+                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold, low_alerted",
             )
             .bind(line.quantity)
             .bind(now)
@@ -111,6 +114,17 @@ impl Store {
                 )));
             };
             total = line_total;
+            // On the row just locked (a failing later line rolls this back).
+            let low = stock::low_stock(
+                &mut tx,
+                &line.sku,
+                (taken.low_alerted != 0, taken.available, taken.low_stock_threshold),
+                Change::Taken,
+            )
+            .await?;
+            if low {
+                lows.push((line, taken.clone()));
+            }
             reserved[line_no] = Some((line, taken));
         }
         let currency = currency.unwrap_or_default();
@@ -143,14 +157,6 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let mut reserved_lines = Vec::with_capacity(lines.len());
-        let lows: Vec<(&Line, Taken)> = reserved
-            .iter()
-            .flatten()
-            .filter(|(line, taken)| {
-                events::crossed_low(taken.available, line.quantity, taken.low_stock_threshold)
-            })
-            .cloned()
-            .collect();
         for (line_no, (line, taken)) in reserved.into_iter().flatten().enumerate() {
             sqlx::query(
                 "INSERT INTO reservation_lines (order_id, line_no, sku, quantity, unit_price_minor, currency_code)

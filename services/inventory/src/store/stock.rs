@@ -13,8 +13,16 @@
 //! and `reservation_lines` is keyed by order and SKU), so there is nothing
 //! to merge. SQLite has one writer at a time and cannot deadlock; the order
 //! is the same there.
+//!
+//! A SKU's low-stock state ([`super::low_stock`]) lives on its stock row
+//! and is written by [`low_stock`] right after the row's update, under the
+//! lock that update took: no other lock, and no other order.
 
+use sqlx::AnyConnection;
+
+use super::low_stock::{Change, decide};
 use super::{Line, ReservedLine};
+use crate::error::Error;
 
 /// The indexes of `lines` in the order their stock rows are updated: by
 /// SKU (stable, so equal SKUs keep their order).
@@ -64,6 +72,27 @@ impl Movement {
             }
         }
     }
+}
+
+/// Applies the low-stock rule to a SKU whose stock row this transaction
+/// has just updated (`alerted`: the row's `low_alerted` as that update
+/// returned it; `available`, `threshold`: the row afterwards). Stores the
+/// SKU's new state when it changed; returns whether to publish StockLow.
+pub(super) async fn low_stock(
+    conn: &mut AnyConnection,
+    sku: &str,
+    (alerted, available, threshold): (bool, i64, i64),
+    change: Change,
+) -> Result<bool, Error> {
+    let decision = decide(alerted, available, threshold, change);
+    if decision.alerted != alerted {
+        sqlx::query("UPDATE stock_items SET low_alerted = $1 WHERE sku = $2")
+            .bind(i64::from(decision.alerted))
+            .bind(sku)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(decision.alert)
 }
 
 #[cfg(test)]
