@@ -15,6 +15,9 @@
 //! - Order per aggregate: a batch is published in waves (the first pending
 //!   row of every aggregate, then the second, ...); after a failed wave the
 //!   batch stops, so no later row of an aggregate overtakes an earlier one.
+//!   Nor across batches: a read never returns a row whose predecessor is
+//!   pending but not in the read, even when the predecessor's transaction
+//!   committed after rows with later keys ([`pending`]).
 //! - A row is marked sent only after the publish ack. A crash after the ack
 //!   but before the mark re-publishes the row, and JetStream's duplicate
 //!   window (message id = event id) stores it once; so a deferred mark costs
@@ -39,9 +42,8 @@ use crate::bus::Bus;
 use crate::envelope::now_micros;
 use crate::error::Error;
 use crate::outbox::Notifier;
-use rounds::Rounds;
 
-pub use rounds::relay_batch;
+pub use rounds::{Rounds, relay_batch};
 
 /// How the relay works.
 #[derive(Debug, Clone)]

@@ -7,8 +7,11 @@
 //! starts after the previous batch's last key instead of from the start, so
 //! the backlog is not re-read; once caught up, the next read starts from the
 //! beginning again, which also finds rows that committed late with an
-//! earlier `created_us` (another aggregate's: one aggregate's rows are never
-//! committed out of order).
+//! earlier `created_us`. A row that committed late behind the cursor may
+//! have a successor in its aggregate ahead of it: the read after the key
+//! holds such successors back until that read from the start
+//! ([`super::pending::SELECT_PENDING_AFTER`]), so an aggregate's rows go out
+//! in order whatever the order their transactions committed in.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -28,7 +31,10 @@ type Key = (i64, i64, String);
 /// A mark-sent write in flight and the rows it marks.
 type Mark = (JoinHandle<Result<(), Error>>, Vec<Key>);
 
-pub(super) struct Rounds {
+/// A relay's state from round to round (its cursor, the rows published and
+/// not yet marked, the mark in flight): [`super::Relay`] runs it in a loop;
+/// tools and tests can step it by hand.
+pub struct Rounds {
     pool: AnyPool,
     bus: Bus,
     limit: usize,
@@ -43,7 +49,9 @@ pub(super) struct Rounds {
 }
 
 impl Rounds {
-    pub(super) fn new(pool: AnyPool, bus: Bus, limit: usize, mark_interval: Duration) -> Self {
+    /// Rounds of up to `limit` rows from `pool`'s outbox to `bus`, marking
+    /// acked rows sent at most every `mark_interval` (or per full batch).
+    pub fn new(pool: AnyPool, bus: Bus, limit: usize, mark_interval: Duration) -> Self {
         Self {
             pool,
             bus,
@@ -64,7 +72,7 @@ impl Rounds {
 
     /// Collects a finished mark and starts the next one when due (`force`:
     /// now, and wait for it; a few tries, since the database may be down).
-    pub(super) async fn flush_marks(&mut self, force: bool) {
+    pub async fn flush_marks(&mut self, force: bool) {
         for _ in 0..3 {
             if let Some((task, ids)) = self.marking.take() {
                 if !force && !task.is_finished() {
@@ -102,7 +110,7 @@ impl Rounds {
 
     /// Reads, publishes and queues marks; returns how many rows it read (a
     /// full batch means more are waiting).
-    pub(super) async fn round(&mut self) -> Result<usize, Error> {
+    pub async fn round(&mut self) -> Result<usize, Error> {
         let result = self.publish_batch().await;
         if !matches!(result, Ok(n) if n >= self.limit) {
             self.after = None; // caught up or failed: from the start next time
