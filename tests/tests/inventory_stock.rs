@@ -1,7 +1,8 @@
 //! Inventory's stock rows, through the store on both backends:
 //! transactions over the same SKUs never deadlock, whatever the order of
 //! their lines; stock hovering around its low-stock threshold publishes one
-//! StockLow per low episode, not one per order.
+//! StockLow per low episode, not one per order; a SKU's events carry
+//! occurrence times that never run backwards.
 
 use ordermesh_events::DomainEvent;
 use ordermesh_inventory::store::{Line, ProductUpdate};
@@ -231,7 +232,59 @@ async fn stock_hovering_at_its_threshold_alerts_once_per_episode(backend: Backen
     drop(service);
 }
 
+/// Many concurrent adjustments of one SKU (each reads the clock before it
+/// waits for the SKU's row): its events, in their order in the aggregate,
+/// have non-decreasing occurrence times (`ce-time`, and the payload's
+/// `occur_time`, which it is taken from), as does the row's `update_time`.
+async fn a_skus_event_times_never_run_backwards(backend: Backend) {
+    let Some((service, _dir)) = inventory(backend, vec![item("HOT", 1_000, 0)]).await else {
+        return;
+    };
+    let store = service.store().clone();
+    const ADJUSTMENTS: usize = 300;
+    let tasks: Vec<_> = (0..ADJUSTMENTS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let delta = if i % 2 == 0 { 1 } else { -1 };
+                store.adjust("HOT", delta, "count", &format!("adj-{i}")).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("adjust");
+    }
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT aggregate_seq, occur_us FROM outbox WHERE aggregate_id = $1 ORDER BY aggregate_seq",
+    )
+    .bind("HOT")
+    .fetch_all(&store.db().read)
+    .await
+    .expect("outbox rows");
+    assert_eq!(rows.len(), ADJUSTMENTS, "one StockAdjusted each");
+    let backwards: Vec<_> = rows
+        .windows(2)
+        .filter(|pair| pair[1].1 < pair[0].1)
+        .map(|pair| (pair[0], pair[1]))
+        .collect();
+    assert!(
+        backwards.is_empty(),
+        "{} of {} consecutive events go back in time, first (seq, occur_us): {:?}",
+        backwards.len(),
+        ADJUSTMENTS - 1,
+        backwards.first()
+    );
+    let last = rows.last().expect("rows").1;
+    assert_eq!(
+        store.item("HOT").await.expect("HOT").update_time,
+        last,
+        "the row's time is the last event's"
+    );
+    drop(service);
+}
+
 both_backends!(
     opposite_line_orders_never_deadlock,
-    stock_hovering_at_its_threshold_alerts_once_per_episode
+    stock_hovering_at_its_threshold_alerts_once_per_episode,
+    a_skus_event_times_never_run_backwards
 );

@@ -118,7 +118,7 @@ impl Store {
             }
         }
         let updated = sqlx::query_as::<_, Updated>(concat!(
-            "UPDATE stock_items SET available = available + $1, update_time = $2
+            "UPDATE stock_items SET available = available + $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
              WHERE sku = $3 AND available + $1 >= 0 RETURNING low_alerted, ",
             item_columns!()
         ))
@@ -160,7 +160,7 @@ impl Store {
         let mut tx = self.db.write.begin().await?;
         let updated = sqlx::query_as::<_, Updated>(concat!(
             "UPDATE stock_items SET name = COALESCE($1, name), unit_price_minor = COALESCE($2, unit_price_minor),
-                low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = $4
+                low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = CASE WHEN update_time > $4 THEN update_time ELSE $4 END
              WHERE sku = $5 AND ($6 = '' OR currency_code = $6) RETURNING low_alerted, ",
             item_columns!()
         ))

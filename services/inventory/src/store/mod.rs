@@ -7,6 +7,14 @@
 //! written back across an await. Every write transaction begins with a write,
 //! so it takes the write lock at once instead of upgrading a read lock.
 //!
+//! A row's `update_time` never goes back: each update sets it to the later
+//! of its previous value and the caller's clock, under the row's lock. The
+//! clock is read before the lock is taken, so concurrent changes of one SKU
+//! would otherwise stamp it out of order; the events of a SKU (StockAdjusted,
+//! StockLow, ProductUpdated) and of a reservation take their occurrence time
+//! from the row as updated, so within an aggregate it follows the order of
+//! the events.
+//!
 //! # Layout
 //! - this module: the stored types (typed rows read with `FromRow`; enums
 //!   stored as text and bound from their definitions).

@@ -32,6 +32,8 @@ struct Taken {
     available: i64,
     low_stock_threshold: i64,
     low_alerted: i64,
+    /// The row's time after the take (never before its previous one).
+    update_time: i64,
 }
 
 impl Store {
@@ -55,9 +57,9 @@ impl Store {
         for line_no in lock_order(lines) {
             let line = &lines[line_no];
             let taken = sqlx::query_as::<_, Taken>(
-                "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
+                "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
                  WHERE sku = $3 AND available >= $1
-                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold, low_alerted",
+                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold, low_alerted, update_time",
             )
             .bind(line.quantity)
             .bind(now)
@@ -193,7 +195,7 @@ impl Store {
                 &mut tx,
                 (&line.sku, taken.available, taken.low_stock_threshold),
                 order_id,
-                now,
+                taken.update_time,
             )
             .await?;
         }
@@ -394,7 +396,7 @@ async fn transition_in(
 ) -> Result<Option<Reservation>, Error> {
     let now = clock::now_micros();
     let moved = sqlx::query_as::<_, ReservationRow>(concat!(
-        "UPDATE reservations SET status = $1, update_time = $2
+        "UPDATE reservations SET status = $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
          WHERE order_id = $3 AND status = $4 AND expire_time > $5 AND expire_time <= $6 RETURNING ",
         reservation_columns!()
     ))

@@ -62,13 +62,13 @@ impl Movement {
     pub(super) fn sql(self) -> &'static str {
         match self {
             Movement::ReservedToAvailable => {
-                "UPDATE stock_items SET available = available + $1, reserved = reserved - $1, update_time = $2 WHERE sku = $3"
+                "UPDATE stock_items SET available = available + $1, reserved = reserved - $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END WHERE sku = $3"
             }
             Movement::ReservedToSold => {
-                "UPDATE stock_items SET reserved = reserved - $1, sold = sold + $1, update_time = $2 WHERE sku = $3"
+                "UPDATE stock_items SET reserved = reserved - $1, sold = sold + $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END WHERE sku = $3"
             }
             Movement::SoldToAvailable => {
-                "UPDATE stock_items SET available = available + $1, sold = sold - $1, update_time = $2 WHERE sku = $3"
+                "UPDATE stock_items SET available = available + $1, sold = sold - $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END WHERE sku = $3"
             }
         }
     }
