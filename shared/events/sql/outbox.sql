@@ -13,6 +13,8 @@ CREATE TABLE outbox (
     occur_us      BIGINT NOT NULL,
     created_us    BIGINT NOT NULL,
     sent_us       BIGINT,
+    -- When a relay first tried to publish the row (src/relay/republish.rs).
+    attempted_us  BIGINT,
     UNIQUE (aggregate_id, aggregate_seq)
 );
 CREATE INDEX outbox_pending ON outbox (created_us, aggregate_seq, event_id) WHERE sent_us IS NULL;

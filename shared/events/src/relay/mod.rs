@@ -21,7 +21,10 @@
 //! - A row is marked sent only after the publish ack. A crash after the ack
 //!   but before the mark re-publishes the row, and JetStream's duplicate
 //!   window (message id = event id) stores it once; so a deferred mark costs
-//!   at most a re-publish, never a loss.
+//!   at most a re-publish, never a loss. Beyond the window (an outage, a
+//!   relay down for minutes), the relay looks the message up in the stream
+//!   before publishing it again ([`republish`]): each row's first attempt
+//!   is recorded (one write per round, with the round's new rows) for that.
 //! - While the bus is down, publishing fails and the relay backs off
 //!   exponentially (up to `max_backoff`), then catches up in full batches.
 //!
@@ -30,6 +33,7 @@
 //! work.
 
 mod pending;
+mod republish;
 mod rounds;
 
 use std::time::Duration;

@@ -14,7 +14,7 @@ use crate::error::Error;
 /// commit before them), and their keys are smaller (`created_us` never
 /// decreases within an aggregate).
 pub(super) const SELECT_PENDING: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
-     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox WHERE sent_us IS NULL \
+     payload, occur_us, aggregate_id, aggregate_seq, created_us, attempted_us FROM outbox WHERE sent_us IS NULL \
      ORDER BY created_us, aggregate_seq, event_id LIMIT $1";
 
 /// Pending rows in publishing order after a key (`$2, $3, $4`), without
@@ -30,7 +30,7 @@ pub(super) const SELECT_PENDING: &str = "SELECT event_id, topic, ce_type, ce_sou
 /// holds a row back too, until that read from the start: later, never out
 /// of order. `outbox_pending_aggregate` serves the look-up.
 pub(super) const SELECT_PENDING_AFTER: &str = "SELECT event_id, topic, ce_type, ce_source, ce_subject, traceparent, \
-     payload, occur_us, aggregate_id, aggregate_seq, created_us FROM outbox o WHERE sent_us IS NULL \
+     payload, occur_us, aggregate_id, aggregate_seq, created_us, attempted_us FROM outbox o WHERE sent_us IS NULL \
      AND (created_us, aggregate_seq, event_id) > ($2, $3, $4) \
      AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.aggregate_id = o.aggregate_id AND p.sent_us IS NULL \
      AND p.aggregate_seq < o.aggregate_seq AND (p.created_us, p.aggregate_seq, p.event_id) <= ($2, $3, $4)) \
@@ -42,6 +42,8 @@ pub(super) struct Pending {
     pub aggregate_id: String,
     pub aggregate_seq: i64,
     pub created_us: i64,
+    /// When a relay first tried to publish it (`None`: never).
+    pub attempted_us: Option<i64>,
 }
 
 /// Turns a row of [`SELECT_PENDING`] back into the event and its position.
@@ -67,5 +69,6 @@ pub(super) fn pending_of_row(row: &sqlx::any::AnyRow) -> Result<Pending, Error> 
         aggregate_id: row.try_get("aggregate_id")?,
         aggregate_seq: row.try_get("aggregate_seq")?,
         created_us: row.try_get("created_us")?,
+        attempted_us: row.try_get("attempted_us")?,
     })
 }

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::pending::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
+use super::republish;
 use crate::bus::Bus;
 use crate::envelope::{Event, now_micros};
 use crate::error::Error;
@@ -144,6 +145,9 @@ impl Rounds {
         let mut waves: Vec<Vec<Event>> = Vec::new();
         let mut keys: HashMap<String, Key> = HashMap::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
+        // First attempts of rows tried before; rows tried now for the first time.
+        let mut attempted: HashMap<String, i64> = HashMap::new();
+        let mut first_tries: Vec<Key> = Vec::new();
         let mut read = 0;
         for row in &rows {
             let pending = pending_of_row(row)?;
@@ -164,20 +168,55 @@ impl Rounds {
                 pending.event.id.clone(),
             );
             self.after = Some(key.clone());
+            match pending.attempted_us {
+                Some(at) => {
+                    attempted.insert(pending.event.id.clone(), at);
+                }
+                None => first_tries.push(key.clone()),
+            }
             keys.insert(pending.event.id.clone(), key);
             waves[*wave].push(pending.event);
             *wave += 1;
         }
+        // Recorded before the publish: an ack may be lost, the row is then
+        // stored although it stays pending (`republish`).
+        let now = now_micros();
+        update_rows(&self.pool, SET_ATTEMPTED, &first_tries, now).await?;
+        let window = self.bus.settings().streams.duplicate_window;
         let mut failure = None;
         for wave in &waves {
-            for (event, result) in wave.iter().zip(self.bus.publish_all(wave).await) {
-                match result {
-                    Ok(_) => {
-                        if let Some(key) = keys.remove(&event.id) {
-                            self.excluded.insert(event.id.clone());
-                            self.unmarked.push(key);
-                        }
+            let mut publish = Vec::with_capacity(wave.len());
+            for event in wave {
+                let Some(&at) = attempted.get(&event.id) else {
+                    publish.push(event.clone());
+                    continue;
+                };
+                if !republish::must_look_up(Some(at), now, window) {
+                    publish.push(event.clone());
+                    continue;
+                }
+                match self
+                    .bus
+                    .stored_since(event, republish::look_up_since(at, window))
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(event_id = %event.id, "outbox row already in its stream; marked sent");
+                        self.acked(&mut keys, event);
                     }
+                    Ok(false) => publish.push(event.clone()),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            for (event, result) in publish.iter().zip(self.bus.publish_all(&publish).await) {
+                match result {
+                    Ok(_) => self.acked(&mut keys, event),
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
@@ -192,6 +231,17 @@ impl Rounds {
     }
 }
 
+impl Rounds {
+    /// Remembers a row the stream holds (acked now, or found stored) for
+    /// the next mark.
+    fn acked(&mut self, keys: &mut HashMap<String, Key>, event: &Event) {
+        if let Some(key) = keys.remove(&event.id) {
+            self.excluded.insert(event.id.clone());
+            self.unmarked.push(key);
+        }
+    }
+}
+
 /// One round without deferral (for tools and tests): reads up to `limit`
 /// pending rows, publishes them, marks the acked ones sent before returning.
 pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usize, Error> {
@@ -201,10 +251,22 @@ pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usiz
     result
 }
 
-/// Marks rows sent. The key range lets both databases find the rows
-/// through the pending-rows index instead of scanning the table for the
-/// `IN` list (PostgreSQL picks a sequential scan for a long list).
+/// Marks rows sent.
+const SET_SENT: &str = "UPDATE outbox SET sent_us = $1 WHERE sent_us IS NULL";
+
+/// Records a first attempt to publish rows.
+const SET_ATTEMPTED: &str =
+    "UPDATE outbox SET attempted_us = $1 WHERE sent_us IS NULL AND attempted_us IS NULL";
+
 async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
+    update_rows(pool, SET_SENT, keys, now_micros()).await
+}
+
+/// Runs `update` (which sets a column to `$1` on pending rows) on the rows
+/// of `keys`. The key range lets both databases find the rows through the
+/// pending-rows index instead of scanning the table for the `IN` list
+/// (PostgreSQL picks a sequential scan for a long list).
+async fn update_rows(pool: &AnyPool, update: &'static str, keys: &[Key], value: i64) -> Result<(), Error> {
     let mut keys = keys.to_vec();
     keys.sort();
     // Bounded statements: PostgreSQL allows 65,535 parameters.
@@ -214,7 +276,7 @@ async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
         };
         let placeholders: Vec<String> = (8..chunk.len() + 8).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "UPDATE outbox SET sent_us = $1 WHERE sent_us IS NULL \
+            "{update} \
              AND (created_us, aggregate_seq, event_id) >= ($2, $3, $4) \
              AND (created_us, aggregate_seq, event_id) <= ($5, $6, $7) \
              AND event_id IN ({})",
@@ -225,7 +287,7 @@ async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
         // cache that the service's own statements need.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(false)
-            .bind(now_micros())
+            .bind(value)
             .bind(lo.0)
             .bind(lo.1)
             .bind(&lo.2)
