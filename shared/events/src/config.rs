@@ -26,7 +26,8 @@ pub struct StreamSettings {
     /// Messages older than this are removed (zero keeps them forever).
     pub max_age: Duration,
     /// A re-publish with the same message id within this window is stored
-    /// once. Must outlast the relay's longest retry of one row.
+    /// once. Beyond half of it, the relay looks a row's message up in the
+    /// stream before publishing it again (`relay::republish`).
     pub duplicate_window: Duration,
     /// Most messages per stream (0: no limit). The in-process broker always
     /// caps (at 10,000 when 0) since it keeps messages in memory: enough for a

@@ -39,11 +39,16 @@ use crate::kind::DomainEvent;
 /// consumers.
 pub const DDL: &str = include_str!("../sql/outbox.sql");
 
+/// Each look-up at the aggregate's rows is a subquery of its own with one
+/// `MAX`, so both databases answer it from an index (the unique
+/// (`aggregate_id`, `aggregate_seq`) key, `outbox_aggregate_created`) with
+/// one probe, however many rows the aggregate has (SQLite optimizes a lone
+/// `MAX` only; two in one query visited every row of the aggregate).
 const INSERT: &str = "INSERT INTO outbox (event_id, aggregate_id, aggregate_seq, topic, ce_type, ce_source, \
      ce_subject, traceparent, payload, occur_us, created_us) \
-     SELECT $1, $2, COALESCE(MAX(aggregate_seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, \
-     CASE WHEN MAX(created_us) > $10 THEN MAX(created_us) ELSE $10 END \
-     FROM outbox WHERE aggregate_id = $2";
+     SELECT $1, $2, COALESCE((SELECT MAX(aggregate_seq) FROM outbox WHERE aggregate_id = $2), 0) + 1, \
+     $3, $4, $5, $6, $7, $8, $9, \
+     COALESCE((SELECT MAX(created_us) FROM outbox WHERE aggregate_id = $2 AND created_us > $10), $10)";
 
 /// Writes events of one service (its `ce-source`) into its outbox.
 #[derive(Debug, Clone)]

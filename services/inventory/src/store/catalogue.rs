@@ -5,8 +5,18 @@ use std::collections::HashMap;
 
 use ordermesh_runtime::{clock, db};
 
-use super::{Item, SeedItem, Store, events};
+use super::low_stock::Change;
+use super::{Item, SeedItem, Store, events, stock};
 use crate::error::Error;
+
+/// A stock row as an update left it, with its low-stock state (as it was
+/// before: the update does not write it).
+#[derive(sqlx::FromRow)]
+struct Updated {
+    #[sqlx(flatten)]
+    item: Item,
+    low_alerted: i64,
+}
 
 /// What UpdateProduct changes: each field when set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,9 +117,9 @@ impl Store {
                 };
             }
         }
-        let updated = sqlx::query_as::<_, Item>(concat!(
-            "UPDATE stock_items SET available = available + $1, update_time = $2
-             WHERE sku = $3 AND available + $1 >= 0 RETURNING ",
+        let updated = sqlx::query_as::<_, Updated>(concat!(
+            "UPDATE stock_items SET available = available + $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
+             WHERE sku = $3 AND available + $1 >= 0 RETURNING low_alerted, ",
             item_columns!()
         ))
         .bind(delta)
@@ -117,7 +127,7 @@ impl Store {
         .bind(sku)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(item) = updated else {
+        let Some(Updated { item, low_alerted }) = updated else {
             tx.rollback().await?;
             self.item(sku).await?;
             return Err(Error::StockBelowZero {
@@ -125,7 +135,19 @@ impl Store {
                 delta,
             });
         };
-        events::adjusted(&self.events, &mut tx, &item, (delta, request_id)).await?;
+        let change = if delta < 0 {
+            Change::Taken
+        } else {
+            Change::Restocked
+        };
+        let low = stock::low_stock(
+            &mut tx,
+            sku,
+            (low_alerted != 0, item.available, item.low_stock_threshold),
+            change,
+        )
+        .await?;
+        events::adjusted(&self.events, &mut tx, &item, (delta, request_id), low).await?;
         tx.commit().await?;
         self.events.committed();
         Ok(item)
@@ -136,10 +158,10 @@ impl Store {
     /// ProductUpdated. Reservations already made keep their price.
     pub async fn update_product(&self, sku: &str, update: &ProductUpdate) -> Result<Item, Error> {
         let mut tx = self.db.write.begin().await?;
-        let updated = sqlx::query_as::<_, Item>(concat!(
+        let updated = sqlx::query_as::<_, Updated>(concat!(
             "UPDATE stock_items SET name = COALESCE($1, name), unit_price_minor = COALESCE($2, unit_price_minor),
-                low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = $4
-             WHERE sku = $5 AND ($6 = '' OR currency_code = $6) RETURNING ",
+                low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = CASE WHEN update_time > $4 THEN update_time ELSE $4 END
+             WHERE sku = $5 AND ($6 = '' OR currency_code = $6) RETURNING low_alerted, ",
             item_columns!()
         ))
         .bind(update.name.as_deref())
@@ -150,7 +172,7 @@ impl Store {
         .bind(update.unit_price.as_ref().map_or("", |(_, currency)| currency.as_str()))
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(item) = updated else {
+        let Some(Updated { item, low_alerted }) = updated else {
             tx.rollback().await?;
             let current = self.item(sku).await?;
             return Err(Error::CurrencyMismatch {
@@ -163,6 +185,16 @@ impl Store {
                     .unwrap_or_default(),
             });
         };
+        if update.low_stock_threshold.is_some() {
+            // A new threshold may re-arm the alert; it never alerts itself.
+            stock::low_stock(
+                &mut tx,
+                sku,
+                (low_alerted != 0, item.available, item.low_stock_threshold),
+                Change::ThresholdSet,
+            )
+            .await?;
+        }
         events::product_updated(&self.events, &mut tx, &item).await?;
         tx.commit().await?;
         self.events.committed();

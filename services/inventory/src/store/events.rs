@@ -2,9 +2,9 @@
 //! written in the change's own transaction (the outbox; see
 //! `ordermesh_events::outbox`).
 //!
-//! StockLow fires when a change takes a SKU's available stock from at or
-//! above its threshold to below it: one alert per crossing, not one per
-//! order while stock stays low.
+//! Whether a change publishes StockLow is decided by the store
+//! ([`super::low_stock`]: once per low episode, with hysteresis); these
+//! functions only build and write the events.
 
 use sqlx::AnyConnection;
 
@@ -77,14 +77,8 @@ pub(super) async fn reservation_changed(
     Ok(())
 }
 
-/// True when taking `taken` units left `available` below `threshold` from
-/// at or above it.
-pub(super) fn crossed_low(available: i64, taken: i64, threshold: i64) -> bool {
-    threshold > 0 && available < threshold && available.saturating_add(taken) >= threshold
-}
-
-/// StockLow for a SKU that just crossed its threshold (`order_id` empty
-/// for an adjustment).
+/// StockLow for a SKU that the low-stock rule says alerts now (`order_id`
+/// empty for an adjustment).
 pub(super) async fn stock_low(
     events: &Publisher,
     conn: &mut AnyConnection,
@@ -112,6 +106,7 @@ pub(super) async fn adjusted(
     conn: &mut AnyConnection,
     item: &Item,
     (delta, request_id): (i64, &str),
+    low: bool,
 ) -> Result<(), Error> {
     events
         .add(
@@ -125,7 +120,7 @@ pub(super) async fn adjusted(
             },
         )
         .await?;
-    if crossed_low(item.available, -delta, item.low_stock_threshold) {
+    if low {
         stock_low(
             events,
             conn,
@@ -155,21 +150,4 @@ pub(super) async fn product_updated(
         )
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::crossed_low;
-
-    #[test]
-    fn stock_low_fires_once_per_crossing() {
-        // Threshold 5: from 6 to 4 crosses; from 4 to 3 does not (already low).
-        assert!(crossed_low(4, 2, 5));
-        assert!(crossed_low(4, 1, 5), "from exactly 5 to 4");
-        assert!(!crossed_low(3, 1, 5), "already below");
-        assert!(!crossed_low(5, 1, 5), "still at the threshold");
-        assert!(!crossed_low(0, 1, 0), "threshold 0: never");
-        // A restock (negative take) never crosses downwards.
-        assert!(!crossed_low(10, -6, 5));
-    }
 }

@@ -7,15 +7,28 @@
 //! written back across an await. Every write transaction begins with a write,
 //! so it takes the write lock at once instead of upgrading a read lock.
 //!
+//! A row's `update_time` never goes back: each update sets it to the later
+//! of its previous value and the caller's clock, under the row's lock. The
+//! clock is read before the lock is taken, so concurrent changes of one SKU
+//! would otherwise stamp it out of order; the events of a SKU (StockAdjusted,
+//! StockLow, ProductUpdated) and of a reservation take their occurrence time
+//! from the row as updated, so within an aggregate it follows the order of
+//! the events.
+//!
 //! # Layout
 //! - this module: the stored types (typed rows read with `FromRow`; enums
 //!   stored as text and bound from their definitions).
 //! - [`catalogue`]: items, seeding, adjustments, product updates,
 //!   availability.
 //! - [`reservations`]: reserve, commit, release, expiry.
+//! - [`stock`]: how a change touches stock rows (in SKU order, so two
+//!   transactions over the same SKUs cannot deadlock) and the movements
+//!   between a SKU's buckets.
 //! - [`events`]: the events each change writes in its own transaction
 //!   (StockReserved, StockCommitted, StockReleased, StockAdjusted, StockLow,
 //!   ProductUpdated).
+//! - [`low_stock`]: when a stock change publishes StockLow (once per low
+//!   episode, with hysteresis): the rule, a pure function.
 //! - [`alerts`]: restock alerts recorded from StockLow events.
 
 // Column lists are macros so that queries are `concat!`ed at compile time
@@ -37,7 +50,9 @@ macro_rules! reservation_columns {
 pub mod alerts;
 mod catalogue;
 mod events;
+mod low_stock;
 mod reservations;
+mod stock;
 
 use std::time::Duration;
 
@@ -62,7 +77,8 @@ pub struct Item {
     pub sold: i64,
     pub create_time: i64,
     pub update_time: i64,
-    /// StockLow is published when `available` falls below this (0: never).
+    /// StockLow is published when `available` falls below this (0: never),
+    /// once until a restock re-arms it (see `store::low_stock`).
     pub low_stock_threshold: i64,
 }
 

@@ -16,33 +16,10 @@ use ordermesh_runtime::{clock, db};
 
 use ordermesh_events::Publisher;
 
+use super::low_stock::Change;
+use super::stock::{self, Movement, lock_order};
 use super::{Line, Reservation, ReservationRow, ReservationStatus, ReservedLine, Store, events};
 use crate::error::Error;
-
-/// How a reservation transition moves units between a SKU's buckets. The SQL
-/// is a fixed text per variant.
-#[derive(Debug, Clone, Copy)]
-enum Movement {
-    ReservedToAvailable,
-    ReservedToSold,
-    SoldToAvailable,
-}
-
-impl Movement {
-    fn sql(self) -> &'static str {
-        match self {
-            Movement::ReservedToAvailable => {
-                "UPDATE stock_items SET available = available + $1, reserved = reserved - $1, update_time = $2 WHERE sku = $3"
-            }
-            Movement::ReservedToSold => {
-                "UPDATE stock_items SET reserved = reserved - $1, sold = sold + $1, update_time = $2 WHERE sku = $3"
-            }
-            Movement::SoldToAvailable => {
-                "UPDATE stock_items SET available = available + $1, sold = sold - $1, update_time = $2 WHERE sku = $3"
-            }
-        }
-    }
-}
 
 /// Deadline bounds that match every reservation.
 const ANY_DEADLINE: (i64, i64) = (i64::MIN, i64::MAX);
@@ -54,6 +31,9 @@ struct Taken {
     currency_code: String,
     available: i64,
     low_stock_threshold: i64,
+    low_alerted: i64,
+    /// The row's time after the take (never before its previous one).
+    update_time: i64,
 }
 
 impl Store {
@@ -77,15 +57,14 @@ impl Store {
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
         let mut reserved = vec![None; lines.len()];
-        // Rows are locked in SKU order, so two orders naming the same SKUs in
-        // different orders cannot deadlock each other on PostgreSQL.
-        let mut by_sku: Vec<(usize, &Line)> = lines.iter().enumerate().collect();
-        by_sku.sort_by(|a, b| a.1.sku.cmp(&b.1.sku));
-        for (line_no, line) in by_sku {
+        let mut lows: Vec<(&Line, Taken)> = Vec::new();
+        // Stock rows in SKU order, as every path takes them (`stock`).
+        for line_no in lock_order(lines) {
+            let line = &lines[line_no];
             let taken = sqlx::query_as::<_, Taken>(
-                "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = $2
+                "UPDATE stock_items SET available = available - $1, reserved = reserved + $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
                  WHERE sku = $3 AND available >= $1
-                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold",
+                 RETURNING unit_price_minor, currency_code, available, low_stock_threshold, low_alerted, update_time",
             )
             .bind(line.quantity)
             .bind(now)
@@ -142,6 +121,17 @@ impl Store {
                 )));
             };
             total = line_total;
+            // On the row just locked (a failing later line rolls this back).
+            let low = stock::low_stock(
+                &mut tx,
+                &line.sku,
+                (taken.low_alerted != 0, taken.available, taken.low_stock_threshold),
+                Change::Taken,
+            )
+            .await?;
+            if low {
+                lows.push((line, taken.clone()));
+            }
             reserved[line_no] = Some((line, taken));
         }
         let currency = currency.unwrap_or_default();
@@ -175,14 +165,6 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         let mut reserved_lines = Vec::with_capacity(lines.len());
-        let lows: Vec<(&Line, Taken)> = reserved
-            .iter()
-            .flatten()
-            .filter(|(line, taken)| {
-                events::crossed_low(taken.available, line.quantity, taken.low_stock_threshold)
-            })
-            .cloned()
-            .collect();
         for (line_no, (line, taken)) in reserved.into_iter().flatten().enumerate() {
             sqlx::query(
                 "INSERT INTO reservation_lines (order_id, line_no, sku, quantity, unit_price_minor, currency_code)
@@ -220,7 +202,7 @@ impl Store {
                 &mut tx,
                 (&line.sku, taken.available, taken.low_stock_threshold),
                 order_id,
-                now,
+                taken.update_time,
             )
             .await?;
         }
@@ -421,7 +403,7 @@ async fn transition_in(
 ) -> Result<Option<Reservation>, Error> {
     let now = clock::now_micros();
     let moved = sqlx::query_as::<_, ReservationRow>(concat!(
-        "UPDATE reservations SET status = $1, update_time = $2
+        "UPDATE reservations SET status = $1, update_time = CASE WHEN update_time > $2 THEN update_time ELSE $2 END
          WHERE order_id = $3 AND status = $4 AND expire_time > $5 AND expire_time <= $6 RETURNING ",
         reservation_columns!()
     ))
@@ -442,7 +424,9 @@ async fn transition_in(
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    for line in &lines {
+    // Stock rows in SKU order, as every path takes them (`stock`); the
+    // reservation keeps its lines in line order.
+    for line in lock_order(&lines).into_iter().map(|i| &lines[i]) {
         sqlx::query(movement.sql())
             .bind(line.quantity)
             .bind(now)

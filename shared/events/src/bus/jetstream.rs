@@ -5,7 +5,8 @@
 //! (`ordermesh.replay.<consumer>`: a replayed dead letter for that consumer
 //! alone, read by a durable of the consumer's name), created or updated
 //! idempotently. Publishing sets `Nats-Msg-Id` to the event id, so a
-//! re-publish within the duplicate window is stored once.
+//! re-publish within the duplicate window is stored once; beyond it, the
+//! relay first asks whether the message is stored ([`stored`]).
 //!
 //! Consumers are durable pull consumers with explicit ack. `max_deliver` on
 //! the server is one more than the handler's attempts, so a worker that
@@ -14,6 +15,8 @@
 //! Failed attempts are NAKed with the configured back-off delay; the server's
 //! own `backoff` list is not used, because it replaces `ack_wait` and would
 //! redeliver a slow but healthy handler's message.
+
+mod stored;
 
 use std::time::Duration;
 

@@ -123,6 +123,19 @@ impl MemoryBus {
 
     /// Stores `event` under `message_id` unless that id was seen within the
     /// duplicate window.
+    /// Whether `event` is among its stream's messages (kept ones: the
+    /// broker holds at most `max_messages` per stream).
+    pub(crate) fn stored(&self, event: &Event) -> bool {
+        let Some(context) = BoundedContext::of_subject(&event.topic) else {
+            return false;
+        };
+        let state = self.lock();
+        state
+            .streams
+            .get(&context)
+            .is_some_and(|stream| stream.messages.values().any(|m| m.event.id == event.id))
+    }
+
     pub(crate) fn publish(&self, event: &Event, message_id: &str) -> Result<Published, Error> {
         let context = BoundedContext::of_subject(&event.topic).ok_or_else(|| Error::Publish {
             topic: event.topic.clone(),

@@ -213,6 +213,16 @@ impl Bus {
         }
     }
 
+    /// Whether `event` (by its id, the message id) is stored on its subject
+    /// at or after `since_us`: the relay's question before it publishes a
+    /// row again after the duplicate window may have passed.
+    pub async fn stored_since(&self, event: &Event, since_us: i64) -> Result<bool, Error> {
+        match self {
+            Bus::JetStream(bus) => bus.stored_since(event, since_us).await,
+            Bus::Memory(bus) => Ok(bus.stored(event)),
+        }
+    }
+
     /// Binds (creating or updating) a durable pull consumer.
     pub async fn consumer(&self, config: &ConsumerConfig) -> Result<Consumer, Error> {
         config.validate()?;

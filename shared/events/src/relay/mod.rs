@@ -15,10 +15,16 @@
 //! - Order per aggregate: a batch is published in waves (the first pending
 //!   row of every aggregate, then the second, ...); after a failed wave the
 //!   batch stops, so no later row of an aggregate overtakes an earlier one.
+//!   Nor across batches: a read never returns a row whose predecessor is
+//!   pending but not in the read, even when the predecessor's transaction
+//!   committed after rows with later keys ([`pending`]).
 //! - A row is marked sent only after the publish ack. A crash after the ack
 //!   but before the mark re-publishes the row, and JetStream's duplicate
 //!   window (message id = event id) stores it once; so a deferred mark costs
-//!   at most a re-publish, never a loss.
+//!   at most a re-publish, never a loss. Beyond the window (an outage, a
+//!   relay down for minutes), the relay looks the message up in the stream
+//!   before publishing it again ([`republish`]): each row's first attempt
+//!   is recorded (one write per round, with the round's new rows) for that.
 //! - While the bus is down, publishing fails and the relay backs off
 //!   exponentially (up to `max_backoff`), then catches up in full batches.
 //!
@@ -27,6 +33,7 @@
 //! work.
 
 mod pending;
+mod republish;
 mod rounds;
 
 use std::time::Duration;
@@ -39,9 +46,8 @@ use crate::bus::Bus;
 use crate::envelope::now_micros;
 use crate::error::Error;
 use crate::outbox::Notifier;
-use rounds::Rounds;
 
-pub use rounds::relay_batch;
+pub use rounds::{Rounds, relay_batch};
 
 /// How the relay works.
 #[derive(Debug, Clone)]

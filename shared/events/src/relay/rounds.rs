@@ -7,8 +7,11 @@
 //! starts after the previous batch's last key instead of from the start, so
 //! the backlog is not re-read; once caught up, the next read starts from the
 //! beginning again, which also finds rows that committed late with an
-//! earlier `created_us` (another aggregate's: one aggregate's rows are never
-//! committed out of order).
+//! earlier `created_us`. A row that committed late behind the cursor may
+//! have a successor in its aggregate ahead of it: the read after the key
+//! holds such successors back until that read from the start
+//! ([`super::pending::SELECT_PENDING_AFTER`]), so an aggregate's rows go out
+//! in order whatever the order their transactions committed in.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -18,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::pending::{SELECT_PENDING, SELECT_PENDING_AFTER, pending_of_row};
+use super::republish;
 use crate::bus::Bus;
 use crate::envelope::{Event, now_micros};
 use crate::error::Error;
@@ -28,7 +32,10 @@ type Key = (i64, i64, String);
 /// A mark-sent write in flight and the rows it marks.
 type Mark = (JoinHandle<Result<(), Error>>, Vec<Key>);
 
-pub(super) struct Rounds {
+/// A relay's state from round to round (its cursor, the rows published and
+/// not yet marked, the mark in flight): [`super::Relay`] runs it in a loop;
+/// tools and tests can step it by hand.
+pub struct Rounds {
     pool: AnyPool,
     bus: Bus,
     limit: usize,
@@ -43,7 +50,9 @@ pub(super) struct Rounds {
 }
 
 impl Rounds {
-    pub(super) fn new(pool: AnyPool, bus: Bus, limit: usize, mark_interval: Duration) -> Self {
+    /// Rounds of up to `limit` rows from `pool`'s outbox to `bus`, marking
+    /// acked rows sent at most every `mark_interval` (or per full batch).
+    pub fn new(pool: AnyPool, bus: Bus, limit: usize, mark_interval: Duration) -> Self {
         Self {
             pool,
             bus,
@@ -64,7 +73,7 @@ impl Rounds {
 
     /// Collects a finished mark and starts the next one when due (`force`:
     /// now, and wait for it; a few tries, since the database may be down).
-    pub(super) async fn flush_marks(&mut self, force: bool) {
+    pub async fn flush_marks(&mut self, force: bool) {
         for _ in 0..3 {
             if let Some((task, ids)) = self.marking.take() {
                 if !force && !task.is_finished() {
@@ -102,7 +111,7 @@ impl Rounds {
 
     /// Reads, publishes and queues marks; returns how many rows it read (a
     /// full batch means more are waiting).
-    pub(super) async fn round(&mut self) -> Result<usize, Error> {
+    pub async fn round(&mut self) -> Result<usize, Error> {
         let result = self.publish_batch().await;
         if !matches!(result, Ok(n) if n >= self.limit) {
             self.after = None; // caught up or failed: from the start next time
@@ -136,6 +145,9 @@ impl Rounds {
         let mut waves: Vec<Vec<Event>> = Vec::new();
         let mut keys: HashMap<String, Key> = HashMap::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
+        // First attempts of rows tried before; rows tried now for the first time.
+        let mut attempted: HashMap<String, i64> = HashMap::new();
+        let mut first_tries: Vec<Key> = Vec::new();
         let mut read = 0;
         for row in &rows {
             let pending = pending_of_row(row)?;
@@ -156,20 +168,55 @@ impl Rounds {
                 pending.event.id.clone(),
             );
             self.after = Some(key.clone());
+            match pending.attempted_us {
+                Some(at) => {
+                    attempted.insert(pending.event.id.clone(), at);
+                }
+                None => first_tries.push(key.clone()),
+            }
             keys.insert(pending.event.id.clone(), key);
             waves[*wave].push(pending.event);
             *wave += 1;
         }
+        // Recorded before the publish: an ack may be lost, the row is then
+        // stored although it stays pending (`republish`).
+        let now = now_micros();
+        update_rows(&self.pool, SET_ATTEMPTED, &first_tries, now).await?;
+        let window = self.bus.settings().streams.duplicate_window;
         let mut failure = None;
         for wave in &waves {
-            for (event, result) in wave.iter().zip(self.bus.publish_all(wave).await) {
-                match result {
-                    Ok(_) => {
-                        if let Some(key) = keys.remove(&event.id) {
-                            self.excluded.insert(event.id.clone());
-                            self.unmarked.push(key);
-                        }
+            let mut publish = Vec::with_capacity(wave.len());
+            for event in wave {
+                let Some(&at) = attempted.get(&event.id) else {
+                    publish.push(event.clone());
+                    continue;
+                };
+                if !republish::must_look_up(Some(at), now, window) {
+                    publish.push(event.clone());
+                    continue;
+                }
+                match self
+                    .bus
+                    .stored_since(event, republish::look_up_since(at, window))
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(event_id = %event.id, "outbox row already in its stream; marked sent");
+                        self.acked(&mut keys, event);
                     }
+                    Ok(false) => publish.push(event.clone()),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            for (event, result) in publish.iter().zip(self.bus.publish_all(&publish).await) {
+                match result {
+                    Ok(_) => self.acked(&mut keys, event),
                     Err(e) => failure = failure.or(Some(e)),
                 }
             }
@@ -184,6 +231,17 @@ impl Rounds {
     }
 }
 
+impl Rounds {
+    /// Remembers a row the stream holds (acked now, or found stored) for
+    /// the next mark.
+    fn acked(&mut self, keys: &mut HashMap<String, Key>, event: &Event) {
+        if let Some(key) = keys.remove(&event.id) {
+            self.excluded.insert(event.id.clone());
+            self.unmarked.push(key);
+        }
+    }
+}
+
 /// One round without deferral (for tools and tests): reads up to `limit`
 /// pending rows, publishes them, marks the acked ones sent before returning.
 pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usize, Error> {
@@ -193,10 +251,22 @@ pub async fn relay_batch(pool: &AnyPool, bus: &Bus, limit: usize) -> Result<usiz
     result
 }
 
-/// Marks rows sent. The key range lets both databases find the rows
-/// through the pending-rows index instead of scanning the table for the
-/// `IN` list (PostgreSQL picks a sequential scan for a long list).
+/// Marks rows sent.
+const SET_SENT: &str = "UPDATE outbox SET sent_us = $1 WHERE sent_us IS NULL";
+
+/// Records a first attempt to publish rows.
+const SET_ATTEMPTED: &str =
+    "UPDATE outbox SET attempted_us = $1 WHERE sent_us IS NULL AND attempted_us IS NULL";
+
 async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
+    update_rows(pool, SET_SENT, keys, now_micros()).await
+}
+
+/// Runs `update` (which sets a column to `$1` on pending rows) on the rows
+/// of `keys`. The key range lets both databases find the rows through the
+/// pending-rows index instead of scanning the table for the `IN` list
+/// (PostgreSQL picks a sequential scan for a long list).
+async fn update_rows(pool: &AnyPool, update: &'static str, keys: &[Key], value: i64) -> Result<(), Error> {
     let mut keys = keys.to_vec();
     keys.sort();
     // Bounded statements: PostgreSQL allows 65,535 parameters.
@@ -206,7 +276,7 @@ async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
         };
         let placeholders: Vec<String> = (8..chunk.len() + 8).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "UPDATE outbox SET sent_us = $1 WHERE sent_us IS NULL \
+            "{update} \
              AND (created_us, aggregate_seq, event_id) >= ($2, $3, $4) \
              AND (created_us, aggregate_seq, event_id) <= ($5, $6, $7) \
              AND event_id IN ({})",
@@ -217,7 +287,7 @@ async fn mark_sent(pool: &AnyPool, keys: &[Key]) -> Result<(), Error> {
         // cache that the service's own statements need.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(false)
-            .bind(now_micros())
+            .bind(value)
             .bind(lo.0)
             .bind(lo.1)
             .bind(&lo.2)

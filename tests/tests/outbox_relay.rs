@@ -1,0 +1,224 @@
+//! The outbox relay against real databases and a real nats-server:
+//!
+//! - On PostgreSQL, where transactions commit in any order, an aggregate's
+//!   events are published in their order even when the transaction of the
+//!   first one commits after hundreds of other rows and after the relay's
+//!   cursor has moved past it (PostgreSQL only: SQLite has one writer at a
+//!   time, so a row cannot commit behind rows inserted after it there).
+//! - On both backends, a row whose publish was stored but whose ack was
+//!   lost is not stored again when the relay retries it after JetStream's
+//!   duplicate window.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use ordermesh_events::relay::Rounds;
+use ordermesh_events::{Bus, BusSettings, DomainEvent, Event, outbox};
+use ordermesh_proto::events::v1 as pb;
+use ordermesh_tests::{Backend, NatsServer, both_backends, postgres_database};
+use sqlx::AnyPool;
+
+const SOURCE: &str = "/ordermesh/test";
+
+/// A fresh database holding only the outbox (and the directory of its
+/// SQLite file).
+async fn outbox_database(backend: Backend, label: &str) -> Option<(AnyPool, tempfile::TempDir)> {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", dir.path().join("outbox.db").display()),
+        Backend::Postgres => postgres_database(label).await?,
+    };
+    let pool = AnyPool::connect(&url).await.expect("connect");
+    sqlx::raw_sql(outbox::DDL)
+        .execute(&pool)
+        .await
+        .expect("outbox DDL");
+    Some((pool, dir))
+}
+
+fn low(sku: &str) -> Event {
+    Event::new(
+        SOURCE,
+        &pb::StockLow {
+            sku: sku.into(),
+            available: 1,
+            threshold: 5,
+            order_id: String::new(),
+            occur_time: Some(ordermesh_runtime::clock::timestamp(
+                ordermesh_runtime::clock::now_micros(),
+            )),
+        },
+        None,
+    )
+}
+
+fn adjusted(sku: &str) -> Event {
+    Event::new(
+        SOURCE,
+        &pb::StockAdjusted {
+            sku: sku.into(),
+            request_id: sku.into(),
+            delta: 1,
+            available: 1,
+            occur_time: Some(ordermesh_runtime::clock::timestamp(
+                ordermesh_runtime::clock::now_micros(),
+            )),
+        },
+        None,
+    )
+}
+
+async fn commit_one(pool: &AnyPool, event: &Event) {
+    let mut tx = pool.begin().await.expect("begin");
+    outbox::insert(&mut tx, event).await.expect("insert");
+    tx.commit().await.expect("commit");
+}
+
+/// X1 is inserted in a transaction that stays open while 300 other rows
+/// commit and a full round moves the relay's cursor past X1's key; then X1
+/// commits, X2 (same aggregate) commits, and the relay goes on. The stream
+/// must get X1 before X2 (before the fix, the read after the cursor
+/// published X2 and the next read from the start X1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_is_published_before_its_successor() {
+    let Some((pool, _dir)) = outbox_database(Backend::Postgres, "late commit").await else {
+        return;
+    };
+    let bus = Bus::in_process(BusSettings::default());
+    let mut published = bus
+        .tail(&pb::StockLow::KIND.subject())
+        .await
+        .expect("tail StockLow");
+    let (x1, x2) = (low("X"), low("X"));
+
+    let mut late = pool.begin().await.expect("begin");
+    outbox::insert(&mut late, &x1).await.expect("insert X1");
+    for i in 0..300 {
+        commit_one(&pool, &adjusted(&format!("other-{i}"))).await;
+    }
+    let mut rounds = Rounds::new(pool.clone(), bus.clone(), 256, Duration::ZERO);
+    assert_eq!(
+        rounds.round().await.expect("round"),
+        256,
+        "a full batch: the cursor moves on"
+    );
+    rounds.flush_marks(true).await;
+    late.commit().await.expect("X1 commits, behind the cursor");
+    commit_one(&pool, &x2).await;
+    for _ in 0..3 {
+        rounds.round().await.expect("round");
+        rounds.flush_marks(true).await;
+    }
+    assert_eq!(
+        outbox::pending_count(&pool).await.expect("pending"),
+        0,
+        "all published"
+    );
+
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), published.next())
+            .await
+            .expect("both X events published")
+            .expect("tail open")
+            .expect("event");
+        order.push(event.id);
+    }
+    assert_eq!(
+        order,
+        vec![x1.id.clone(), x2.id.clone()],
+        "X1 (seq 1) before X2 (seq 2)"
+    );
+}
+
+/// How many messages a JetStream stream holds.
+async fn stream_messages(nats: &NatsServer, stream: &str) -> u64 {
+    let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(stream).await.expect("stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+/// A row is published (stored), then its ack counts as lost: the row is
+/// pending again, as after a publish timeout or a relay killed before its
+/// mark. Retried within the 2 s duplicate window, JetStream drops the copy;
+/// retried after it, by a relay started anew, the stream must still hold
+/// the event once (before the look-up, it held it twice).
+async fn a_lost_ack_retried_after_the_duplicate_window_is_stored_once(backend: Backend) {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let Some((pool, _dir)) = outbox_database(backend, "lost ack").await else {
+        return;
+    };
+    let mut settings = BusSettings::default();
+    settings.streams.duplicate_window = Duration::from_secs(2);
+    let bus = Bus::connect(&nats.url(), settings).await.expect("bus");
+    bus.ensure_streams().await.expect("streams");
+    let event = adjusted("LOST-ACK");
+    commit_one(&pool, &event).await;
+    let mut rounds = Rounds::new(pool.clone(), bus.clone(), 16, Duration::ZERO);
+    assert_eq!(rounds.round().await.expect("round"), 1);
+    rounds.flush_marks(true).await;
+    assert_eq!(
+        outbox::pending_count(&pool).await.expect("pending"),
+        0,
+        "acked and marked"
+    );
+    assert_eq!(stream_messages(&nats, "INVENTORY").await, 1);
+
+    let lose_the_ack = async || {
+        sqlx::query("UPDATE outbox SET sent_us = NULL WHERE event_id = $1")
+            .bind(&event.id)
+            .execute(&pool)
+            .await
+            .expect("the ack is lost: pending again");
+    };
+    // Within the window: JetStream drops the copy.
+    lose_the_ack().await;
+    let mut rounds = Rounds::new(pool.clone(), bus.clone(), 16, Duration::ZERO);
+    rounds.round().await.expect("round");
+    rounds.flush_marks(true).await;
+    assert_eq!(
+        stream_messages(&nats, "INVENTORY").await,
+        1,
+        "a duplicate within the window"
+    );
+
+    // After the window (the relay down meanwhile).
+    lose_the_ack().await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let mut rounds = Rounds::new(pool.clone(), bus.clone(), 16, Duration::ZERO);
+    rounds.round().await.expect("round");
+    rounds.flush_marks(true).await;
+    assert_eq!(
+        outbox::pending_count(&pool).await.expect("pending"),
+        0,
+        "found, marked sent"
+    );
+    assert_eq!(
+        stream_messages(&nats, "INVENTORY").await,
+        1,
+        "stored once after the window"
+    );
+
+    // A row never stored, first attempted long ago, is published once.
+    let unsent = adjusted("NEVER-STORED");
+    commit_one(&pool, &unsent).await;
+    sqlx::query("UPDATE outbox SET attempted_us = 1 WHERE event_id = $1")
+        .bind(&unsent.id)
+        .execute(&pool)
+        .await
+        .expect("an old first attempt");
+    rounds.round().await.expect("round");
+    rounds.flush_marks(true).await;
+    assert_eq!(outbox::pending_count(&pool).await.expect("pending"), 0);
+    assert_eq!(
+        stream_messages(&nats, "INVENTORY").await,
+        2,
+        "the missing one published"
+    );
+}
+
+both_backends!(a_lost_ack_retried_after_the_duplicate_window_is_stored_once);
