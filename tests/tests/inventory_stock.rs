@@ -60,7 +60,7 @@ async fn opposite_line_orders_never_deadlock(backend: Backend) {
     const ORDERS: usize = 300;
     for i in 0..ORDERS {
         store
-            .reserve(&format!("ba-{i}"), &lines(&["B", "A"]))
+            .reserve(&format!("ba-{i}"), "alice", &lines(&["B", "A"]))
             .await
             .expect("reserve [B, A]");
     }
@@ -90,7 +90,7 @@ async fn opposite_line_orders_never_deadlock(backend: Backend) {
             let mut failures = Vec::new();
             for i in (worker..ORDERS).step_by(WORKERS) {
                 let order_id = format!("ab-{i}");
-                if let Err(e) = reserve.reserve(&order_id, &lines(&["A", "B"])).await {
+                if let Err(e) = reserve.reserve(&order_id, "alice", &lines(&["A", "B"])).await {
                     failures.push(format!("reserve {order_id}: {e}"));
                 }
             }
@@ -152,7 +152,7 @@ async fn stock_hovering_at_its_threshold_alerts_once_per_episode(backend: Backen
     }];
     for i in 0..10 {
         let order_id = format!("hover-{i}");
-        store.reserve(&order_id, &two).await.expect("reserve");
+        store.reserve(&order_id, "alice", &two).await.expect("reserve");
         if i % 2 == 0 {
             store.release(&order_id).await.expect("release");
         } else {
@@ -190,7 +190,10 @@ async fn stock_hovering_at_its_threshold_alerts_once_per_episode(backend: Backen
         sku: "LOW".into(),
         quantity: 12,
     }];
-    store.reserve("after-restock", &big).await.expect("reserve");
+    store
+        .reserve("after-restock", "alice", &big)
+        .await
+        .expect("reserve");
     assert_eq!(
         stock_lows(&service, "LOW").await,
         2,
@@ -223,7 +226,10 @@ async fn stock_hovering_at_its_threshold_alerts_once_per_episode(backend: Backen
         2,
         "a threshold change never alerts by itself"
     );
-    store.reserve("after-threshold", &two[..]).await.expect("reserve");
+    store
+        .reserve("after-threshold", "alice", &two[..])
+        .await
+        .expect("reserve");
     assert_eq!(
         stock_lows(&service, "LOW").await,
         3,
