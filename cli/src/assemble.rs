@@ -399,7 +399,11 @@ mod tests {
         // The services on loopback, the gateway on --host.
         assert_eq!(plan.peers.order_url, "http://127.0.0.1:7001");
         assert_eq!(plan.peers.inventory_url, "http://127.0.0.1:50052");
-        let gateway = plan.placements.iter().find(|p| p.target == Target::Gateway).expect("gateway");
+        let gateway = plan
+            .placements
+            .iter()
+            .find(|p| p.target == Target::Gateway)
+            .expect("gateway");
         assert_eq!(gateway.listen, "127.0.0.2:8080".parse().expect("addr"));
         assert!(plan.seed_demo && plan.announce);
         assert_eq!(plan.auth_mode, AuthMode::Development);
