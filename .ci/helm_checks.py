@@ -76,7 +76,10 @@ def check_distributed(directory, render):
         check(f"{render}/{name} runs `serve {target}`", container["args"] == ["serve", target], container["args"])
         env = env_of(container)
         check(f"{render}/{name} listens on {port}", env["ORDERMESH_LISTEN"]["value"] == f"0.0.0.0:{port}")
-        check(f"{render}/{name} gets the NATS URL", "ORDERMESH_NATS_URL" in env)
+        # Only the services publish and consume events; the NATS Secret may
+        # hold credentials the gateway has no use for.
+        check(f"{render}/{name} gets the NATS URL only if it is a service",
+              ("ORDERMESH_NATS_URL" in env) == (target != "gateway"), sorted(env))
         if target != "gateway":
             check(f"{render}/{name} database URL from a Secret", secret_ref(env, "ORDERMESH_DATABASE_URL"))
             service = services.get(name, {})
@@ -118,6 +121,7 @@ def check_distributed(directory, render):
     check(f"{render}: NetworkPolicy for the gateway", gateway is not None)
     if gateway:
         check(f"{render}: gateway reaches no database", 5432 not in egress_ports(gateway), egress_ports(gateway))
+        check(f"{render}: gateway reaches no NATS", not {4222} & egress_ports(gateway), egress_ports(gateway))
         check(f"{render}: gateway calls the three services",
               {50051, 50052, 50053} <= egress_ports(gateway), egress_ports(gateway))
     return docs

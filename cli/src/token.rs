@@ -1,7 +1,10 @@
 //! `ordermesh token`: a development token for the gateway, signed with the
-//! key a development-mode gateway uses (the one `up` generates in its data
-//! directory), so the README's curl and grpcurl calls work as written.
-//! Production gateways verify tokens from a real issuer's JWKS instead.
+//! key a development-mode gateway uses: `ORDERMESH_JWT_HS256_SECRET` when
+//! set (the chart's `auth.hs256Secret`, so the token minted in a pod is the
+//! one its gateway verifies), else the key file `up` generates in its data
+//! directory, so the README's curl and grpcurl calls work as written. It
+//! says on stderr which it used. Production gateways verify tokens from a
+//! real issuer's JWKS instead.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +37,17 @@ pub struct TokenArgs {
     /// `aud` to set (match the gateway's ORDERMESH_JWT_AUDIENCE, if any).
     #[arg(long, env = "ORDERMESH_JWT_AUDIENCE")]
     pub audience: Option<String>,
+    /// The gateway's HS256 secret: when set, the token is signed with it
+    /// (what a gateway given the same variable verifies) instead of the key
+    /// file in the data directory. From the environment only, so it never
+    /// shows in a process list.
+    #[arg(
+        long = "jwt-hs256-secret-from-env-only",
+        env = ordermesh_gateway::auth::ENV_HS256_SECRET,
+        hide = true,
+        hide_env_values = true
+    )]
+    pub hs256_secret: Option<String>,
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
@@ -42,14 +56,40 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     } else {
         args.scopes
     };
-    let token = ordermesh_gateway::auth::mint_dev_token(
-        &args.data_dir,
-        &args.subject,
-        &scopes,
-        Duration::from_secs(args.ttl_secs),
-        args.issuer.as_deref(),
-        args.audience.as_deref(),
-    )?;
+    let ttl = Duration::from_secs(args.ttl_secs);
+    let (issuer, audience) = (args.issuer.as_deref(), args.audience.as_deref());
+    // Which key signed it goes to stderr, so `TOKEN=$(ordermesh token)` keeps the token alone.
+    let token = match args.hs256_secret.as_deref().filter(|s| !s.is_empty()) {
+        Some(secret) => {
+            let token = ordermesh_gateway::auth::mint_with_secret(
+                secret,
+                &args.subject,
+                &scopes,
+                ttl,
+                issuer,
+                audience,
+            )?;
+            eprintln!("signed with {}", ordermesh_gateway::auth::ENV_HS256_SECRET);
+            token
+        }
+        None => {
+            let token = ordermesh_gateway::auth::mint_dev_token(
+                &args.data_dir,
+                &args.subject,
+                &scopes,
+                ttl,
+                issuer,
+                audience,
+            )?;
+            eprintln!(
+                "signed with the development key {}",
+                args.data_dir
+                    .join(ordermesh_gateway::auth::DEV_KEY_FILE)
+                    .display()
+            );
+            token
+        }
+    };
     println!("{token}");
     Ok(())
 }

@@ -50,7 +50,10 @@ pub enum TokenError {
 }
 
 /// `Bearer <jwt>` for the gateway in development mode: HS256 with its
-/// secret, subject `chaos`, the order scopes, valid for `ttl`.
+/// secret, subject `chaos`, valid for `ttl`, with the operator's scope: the
+/// traffic through the gateway plays a back office acting for every
+/// customer of the run (a customer's token is confined to its own orders,
+/// which `tests/tests/authz.rs` proves).
 pub fn bearer(secret: &str, ttl: Duration) -> Result<MetadataValue<Ascii>, TokenError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -59,7 +62,7 @@ pub fn bearer(secret: &str, ttl: Duration) -> Result<MetadataValue<Ascii>, Token
         "sub": "chaos",
         "iat": now,
         "exp": now + ttl.as_secs(),
-        "scope": "orders:read orders:write",
+        "scope": "admin",
     });
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

@@ -62,7 +62,7 @@ pub use config::{
     AuthConfig, AuthConfigError, AuthMode, ENV_AUDIENCE, ENV_HS256_SECRET, ENV_ISSUER, ENV_JWKS_FILE,
     ENV_JWKS_URL, MIN_HS256_SECRET_LEN,
 };
-pub use dev::{DEV_KEY_FILE, dev_key, mint_dev_token};
+pub use dev::{DEV_KEY_FILE, dev_key, mint_dev_token, mint_with_secret};
 use jwks::{KeySet, VerifyKey, alg_name, check_jwks_url, fetch_jwks, hs256_key, http_client, parse_jwks};
 
 /// Longest accepted bearer token; anything longer is refused before parsing.

@@ -176,7 +176,6 @@ Deployment template, so `helm install` and `helm template` stop here.
   value: /etc/ordermesh/config/mesh-policy.toml
 - name: ORDERMESH_DATA_DIR
   value: /data
-{{ include "ordermesh.natsEnv" . -}}
 {{- end }}
 
 {{/* The gateway's settings (also used by `up` in SingleBinary mode). */}}
