@@ -47,6 +47,22 @@ for version in 1.37.0 1.27.0; do
 done
 echo "validated: ${renders[*]}"
 
+echo "== a release name as long as Helm allows (53): every name fits a DNS label, none collide"
+LONG=a-release-name-as-long-as-helm-allows-fifty-three-chr
+"$T/helm" template "$LONG" "$CHART" --namespace shop -f "$CHART/examples/demo.yaml" --set tls.enabled=true \
+  --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca > "$OUT/long-name.yaml"
+"$T/python" - "$OUT/long-name.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+too_long = [n for n in names if len(n[1]) > 63]
+assert not too_long, f"names over 63 characters: {too_long}"
+assert len(set(names)) == len(names), f"colliding names: {sorted(names)}"
+services = [n for k, n in names if k == "Service"]
+assert all(n.endswith(("-gateway", "-order", "-inventory", "-payment", "-demo-postgresql", "-demo-nats")) for n in services), services
+print(f"long release name: {len(names)} objects, longest name {max(len(n) for _, n in names)} characters")
+PY
+
 echo "== helm package"
 "$T/helm" package "$CHART" --destination "$OUT" >/dev/null
 packaged="$(ls "$OUT"/ordermesh-*.tgz)"
@@ -93,4 +109,6 @@ refused "cert-manager without an issuer" "tls: tls.certManager.enabled needs tls
   "${MINIMAL[@]}" --set tls.enabled=true --set tls.certManager.enabled=true
 refused "health port on a service port" "tls: tls.healthPort (50051) must differ" \
   "${MINIMAL[@]}" --set tls.enabled=true --set tls.healthPort=50051
+refused "two development gateways without a shared key" "auth: development mode with more than one gateway pod needs auth.hs256Secret.name" \
+  "${MINIMAL[@]}" --set auth.mode=development --set auth.jwksUrl= --set gateway.replicas=2
 refused "HTTPRoute without a parent" "at '/httpRoute/parentRefs': minItems" "${MINIMAL[@]}" --set httpRoute.enabled=true

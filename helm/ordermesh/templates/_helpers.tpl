@@ -19,6 +19,17 @@ Names, labels and the checks that values.schema.json cannot express well.
 {{- end }}
 {{- end }}
 
+{{/*
+A name made of the full name and a suffix, within the 63 characters a
+Service (a DNS label) allows: the full name is shortened, never the suffix,
+so names stay distinct. ctx = dict "root" $ "suffix" "inventory".
+*/}}
+{{- define "ordermesh.named" -}}
+{{- $suffix := printf "-%s" .suffix -}}
+{{- $base := include "ordermesh.fullname" .root | trunc (int (sub 63 (len $suffix))) | trimSuffix "-" -}}
+{{ $base }}{{ $suffix }}
+{{- end }}
+
 {{/* The gRPC services, in the order their Deployments are rendered. */}}
 {{- define "ordermesh.services" -}}
 order inventory payment
@@ -71,7 +82,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* In-cluster name of a target's Service. */}}
 {{- define "ordermesh.host" -}}
-{{ include "ordermesh.fullname" .root }}-{{ .target }}
+{{ include "ordermesh.named" (dict "root" .root "suffix" .target) }}
 {{- end }}
 
 {{/* Fully qualified name, for the mesh layer's DNS discovery. */}}
@@ -80,12 +91,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "ordermesh.configName" -}}
-{{ include "ordermesh.fullname" . }}-config
+{{ include "ordermesh.named" (dict "root" . "suffix" "config") }}
 {{- end }}
 
 {{/* The Secret with the database URLs: the user's, or the one the chart makes. */}}
 {{- define "ordermesh.databaseSecret" -}}
-{{- default (printf "%s-database" (include "ordermesh.fullname" .)) .Values.database.existingSecret }}
+{{- default (include "ordermesh.named" (dict "root" . "suffix" "database")) .Values.database.existingSecret }}
 {{- end }}
 
 {{/* Whether the chart makes the database Secret (from database.urls or the demo PostgreSQL). */}}
@@ -94,11 +105,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "ordermesh.demoPostgresHost" -}}
-{{ include "ordermesh.fullname" . }}-demo-postgresql
+{{ include "ordermesh.named" (dict "root" . "suffix" "demo-postgresql") }}
 {{- end }}
 
 {{- define "ordermesh.demoNatsHost" -}}
-{{ include "ordermesh.fullname" . }}-demo-nats
+{{ include "ordermesh.named" (dict "root" . "suffix" "demo-nats") }}
 {{- end }}
 
 {{/*
@@ -107,6 +118,10 @@ Deployment template, so `helm install` and `helm template` stop here.
 */}}
 {{- define "ordermesh.validate" -}}
 {{- $v := .Values }}
+{{- $gatewayPods := ternary (ternary 2 (int $v.gateway.replicas) $v.gateway.autoscaling.enabled) (int $v.singleBinary.replicas) (eq $v.deploymentMode "Distributed") }}
+{{- if and (eq $v.auth.mode "development") (gt (int $gatewayPods) 1) (not $v.auth.hs256Secret.name) }}
+{{- fail "auth: development mode with more than one gateway pod needs auth.hs256Secret.name (one shared key): each pod would otherwise make its own, and tokens would work on half of them" }}
+{{- end }}
 {{- if and $v.tls.enabled (ne $v.deploymentMode "Distributed") }}
 {{- fail "tls: mutual TLS is for Distributed mode; in SingleBinary mode the services talk over loopback and only the gateway listens beyond it" }}
 {{- end }}
@@ -248,8 +263,11 @@ sidecar.istio.io/inject: "true"
 
 {{/* The Secret with a process's certificate: ctx = dict "root" $ "target" NAME */}}
 {{- define "ordermesh.tlsSecret" -}}
-{{- $prefix := default (printf "%s-tls" (include "ordermesh.fullname" .root)) .root.Values.tls.secretPrefix -}}
-{{ $prefix }}-{{ .target }}
+{{- if .root.Values.tls.secretPrefix -}}
+{{ .root.Values.tls.secretPrefix }}-{{ .target }}
+{{- else -}}
+{{ include "ordermesh.named" (dict "root" .root "suffix" (printf "tls-%s" .target)) }}
+{{- end }}
 {{- end }}
 
 {{/*
