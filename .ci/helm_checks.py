@@ -45,9 +45,10 @@ def check_pod(render, name, pod, port):
     check(f"{render}/{name} no privilege escalation", sc.get("allowPrivilegeEscalation") is False)
     check(f"{render}/{name} drops ALL capabilities", sc.get("capabilities", {}).get("drop") == ["ALL"])
     check(f"{render}/{name} seccomp RuntimeDefault", sc.get("seccompProfile", {}).get("type") == "RuntimeDefault")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe, service in (("startupProbe", ""), ("readinessProbe", ""), ("livenessProbe", "liveness")):
         grpc = container.get(probe, {}).get("grpc", {})
-        check(f"{render}/{name} {probe} is gRPC health on {port}", grpc == {"port": port, "service": ""}, grpc)
+        check(f"{render}/{name} {probe} is gRPC health {service!r} on {port}",
+              grpc == {"port": port, "service": service}, grpc)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     for path in ("/data", "/tmp"):

@@ -171,6 +171,12 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         self.reporter
+            .set_service_status(
+                ordermesh_runtime::health::LIVENESS,
+                tonic_health::ServingStatus::Serving,
+            )
+            .await;
+        self.reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         let limits = self.shared.guard.limits().clone();

@@ -365,10 +365,12 @@ spec:
           port: {{ .probePort }}
           service: ""
         {{- toYaml $v.probes.readiness | nindent 8 }}
+      # Liveness asks whether the process serves at all (not its database:
+      # restarting pods cannot end a database outage); readiness follows it.
       livenessProbe:
         grpc:
           port: {{ .probePort }}
-          service: ""
+          service: liveness
         {{- toYaml $v.probes.liveness | nindent 8 }}
       resources:
         {{- toYaml .block.resources | nindent 8 }}

@@ -3,6 +3,11 @@
 //! service with a readiness of their own (its event consumers) report under
 //! their own service name ([`track_flag`]) without changing the whole
 //! server's status.
+//!
+//! Liveness is another question, answered under [`LIVENESS`]: SERVING while
+//! the process serves at all, whatever its database says. A liveness probe
+//! that followed the database would restart every pod during a database
+//! outage, which a restart cannot fix and which delays recovery.
 
 use std::time::Duration;
 
@@ -10,6 +15,10 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::db;
+
+/// The health service name that answers whether the process is alive (for
+/// liveness probes), independent of its database.
+pub const LIVENESS: &str = "liveness";
 
 /// A server's answer to a health check.
 pub use tonic_health::pb::health_check_response::ServingStatus as Answer;

@@ -75,6 +75,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(health::LIVENESS, tonic_health::ServingStatus::Serving)
+        .await;
     // The probe port: the same health answers, nothing else, no TLS.
     let probe = match options.probe_listen {
         Some(addr) => {

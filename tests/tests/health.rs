@@ -1,0 +1,81 @@
+//! Readiness follows the database, liveness does not: with PostgreSQL
+//! refusing the service's connections, the whole server (and the service's
+//! own name) turns NOT_SERVING so balancers stop sending it calls, while
+//! `liveness` stays SERVING so the kubelet does not restart a pod that a
+//! restart cannot fix; both recover with the database.
+
+use std::time::{Duration, Instant};
+
+use ordermesh_runtime::health::{Answer, LIVENESS, check};
+use sqlx::Connection;
+
+async fn until(url: &str, service: &str, want: Answer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = check(url, service).await.expect("health answers");
+        if answer == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service:?} stayed {answer:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn admin() -> sqlx::PgConnection {
+    let url = std::env::var("ORDERMESH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    sqlx::PgConnection::connect(&url).await.expect("admin connection")
+}
+
+async fn set_allowed(name: &str, allowed: bool) {
+    let mut admin = admin().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {allowed}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("ALTER DATABASE");
+    if !allowed {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("terminate");
+    }
+}
+
+#[tokio::test]
+async fn liveness_does_not_follow_the_database() {
+    let Some(database_url) = ordermesh_tests::postgres_database("health").await else {
+        return;
+    };
+    let name = database_url.rsplit('/').next().expect("name").to_owned();
+    let service = ordermesh_payment::build(ordermesh_payment::Config::new(&database_url))
+        .await
+        .expect("payment starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(service.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    until(&url, "", Answer::Serving).await;
+    until(&url, LIVENESS, Answer::Serving).await;
+
+    set_allowed(&name, false).await;
+    until(&url, "", Answer::NotServing).await;
+    until(&url, "ordermesh.payment.v1.PaymentService", Answer::NotServing).await;
+    assert_eq!(
+        check(&url, LIVENESS).await.expect("health"),
+        Answer::Serving,
+        "alive all along"
+    );
+
+    set_allowed(&name, true).await;
+    until(&url, "", Answer::Serving).await;
+    let _ = stop.send(());
+}
