@@ -61,10 +61,16 @@ chaos *args: tools
 chaos-soak seed="1": tools
     RUST_LOG=info,async_nats=warn cargo run --release -- chaos --seed {{seed}} --duration 30m --settle 120s
 
-# Mutation testing (cargo-mutants) of the saga's plan, with zero survivors,
-# as CI runs it; `just mutants services/order/src/saga/plan.rs` for one file.
+# Mutation testing (cargo-mutants) of the saga's plan, the breaker and the JWT
+# verification, with zero survivors, as CI runs it (the JWT verification only on
+# lines changed since the previous commit); `just mutants services/order/src/saga/plan.rs`
+# for one target in full.
 mutants *files: tools
     bash .ci/mutants.sh {{files}}
+
+# Every mutant of the JWT verification (gateway/src/auth/), about 17 minutes.
+mutants-auth: tools
+    bash .ci/mutants.sh 'gateway/src/auth/*.rs'
 
 # Python and TypeScript clients from proto/ into target/clients/.
 gen-clients: tools

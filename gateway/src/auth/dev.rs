@@ -35,11 +35,18 @@ pub fn dev_key(dir: &Path) -> io::Result<String> {
     getrandom::fill(&mut suffix).map_err(|err| io::Error::other(format!("no randomness: {err}")))?;
     let tmp = dir.join(format!(".{DEV_KEY_FILE}.{}.tmp", URL_SAFE_NO_PAD.encode(suffix)));
     let written = write_private_file(&tmp, secret.as_bytes());
-    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let installed = written.and_then(|()| install_key(&tmp, &path, secret));
     let _ = std::fs::remove_file(&tmp);
-    match linked {
+    installed
+}
+
+/// Links the new key written to `tmp` into place at `path` and returns the key in use: `secret`,
+/// or, when another process created the key file first, that process's key. Any other failure
+/// (e.g. a filesystem without hard links) is reported as is.
+pub(super) fn install_key(tmp: &Path, path: &Path, secret: String) -> io::Result<String> {
+    match std::fs::hard_link(tmp, path) {
         Ok(()) => Ok(secret),
-        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => read_dev_key(&path),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => read_dev_key(path),
         Err(err) => Err(err),
     }
 }

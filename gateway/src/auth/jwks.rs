@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::config::{AuthConfigError, AuthMode, ENV_HS256_SECRET, ENV_JWKS_URL, MIN_HS256_SECRET_LEN};
 
 /// Largest accepted JWKS document.
-const MAX_JWKS_LEN: usize = 1024 * 1024;
+pub(super) const MAX_JWKS_LEN: usize = 1024 * 1024;
 /// Smallest accepted RSA modulus.
 const MIN_RSA_BITS: usize = 2048;
 
@@ -46,7 +46,7 @@ impl KeySet {
                 )));
             }
         }
-        if keys.len() > 1 && keys.iter().filter(|key| key.kid.is_none()).count() > 1 {
+        if keys.iter().filter(|key| key.kid.is_none()).count() > 1 {
             return Err(AuthConfigError::Conflict(
                 "more than one key has no kid, so a token without a kid would be ambiguous \
                  (the HS256 secret counts as a key without a kid)"

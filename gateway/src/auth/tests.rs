@@ -3,7 +3,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::dev::write_private_file;
+use super::dev::{install_key, write_private_file};
+use super::jwks::MAX_JWKS_LEN;
 use super::*;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
@@ -1066,6 +1067,8 @@ struct JwksServer {
     url: String,
     body: Arc<Mutex<(u16, String)>>,
     hits: Arc<AtomicUsize>,
+    /// The head of the last request received.
+    last_request: Arc<Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1079,14 +1082,15 @@ impl JwksServer {
         );
         let body = Arc::new(Mutex::new((200, body)));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (state, counter) = (Arc::clone(&body), Arc::clone(&hits));
+        let last_request = Arc::new(Mutex::new(String::new()));
+        let (state, counter, seen) = (Arc::clone(&body), Arc::clone(&hits), Arc::clone(&last_request));
         let task = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (state, counter) = (Arc::clone(&state), Arc::clone(&counter));
+                let (state, counter, seen) = (Arc::clone(&state), Arc::clone(&counter), Arc::clone(&seen));
                 tokio::spawn(async move {
                     let mut request = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -1095,6 +1099,9 @@ impl JwksServer {
                             Ok(0) | Err(_) => return,
                             Ok(n) => request.extend_from_slice(&buf[..n]),
                         }
+                    }
+                    if let Ok(mut seen) = seen.lock() {
+                        *seen = String::from_utf8_lossy(&request).into_owned();
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
                     let (status, body) = state.lock().map(|s| s.clone()).unwrap_or_default();
@@ -1112,6 +1119,7 @@ impl JwksServer {
             url,
             body,
             hits,
+            last_request,
             task,
         }
     }
@@ -1124,6 +1132,10 @@ impl JwksServer {
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    fn last_request(&self) -> String {
+        self.last_request.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
@@ -1322,4 +1334,352 @@ async fn jwks_url_and_file_combine() {
 fn authenticator_is_send_sync_clone() {
     fn assert_traits<T: Send + Sync + Clone + 'static>() {}
     assert_traits::<Authenticator>();
+}
+
+// ---------------------------------------------------------------- limits and boundaries
+
+#[tokio::test]
+async fn token_length_limit_is_16_kib() {
+    let auth = dev_auth().await;
+    // Exactly the limit: refused for its shape, not its length.
+    assert_eq!(
+        check(&auth, &"a".repeat(MAX_TOKEN_LEN)).await,
+        Err(AuthError::Malformed("a JWT has three dot-separated parts"))
+    );
+    assert_eq!(
+        check(&auth, &"a".repeat(MAX_TOKEN_LEN + 1)).await,
+        Err(AuthError::Malformed("the bearer token is too long"))
+    );
+    // A genuine token of about 15 KiB (many scopes) passes.
+    let scopes: Vec<String> = (0..1100).map(|i| format!("scope:{i:04}")).collect();
+    let token = hs256(&with(claims(), "scope", json!(scopes.join(" "))));
+    assert!(
+        (15 * 1024..MAX_TOKEN_LEN).contains(&token.len()),
+        "{}",
+        token.len()
+    );
+    let principal = check(&auth, &token).await.expect("valid").expect("principal");
+    assert_eq!(principal.scopes.len(), 1100);
+}
+
+#[tokio::test]
+async fn hs256_secret_of_32_bytes_is_the_minimum() {
+    let mut config = AuthConfig::new(AuthMode::Development);
+    config.hs256_secret = Some("s".repeat(MIN_HS256_SECRET_LEN));
+    let auth = Authenticator::new(config).await.expect("32 bytes accepted");
+    let key = EncodingKey::from_secret("s".repeat(MIN_HS256_SECRET_LEN).as_bytes());
+    assert_eq!(
+        subject(&auth, &sign(Algorithm::HS256, None, &key, &claims())).await,
+        "alice"
+    );
+    let mut config = AuthConfig::new(AuthMode::Development);
+    config.hs256_secret = Some("s".repeat(MIN_HS256_SECRET_LEN - 1));
+    assert!(matches!(
+        Authenticator::new(config).await,
+        Err(AuthConfigError::WeakSecret(31))
+    ));
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_key_file_of_32_bytes_is_the_minimum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DEV_KEY_FILE);
+    let key = "k".repeat(MIN_HS256_SECRET_LEN);
+    write_private_file(&path, key.as_bytes()).expect("write");
+    assert_eq!(dev_key(dir.path()).expect("32 bytes accepted"), key);
+    std::fs::remove_file(&path).expect("remove");
+    write_private_file(&path, &key.as_bytes()[1..]).expect("write");
+    assert_eq!(
+        dev_key(dir.path()).expect_err("31 bytes").kind(),
+        io::ErrorKind::InvalidData
+    );
+}
+
+#[test]
+fn dev_key_reports_a_key_location_it_cannot_read_without_creating_a_key() {
+    // The "directory" is a regular file: reading the key fails with something other than
+    // "not found", which is reported as is (no attempt to create a key in its place).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "x").expect("write");
+    let err = dev_key(&file).expect_err("not a directory");
+    assert_eq!(err.kind(), io::ErrorKind::NotADirectory, "{err}");
+}
+
+/// The RS256 test key with the modulus `n` replaced.
+fn rsa_key_with_modulus(n: &[u8]) -> Value {
+    with(jwks_key("rsa-1"), "n", json!(URL_SAFE_NO_PAD.encode(n)))
+}
+
+#[tokio::test]
+async fn rsa_modulus_must_have_at_least_2048_significant_bits() {
+    // 256 bytes whose top byte is 0x80: exactly 2048 bits.
+    let mut n2048 = vec![0x5a; 256];
+    n2048[0] = 0x80;
+    // 256 bytes whose top byte is 0x7f: 2047 bits.
+    let mut n2047 = n2048.clone();
+    n2047[0] = 0x7f;
+    // Leading zero bytes do not count.
+    let padded = |n: &[u8]| [&[0u8, 0][..], n].concat();
+
+    for n in [n2048.clone(), padded(&n2048)] {
+        let jwks = jwks_of(vec![rsa_key_with_modulus(&n)]);
+        assert!(jwks_file_auth(&jwks).await.is_ok(), "{} bytes", n.len());
+    }
+    for n in [n2047.clone(), padded(&n2047)] {
+        let message = jwks_error(&jwks_of(vec![rsa_key_with_modulus(&n)])).await;
+        assert!(
+            message.contains("RSA modulus is 2047 bits; at least 2048"),
+            "{message}"
+        );
+    }
+    // 255 bytes with the top bit set: 2040 bits, however it is padded.
+    let mut n2040 = vec![0xff; 255];
+    n2040[1] = 0x00;
+    let message = jwks_error(&jwks_of(vec![rsa_key_with_modulus(&padded(&n2040))])).await;
+    assert!(message.contains("is 2040 bits"), "{message}");
+    let message = jwks_error(&jwks_of(vec![rsa_key_with_modulus(&[0; 300])])).await;
+    assert!(message.contains("is 0 bits"), "{message}");
+}
+
+#[tokio::test]
+async fn rsa_exponent_must_be_1_to_8_bytes() {
+    let with_e = |e: &[u8]| with(jwks_key("rsa-1"), "e", json!(URL_SAFE_NO_PAD.encode(e)));
+    for e in [&[][..], &[1, 0, 0, 0, 0, 0, 0, 0, 1][..]] {
+        let message = jwks_error(&jwks_of(vec![with_e(e)])).await;
+        assert!(
+            message.contains("invalid RSA exponent"),
+            "{} bytes: {message}",
+            e.len()
+        );
+    }
+    for e in [&[3][..], &[0, 0, 0, 0, 0, 1, 0, 1][..]] {
+        assert!(
+            jwks_file_auth(&jwks_of(vec![with_e(e)])).await.is_ok(),
+            "{} bytes",
+            e.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn es256_coordinates_must_be_32_bytes_each() {
+    let ec = jwks_key("ec-1");
+    for field in ["x", "y"] {
+        for len in [31, 33] {
+            let key = with(ec.clone(), field, json!(URL_SAFE_NO_PAD.encode(vec![7u8; len])));
+            let message = jwks_error(&jwks_of(vec![key])).await;
+            assert!(
+                message.contains("`x` and `y` must be 32 bytes each"),
+                "{field} of {len} bytes: {message}"
+            );
+        }
+    }
+    let auth = jwks_file_auth(&jwks_of(vec![ec])).await.expect("32 + 32 bytes");
+    assert_eq!(subject(&auth, &es256(Some("ec-1"), &claims())).await, "alice");
+}
+
+#[test]
+fn jwks_url_scheme_rules() {
+    for mode in [AuthMode::Production, AuthMode::Development] {
+        for ok in [
+            "https://id.example.com/.well-known/jwks.json",
+            "HTTPS://id.example.com/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://LocalHost:9/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert!(check_jwks_url(ok, mode).is_ok(), "{mode}: {ok}");
+        }
+        for bad in ["ftp://id.example.com/jwks", "file:///etc/jwks.json", "not a url"] {
+            assert!(check_jwks_url(bad, mode).is_err(), "{mode}: {bad}");
+        }
+    }
+    for remote in [
+        "http://id.example.com/jwks",
+        "http://10.0.0.1/jwks",
+        "http://[::2]/jwks",
+    ] {
+        let err = check_jwks_url(remote, AuthMode::Production).expect_err(remote);
+        assert!(err.to_string().contains("https only"), "{err}");
+        assert!(check_jwks_url(remote, AuthMode::Development).is_ok(), "{remote}");
+    }
+}
+
+#[test]
+fn jsonwebtoken_errors_map_to_their_reasons() {
+    use jsonwebtoken::errors::Error as JwtError;
+    let cases: Vec<(ErrorKind, AuthError)> = vec![
+        (ErrorKind::ExpiredSignature, AuthError::Expired),
+        (ErrorKind::ImmatureSignature, AuthError::NotYetValid),
+        (ErrorKind::InvalidIssuer, AuthError::WrongIssuer),
+        (ErrorKind::InvalidAudience, AuthError::WrongAudience),
+        (ErrorKind::InvalidSignature, AuthError::BadSignature),
+        (ErrorKind::InvalidEcdsaKey, AuthError::BadSignature),
+        (ErrorKind::InvalidEddsaKey, AuthError::BadSignature),
+        (ErrorKind::InvalidRsaKey("n".into()), AuthError::BadSignature),
+        (ErrorKind::InvalidKeyFormat, AuthError::BadSignature),
+        (ErrorKind::InvalidAlgorithm, AuthError::AlgorithmNotAllowed),
+        (ErrorKind::InvalidAlgorithmName, AuthError::AlgorithmNotAllowed),
+        (ErrorKind::MissingAlgorithm, AuthError::AlgorithmNotAllowed),
+        (
+            ErrorKind::MissingRequiredClaim("exp".into()),
+            AuthError::MissingClaim("exp"),
+        ),
+        (
+            ErrorKind::MissingRequiredClaim("sub".into()),
+            AuthError::MissingClaim("sub"),
+        ),
+        (
+            ErrorKind::MissingRequiredClaim("iss".into()),
+            AuthError::WrongIssuer,
+        ),
+        (
+            ErrorKind::MissingRequiredClaim("aud".into()),
+            AuthError::WrongAudience,
+        ),
+        (
+            ErrorKind::MissingRequiredClaim("nbf".into()),
+            AuthError::Malformed("a required claim is missing"),
+        ),
+        (
+            ErrorKind::InvalidClaimFormat("nbf".into()),
+            AuthError::Malformed("a claim has the wrong type"),
+        ),
+        (ErrorKind::InvalidToken, AuthError::Malformed("not a valid JWT")),
+        (ErrorKind::InvalidSubject, AuthError::Malformed("not a valid JWT")),
+    ];
+    for (kind, expected) in cases {
+        let shown = format!("{kind:?}");
+        assert_eq!(AuthError::from(JwtError::from(kind)), expected, "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn a_non_numeric_nbf_is_a_claim_of_the_wrong_type() {
+    let auth = dev_auth().await;
+    assert_eq!(
+        check(&auth, &hs256(&with(claims(), "nbf", json!("tomorrow")))).await,
+        Err(AuthError::Malformed("a claim has the wrong type"))
+    );
+}
+
+#[tokio::test]
+async fn debug_shows_the_keys_and_the_jwks_url() {
+    let debug = format!("{:?}", dev_auth().await);
+    assert!(
+        debug.contains("Authenticator")
+            && debug.contains("(no kid) HS256")
+            && debug.contains("jwks_url: None"),
+        "{debug}"
+    );
+    assert!(!debug.contains(SECRET), "{debug}");
+    let server = JwksServer::start(jwks_with(&["rsa-1", "ec-1"])).await;
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("auth");
+    let debug = format!("{auth:?}");
+    assert!(
+        debug.contains("[\"rsa-1 RS256\", \"ec-1 ES256\"]") && debug.contains(&server.url),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
+async fn jwks_fetches_identify_the_gateway() {
+    let server = JwksServer::start(JWKS.to_owned()).await;
+    Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("auth");
+    let request = server.last_request().to_ascii_lowercase();
+    assert!(
+        request.contains(&format!(
+            "user-agent: ordermesh-gateway/{}",
+            env!("CARGO_PKG_VERSION")
+        )) && request.contains("accept: application/json"),
+        "{request}"
+    );
+}
+
+/// The test JWKS (`rsa-1`) padded with an ignored member to exactly `len` bytes.
+fn jwks_of_length(len: usize) -> String {
+    let mut document: Value = serde_json::from_str(&jwks_with(&["rsa-1"])).expect("json");
+    document["padding"] = json!("");
+    let base = document.to_string().len();
+    document["padding"] = json!("p".repeat(len - base));
+    let body = document.to_string();
+    assert_eq!(body.len(), len);
+    body
+}
+
+#[tokio::test]
+async fn jwks_url_documents_are_limited_to_1_mib() {
+    let server = JwksServer::start(jwks_of_length(MAX_JWKS_LEN)).await;
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("exactly 1 MiB accepted");
+    assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
+    server.serve(200, jwks_of_length(MAX_JWKS_LEN + 1));
+    let message = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect_err("over 1 MiB")
+        .to_string();
+    assert!(
+        message.contains(ENV_JWKS_URL) && message.contains("larger than 1048576 bytes"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_authenticator_ends_its_refresh_task_at_once() {
+    let server = JwksServer::start(JWKS.to_owned()).await;
+    // A refresh interval far longer than the test: only the abort on drop ends the task.
+    let mut config = url_config(&server, Duration::from_secs(3600));
+    config.jwks_refresh_interval = Duration::from_secs(3600);
+    let auth = Authenticator::new(config).await.expect("auth");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    // Let the fetch's connection tasks finish, so only the server and the refresher remain.
+    let settled = metrics.num_alive_tasks();
+    wait_for(|| metrics.num_alive_tasks() <= 2).await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        2,
+        "server and refresher (from {settled})"
+    );
+    drop(auth);
+    wait_for(|| metrics.num_alive_tasks() == 1).await;
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_dev_key_is_installed_unless_another_process_was_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tmp, path) = (dir.path().join("new.tmp"), dir.path().join(DEV_KEY_FILE));
+    let ours = "o".repeat(43);
+    write_private_file(&tmp, ours.as_bytes()).expect("write");
+    // Nobody was first: ours is linked into place.
+    assert_eq!(install_key(&tmp, &path, ours.clone()).expect("installed"), ours);
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), ours);
+    // Another process was first: its key is kept and used.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let theirs = "t".repeat(43);
+    let other_path = other_dir.path().join(DEV_KEY_FILE);
+    write_private_file(&other_path, theirs.as_bytes()).expect("write");
+    assert_eq!(install_key(&tmp, &other_path, ours).expect("adopted"), theirs);
+    assert_eq!(std::fs::read_to_string(&other_path).expect("read"), theirs);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dev_key_that_cannot_be_linked_into_place_is_an_error_saying_why() {
+    // Linux refuses to hard-link a directory (EPERM), as a filesystem without hard links
+    // would: that is the error reported, not the absence of the key file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (tmp, path) = (dir.path().join("new.tmp"), dir.path().join(DEV_KEY_FILE));
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let err = install_key(&tmp, &path, "k".repeat(43)).expect_err("cannot link");
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    assert!(!path.exists());
 }
