@@ -121,15 +121,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and the like: back off rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = ordermesh_mesh::server::accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let Some(held) = counts.hold(remote.ip(), limits.max_connections_per_address) else {
@@ -140,7 +132,6 @@ pub async fn serve(
             );
             continue;
         };
-        let _ = tcp.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();

@@ -9,7 +9,10 @@
 //!   refuses beyond its header-list limit. An error a request provokes must
 //!   never be too large to relay, or one caller could turn a refusal of its
 //!   own request into a transport failure that looks like an outage to
-//!   everyone behind the same breaker.
+//!   everyone behind the same breaker;
+//! - an accept that survives running out of file descriptors ([`accept`]),
+//!   for the listeners that accept their own connections (TLS, the
+//!   gateway's).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +25,26 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::classify::status_response;
+
+/// The next connection on `listener`, with TCP_NODELAY set (gRPC writes a
+/// response's headers, data and trailers as separate small writes, and with
+/// Nagle's algorithm the last waits for the peer's delayed ACK). A failed
+/// accept (EMFILE and the like) is logged and retried after 100 ms rather
+/// than spun on or returned: the listener stays up.
+pub async fn accept(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
 
 /// The largest header block a mesh client accepts in a response (HTTP/2
 /// `SETTINGS_MAX_HEADER_LIST_SIZE`).

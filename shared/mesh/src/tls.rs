@@ -188,18 +188,9 @@ impl MeshTls {
         tokio::spawn(async move {
             loop {
                 let (tcp, remote) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            // EMFILE and the like: back off, do not spin.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
+                    accepted = crate::server::accept(&listener) => accepted,
                     () = tx.closed() => return,
                 };
-                let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().0);
                 let tx = tx.clone();
                 tokio::spawn(async move {
