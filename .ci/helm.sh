@@ -107,8 +107,14 @@ refused "TLS in SingleBinary mode" "tls: mutual TLS is for Distributed mode" \
   "${MINIMAL[@]}" --set deploymentMode=SingleBinary --set tls.enabled=true
 refused "cert-manager without an issuer" "tls: tls.certManager.enabled needs tls.certManager.issuerRef.name" \
   "${MINIMAL[@]}" --set tls.enabled=true --set tls.certManager.enabled=true
-refused "health port on a service port" "tls: tls.healthPort (50051) must differ" \
+refused "health port on a service port" "ports: order.port and tls.healthPort are both 50051" \
   "${MINIMAL[@]}" --set tls.enabled=true --set tls.healthPort=50051
+refused "metrics on the gateway's port" "ports: gateway.port and metrics.port are both 8080" \
+  "${MINIMAL[@]}" --set metrics.enabled=true --set metrics.port=8080
+refused "a reservation TTL the binary refuses" "at '/inventory/reservationTtlSecs': minimum" \
+  "${MINIMAL[@]}" --set inventory.reservationTtlSecs=600
+refused "plain-http JWKS in production" "auth: auth.jwksUrl http://idp.example.com/jwks.json is plain http" \
+  --set database.existingSecret=db --set nats.url=nats://nats:4222 --set auth.jwksUrl=http://idp.example.com/jwks.json
 refused "two development gateways without a shared key" "auth: development mode with more than one gateway pod needs auth.hs256Secret.name" \
   "${MINIMAL[@]}" --set auth.mode=development --set auth.jwksUrl= --set gateway.replicas=2
 refused "HTTPRoute without a parent" "at '/httpRoute/parentRefs': minItems" "${MINIMAL[@]}" --set httpRoute.enabled=true

@@ -387,6 +387,19 @@ fn the_charts_values_agree_with_the_binarys_defaults() {
             "values.yaml {path} disagrees with `ordermesh {command}` {flag}"
         );
     }
+    // The schema refuses a reservation TTL the binary would refuse at start:
+    // not longer than 3 x patience + the forward window.
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("helm/ordermesh/values.schema.json")).expect("schema"),
+    )
+    .expect("schema JSON");
+    let secs = |flag: &str| -> u64 { binary_default("serve", flag).parse().expect("seconds") };
+    let needed = 3 * secs("--saga-patience-secs") + secs("--saga-forward-window-secs");
+    assert_eq!(
+        schema["properties"]["inventory"]["properties"]["reservationTtlSecs"]["minimum"],
+        serde_json::json!(needed + 1),
+        "values.schema.json's minimum reservation TTL is the binary's"
+    );
 }
 
 /// The flag table of `docs/deployment.md` restates defaults for readers; each

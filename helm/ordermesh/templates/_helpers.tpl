@@ -118,6 +118,20 @@ Deployment template, so `helm install` and `helm template` stop here.
 */}}
 {{- define "ordermesh.validate" -}}
 {{- $v := .Values }}
+{{- if and (eq $v.auth.mode "production") (regexMatch "^http://" $v.auth.jwksUrl) (not (regexMatch "^http://(localhost|127\\.[0-9.]+|\\[::1\\])(:[0-9]+)?(/|$)" $v.auth.jwksUrl)) }}
+{{- fail (printf "auth: auth.jwksUrl %s is plain http; production mode fetches keys over https only (the gateway would refuse to start)" $v.auth.jwksUrl) }}
+{{- end }}
+{{- $ports := dict }}
+{{- $named := list (list "gateway.port" $v.gateway.port) (list "order.port" $v.order.port) (list "inventory.port" $v.inventory.port) (list "payment.port" $v.payment.port) }}
+{{- if $v.metrics.enabled }}{{ $named = append $named (list "metrics.port" $v.metrics.port) }}{{ end }}
+{{- if $v.tls.enabled }}{{ $named = append $named (list "tls.healthPort" $v.tls.healthPort) }}{{ end }}
+{{- range $named }}
+{{- $key := toString (index . 1) }}
+{{- if hasKey $ports $key }}
+{{- fail (printf "ports: %s and %s are both %s; every port must differ (SingleBinary runs them in one pod)" (get $ports $key) (index . 0) $key) }}
+{{- end }}
+{{- $_ := set $ports $key (index . 0) }}
+{{- end }}
 {{- $gatewayPods := ternary (ternary 2 (int $v.gateway.replicas) $v.gateway.autoscaling.enabled) (int $v.singleBinary.replicas) (eq $v.deploymentMode "Distributed") }}
 {{- if and (eq $v.auth.mode "development") (gt (int $gatewayPods) 1) (not $v.auth.hs256Secret.name) }}
 {{- fail "auth: development mode with more than one gateway pod needs auth.hs256Secret.name (one shared key): each pod would otherwise make its own, and tokens would work on half of them" }}
@@ -127,9 +141,6 @@ Deployment template, so `helm install` and `helm template` stop here.
 {{- end }}
 {{- if and $v.tls.enabled $v.tls.certManager.enabled (not $v.tls.certManager.issuerRef.name) }}
 {{- fail "tls: tls.certManager.enabled needs tls.certManager.issuerRef.name (a CA issuer that signs every process's certificate)" }}
-{{- end }}
-{{- if and $v.tls.enabled (has (int $v.tls.healthPort) (list (int $v.order.port) (int $v.inventory.port) (int $v.payment.port))) }}
-{{- fail (printf "tls: tls.healthPort (%v) must differ from the services' ports" $v.tls.healthPort) }}
 {{- end }}
 {{- if and $v.database.existingSecret (or $v.database.urls.order $v.database.urls.inventory $v.database.urls.payment) }}
 {{- fail "database: set either database.existingSecret or database.urls, not both" }}
