@@ -430,7 +430,8 @@ pub struct GatewayArgs {
     /// Time (ms) a client has to send a whole REST request body (408 after).
     #[arg(long, env = "ORDERMESH_GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = millis(gateway_default().connections.body_read_timeout))]
     pub gateway_body_read_timeout_ms: u64,
-    /// Open connections one client address may hold.
+    /// Open connections one client address may hold; 0: no cap (behind a
+    /// proxy or ingress every client has the proxy's address).
     #[arg(long, env = "ORDERMESH_GATEWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = gateway_default().connections.max_connections_per_address)]
     pub gateway_max_connections_per_address: usize,
 }

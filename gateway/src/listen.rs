@@ -39,7 +39,8 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A REST request's whole body.
     pub body_read_timeout: Duration,
-    /// Open connections from one client address.
+    /// Open connections from one client address; 0: no cap (behind a
+    /// proxy or ingress, where every client shares the proxy's address).
     pub max_connections_per_address: usize,
 }
 
@@ -74,7 +75,7 @@ impl PerAddress {
     fn hold(&self, ip: IpAddr, max: usize) -> Option<Held> {
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
+        if max != 0 && *count >= max {
             return None;
         }
         *count += 1;
@@ -182,5 +183,8 @@ mod tests {
             counts.0.lock().expect("lock").is_empty(),
             "no entry outlives its connections"
         );
+        // 0 is no cap, not "refuse everyone".
+        let unlimited: Vec<Held> = (0..1000).map(|_| counts.hold(a, 0).expect("no cap")).collect();
+        assert_eq!(unlimited.len(), 1000);
     }
 }
