@@ -18,12 +18,14 @@ use ordermesh_tests::{Backend, Mesh, MeshOptions, both_backends};
 const CABLE: &str = "CB-004"; // 999 cents, 200 in stock
 const MONITOR: &str = "MN-003"; // 27900 cents: more than bob has
 
-fn release_fails() -> Vec<mesh_pb::FaultRule> {
+/// Every ReleaseReservation fails with UNAVAILABLE after `delay_ms`.
+fn release_fails(delay_ms: i64) -> Vec<mesh_pb::FaultRule> {
     vec![mesh_pb::FaultRule {
         method: "ReleaseReservation".into(),
+        delay_percent: if delay_ms > 0 { 100.0 } else { 0.0 },
+        delay_ms,
         abort_percent: 100.0,
         abort_code: "UNAVAILABLE".into(),
-        ..Default::default()
     }]
 }
 
@@ -133,7 +135,7 @@ async fn a_back_off_longer_than_the_lease_keeps_the_saga(backend: Backend) {
         return;
     };
     let replica = mesh.start_order_replica(saga).await;
-    mesh.set_faults("inventory", release_fails()).await;
+    mesh.set_faults("inventory", release_fails(0)).await;
     // bob cannot pay for a monitor: the saga compensates, and RELEASE fails.
     let order = mesh
         .create_order("long-wait", "bob", &[(MONITOR, 1)])
@@ -165,7 +167,7 @@ async fn a_back_off_longer_than_the_lease_keeps_the_saga(backend: Backend) {
 }
 
 /// An operator retries a saga its own process still drives (the worker in
-/// its last back-off): the saga starts afresh, with all its attempts, not
+/// its last attempt): the saga starts afresh, with all its attempts, not
 /// with the worker's old count.
 async fn a_retry_of_a_saga_still_driven_starts_it_afresh(backend: Backend) {
     let mut options = MeshOptions::new(backend);
@@ -175,7 +177,10 @@ async fn a_retry_of_a_saga_still_driven_starts_it_afresh(backend: Backend) {
     let Some(mesh) = Mesh::start(options).await else {
         return;
     };
-    mesh.set_faults("inventory", release_fails()).await;
+    // Each attempt's call takes a second before it fails: the back-off has
+    // full jitter and may be nearly nothing, so the call is what holds the
+    // last attempt open long enough for the operator's retry to meet it.
+    mesh.set_faults("inventory", release_fails(1_000)).await;
     let order = mesh
         .create_order("retry-live", "bob", &[(MONITOR, 1)])
         .await
