@@ -105,7 +105,7 @@ fn takes_flag(bin: &Path, command: &str, flag: &str) -> anyhow::Result<bool> {
 /// `ordermesh up` on free ports and SQLite files in a temporary directory.
 pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh> {
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
-    let ports = ordermesh_runtime::net::free_ports::<4>()?;
+    let ports = ordermesh_runtime::net::free_ports::<5>()?;
     let args: Vec<String> = [
         "up",
         "--data-dir",
@@ -124,6 +124,11 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
     // gateway (a baseline build), which would refuse the flag.
     if takes_flag(bin, "up", "--gateway-port")? {
         args.extend(["--gateway-port".to_owned(), ports[3].to_string()]);
+    }
+    // Metrics as `up` serves them by default, on a free port, where the
+    // binary has them.
+    if takes_flag(bin, "up", "--metrics-listen")? {
+        args.extend(["--metrics-listen".to_owned(), format!("127.0.0.1:{}", ports[4])]);
     }
     let urls: Vec<String> = ports[..3]
         .iter()

@@ -142,6 +142,10 @@ pub struct ProcessArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub seed_demo: Option<bool>,
+    /// Serve Prometheus metrics at http://ADDR/metrics ('' for none; see
+    /// docs/metrics.md). Default: 127.0.0.1:9464 for `up`, none for `serve`.
+    #[arg(long, env = "ORDERMESH_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten, next_help_heading = "Events")]
     pub events: EventArgs,
     #[command(flatten, next_help_heading = "Inventory")]
@@ -152,6 +156,24 @@ pub struct ProcessArgs {
     pub saga: SagaArgs,
     #[command(flatten, next_help_heading = "Gateway")]
     pub gateway: GatewayArgs,
+}
+
+/// Where `up` serves metrics unless `--metrics-listen` says otherwise (the
+/// port OpenTelemetry's Prometheus exporters use).
+pub const UP_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+impl ProcessArgs {
+    /// The metrics address: the flag, else `mode_default`; empty is none.
+    pub fn metrics_listen(&self, mode_default: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+        let value = self.metrics_listen.as_deref().or(mode_default).unwrap_or("").trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        value
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {value:?} is not an address (host:port): {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Args)]

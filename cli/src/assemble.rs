@@ -53,13 +53,15 @@ pub struct Plan {
     pub announce: bool,
     /// Mutual TLS (`serve` only), and the plaintext health address beside it.
     pub tls: crate::args::TlsArgs,
+    /// Where the process serves Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Plan {
     /// `serve TARGET`: one target, peers from flags; no demo data and
     /// production auth unless asked.
-    pub fn serve(args: ServeArgs) -> Self {
-        Plan {
+    pub fn serve(args: ServeArgs) -> anyhow::Result<Self> {
+        Ok(Plan {
             placements: vec![Placement {
                 target: args.target,
                 listen: args.listen,
@@ -69,9 +71,10 @@ impl Plan {
             tls: args.tls,
             seed_demo: args.process.seed_demo.unwrap_or(false),
             auth_mode: args.process.gateway.auth_mode.unwrap_or(AuthMode::Production),
+            metrics_listen: args.process.metrics_listen(None)?,
             process: args.process,
             announce: false,
-        }
+        })
     }
 
     /// `up`: every target in this process, each on its own port: the
@@ -79,7 +82,7 @@ impl Plan {
     /// (they trust the network they listen on: only the gateway, which
     /// checks tokens, faces it); demo data and development auth unless
     /// asked otherwise.
-    pub fn up(args: UpArgs) -> Self {
+    pub fn up(args: UpArgs) -> anyhow::Result<Self> {
         let placements: Vec<Placement> = Target::ALL
             .into_iter()
             .map(|target| {
@@ -113,15 +116,16 @@ impl Plan {
             inventory_url: url(Target::Inventory),
             payment_url: url(Target::Payment),
         };
-        Plan {
+        Ok(Plan {
             placements,
             peers,
             tls: crate::args::TlsArgs::default(),
             seed_demo: args.process.seed_demo.unwrap_or(true),
             auth_mode: args.process.gateway.auth_mode.unwrap_or(AuthMode::Development),
+            metrics_listen: args.process.metrics_listen(Some(crate::args::UP_METRICS_LISTEN))?,
             process: args.process,
             announce: true,
-        }
+        })
     }
 
     fn runs(&self, target: Target) -> bool {
@@ -156,12 +160,24 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         true => Some(events_bus(&plan.process).await?),
         false => None,
     };
+    // The recorder first, so every target records from its start.
+    let metrics = match plan.metrics_listen {
+        Some(addr) => {
+            ordermesh_runtime::metrics::install()?;
+            Some(bind(addr).await.context("--metrics-listen")?)
+        }
+        None => None,
+    };
     let mut listeners = Vec::new();
     for placement in &plan.placements {
         listeners.push(bind(placement.listen).await?);
     }
     let shutdown: Shared<BoxFuture<'static, ()>> = ordermesh_runtime::shutdown::signal().boxed().shared();
     let mut targets = JoinSet::new();
+    if let Some(listener) = metrics {
+        let serving = ordermesh_runtime::metrics::serve(listener, shutdown.clone());
+        targets.spawn(async move { ("metrics", serving.await.map_err(anyhow::Error::from)) });
+    }
     for (placement, listener) in plan.placements.iter().zip(listeners) {
         let serving = build(&plan, placement, &mesh, bus.clone(), listener, shutdown.clone())
             .await
@@ -348,6 +364,9 @@ fn announce_endpoints(plan: &Plan) {
             Target::Payment => println!("  payment    {addr}   ordermesh.payment.v1.PaymentService"),
         }
     }
+    if let Some(addr) = plan.metrics_listen {
+        println!("  metrics    {addr}   Prometheus: http://{addr}/metrics");
+    }
 }
 
 fn announce_ready(plan: &Plan) {
@@ -385,8 +404,8 @@ mod tests {
 
     fn plan(args: &[&str]) -> Plan {
         match Cli::try_parse_from(args).expect("parses").command {
-            Command::Up(up) => Plan::up(up),
-            Command::Serve(serve) => Plan::serve(serve),
+            Command::Up(up) => Plan::up(up).expect("plan"),
+            Command::Serve(serve) => Plan::serve(serve).expect("plan"),
             other => panic!("{other:?}"),
         }
     }
@@ -425,6 +444,26 @@ mod tests {
         assert_eq!(serve.placements.len(), 1);
         assert!(!serve.seed_demo && !serve.announce);
         assert_eq!(serve.auth_mode, AuthMode::Production);
+    }
+
+    #[test]
+    fn up_serves_metrics_unless_told_not_to_and_serve_only_when_told() {
+        let at = |args: &[&str]| plan(args).metrics_listen.map(|a| a.to_string());
+        assert_eq!(at(&["ordermesh", "up"]).as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(at(&["ordermesh", "up", "--metrics-listen", ""]), None);
+        assert_eq!(at(&["ordermesh", "serve", "order"]), None);
+        assert_eq!(
+            at(&["ordermesh", "serve", "order", "--metrics-listen", "0.0.0.0:9090"]).as_deref(),
+            Some("0.0.0.0:9090")
+        );
+        let Command::Serve(serve) = Cli::try_parse_from(["ordermesh", "serve", "order", "--metrics-listen", "9090"])
+            .expect("parses")
+            .command
+        else {
+            panic!("serve")
+        };
+        let error = Plan::serve(serve).expect_err("a port alone is no address");
+        assert!(error.to_string().contains("--metrics-listen \"9090\""), "{error}");
     }
 
     #[test]

@@ -25,8 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format.into());
     match cli.command {
-        Command::Up(args) => assemble::run(Plan::up(args)).await,
-        Command::Serve(args) => assemble::run(Plan::serve(args)).await,
+        Command::Up(args) => assemble::run(Plan::up(args)?).await,
+        Command::Serve(args) => assemble::run(Plan::serve(args)?).await,
         Command::Health(args) => health::run(args).await,
         Command::Bench(args) => ordermesh_bench::run(args).await,
         Command::Chaos(args) => ordermesh_chaos::run(args).await,

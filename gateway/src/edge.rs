@@ -94,14 +94,28 @@ impl Guard {
             .auth
             .authenticate(headers.get(http::header::AUTHORIZATION))
             .await
-            .map_err(|error| error.to_status())?;
-        Self::permits(access, rpc, principal.as_ref())?;
+            .map_err(|error| {
+                crate::metrics::auth_refused(match error {
+                    crate::auth::AuthError::Expired => "expired_token",
+                    _ => "invalid_token",
+                });
+                error.to_status()
+            })?;
+        Self::permits(access, rpc, principal.as_ref()).inspect_err(|status| {
+            crate::metrics::auth_refused(match status.code() {
+                tonic::Code::Unauthenticated => "missing_token",
+                _ => "forbidden",
+            })
+        })?;
         let key = match (&principal, peer) {
             (Some(principal), _) => format!("sub:{}", principal.subject),
             (None, Some(ip)) => format!("ip:{ip}"),
             (None, None) => "ip:unknown".to_owned(),
         };
-        self.limits.check(rpc, &key).map_err(error::rate_limited)?;
+        self.limits.check(rpc, &key).map_err(|wait| {
+            crate::metrics::rate_limited(rpc);
+            error::rate_limited(wait)
+        })?;
         Ok(Admitted {
             principal,
             caller: Caller::of(&key),

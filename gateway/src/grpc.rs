@@ -65,10 +65,13 @@ impl Service<Request<Body>> for Proxy {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
+        let arrival = request.extensions().get::<crate::metrics::Arrival>().copied();
+        let route = crate::metrics::grpc_route(request.uri().path());
         Box::pin(async move {
-            Ok(forward(&shared, request)
+            let response = forward(&shared, request)
                 .await
-                .unwrap_or_else(|status| status.into_http()))
+                .unwrap_or_else(|status| status.into_http());
+            Ok(crate::metrics::observe_grpc(response, arrival, route))
         })
     }
 }

@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod json;
 pub mod limit;
 pub mod listen;
+pub mod metrics;
 pub mod openapi;
 pub mod rest;
 pub mod rules;

@@ -24,16 +24,21 @@ use crate::rules::Binding;
 /// a bare number of seconds.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout";
 
-pub async fn handle(
-    State(shared): State<Arc<Shared>>,
-    request: Request<Body>,
-) -> Result<Response<Body>, EdgeError> {
+/// Answers a REST request; the response names the route that answered
+/// ([`crate::metrics::Route`]).
+pub async fn handle(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
+    use axum::response::IntoResponse;
     let peer = peer(request.extensions());
     let path = request.uri().path().to_owned();
     let Some((binding, variables)) = shared.route(request.method(), &path) else {
-        return Err(no_route(&shared, request.method(), &path));
+        return no_route(&shared, request.method(), &path).into_response();
     };
-    call(&shared, peer, binding, variables, request).await
+    let route = format!("{} {}", binding.verb, binding.template);
+    let mut response = call(&shared, peer, binding, variables, request)
+        .await
+        .into_response();
+    response.extensions_mut().insert(crate::metrics::Route(route));
+    response
 }
 
 async fn call(

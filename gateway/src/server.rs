@@ -77,7 +77,12 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
     let auth = Authenticator::new(config.auth.clone()).await?;
     let guard = Guard::new(auth, limits, access);
 
-    let mesh = config.mesh.build();
+    let mesh = config.mesh.build("gateway");
+    let exported = mesh.clone();
+    ordermesh_runtime::metrics::on_scrape(move || {
+        exported.export_metrics();
+        Box::pin(async {})
+    });
     let remote = |name: &str, url: &str| -> Result<Upstream, BuildError> {
         Ok(Upstream::new(mesh.client(name, url)?))
     };
@@ -249,8 +254,17 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 /// One line per request: method, path, status (and gRPC status when the
 /// answer was trailers-only), latency, request id.
-async fn access_log(request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+async fn access_log(mut request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
     let started = Instant::now();
+    let arrival = crate::metrics::Arrival {
+        protocol: crate::metrics::Protocol::of(&request),
+        at: started,
+    };
+    request.extensions_mut().insert(arrival);
+    let matched = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| format!("{} {}", request.method(), m.as_str()));
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let id = request
@@ -260,6 +274,15 @@ async fn access_log(request: Request<Body>, next: axum::middleware::Next) -> Res
         .unwrap_or("")
         .to_owned();
     let response = next.run(request).await;
+    if arrival.protocol == crate::metrics::Protocol::Rest {
+        let route = response
+            .extensions()
+            .get::<crate::metrics::Route>()
+            .map(|r| r.0.as_str())
+            .or(matched.as_deref())
+            .unwrap_or(crate::metrics::UNMATCHED);
+        crate::metrics::record(arrival, route, response.status().as_str());
+    }
     let grpc_status = response
         .headers()
         .get("grpc-status")

@@ -53,6 +53,8 @@ pub struct Up {
     pub inventory: u16,
     pub payment: u16,
     pub gateway: u16,
+    /// Where it serves Prometheus metrics.
+    pub metrics: u16,
     /// What it printed up to its ready line.
     pub started: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -64,7 +66,8 @@ impl Up {
     /// deadline) for its ready line.
     pub fn start(extra: &[String]) -> Up {
         let data = tempfile::tempdir().expect("tempdir");
-        let [order, inventory, payment, gateway] = ordermesh_runtime::net::free_ports().expect("free ports");
+        let [order, inventory, payment, gateway, metrics] =
+            ordermesh_runtime::net::free_ports().expect("free ports");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
             .args(["up", "--data-dir"])
             .arg(data.path())
@@ -72,6 +75,7 @@ impl Up {
             .args(["--inventory-port", &inventory.to_string()])
             .args(["--payment-port", &payment.to_string()])
             .args(["--gateway-port", &gateway.to_string()])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -92,6 +96,7 @@ impl Up {
             inventory,
             payment,
             gateway,
+            metrics,
             started: Vec::new(),
             lines,
             data,

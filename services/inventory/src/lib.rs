@@ -126,7 +126,7 @@ impl Service {
         let mut options = self
             .config
             .mesh
-            .serve_options(SERVICE_NAME, self.config.mesh.build());
+            .serve_options(SERVICE_NAME, self.config.mesh.build("inventory"));
         options.extra_health.push(self.events.health());
         let db = self.store.db().clone();
         let result = serve(routes, db, listener, options, shutdown).await;

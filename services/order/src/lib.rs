@@ -152,7 +152,7 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     // Every outgoing call goes through the mesh stack (deadline, retry
     // budget, breaker, faults, balancing). Channels connect lazily, so the
     // service starts, and recovers sagas, while a peer is still down.
-    let mesh = config.mesh.build();
+    let mesh = config.mesh.build("order");
     mesh.flags().define(
         api::PRECHECK_FLAG,
         ordermesh_mesh::flags::Flag {
@@ -187,6 +187,17 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
     };
     let watch = watch::WatchHub::new(store.clone());
     let runner = SagaRunner::new(store.clone(), steps, config.saga, watch.clone());
+    let (measured, counted) = (runner.clone(), store.clone());
+    ordermesh_runtime::metrics::on_scrape(move || {
+        let (runner, store) = (measured.clone(), counted.clone());
+        Box::pin(async move {
+            metrics::gauge!(saga::measure::IN_FLIGHT).set(runner.driving() as f64);
+            match store.count_needing_attention().await {
+                Ok(count) => metrics::gauge!(saga::measure::NEEDING_ATTENTION).set(count as f64),
+                Err(error) => tracing::warn!(%error, "cannot count the sagas needing attention"),
+            }
+        })
+    });
     let catalogue = catalogue::Catalogue::new(inventory.clone(), config.catalogue_ttl, CATALOGUE_CAPACITY);
     Ok(Service {
         store,

@@ -120,7 +120,7 @@ impl Service {
             },
         ));
         let db = self.store.db().clone();
-        let mut options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build());
+        let mut options = self.mesh.serve_options(SERVICE_NAME, self.mesh.build("payment"));
         options.extra_health.push(self.events.health());
         let result = serve(routes, db, listener, options, shutdown).await;
         sweeper.abort();

@@ -23,6 +23,7 @@
 //!   exactly-once.
 //! - [`worker`]: the consumer loop: handle, ack, retry with back-off, dead-letter.
 //! - [`admin`]: the `EventAdminService` gRPC server.
+//! - [`measure`]: the backlog, relay and consumer metrics.
 //! - [`service`]: the plumbing every service starts (relay, publisher, admin).
 //! - [`json`]: events as JSON (by `ce-type`, through prost-reflect).
 //! - [`testing`]: a real nats-server for tests and benches.
@@ -36,6 +37,7 @@ pub mod error;
 pub mod inbox;
 pub mod json;
 pub mod kind;
+pub mod measure;
 pub mod outbox;
 pub mod relay;
 pub mod service;

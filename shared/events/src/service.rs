@@ -45,7 +45,16 @@ impl ServiceEvents {
         if let Err(e) = bus.ensure_streams().await {
             tracing::warn!(error = %e, "cannot create the event streams yet; retried when NATS answers");
         }
-        let relay = Relay::spawn(pool, bus.clone(), RelayConfig::default());
+        let service = source.rsplit('/').next().unwrap_or(source).to_owned();
+        crate::measure::export_outbox(service.clone(), pool.clone());
+        let relay = Relay::spawn(
+            pool,
+            bus.clone(),
+            RelayConfig {
+                service,
+                ..RelayConfig::default()
+            },
+        );
         let publisher = Publisher::new(Outbox::new(source), relay.notifier());
         let stop = watch::channel(false).0;
         let health = Consumers::default();

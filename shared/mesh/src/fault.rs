@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,9 +48,25 @@ impl FaultRule {
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     rules: Arc<RwLock<Vec<FaultRule>>>,
+    applied: Arc<Applied>,
+}
+
+/// How many calls the rules delayed and aborted, for the metrics.
+#[derive(Debug, Default)]
+struct Applied {
+    delays: AtomicU64,
+    aborts: AtomicU64,
 }
 
 impl Faults {
+    /// Calls delayed and calls aborted so far.
+    pub fn applied(&self) -> (u64, u64) {
+        (
+            self.applied.delays.load(Ordering::Relaxed),
+            self.applied.aborts.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn set(&self, rules: Vec<FaultRule>) {
         *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
@@ -129,6 +146,12 @@ where
         };
         let delay = rolled(rule.delay_percent).then_some(rule.delay);
         let abort = rolled(rule.abort_percent);
+        if delay.is_some() {
+            self.faults.applied.delays.fetch_add(1, Ordering::Relaxed);
+        }
+        if abort {
+            self.faults.applied.aborts.fetch_add(1, Ordering::Relaxed);
+        }
         let path = request.uri().path().to_owned();
         // The inner service was made ready for this call; a delayed call
         // still uses it, so it is taken now and the slot left for the next.

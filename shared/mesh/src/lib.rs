@@ -16,6 +16,7 @@
 //! - [`policy`]: the policy file, environment overrides, validation.
 //! - [`stack`]: the client stack and the per-process [`stack::Mesh`].
 //! - [`server`]: load shedding on the server side.
+//! - [`metrics`]: what the mesh measures (RED per call, per-downstream state).
 //! - [`admin`]: the `MeshAdminService` gRPC API.
 //! - [`tls`]: mutual TLS between processes, and the peer a certificate names.
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod deadline;
 pub mod fault;
 pub mod flags;
 pub mod grpc_timeout;
+pub mod metrics;
 pub mod policy;
 pub mod refused;
 pub mod retry;

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -95,6 +96,9 @@ pub struct RetryBudget {
     max_tokens: f64,
     token_ratio: f64,
     tokens: Mutex<f64>,
+    /// Attempts after the first, and retries the spent budget stopped.
+    retries: AtomicU64,
+    exhausted: AtomicU64,
 }
 
 impl RetryBudget {
@@ -103,7 +107,17 @@ impl RetryBudget {
             max_tokens,
             token_ratio,
             tokens: Mutex::new(max_tokens),
+            retries: AtomicU64::new(0),
+            exhausted: AtomicU64::new(0),
         }
+    }
+
+    /// Retries made, and retries the budget stopped, so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.retries.load(Ordering::Relaxed),
+            self.exhausted.load(Ordering::Relaxed),
+        )
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut f64) -> T) -> T {
@@ -250,7 +264,11 @@ where
                     return result;
                 }
                 budget.on_failure();
-                if attempt >= policy.max_attempts || !budget.allows_retry() {
+                if attempt >= policy.max_attempts {
+                    return result;
+                }
+                if !budget.allows_retry() {
+                    budget.exhausted.fetch_add(1, Ordering::Relaxed);
                     return result;
                 }
                 let pause = policy.backoff(attempt);
@@ -261,6 +279,7 @@ where
                 }
                 tracing::debug!(path = parts.uri.path(), attempt, ?code, "retrying");
                 tokio::time::sleep(pause).await;
+                budget.retries.fetch_add(1, Ordering::Relaxed);
                 attempt += 1;
             }
         })

@@ -101,6 +101,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let path = request.uri().path().to_owned();
+            crate::metrics::load_shed(&path);
             return Box::pin(async move {
                 tracing::warn!(%path, "shedding load: concurrency limit reached");
                 Ok(status_response(tonic::Status::resource_exhausted(

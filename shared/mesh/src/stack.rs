@@ -40,6 +40,9 @@ use crate::retry::{RetryBudget, RetryLayer};
 #[derive(Clone)]
 pub struct MeshChannel {
     inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
+    /// Who calls, and the downstream's name, for the metrics.
+    caller: Arc<str>,
+    downstream: Arc<str>,
 }
 
 impl std::fmt::Debug for MeshChannel {
@@ -64,23 +67,27 @@ impl tower::Service<Request<Body>> for MeshChannel {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let call = crate::metrics::ClientCall::start(&self.caller, &self.downstream, request.uri().path());
         let future = self.inner.call(request);
         Box::pin(async move {
-            match future.await {
+            let status = match future.await {
                 Ok(mut response) => match NotSent::take_status(&mut response) {
-                    Some(status) => Err(status),
-                    None => Ok(response),
+                    Some(status) => {
+                        call.ended(status.code(), NotSent::of_status(&status));
+                        return Err(status);
+                    }
+                    None => return Ok(call.answered(response)),
                 },
-                Err(error) if crate::classify::refused_here(&*error) => Ok(crate::classify::status_response(
+                Err(error) if crate::classify::refused_here(&*error) => {
                     tonic::Status::resource_exhausted(format!(
                         "the response's headers exceed this client's limit of {} bytes: {error}",
                         crate::server::MAX_RESPONSE_HEADER_LIST_BYTES
-                    )),
-                )),
-                Err(error) => Ok(crate::classify::status_response(tonic::Status::unavailable(
-                    format!("transport error: {error}"),
-                ))),
-            }
+                    ))
+                }
+                Err(error) => tonic::Status::unavailable(format!("transport error: {error}")),
+            };
+            call.ended(status.code(), None);
+            Ok(crate::classify::status_response(status))
         })
     }
 }
@@ -151,6 +158,9 @@ pub struct Mesh {
 
 #[derive(Debug)]
 struct Inner {
+    /// Whose mesh this is (`order`, `gateway`, ...): the `caller` label of
+    /// its client metrics, since `up` runs several in one process.
+    caller: Arc<str>,
     /// Mutual TLS for every downstream, when the process has certificates.
     tls: Option<Arc<crate::tls::MeshTls>>,
     policy: Mutex<MeshPolicy>,
@@ -171,6 +181,12 @@ impl Mesh {
 
     /// A mesh whose clients connect over mutual TLS with `tls`.
     pub fn with_tls(policy: MeshPolicy, tls: Option<Arc<crate::tls::MeshTls>>) -> Self {
+        Self::named("", policy, tls)
+    }
+
+    /// The mesh of the target `caller` (`order`, `gateway`, ...), which
+    /// labels its client metrics.
+    pub fn named(caller: &str, policy: MeshPolicy, tls: Option<Arc<crate::tls::MeshTls>>) -> Self {
         let flags = Flags::new(policy.flags());
         flags.define(
             crate::fault::FAULT_FLAG,
@@ -182,6 +198,7 @@ impl Mesh {
         );
         Self {
             inner: Arc::new(Inner {
+                caller: caller.into(),
                 tls,
                 policy: Mutex::new(policy),
                 flags,
@@ -242,6 +259,8 @@ impl Mesh {
             );
         Ok(MeshChannel {
             inner: BoxCloneSyncService::new(service),
+            caller: self.inner.caller.clone(),
+            downstream: name.into(),
         })
     }
 
@@ -279,6 +298,49 @@ impl Mesh {
                 }
             })
             .collect()
+    }
+
+    /// Copies each downstream's state (breaker, endpoints, retries, faults)
+    /// into the metrics recorder; called when metrics are scraped.
+    pub fn export_metrics(&self) {
+        use crate::metrics as m;
+        let downstreams = self
+            .inner
+            .downstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let caller = self.inner.caller.to_string();
+        for (name, d) in downstreams {
+            let state = match d.breaker.state() {
+                StateKind::Closed => 0.0,
+                StateKind::HalfOpen => 1.0,
+                StateKind::Open => 2.0,
+            };
+            metrics::gauge!(m::BREAKER_STATE, "caller" => caller.clone(), "downstream" => name.clone()).set(state);
+            let stats = d.breaker.stats();
+            for (to, count) in [
+                ("closed", stats.closed),
+                ("half_open", stats.half_opened),
+                ("open", stats.opened),
+            ] {
+                metrics::counter!(m::BREAKER_TRANSITIONS, "caller" => caller.clone(), "downstream" => name.clone(), "to" => to)
+                    .absolute(count);
+            }
+            let endpoints = d.balancer.snapshot();
+            let ejected = endpoints.iter().filter(|e| e.ejected).count();
+            for (state, count) in [("ready", endpoints.len() - ejected), ("ejected", ejected)] {
+                metrics::gauge!(m::ENDPOINTS, "caller" => caller.clone(), "downstream" => name.clone(), "state" => state)
+                    .set(count as f64);
+            }
+            let (retries, exhausted) = d.budget.counts();
+            metrics::counter!(m::RETRIES, "caller" => caller.clone(), "downstream" => name.clone()).absolute(retries);
+            metrics::counter!(m::RETRY_BUDGET_EXHAUSTED, "caller" => caller.clone(), "downstream" => name.clone()).absolute(exhausted);
+            let (delays, aborts) = d.faults.applied();
+            metrics::counter!(m::FAULTS_INJECTED, "caller" => caller.clone(), "downstream" => name.clone(), "kind" => "delay")
+                .absolute(delays);
+            metrics::counter!(m::FAULTS_INJECTED, "caller" => caller.clone(), "downstream" => name, "kind" => "abort").absolute(aborts);
+        }
     }
 
     /// Applies a reloaded policy: flags and fault rules change at once;

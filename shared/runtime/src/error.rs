@@ -26,6 +26,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot set up the metrics recorder: {0}")]
+    Metrics(String),
 }
 
 /// A service's own infrastructure failing under a call: the database, the

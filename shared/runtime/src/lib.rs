@@ -21,6 +21,7 @@
 //!   (per-customer access, operators, admin APIs).
 //! - [`clock`]: timestamps as integer microseconds, the storage format.
 //! - [`telemetry`]: the tracing subscriber.
+//! - [`metrics`]: the Prometheus endpoint and its scrape hooks.
 //!
 //! The mesh client stack (breakers, retries, balancing) joins this crate in
 //! the mesh-layer work.
@@ -30,6 +31,7 @@ pub mod clock;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod net;
 pub mod paging;
 pub mod periodic;

@@ -14,6 +14,7 @@ use tonic::transport::server::TcpIncoming;
 
 use ordermesh_mesh::admin::MeshAdmin;
 use ordermesh_mesh::deadline::InheritDeadlineLayer;
+use ordermesh_mesh::metrics::RpcMetricsLayer;
 use ordermesh_mesh::server::{BoundErrorsLayer, ShedLayer};
 use ordermesh_mesh::stack::Mesh;
 use ordermesh_proto::mesh::v1::mesh_admin_service_server::MeshAdminServiceServer;
@@ -121,6 +122,14 @@ pub async fn serve(
             ))
         })
         .collect();
+    // The mesh's and the pools' state, read when metrics are scraped.
+    let (mesh, name) = (options.mesh.clone(), short_name(options.service_name));
+    let pools = db.clone();
+    crate::metrics::on_scrape(move || {
+        mesh.export_metrics();
+        crate::metrics::export_pools(name, &pools);
+        Box::pin(async {})
+    });
     let tracker = tokio::spawn(health::track_database(
         reporter,
         options.service_name,
@@ -137,6 +146,7 @@ pub async fn serve(
     let limit = options.mesh.policy().server.concurrency_limit;
     let mut builder = Server::builder().layer(
         tower::ServiceBuilder::new()
+            .layer(RpcMetricsLayer)
             .layer(ShedLayer::new(limit))
             .layer(BoundErrorsLayer)
             .layer(InheritDeadlineLayer),
@@ -189,6 +199,11 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// `order` for `ordermesh.order.v1.OrderService`: the `service` label.
+pub fn short_name(service_name: &'static str) -> &'static str {
+    service_name.split('.').nth(1).unwrap_or(service_name)
+}
+
 /// Adds reflection v1 and v1alpha (grpcurl 1.8 only speaks v1alpha) over
 /// every ordermesh contract, health, and google.rpc (whose descriptors let
 /// grpcurl decode BadRequest / ErrorInfo details): what every server of the
@@ -222,9 +237,9 @@ pub struct MeshSettings {
 }
 
 impl MeshSettings {
-    /// The process's mesh for one service.
-    pub fn build(&self) -> Mesh {
-        Mesh::with_tls(self.policy.clone(), self.tls.clone())
+    /// The mesh of one target of the process (`order`, `gateway`, ...).
+    pub fn build(&self, caller: &str) -> Mesh {
+        Mesh::named(caller, self.policy.clone(), self.tls.clone())
     }
 
     /// How the process knows its peers, which decides whom it believes

@@ -34,6 +34,7 @@
 //!   `max_compensation_attempts`; then the saga stops for an operator
 //!   (`OrderAdminService`), never retried silently forever.
 
+pub mod measure;
 pub mod plan;
 pub mod runner;
 pub mod steps;

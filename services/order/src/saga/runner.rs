@@ -32,7 +32,7 @@ use super::plan::{self, Advance, Decision, OrderEvent, StepResult};
 use super::steps::Steps;
 use super::{CrashPoint, SagaConfig};
 use crate::error::Error;
-use crate::store::{AdvanceError, Applied, Created, Fence, NewOrder, Order, Saga, SagaState, Store};
+use crate::store::{AdvanceError, Applied, Created, Fence, NewOrder, Order, OrderStatus, Saga, SagaState, Store};
 use crate::watch::WatchHub;
 
 /// Runs sagas: at most one worker per saga in this process, fenced by the
@@ -455,6 +455,9 @@ impl SagaRunner {
             let step = driven.saga.step;
             let result = if Steps::calls(step) {
                 self.ensure_lease(&mut driven).await?;
+                if driven.saga.state == SagaState::Compensating {
+                    super::measure::compensating(step);
+                }
                 let result = self.inner.steps.run(&driven.saga, &driven.order).await;
                 self.crash_point(CrashPoint::After(step)).await;
                 if let Some(pause) = self.inner.config.pause_before_record
@@ -467,6 +470,7 @@ impl SagaRunner {
                 StepResult::Nothing
             };
             let decision = plan::decide(&driven.view(), result, &self.inner.limits, fastrand::f64());
+            super::measure::decided(step, &decision);
             self.perform(&mut driven, decision, wake).await?;
         }
     }
@@ -493,6 +497,9 @@ impl SagaRunner {
                         let from = driven.saga.step;
                         driven.apply(&advance, applied);
                         driven.lease_valid_until = valid_until;
+                        if advance.order_status.is_some_and(OrderStatus::is_terminal) {
+                            super::measure::ended(&driven.order);
+                        }
                         self.inner.watch.publish(&driven.order);
                         if let Some((reason, detail)) = &advance.reject
                             && !detail.is_empty()

@@ -404,6 +404,18 @@ impl Store {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// How many unfinished sagas wait for an operator (on the index of
+    /// saga states: only unfinished sagas are read).
+    pub async fn count_needing_attention(&self) -> Result<i64, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE saga_state IN ($1, $2) AND needs_attention = 1",
+        )
+        .bind(SagaState::Running.as_str())
+        .bind(SagaState::Compensating.as_str())
+        .fetch_one(&self.db.read)
+        .await?)
+    }
+
     /// Unfinished sagas, least recently updated first, after `after`; only
     /// those needing an operator when `needs_attention_only`.
     pub async fn list_sagas(

@@ -614,15 +614,16 @@ fn replay_delivery_of(message: jetstream::Message) -> Delivery {
 }
 
 fn delivery_of(message: jetstream::Message) -> Delivery {
-    let (delivered, stream_sequence) = message
+    let (delivered, stream_sequence, pending) = message
         .info()
         .map(|info| {
             (
                 u32::try_from(info.delivered).unwrap_or(u32::MAX),
                 info.stream_sequence,
+                info.pending,
             )
         })
-        .unwrap_or((1, 0));
+        .unwrap_or((1, 0, 0));
     let topic = message.subject.to_string();
     let event = Event::from_message(&topic, message.headers.as_ref(), message.payload.clone())
         .map_err(|e| e.to_string());
@@ -632,6 +633,7 @@ fn delivery_of(message: jetstream::Message) -> Delivery {
         delivered,
         stream_sequence,
         replayed: false,
+        pending,
         acker: Acker::JetStream(Box::new(message)),
     }
 }

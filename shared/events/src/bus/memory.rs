@@ -422,6 +422,14 @@ impl MemoryConsumer {
             }
         }
         consumer.cursor = next.max(consumer.cursor);
+        let left = stream
+            .messages
+            .range(consumer.cursor..)
+            .filter(|(_, stored)| consumer.config.wants(&stored.event.topic))
+            .count();
+        for delivery in &mut out {
+            delivery.pending = u64::try_from(left).unwrap_or(u64::MAX);
+        }
         let next_due = consumer
             .pending
             .values()
@@ -439,6 +447,7 @@ impl MemoryConsumer {
             delivered,
             stream_sequence: seq,
             replayed,
+            pending: 0,
             acker: super::Acker::Memory(MemoryAcker {
                 bus: self.bus.clone(),
                 key: self.key.clone(),

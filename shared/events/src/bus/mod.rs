@@ -378,6 +378,9 @@ pub struct Delivery {
     pub stream_sequence: u64,
     /// A replayed dead letter rather than a message of the event stream.
     pub replayed: bool,
+    /// Messages of the stream the consumer has not been sent yet, as of
+    /// this delivery (its lag).
+    pub pending: u64,
     pub(crate) acker: Acker,
 }
 

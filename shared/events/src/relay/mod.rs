@@ -75,6 +75,8 @@ pub struct RelayConfig {
     pub max_backoff: Duration,
     /// How long sent rows stay (for inspection) before they are deleted.
     pub sent_retention: Duration,
+    /// The service whose outbox this is (`order`, ...): its metrics' label.
+    pub service: String,
 }
 
 impl Default for RelayConfig {
@@ -87,6 +89,7 @@ impl Default for RelayConfig {
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             sent_retention: Duration::from_secs(60),
+            service: String::new(),
         }
     }
 }
@@ -160,6 +163,7 @@ async fn run(
         };
         let wait = match round.await {
             Ok(published) => {
+                crate::measure::published(&config.service, published);
                 backoff = config.initial_backoff;
                 if published >= config.batch_size {
                     catching_up = true;
@@ -182,6 +186,7 @@ async fn run(
                 }
             }
             Err(e) => {
+                crate::measure::relay_failed(&config.service);
                 tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay round failed");
                 // The streams may be gone (a NATS without its store): make sure again.
                 streams_ready = false;

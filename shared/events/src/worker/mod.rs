@@ -138,7 +138,12 @@ pub async fn run_reporting<H: Handler>(
             batch = consumer.fetch(config.batch, Duration::from_secs(1)) => batch,
         };
         let fetched = match batch {
-            Ok(deliveries) if !deliveries.is_empty() => Ok(deliveries),
+            Ok(deliveries) if !deliveries.is_empty() => {
+                if let Some(last) = deliveries.last() {
+                    crate::measure::lag(&config.name, last.pending);
+                }
+                Ok(deliveries)
+            }
             Ok(none) if last_ok.elapsed() < PROBE_EVERY => Ok(none),
             // Quiet: make sure the durable is still there.
             Ok(none) => consumer.check().await.map(|()| none),
@@ -434,9 +439,13 @@ async fn settle(
     result: Result<(), HandlerError>,
 ) -> Result<Outcome, Error> {
     let attempt = delivery.delivered;
+    if attempt > 1 {
+        crate::measure::redelivered(&config.name);
+    }
     let failure = match result {
         Ok(()) => {
             delivery.ack().await?;
+            crate::measure::handled(&config.name);
             return Ok(Outcome::Acked);
         }
         Err(e) => e,
@@ -450,6 +459,7 @@ async fn settle(
             return Err(e);
         }
         delivery.term().await?;
+        crate::measure::dead_lettered(&config.name);
         return Ok(Outcome::DeadLettered { error });
     }
     let delay = config.delay_after(attempt);

@@ -1,0 +1,160 @@
+//! The process's Prometheus endpoint (`--metrics-listen`): one recorder per
+//! process, installed before any target is built, and `GET /metrics` that
+//! renders it in Prometheus's text format.
+//!
+//! Why it is built this way:
+//! - **The `metrics` facade everywhere, one exporter here.** The crates
+//!   that count (mesh, events, services, gateway) depend on the facade
+//!   only; without an installed recorder (no `--metrics-listen`, the
+//!   in-process tests) their calls cost a load and a branch.
+//! - **State is read on scrape.** Figures that are state rather than
+//!   events (a breaker's state, the outbox backlog, pool connections) are
+//!   not pushed on every change: each target registers a [`on_scrape`]
+//!   hook that reads them when Prometheus asks, so nobody pays for them
+//!   between scrapes. A hook that takes longer than [`HOOK_TIMEOUT`] (a
+//!   database that does not answer) is left behind and the scrape answers
+//!   with the last values.
+//! - **Process figures** (CPU, memory, descriptors) from `metrics-process`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::Error;
+
+/// How long one scrape hook may take.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Latency buckets of every `_seconds` histogram: 1 ms to 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+struct Recorder {
+    handle: PrometheusHandle,
+    hooks: Mutex<Vec<Hook>>,
+    process: metrics_process::Collector,
+}
+
+static RECORDER: OnceLock<Recorder> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls reuse it). Every
+/// metric recorded from then on is exported.
+pub fn install() -> Result<(), Error> {
+    if RECORDER.get().is_some() {
+        return Ok(());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .map_err(|e| Error::Metrics(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        // Another recorder won a race with this one: keep the first.
+        return Ok(());
+    }
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let _ = RECORDER.set(Recorder {
+        handle,
+        hooks: Mutex::new(Vec::new()),
+        process,
+    });
+    metrics::gauge!("ordermesh_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(())
+}
+
+/// Whether this process exports metrics.
+pub fn installed() -> bool {
+    RECORDER.get().is_some()
+}
+
+/// Runs `hook` before every scrape (a no-op when no recorder is
+/// installed, so a target may always register its hooks).
+pub fn on_scrape(hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) {
+    if let Some(recorder) = RECORDER.get() {
+        recorder
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::new(hook));
+    }
+}
+
+/// Everything recorded so far, in Prometheus's text format, after running
+/// the scrape hooks. Empty when no recorder is installed.
+pub async fn render() -> String {
+    let Some(recorder) = RECORDER.get() else {
+        return String::new();
+    };
+    let hooks: Vec<Hook> = recorder
+        .hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    futures::future::join_all(hooks.iter().map(|hook| async move {
+        if tokio::time::timeout(HOOK_TIMEOUT, hook()).await.is_err() {
+            tracing::warn!("a metrics scrape hook took longer than {HOOK_TIMEOUT:?}; its figures are stale");
+        }
+    }))
+    .await;
+    recorder.process.collect();
+    recorder.handle.render()
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                render().await,
+            )
+        }),
+    );
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "metrics at /metrics");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+            source,
+        })
+}
+
+/// The pools of one service's database, as `ordermesh_db_pool_connections`
+/// (PostgreSQL's one pool as `write`; SQLite's writer and readers apart).
+pub fn export_pools(service: &'static str, db: &crate::db::Db) {
+    let pools = match db.backend {
+        crate::db::Backend::Postgres => vec![("write", &db.write)],
+        crate::db::Backend::Sqlite => vec![("write", &db.write), ("read", &db.read)],
+    };
+    for (pool, handle) in pools {
+        let size = handle.size();
+        let idle = u32::try_from(handle.num_idle()).unwrap_or(u32::MAX).min(size);
+        for (state, count) in [("in_use", size - idle), ("idle", idle)] {
+            metrics::gauge!(
+                "ordermesh_db_pool_connections",
+                "service" => service,
+                "pool" => pool,
+                "state" => state,
+            )
+            .set(f64::from(count));
+        }
+    }
+}
