@@ -80,6 +80,7 @@ gen-clients: tools
 docker tag="ordermesh:0.1.0":
     docker build -t {{tag}} .
 
-# hadolint, helm lint --strict, manifests validated against Kubernetes schemas, wrong values refused.
+# hadolint, helm lint --strict, manifests validated against Kubernetes schemas, alerts and dashboard
+# checked with promtool, wrong values refused.
 helm-lint: tools
     bash .ci/helm.sh

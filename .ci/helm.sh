@@ -3,10 +3,15 @@
 # tools (.ci/tools.sh installs them into target/tools/bin): hadolint on the
 # Dockerfile; helm lint --strict; helm template of the default values plus the
 # required settings (examples/minimal.yaml), SingleBinary, production and demo
-# values, each validated against the Kubernetes API schemas by
-# kubernetes-validate --strict (the newest bundled version and the chart's
-# minimum, 1.27); the chart's own promises (.ci/helm_checks.py); and wrong
-# values refused at install time with a message naming the value.
+# values, and SingleBinary with metrics, dashboard and alerts, each validated
+# against the Kubernetes API schemas by kubernetes-validate --strict (the
+# newest bundled version and the chart's minimum, 1.27); the chart's own
+# promises (.ci/helm_checks.py: among them that every Deployment serves
+# metrics when asked, and that the Grafana dashboard and the alerting rules
+# name only metrics docs/metrics.md lists); the alerting rules and the
+# dashboard's queries parsed by promtool and the alerts tested with it
+# (.ci/ordermesh.rules.test.yaml); and wrong values refused at install time
+# with a message naming the value.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=target/tools/bin
@@ -33,6 +38,10 @@ lint
 for values in "$CHART"/examples/*.yaml; do
   lint -f "$values"
 done
+# Metrics, the Grafana dashboard and the alerts, all on (with the ServiceMonitor).
+METRICS_ON=(--set metrics.enabled=true --set metrics.dashboard.enabled=true
+  --set metrics.prometheusRule.enabled=true --set serviceMonitor.enabled=true)
+lint -f "$CHART/examples/single-binary.yaml" "${METRICS_ON[@]}"
 
 echo "== helm template + kubernetes-validate --strict"
 renders=()
@@ -41,8 +50,13 @@ for values in "$CHART"/examples/*.yaml; do
   "$T/helm" template ordermesh "$CHART" --namespace shop -f "$values" > "$OUT/$name.yaml"
   renders+=("$OUT/$name.yaml")
 done
+# Metrics in the other mode (production.yaml has them in Distributed mode).
+"$T/helm" template ordermesh "$CHART" --namespace shop -f "$CHART/examples/single-binary.yaml" "${METRICS_ON[@]}" \
+  > "$OUT/single-binary-metrics.yaml"
+renders+=("$OUT/single-binary-metrics.yaml")
 for version in 1.37.0 1.27.0; do
-  # CRD kinds (HTTPRoute, ServiceMonitor) have no bundled schema: warned, not failed.
+  # CRD kinds (HTTPRoute, ServiceMonitor, PrometheusRule, Certificate) have no
+  # bundled schema: warned, not failed.
   "$T/kubernetes-validate" --strict --quiet -k "$version" "${renders[@]}"
 done
 echo "validated: ${renders[*]}"
@@ -50,7 +64,7 @@ echo "validated: ${renders[*]}"
 echo "== a release name as long as Helm allows (53): every name fits a DNS label, none collide"
 LONG=a-release-name-as-long-as-helm-allows-fifty-three-chr
 "$T/helm" template "$LONG" "$CHART" --namespace shop -f "$CHART/examples/demo.yaml" --set tls.enabled=true \
-  --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca > "$OUT/long-name.yaml"
+  --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca "${METRICS_ON[@]}" > "$OUT/long-name.yaml"
 "$T/python" - "$OUT/long-name.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
@@ -73,6 +87,11 @@ echo "packaged: $packaged"
 
 echo "== chart checks"
 "$T/python" .ci/helm_checks.py "$OUT"
+
+echo "== promtool: the alerting rules and the dashboard's queries parse, the alerts fire when they should"
+"$T/promtool" check rules "$CHART/rules/ordermesh.rules.yaml"
+"$T/promtool" check rules "$OUT/dashboard-queries.rules.yaml"
+"$T/promtool" test rules .ci/ordermesh.rules.test.yaml
 
 echo "== wrong values are refused at install"
 refused() {
@@ -111,6 +130,14 @@ refused "health port on a service port" "ports: order.port and tls.healthPort ar
   "${MINIMAL[@]}" --set tls.enabled=true --set tls.healthPort=50051
 refused "metrics on the gateway's port" "ports: gateway.port and metrics.port are both 8080" \
   "${MINIMAL[@]}" --set metrics.enabled=true --set metrics.port=8080
+refused "metrics on a service's port in SingleBinary mode" "ports: payment.port and metrics.port are both 50053" \
+  "${MINIMAL[@]}" --set deploymentMode=SingleBinary --set metrics.enabled=true --set metrics.port=50053
+refused "a dashboard without metrics" "metrics: metrics.dashboard.enabled needs metrics.enabled" \
+  "${MINIMAL[@]}" --set metrics.dashboard.enabled=true
+refused "alerts without metrics" "metrics: metrics.prometheusRule.enabled needs metrics.enabled" \
+  "${MINIMAL[@]}" --set metrics.prometheusRule.enabled=true
+refused "a dashboard label that is no label" "at '/metrics/dashboard/label/key'" \
+  "${MINIMAL[@]}" --set metrics.enabled=true --set metrics.dashboard.enabled=true --set "metrics.dashboard.label.key=grafana dashboard"
 refused "a reservation TTL the binary refuses" "at '/inventory/reservationTtlSecs': minimum" \
   "${MINIMAL[@]}" --set inventory.reservationTtlSecs=600
 refused "plain-http JWKS in production" "auth: auth.jwksUrl http://idp.example.com/jwks.json is plain http" \

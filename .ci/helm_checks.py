@@ -2,13 +2,32 @@
 what the Kubernetes schemas say: the promises the chart makes in its README.
 
 Usage: python .ci/helm_checks.py RENDER_DIR
-Renders expected: minimal, production, demo, mtls (Distributed) and single-binary.
+Renders expected: minimal, production, demo, mtls (Distributed), single-binary,
+and single-binary-metrics (SingleBinary with metrics, dashboard and alerts).
+
+Metrics: every Deployment rendered with metrics.enabled serves them
+(ORDERMESH_METRICS_LISTEN and a port named `metrics`), none rendered without
+does; the dashboard (dashboards/ordermesh.json) and the alerting rules
+(rules/ordermesh.rules.yaml) name only metrics that docs/metrics.md lists, and
+render into their ConfigMap and PrometheusRule unchanged. The dashboard's
+queries are written, Grafana variables substituted, as recording rules to
+RENDER_DIR/dashboard-queries.rules.yaml for `promtool check rules` to parse
+(.ci/helm.sh runs it).
 """
 
+import json
+import re
 import sys
 from pathlib import Path
 
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "helm" / "ordermesh"
+METRICS_DOC = REPO / "docs" / "metrics.md"
+DASHBOARD = CHART / "dashboards" / "ordermesh.json"
+RULES = CHART / "rules" / "ordermesh.rules.yaml"
+METRICS_PORT = 9090
 
 failures = []
 passed = 0
@@ -128,8 +147,193 @@ def check_distributed(directory, render):
     return docs
 
 
+def documented_metrics():
+    """{name: type} from the table under docs/metrics.md's "Every metric"."""
+    metrics = {}
+    for line in METRICS_DOC.read_text().splitlines():
+        match = re.match(r"\| `((?:ordermesh|process)_[a-z0-9_]+)` \| (counter|gauge|histogram) \|", line)
+        if match:
+            metrics[match.group(1)] = match.group(2)
+    return metrics
+
+
+METRIC_NAME = re.compile(r"\b(?:ordermesh|process)_[a-z0-9_]+")
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def check_metric_names(what, texts, metrics):
+    """Every metric name in `texts` ((where, text) pairs) is documented: a
+    counter or gauge by its name, a histogram by one of its series. Returns the
+    documented names used."""
+    used = set()
+    for where, text in texts:
+        for name in METRIC_NAME.findall(text):
+            base = next((name[: -len(s)] for s in HISTOGRAM_SERIES if name.endswith(s)), None)
+            if metrics.get(name) in ("counter", "gauge"):
+                used.add(name)
+            elif base is not None and metrics.get(base) == "histogram":
+                used.add(base)
+            elif metrics.get(name) == "histogram":
+                check(f"{what}: {where} queries the histogram {name} by a series of it", False,
+                      f"{name} has no series of that name: use {name}_bucket, _sum or _count")
+            else:
+                check(f"{what}: {where} names only metrics docs/metrics.md lists", False,
+                      f"{name} is not in docs/metrics.md's table")
+    return used
+
+
+def strings(node, path=""):
+    """Every string in a JSON/YAML document, with where it is."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from strings(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path or ".", node
+
+
+def check_dashboard(directory, metrics):
+    text = DASHBOARD.read_text()
+    try:
+        dashboard = json.loads(text)
+    except json.JSONDecodeError as e:
+        check(f"{DASHBOARD.name} is JSON", False, e)
+        return None
+    check(f"{DASHBOARD.name} has a uid and a title", dashboard.get("uid") and dashboard.get("title"))
+    variables = {v.get("name"): v for v in dashboard.get("templating", {}).get("list", [])}
+    datasource = variables.get("datasource", {})
+    check(f"{DASHBOARD.name}: a $datasource variable of Prometheus data sources",
+          datasource.get("type") == "datasource" and datasource.get("query") == "prometheus", datasource)
+    panels = list(dashboard.get("panels", []))
+    for row in [p for p in panels if p.get("type") == "row"]:
+        panels.extend(row.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    check(f"{DASHBOARD.name}: panel ids are unique", len(ids) == len(set(ids)), ids)
+    cells = {}
+    queries = []
+    for panel in panels:
+        title = panel.get("title", "?")
+        pos = panel.get("gridPos", {})
+        x, y, w, h = (pos.get(k, 0) for k in ("x", "y", "w", "h"))
+        check(f"{DASHBOARD.name}: panel {title!r} fits the 24-column grid", x >= 0 and w > 0 and h > 0 and x + w <= 24, pos)
+        for cell in ((cx, cy) for cx in range(x, x + w) for cy in range(y, y + h)):
+            cells.setdefault(cell, []).append(title)
+        if panel.get("type") == "row":
+            continue
+        targets = panel.get("targets", [])
+        check(f"{DASHBOARD.name}: panel {title!r} has queries", bool(targets))
+        for source in [panel] + targets:
+            check(f"{DASHBOARD.name}: panel {title!r} queries $datasource",
+                  source.get("datasource") == {"type": "prometheus", "uid": "${datasource}"}, source.get("datasource"))
+        for target in targets:
+            check(f"{DASHBOARD.name}: panel {title!r} query {target.get('refId')} has an expr",
+                  bool(target.get("expr", "").strip()))
+            queries.append((panel.get("id"), target.get("refId", "A"), target.get("expr", "")))
+    overlaps = sorted({tuple(titles) for titles in cells.values() if len(titles) > 1})
+    check(f"{DASHBOARD.name}: no two panels overlap", not overlaps, overlaps)
+    used = check_metric_names(DASHBOARD.name, strings(dashboard), metrics)
+    check(f"{DASHBOARD.name} queries the metrics", len(used) >= 10, sorted(used))
+    unused = sorted(set(metrics) - used)
+    if unused:
+        print(f"helm_checks: note: the dashboard shows no panel of {', '.join(unused)}")
+
+    # Each query as a recording rule, for `promtool check rules` to parse:
+    # Grafana's interval macros become 5m, every other variable a regex.
+    def promql(expr):
+        expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
+        return re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", ".*", expr)
+
+    group = {"name": "dashboard-queries", "rules": [
+        {"record": f"dashboard:panel{panel_id}_{ref}", "expr": promql(expr)} for panel_id, ref, expr in queries]}
+    (directory / "dashboard-queries.rules.yaml").write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False))
+    return dashboard
+
+
+def check_rules(metrics):
+    rules_file = yaml.safe_load(RULES.read_text())
+    rules = [r for g in rules_file.get("groups", []) for r in g.get("rules", [])]
+    alerts = {r["alert"]: r for r in rules if "alert" in r}
+    texts = []
+    for name, rule in alerts.items():
+        check(f"{RULES.name}: {name} has a severity",
+              rule.get("labels", {}).get("severity") in ("critical", "warning", "info"), rule.get("labels"))
+        annotations = rule.get("annotations", {})
+        check(f"{RULES.name}: {name} has a summary and a description",
+              bool(annotations.get("summary")) and bool(annotations.get("description")), annotations)
+        texts.append((f"{name}.expr", str(rule.get("expr", ""))))
+        texts.extend((f"{name}.annotations.{k}", str(v)) for k, v in annotations.items())
+    used = check_metric_names(RULES.name, texts, metrics)
+    for metric in ("ordermesh_mesh_breaker_state", "ordermesh_sagas_needing_attention",
+                   "ordermesh_outbox_oldest_age_seconds", "ordermesh_consumer_dead_lettered_total",
+                   "ordermesh_gateway_requests_total", "ordermesh_rpc_server_requests_total"):
+        check(f"{RULES.name}: an alert on {metric}",
+              any(metric in str(r.get("expr", "")) for r in alerts.values()), sorted(used))
+    return rules_file
+
+
+def check_metrics(directory, render, enabled, dashboard, rules_file):
+    """With metrics.enabled every Deployment serves them on the `metrics` port
+    its Services expose and the ServiceMonitor scrapes; without, none does."""
+    docs = load(directory, render)
+    ours = {name: d for name, d in of_kind(docs, "Deployment").items() if "-demo-" not in name}
+    check(f"{render}: Deployments to check", bool(ours))
+    listen = f"0.0.0.0:{METRICS_PORT}"
+    for name, deployment in ours.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = env_of(container).get("ORDERMESH_METRICS_LISTEN", {})
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        if enabled:
+            check(f"{render}/{name} serves metrics on {listen}", env.get("value") == listen, env)
+            check(f"{render}/{name} has the port `metrics`", ports.get("metrics") == METRICS_PORT, ports)
+        else:
+            check(f"{render}/{name} serves no metrics", not env and "metrics" not in ports, (env, ports))
+    for name, service in of_kind(docs, "Service").items():
+        if "-demo-" in name:
+            continue
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        if enabled:
+            check(f"{render}: Service {name} exposes `metrics`",
+                  ports.get("metrics", {}).get("targetPort") == "metrics", ports)
+        else:
+            check(f"{render}: Service {name} exposes no metrics port", "metrics" not in ports, ports)
+    for name, policy in of_kind(docs, "NetworkPolicy").items():
+        if "-demo-" in name:
+            continue
+        allowed = {p["port"] for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
+        check(f"{render}: NetworkPolicy {name} admits scrapes", (METRICS_PORT in allowed) == enabled, allowed)
+    if not enabled:
+        for kind in ("ServiceMonitor", "PrometheusRule"):
+            check(f"{render}: no {kind}", not of_kind(docs, kind))
+        return
+    for monitor in of_kind(docs, "ServiceMonitor").values():
+        endpoints = monitor["spec"]["endpoints"]
+        check(f"{render}: the ServiceMonitor scrapes `metrics`", [e["port"] for e in endpoints] == ["metrics"], endpoints)
+    dashboards = [d for d in of_kind(docs, "ConfigMap").values() if "ordermesh.json" in d.get("data", {})]
+    check(f"{render}: one dashboard ConfigMap", len(dashboards) == 1, len(dashboards))
+    for configmap in dashboards:
+        check(f"{render}: the dashboard ConfigMap carries the sidecar's label",
+              configmap["metadata"]["labels"].get("grafana_dashboard") == "1", configmap["metadata"]["labels"])
+        check(f"{render}: the dashboard ConfigMap holds dashboards/ordermesh.json",
+              json.loads(configmap["data"]["ordermesh.json"]) == dashboard)
+    rules = list(of_kind(docs, "PrometheusRule").values())
+    check(f"{render}: one PrometheusRule", len(rules) == 1, len(rules))
+    for rule in rules:
+        check(f"{render}: the PrometheusRule's spec is rules/ordermesh.rules.yaml (what promtool checks)",
+              rule["spec"] == rules_file)
+
+
 def main():
     directory = Path(sys.argv[1])
+
+    metrics = documented_metrics()
+    check("docs/metrics.md lists the metrics", len(metrics) >= 30, len(metrics))
+    dashboard = check_dashboard(directory, metrics)
+    rules_file = check_rules(metrics)
+    for render, enabled in (("minimal", False), ("demo", False), ("mtls", False), ("single-binary", False),
+                            ("production", True), ("single-binary-metrics", True)):
+        check_metrics(directory, render, enabled, dashboard, rules_file)
 
     minimal = check_distributed(directory, "minimal")
     check("minimal: the chart makes no Secret (database.existingSecret)", not of_kind(minimal, "Secret"))

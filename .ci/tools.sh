@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the third-party tools the lint and test steps use (buf, grpcurl,
 # nats-server 2.15 and the nats-py client for the events tests,
-# openapi-spec-validator for the gateway's /openapi.json) into a
-# project-local virtualenv under target/tools. Idempotent: a second run is a no-op.
+# openapi-spec-validator for the gateway's /openapi.json, promtool for the
+# chart's alerting rules) into a project-local virtualenv under target/tools.
+# Idempotent: a second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS=target/tools
@@ -64,6 +65,29 @@ for tool in hadolint kubernetes-validate helm kubectl protoc-gen-es; do
     exit 1
   fi
 done
+
+# promtool checks the chart's Prometheus rules (.ci/helm.sh). It comes from
+# Debian's `prometheus` package, which also ships the server and its service:
+# the package is downloaded and only /usr/bin/promtool is taken from it (no
+# Prometheus runs on the machine, none takes port 9090). A promtool already
+# on the PATH is used as it is.
+if [ ! -x "$TOOLS/bin/promtool" ]; then
+  if command -v promtool >/dev/null 2>&1; then
+    ln -sf "$(command -v promtool)" "$TOOLS/bin/promtool"
+  else
+    apt-get update -qq
+    deb_dir="$(mktemp -d)"
+    # Root downloads it (apt's sandbox user cannot write to a private temp dir).
+    (cd "$deb_dir" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null)
+    dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+    install -m 0755 "$deb_dir/root/usr/bin/promtool" "$TOOLS/bin/promtool"
+    rm -rf "$deb_dir"
+  fi
+fi
+if ! "$TOOLS/bin/promtool" --version >/dev/null 2>&1; then
+  echo "tools.sh: promtool did not install into $TOOLS/bin" >&2
+  exit 1
+fi
 
 # cargo-mutants (crates.io): which decisions the tests do not pin. CI mutates
 # the saga's plan, the circuit breaker and the token verifier whole

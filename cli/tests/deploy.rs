@@ -287,6 +287,8 @@ fn the_charts_gateway_starts_from_its_rendered_args_and_env_and_answers_health()
     for (var, value) in env {
         let value = match var.as_str() {
             "ORDERMESH_LISTEN" => addr.clone(),
+            // The pod's metrics address (0.0.0.0:<metrics.port>), moved to a free loopback port.
+            "ORDERMESH_METRICS_LISTEN" => format!("127.0.0.1:{}", free_port()),
             "ORDERMESH_DATA_DIR" => dir.path().display().to_string(),
             _ => mounted(&value).unwrap_or(value),
         };
@@ -298,6 +300,7 @@ fn the_charts_gateway_starts_from_its_rendered_args_and_env_and_answers_health()
         "ORDERMESH_JWT_JWKS_FILE",
         "ORDERMESH_GATEWAY_CONFIG",
         "ORDERMESH_ORDER_URL",
+        "ORDERMESH_METRICS_LISTEN",
     ] {
         assert!(
             names.iter().any(|n| n == expected),

@@ -175,6 +175,12 @@ Deployment template, so `helm install` and `helm template` stop here.
 {{- if and $v.serviceMonitor.enabled (not $v.metrics.enabled) }}
 {{- fail "serviceMonitor: needs metrics.enabled (the port it scrapes)" }}
 {{- end }}
+{{- if and $v.metrics.dashboard.enabled (not $v.metrics.enabled) }}
+{{- fail "metrics: metrics.dashboard.enabled needs metrics.enabled (the dashboard would show no data)" }}
+{{- end }}
+{{- if and $v.metrics.prometheusRule.enabled (not $v.metrics.enabled) }}
+{{- fail "metrics: metrics.prometheusRule.enabled needs metrics.enabled (the alerts would watch metrics nothing serves)" }}
+{{- end }}
 {{- end }}
 
 {{/* ORDERMESH_NATS_URL, from the value, the Secret or the demo NATS. */}}
