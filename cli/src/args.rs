@@ -165,7 +165,12 @@ pub const UP_METRICS_LISTEN: &str = "127.0.0.1:9464";
 impl ProcessArgs {
     /// The metrics address: the flag, else `mode_default`; empty is none.
     pub fn metrics_listen(&self, mode_default: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
-        let value = self.metrics_listen.as_deref().or(mode_default).unwrap_or("").trim();
+        let value = self
+            .metrics_listen
+            .as_deref()
+            .or(mode_default)
+            .unwrap_or("")
+            .trim();
         if value.is_empty() {
             return Ok(None);
         }

@@ -122,7 +122,9 @@ impl Plan {
             tls: crate::args::TlsArgs::default(),
             seed_demo: args.process.seed_demo.unwrap_or(true),
             auth_mode: args.process.gateway.auth_mode.unwrap_or(AuthMode::Development),
-            metrics_listen: args.process.metrics_listen(Some(crate::args::UP_METRICS_LISTEN))?,
+            metrics_listen: args
+                .process
+                .metrics_listen(Some(crate::args::UP_METRICS_LISTEN))?,
             process: args.process,
             announce: true,
         })
@@ -456,9 +458,10 @@ mod tests {
             at(&["ordermesh", "serve", "order", "--metrics-listen", "0.0.0.0:9090"]).as_deref(),
             Some("0.0.0.0:9090")
         );
-        let Command::Serve(serve) = Cli::try_parse_from(["ordermesh", "serve", "order", "--metrics-listen", "9090"])
-            .expect("parses")
-            .command
+        let Command::Serve(serve) =
+            Cli::try_parse_from(["ordermesh", "serve", "order", "--metrics-listen", "9090"])
+                .expect("parses")
+                .command
         else {
             panic!("serve")
         };

@@ -63,17 +63,14 @@ static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
     .into_iter()
     .map(str::to_owned)
     .collect();
-    let set = prost_types::FileDescriptorSet::decode(ordermesh_proto::FILE_DESCRIPTOR_SET)
-        .unwrap_or_default();
+    let set =
+        prost_types::FileDescriptorSet::decode(ordermesh_proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
     for file in set.file {
         let package = file.package.unwrap_or_default();
         for service in file.service {
             let name = service.name.unwrap_or_default();
             for method in service.method {
-                known.insert(format!(
-                    "/{package}.{name}/{}",
-                    method.name.unwrap_or_default()
-                ));
+                known.insert(format!("/{package}.{name}/{}", method.name.unwrap_or_default()));
             }
         }
     }
@@ -219,7 +216,7 @@ impl ClientCall {
             "downstream" => self.downstream,
             "rpc_method" => self.method,
         )
-            .record(self.start.elapsed().as_secs_f64());
+        .record(self.start.elapsed().as_secs_f64());
     }
 
     /// A response from the server: recorded when its status arrives.

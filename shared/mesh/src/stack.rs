@@ -317,7 +317,8 @@ impl Mesh {
                 StateKind::HalfOpen => 1.0,
                 StateKind::Open => 2.0,
             };
-            metrics::gauge!(m::BREAKER_STATE, "caller" => caller.clone(), "downstream" => name.clone()).set(state);
+            metrics::gauge!(m::BREAKER_STATE, "caller" => caller.clone(), "downstream" => name.clone())
+                .set(state);
             let stats = d.breaker.stats();
             for (to, count) in [
                 ("closed", stats.closed),
@@ -334,7 +335,8 @@ impl Mesh {
                     .set(count as f64);
             }
             let (retries, exhausted) = d.budget.counts();
-            metrics::counter!(m::RETRIES, "caller" => caller.clone(), "downstream" => name.clone()).absolute(retries);
+            metrics::counter!(m::RETRIES, "caller" => caller.clone(), "downstream" => name.clone())
+                .absolute(retries);
             metrics::counter!(m::RETRY_BUDGET_EXHAUSTED, "caller" => caller.clone(), "downstream" => name.clone()).absolute(exhausted);
             let (delays, aborts) = d.faults.applied();
             metrics::counter!(m::FAULTS_INJECTED, "caller" => caller.clone(), "downstream" => name.clone(), "kind" => "delay")
@@ -402,6 +404,86 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value of the exposition's sample `line_start` (name and labels
+    /// as rendered), if present.
+    fn sample(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(line_start)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn calls_and_an_open_breaker_show_in_the_metrics() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let policy = MeshPolicy::parse(
+            "[downstream.payment.breaker]\nminimum_calls = 2\nminimum_callers = 1\n\
+             [downstream.payment.retry]\nmax_attempts = 1\n",
+            [],
+        )
+        .expect("policy");
+        let mesh = Mesh::named("order", policy, None);
+        let recorded = metrics::with_local_recorder(&recorder, || {
+            // The calls are recorded by the stack as they end, on this
+            // thread (a current-thread runtime).
+            runtime.block_on(async {
+                // Nothing listens on port 1: every call fails with UNAVAILABLE.
+                let channel = mesh.client("payment", "http://127.0.0.1:1").expect("stack");
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                let mut refused = 0;
+                for _ in 0..4 {
+                    let status = health
+                        .check(tonic_health::pb::HealthCheckRequest::default())
+                        .await
+                        .expect_err("nothing answers");
+                    assert_eq!(status.code(), tonic::Code::Unavailable);
+                    if NotSent::of_status(&status).is_some() {
+                        refused += 1;
+                    }
+                }
+                mesh.export_metrics();
+                refused
+            })
+        });
+        assert!(recorded >= 1, "the breaker opened and refused calls");
+        let text = handle.render();
+        let labels = r#"{caller="order",downstream="payment""#;
+        assert_eq!(
+            sample(&text, &format!("ordermesh_mesh_breaker_state{labels}}}")),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("ordermesh_mesh_breaker_transitions_total{labels},to=\"open\"}}")
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "ordermesh_rpc_client_requests_total{labels},rpc_method=\"Check\",grpc_code=\"UNAVAILABLE\"}}"
+                )
+            ),
+            Some(4.0),
+            "every call counted once, refused or sent: {text}"
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("ordermesh_mesh_refused_total{labels},reason=\"breaker\"}}")
+            ),
+            Some(f64::from(recorded)),
+            "{text}"
+        );
+    }
 
     #[tokio::test]
     async fn the_policy_file_is_reloaded_without_a_restart() {

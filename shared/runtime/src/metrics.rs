@@ -34,6 +34,180 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every ordermesh metric with its kind and `# HELP` text: the list
+/// docs/metrics.md's table shows (a test holds them equal), described once
+/// at install so each has its help line even before its first value.
+pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (
+        "ordermesh_build_info",
+        Kind::Gauge,
+        "1, labelled with the binary's version",
+    ),
+    (
+        "ordermesh_rpc_server_requests_total",
+        Kind::Counter,
+        "gRPC calls answered, by method and status code",
+    ),
+    (
+        "ordermesh_rpc_server_duration_seconds",
+        Kind::Histogram,
+        "Time from a gRPC call's arrival to its status",
+    ),
+    (
+        "ordermesh_rpc_client_requests_total",
+        Kind::Counter,
+        "Calls made through the mesh, by downstream, method and final status",
+    ),
+    (
+        "ordermesh_rpc_client_duration_seconds",
+        Kind::Histogram,
+        "Time of a call through the mesh, retries included",
+    ),
+    (
+        "ordermesh_mesh_retries_total",
+        Kind::Counter,
+        "Attempts after a call's first",
+    ),
+    (
+        "ordermesh_mesh_retry_budget_exhausted_total",
+        Kind::Counter,
+        "Retries not made because the retry budget was spent",
+    ),
+    (
+        "ordermesh_mesh_refused_total",
+        Kind::Counter,
+        "Calls the mesh answered without sending them, by reason",
+    ),
+    (
+        "ordermesh_mesh_faults_injected_total",
+        Kind::Counter,
+        "Calls delayed or aborted by fault rules",
+    ),
+    (
+        "ordermesh_mesh_breaker_state",
+        Kind::Gauge,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ),
+    (
+        "ordermesh_mesh_breaker_transitions_total",
+        Kind::Counter,
+        "Circuit breaker state changes, by new state",
+    ),
+    (
+        "ordermesh_mesh_endpoints",
+        Kind::Gauge,
+        "Endpoints of a downstream, ready or ejected",
+    ),
+    (
+        "ordermesh_mesh_load_shed_total",
+        Kind::Counter,
+        "Calls refused at the server's concurrency limit",
+    ),
+    (
+        "ordermesh_gateway_requests_total",
+        Kind::Counter,
+        "Requests at the gateway, by protocol, route and status",
+    ),
+    (
+        "ordermesh_gateway_request_duration_seconds",
+        Kind::Histogram,
+        "Time of a request at the gateway",
+    ),
+    (
+        "ordermesh_gateway_auth_refusals_total",
+        Kind::Counter,
+        "Requests refused by authentication or authorization, by reason",
+    ),
+    (
+        "ordermesh_gateway_rate_limited_total",
+        Kind::Counter,
+        "Requests refused by a rate limit",
+    ),
+    (
+        "ordermesh_orders_ended_total",
+        Kind::Counter,
+        "Orders that reached a terminal status, by status and reject reason",
+    ),
+    (
+        "ordermesh_order_completion_seconds",
+        Kind::Histogram,
+        "Time from an order's acceptance to its terminal status",
+    ),
+    (
+        "ordermesh_sagas_in_flight",
+        Kind::Gauge,
+        "Sagas this process is driving",
+    ),
+    (
+        "ordermesh_sagas_needing_attention",
+        Kind::Gauge,
+        "Sagas stopped for an operator",
+    ),
+    (
+        "ordermesh_saga_steps_total",
+        Kind::Counter,
+        "Saga step results, by step and the plan's decision",
+    ),
+    (
+        "ordermesh_saga_compensations_total",
+        Kind::Counter,
+        "Compensating saga steps run, by step",
+    ),
+    (
+        "ordermesh_outbox_pending",
+        Kind::Gauge,
+        "Outbox rows not yet published",
+    ),
+    (
+        "ordermesh_outbox_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest unpublished outbox row",
+    ),
+    (
+        "ordermesh_events_published_total",
+        Kind::Counter,
+        "Outbox rows the relay published",
+    ),
+    (
+        "ordermesh_relay_errors_total",
+        Kind::Counter,
+        "Outbox relay rounds that failed",
+    ),
+    (
+        "ordermesh_consumer_handled_total",
+        Kind::Counter,
+        "Events a consumer handled",
+    ),
+    (
+        "ordermesh_consumer_redelivered_total",
+        Kind::Counter,
+        "Deliveries to a consumer that were redeliveries",
+    ),
+    (
+        "ordermesh_consumer_dead_lettered_total",
+        Kind::Counter,
+        "Events a consumer dead-lettered",
+    ),
+    (
+        "ordermesh_consumer_lag",
+        Kind::Gauge,
+        "Messages of its stream not yet delivered to a consumer",
+    ),
+    (
+        "ordermesh_db_pool_connections",
+        Kind::Gauge,
+        "Connections of a database pool, in use or idle",
+    ),
+];
+
 type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 struct Recorder {
@@ -61,6 +235,13 @@ pub fn install() -> Result<(), Error> {
     }
     let process = metrics_process::Collector::default();
     process.describe();
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
     let _ = RECORDER.set(Recorder {
         handle,
         hooks: Mutex::new(Vec::new()),
@@ -93,11 +274,7 @@ pub async fn render() -> String {
     let Some(recorder) = RECORDER.get() else {
         return String::new();
     };
-    let hooks: Vec<Hook> = recorder
-        .hooks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let hooks: Vec<Hook> = recorder.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
     futures::future::join_all(hooks.iter().map(|hook| async move {
         if tokio::time::timeout(HOOK_TIMEOUT, hook()).await.is_err() {
             tracing::warn!("a metrics scrape hook took longer than {HOOK_TIMEOUT:?}; its figures are stale");
@@ -156,5 +333,34 @@ pub fn export_pools(service: &'static str, db: &crate::db::Db) {
             )
             .set(f64::from(count));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md's table lists exactly the metrics described here,
+    /// each with its kind.
+    #[test]
+    fn the_docs_table_is_the_list() {
+        let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/metrics.md"))
+            .expect("docs/metrics.md");
+        let mut documented: Vec<(String, String)> = page
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                let name = cells.first()?.strip_prefix("| `")?.strip_suffix('`')?;
+                name.starts_with("ordermesh_")
+                    .then(|| (name.to_owned(), cells.get(1).copied().unwrap_or("").to_owned()))
+            })
+            .collect();
+        documented.sort();
+        let mut described: Vec<(String, String)> = DESCRIPTIONS
+            .iter()
+            .map(|(name, kind, _)| ((*name).to_owned(), format!("{kind:?}").to_lowercase()))
+            .collect();
+        described.sort();
+        assert_eq!(documented, described);
     }
 }

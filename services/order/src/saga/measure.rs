@@ -70,7 +70,10 @@ mod tests {
         };
         assert_eq!(decision_label(&record(None)), "advance");
         assert_eq!(decision_label(&record(Some(SagaState::Running))), "advance");
-        assert_eq!(decision_label(&record(Some(SagaState::Compensating))), "compensate");
+        assert_eq!(
+            decision_label(&record(Some(SagaState::Compensating))),
+            "compensate"
+        );
         assert_eq!(decision_label(&record(Some(SagaState::Done))), "done");
         let retry = Decision::Retry {
             wait: Duration::ZERO,

@@ -32,7 +32,9 @@ use super::plan::{self, Advance, Decision, OrderEvent, StepResult};
 use super::steps::Steps;
 use super::{CrashPoint, SagaConfig};
 use crate::error::Error;
-use crate::store::{AdvanceError, Applied, Created, Fence, NewOrder, Order, OrderStatus, Saga, SagaState, Store};
+use crate::store::{
+    AdvanceError, Applied, Created, Fence, NewOrder, Order, OrderStatus, Saga, SagaState, Store,
+};
 use crate::watch::WatchHub;
 
 /// Runs sagas: at most one worker per saga in this process, fenced by the
