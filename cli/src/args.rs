@@ -146,6 +146,12 @@ pub struct ProcessArgs {
     /// docs/metrics.md). Default: 127.0.0.1:9464 for `up`, none for `serve`.
     #[arg(long, env = "ORDERMESH_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Export traces to this OTLP/gRPC collector, e.g. http://127.0.0.1:4317
+    /// (none: no traces leave the process). OTEL_SERVICE_NAME,
+    /// OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_*
+    /// apply as the OpenTelemetry SDKs define them.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten, next_help_heading = "Events")]
     pub events: EventArgs,
     #[command(flatten, next_help_heading = "Inventory")]
@@ -163,6 +169,15 @@ pub struct ProcessArgs {
 pub const UP_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 impl ProcessArgs {
+    /// Where traces go, as `service_name` unless the environment names it.
+    pub fn traces(&self, service_name: &str) -> Option<ordermesh_runtime::telemetry::TraceExport> {
+        let endpoint = self.otlp_endpoint.as_deref()?.trim();
+        (!endpoint.is_empty()).then(|| ordermesh_runtime::telemetry::TraceExport {
+            endpoint: endpoint.to_owned(),
+            default_service_name: service_name.to_owned(),
+        })
+    }
+
     /// The metrics address: the flag, else `mode_default`; empty is none.
     pub fn metrics_listen(&self, mode_default: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
         let value = self

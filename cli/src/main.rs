@@ -23,10 +23,24 @@ use ordermesh_runtime::telemetry;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format.into());
+    // Traces leave the long-running processes only.
+    let traces = match &cli.command {
+        Command::Up(args) => args.process.traces("ordermesh"),
+        Command::Serve(args) => args.process.traces(&format!("ordermesh-{}", args.target.name())),
+        _ => None,
+    };
+    let telemetry = telemetry::init(cli.log_format.into(), traces)?;
     match cli.command {
-        Command::Up(args) => assemble::run(Plan::up(args)?).await,
-        Command::Serve(args) => assemble::run(Plan::serve(args)?).await,
+        Command::Up(args) => {
+            let result = assemble::run(Plan::up(args)?).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Serve(args) => {
+            let result = assemble::run(Plan::serve(args)?).await;
+            telemetry.shutdown();
+            result
+        }
         Command::Health(args) => health::run(args).await,
         Command::Bench(args) => ordermesh_bench::run(args).await,
         Command::Chaos(args) => ordermesh_chaos::run(args).await,

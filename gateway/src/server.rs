@@ -248,12 +248,15 @@ fn cors(origins: &[String]) -> CorsLayer {
             "grpc-status-details-bin",
             "x-request-id",
             "retry-after",
+            "traceparent",
         ]))
         .max_age(Duration::from_secs(600))
 }
 
 /// One line per request: method, path, status (and gRPC status when the
-/// answer was trailers-only), latency, request id.
+/// answer was trailers-only), latency, request id; the request's metrics;
+/// and its span, the child of the caller's trace context, whose own
+/// context the response carries back (`traceparent`).
 async fn access_log(mut request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
     let started = Instant::now();
     let arrival = crate::metrics::Arrival {
@@ -273,16 +276,49 @@ async fn access_log(mut request: Request<Body>, next: axum::middleware::Next) ->
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let response = next.run(request).await;
-    if arrival.protocol == crate::metrics::Protocol::Rest {
-        let route = response
+    let span = tracing::info_span!(
+        "http.server",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        url.path = %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        ordermesh.request_id = %id,
+    );
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let _ = span.set_parent(ordermesh_mesh::trace::extract(request.headers()));
+    }
+    let mut response = {
+        use tracing::Instrument;
+        next.run(request).instrument(span.clone()).await
+    };
+    let route = match arrival.protocol {
+        crate::metrics::Protocol::Rest => response
             .extensions()
             .get::<crate::metrics::Route>()
-            .map(|r| r.0.as_str())
-            .or(matched.as_deref())
-            .unwrap_or(crate::metrics::UNMATCHED);
-        crate::metrics::record(arrival, route, response.status().as_str());
+            .map(|r| r.0.clone())
+            .or(matched)
+            .unwrap_or_else(|| crate::metrics::UNMATCHED.to_owned()),
+        _ => format!("POST {}", crate::metrics::grpc_route(&path)),
+    };
+    if arrival.protocol == crate::metrics::Protocol::Rest {
+        crate::metrics::record(arrival, &route, response.status().as_str());
     }
+    {
+        // Named by its route once it is known (the span has started by
+        // then, which `otel.name` no longer changes).
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.context().span().update_name(route.clone());
+    }
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    ordermesh_mesh::trace::inject(&span, response.headers_mut());
     let grpc_status = response
         .headers()
         .get("grpc-status")

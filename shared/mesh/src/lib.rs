@@ -18,6 +18,7 @@
 //! - [`server`]: load shedding on the server side.
 //! - [`metrics`]: what the mesh measures (RED per call, per-downstream state).
 //! - [`admin`]: the `MeshAdminService` gRPC API.
+//! - [`trace`]: spans of every call and the W3C trace context between processes.
 //! - [`tls`]: mutual TLS between processes, and the peer a certificate names.
 pub mod admin;
 pub mod balance;
@@ -34,3 +35,4 @@ pub mod retry;
 pub mod server;
 pub mod stack;
 pub mod tls;
+pub mod trace;

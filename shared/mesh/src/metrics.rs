@@ -100,7 +100,10 @@ static ANY_CLASSIFIER: LazyLock<Arc<Classifier>> = LazyLock::new(|| Arc::new(Cla
 
 /// Calls `record` with the response's gRPC code when it is known: at once
 /// for a trailers-only answer, else when the body's trailers arrive.
-fn on_code(response: Response<Body>, record: impl FnOnce(Code) + Send + 'static) -> Response<Body> {
+pub(crate) fn on_code(
+    response: Response<Body>,
+    record: impl FnOnce(Code) + Send + 'static,
+) -> Response<Body> {
     crate::classify::observe(response, ANY_CLASSIFIER.clone(), move |outcome| {
         record(outcome.code())
     })

@@ -19,6 +19,7 @@ use http::{Request, Response};
 use tonic::body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
+use tracing::Instrument;
 
 use crate::balance::{self, BalanceError, BalancerHandle, EndpointStatus};
 use crate::breaker::{BreakerHandle, BreakerLayer, StateKind};
@@ -66,17 +67,30 @@ impl tower::Service<Request<Body>> for MeshChannel {
         }
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let call = crate::metrics::ClientCall::start(&self.caller, &self.downstream, request.uri().path());
-        let future = self.inner.call(request);
+        let span = crate::trace::client_span(&self.downstream, request.uri().path());
+        crate::trace::inject(&span, request.headers_mut());
+        let future = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let status = match future.await {
                 Ok(mut response) => match NotSent::take_status(&mut response) {
                     Some(status) => {
-                        call.ended(status.code(), NotSent::of_status(&status));
+                        let not_sent = NotSent::of_status(&status);
+                        crate::trace::record_code(&span, status.code());
+                        if let Some(reason) = not_sent {
+                            span.record("ordermesh.not_sent", reason.to_string());
+                        }
+                        call.ended(status.code(), not_sent);
                         return Err(status);
                     }
-                    None => return Ok(call.answered(response)),
+                    None => {
+                        let traced = span.clone();
+                        let response = crate::metrics::on_code(response, move |code| {
+                            crate::trace::record_code(&traced, code)
+                        });
+                        return Ok(call.answered(response));
+                    }
                 },
                 Err(error) if crate::classify::refused_here(&*error) => {
                     tonic::Status::resource_exhausted(format!(
@@ -86,6 +100,7 @@ impl tower::Service<Request<Body>> for MeshChannel {
                 }
                 Err(error) => tonic::Status::unavailable(format!("transport error: {error}")),
             };
+            crate::trace::record_code(&span, status.code());
             call.ended(status.code(), None);
             Ok(crate::classify::status_response(status))
         })

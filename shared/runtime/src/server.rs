@@ -146,6 +146,7 @@ pub async fn serve(
     let limit = options.mesh.policy().server.concurrency_limit;
     let mut builder = Server::builder().layer(
         tower::ServiceBuilder::new()
+            .layer(ordermesh_mesh::trace::ServerTraceLayer)
             .layer(RpcMetricsLayer)
             .layer(ShedLayer::new(limit))
             .layer(BoundErrorsLayer)

@@ -1,7 +1,31 @@
-//! The tracing subscriber every process installs once, in `main`: human
-//! readable by default, JSON lines for log collectors, filtered by `RUST_LOG`.
+//! The tracing subscriber every process installs once, in `main`: log lines
+//! (human readable by default, JSON lines for log collectors) filtered by
+//! `RUST_LOG`, and, when a collector is configured, ordermesh's spans
+//! exported over OTLP/gRPC.
+//!
+//! Why it is built this way:
+//! - **Two filters.** `RUST_LOG` says what is logged; the exporter takes
+//!   ordermesh's own spans at INFO whatever it says, so turning the logs
+//!   down does not break the traces.
+//! - **Batch export off the request path.** The SDK's batch processor
+//!   queues finished spans for a thread of its own; when the collector is
+//!   down or slow the queue fills and further spans are dropped (the SDK
+//!   counts them and logs the count at shutdown). A request never waits
+//!   for the collector.
+//! - **The standard variables.** `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//!   `--otlp-endpoint`), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//!   `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (parent-based,
+//!   always on, unless they say otherwise), `OTEL_BSP_*` for the batch;
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL` must be `grpc` (the only transport
+//!   built in). W3C trace context is the propagator.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -11,18 +35,110 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber; a second call is a no-op.
-pub fn init(format: LogFormat) {
+/// Where and as whom traces are exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceExport {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    pub endpoint: String,
+    /// `service.name` unless `OTEL_SERVICE_NAME` (or
+    /// `OTEL_RESOURCE_ATTRIBUTES`) names one.
+    pub default_service_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0:?}: only \"grpc\" is built in")]
+    Protocol(String),
+    #[error("the OTLP exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+}
+
+/// The installed exporter; [`Telemetry::shutdown`] flushes what is queued.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exports(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports what is queued (bounded by the SDK's export timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "flushing traces at shutdown");
+        }
+    }
+}
+
+/// Installs the global subscriber (a second call installs nothing and
+/// exports nothing). With `traces`, needs a tokio runtime.
+pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
     // Colours only on a terminal: a log file or a collector reading a pipe
     // gets plain text, not escape codes around every field.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
     };
+    let provider = traces.map(tracer_provider).transpose()?;
+    let spans = provider.as_ref().map(|provider| {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("ordermesh"))
+            .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                metadata.target().starts_with("ordermesh") && *metadata.level() <= tracing::Level::INFO
+            }))
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    Ok(Telemetry {
+        provider: provider.filter(|_| installed),
+    })
+}
+
+fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, TelemetryError> {
+    if let Ok(protocol) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
+        && !protocol.is_empty()
+        && protocol != "grpc"
+    {
+        return Err(TelemetryError::Protocol(protocol));
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(export.endpoint.clone())
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: export.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !named {
+        resource = resource.with_service_name(export.default_service_name);
+    }
+    Ok(SdkTracerProvider::builder()
+        .with_resource(resource.build())
+        .with_batch_exporter(exporter)
+        .build())
 }

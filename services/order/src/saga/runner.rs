@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use ordermesh_runtime::clock;
 
@@ -301,6 +302,10 @@ impl SagaRunner {
         let runner = self.clone();
         let order_id = order_id.to_owned();
         let mut stop = self.inner.stop.subscribe();
+        // The saga's span: a child of the span that started it (CreateOrder's
+        // or CancelOrder's server span), so its steps, and the calls they
+        // make, join that request's trace.
+        let span = tracing::info_span!("saga", otel.name = "saga", ordermesh.order_id = %order_id);
         tokio::spawn(async move {
             let mut preloaded = preloaded;
             loop {
@@ -340,7 +345,7 @@ impl SagaRunner {
                     return;
                 }
             }
-        });
+        }.instrument(span));
     }
 
     /// Stops every worker of this process where it is (shutdown). Their
@@ -455,7 +460,17 @@ impl SagaRunner {
                 return Ok(());
             }
             let step = driven.saga.step;
-            let result = if Steps::calls(step) {
+            let span = tracing::info_span!(
+                "saga.step",
+                otel.name = %format!("saga {}", step.as_str()),
+                ordermesh.saga.step = step.as_str(),
+                ordermesh.saga.compensating = driven.saga.state == SagaState::Compensating,
+                ordermesh.saga.decision = tracing::field::Empty,
+            );
+            let result = async {
+                if !Steps::calls(step) {
+                    return Ok(StepResult::Nothing);
+                }
                 self.ensure_lease(&mut driven).await?;
                 if driven.saga.state == SagaState::Compensating {
                     super::measure::compensating(step);
@@ -467,13 +482,17 @@ impl SagaRunner {
                 {
                     tokio::time::sleep(pause.duration).await;
                 }
-                result
-            } else {
-                StepResult::Nothing
-            };
+                Ok::<_, Halt>(result)
+            }
+            .instrument(span.clone())
+            .await?;
             let decision = plan::decide(&driven.view(), result, &self.inner.limits, fastrand::f64());
             super::measure::decided(step, &decision);
-            self.perform(&mut driven, decision, wake).await?;
+            span.record(
+                "ordermesh.saga.decision",
+                super::measure::decision_label(&decision),
+            );
+            self.perform(&mut driven, decision, wake).instrument(span).await?;
         }
     }
 

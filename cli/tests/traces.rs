@@ -1,0 +1,224 @@
+//! Traces of the real binary, received by an OTLP receiver inside the test
+//! (the collector's `TraceService`): an order placed over REST through the
+//! gateway, under a trace context the caller chose, forms one trace in
+//! which the gateway's span is the child of the caller's, the order
+//! service's CreateOrder is under the gateway's span, and the saga's calls
+//! to inventory and payment are client spans whose children are those
+//! services' server spans (the context crossed each process boundary in
+//! the request's headers). No token appears in any span.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use support::Up;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            Value::BoolValue(b) => Some(b.to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let up = Up::start(&["--otlp-endpoint".to_owned(), format!("http://127.0.0.1:{port}")]);
+    let token = {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ordermesh"))
+            .args(["token", "--data-dir"])
+            .arg(up.data_dir())
+            .output()
+            .expect("ordermesh token");
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    };
+    // The caller's own trace context.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let http = ordermesh_tests::gateway::http_client();
+    let response = http
+        .post(format!("http://127.0.0.1:{}/v1/orders", up.gateway))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
+        .body(r#"{"requestId": "traced-1", "customerId": "alice", "lines": [{"sku": "CB-004", "quantity": 1}]}"#)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 200);
+    let answered = response
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .expect("the response names its trace")
+        .to_owned();
+    assert!(answered.starts_with(&format!("00-{trace_id}-")), "{answered}");
+    assert!(
+        !answered.contains(caller_span),
+        "the gateway's own span: {answered}"
+    );
+
+    // Spans are batched (every 5 s by default): wait for the saga's.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let spans: Vec<Span> = loop {
+        let spans: Vec<Span> = receiver
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace_id)
+            .cloned()
+            .collect();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        let done = ["CommitReservation", "CapturePayment"].iter().all(|method| {
+            spans
+                .iter()
+                .any(|s| s.kind == SpanKind::Server as i32 && s.name.ends_with(&format!("/{method}")))
+        });
+        if done {
+            break spans;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the order's trace is incomplete: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
+    let ancestors = |span: &Span| -> Vec<String> {
+        let mut chain = Vec::new();
+        let mut parent = hex(&span.parent_span_id);
+        while let Some(next) = by_id.get(&parent) {
+            chain.push(next.name.clone());
+            parent = hex(&next.parent_span_id);
+        }
+        chain.push(parent); // the first parent outside the process's spans
+        chain
+    };
+    let find = |kind: SpanKind, name: &str| -> &Span {
+        spans
+            .iter()
+            .find(|s| s.kind == kind as i32 && s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind:?} span {name}: {:?}",
+                    spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+                )
+            })
+    };
+    let gateway = find(SpanKind::Server, "POST /v1/orders");
+    assert_eq!(
+        hex(&gateway.parent_span_id),
+        caller_span,
+        "under the caller's span"
+    );
+    assert_eq!(
+        attribute(gateway, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attribute(gateway, "http.request.method").as_deref(), Some("POST"));
+
+    let create = find(SpanKind::Server, "ordermesh.order.v1.OrderService/CreateOrder");
+    let chain = ancestors(create);
+    assert!(chain.contains(&"POST /v1/orders".to_owned()), "{chain:?}");
+    assert_eq!(
+        by_id[&hex(&create.parent_span_id)].kind,
+        SpanKind::Client as i32,
+        "the gateway's call reached order through its headers"
+    );
+    assert_eq!(attribute(create, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attribute(create, "rpc.grpc.status_code").as_deref(), Some("0"));
+
+    for (service, method) in [
+        ("ordermesh.inventory.v1.InventoryService", "ReserveStock"),
+        ("ordermesh.payment.v1.PaymentService", "AuthorizePayment"),
+        ("ordermesh.payment.v1.PaymentService", "CapturePayment"),
+        ("ordermesh.inventory.v1.InventoryService", "CommitReservation"),
+    ] {
+        let name = format!("{service}/{method}");
+        let server = find(SpanKind::Server, &name);
+        let client = by_id
+            .get(&hex(&server.parent_span_id))
+            .unwrap_or_else(|| panic!("{name}'s parent is not in the trace"));
+        assert_eq!(client.kind, SpanKind::Client as i32, "{name}");
+        assert_eq!(client.name, name);
+        let chain = ancestors(server);
+        assert!(
+            chain.iter().any(|n| n.starts_with("saga ")) && chain.contains(&"saga".to_owned()),
+            "{name} runs in a saga step: {chain:?}"
+        );
+        assert!(
+            chain.contains(&"ordermesh.order.v1.OrderService/CreateOrder".to_owned()),
+            "{name} joins the order's trace: {chain:?}"
+        );
+    }
+    // The decisions are on the steps.
+    let reserve = find(SpanKind::Internal, "saga RESERVE");
+    assert_eq!(
+        attribute(reserve, "ordermesh.saga.decision").as_deref(),
+        Some("advance")
+    );
+
+    // No credential in any span, anywhere.
+    let everything: Vec<Span> = receiver.spans.lock().expect("lock").clone();
+    let secret = token.rsplit('.').next().expect("a signature");
+    for span in &everything {
+        for kv in &span.attributes {
+            let text = format!("{:?}", kv.value);
+            assert!(
+                !text.contains(secret) && !text.to_lowercase().contains("bearer"),
+                "{} carries a credential in {}",
+                span.name,
+                kv.key
+            );
+        }
+    }
+    drop(up);
+    server.abort();
+}
