@@ -5,7 +5,9 @@
 //! service's CreateOrder is under the gateway's span, and the saga's calls
 //! to inventory and payment are client spans whose children are those
 //! services' server spans (the context crossed each process boundary in
-//! the request's headers). No token appears in any span.
+//! the request's headers). No token appears in any span, and the order
+//! names its trace. A saga resumed by another process after the first was
+//! killed with SIGKILL goes on in its order's trace.
 
 mod support;
 
@@ -22,6 +24,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use ordermesh_proto::order::v1 as order_pb;
+use ordermesh_tests::Backend;
+use ordermesh_tests::procs::Cluster;
 use support::Up;
 
 #[derive(Clone, Default)]
@@ -60,16 +65,73 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
+impl Receiver {
+    /// Serves on a free port until dropped with the returned task.
+    async fn start() -> (Receiver, u16, tokio::task::JoinHandle<()>) {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let service = TraceServiceServer::new(receiver.clone());
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await;
+        });
+        (receiver, port, server)
+    }
+
+    /// The spans of `trace_id` once `done` holds for them (30 s at most).
+    async fn trace(&self, trace_id: &str, done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let spans: Vec<Span> = self
+                .spans
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|s| hex(&s.trace_id) == trace_id)
+                .cloned()
+                .collect();
+            if done(&spans) {
+                return spans;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the trace is incomplete: {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Whether `spans` hold a server span of each method.
+fn served(spans: &[Span], methods: &[&str]) -> bool {
+    methods.iter().all(|method| {
+        spans
+            .iter()
+            .any(|s| s.kind == SpanKind::Server as i32 && s.name.ends_with(&format!("/{method}")))
+    })
+}
+
+/// The names of `span`'s ancestors in `spans`, nearest first, then the id
+/// of the first parent not among them.
+fn ancestors(spans: &[Span], span: &Span) -> Vec<String> {
+    let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
+    let mut chain = Vec::new();
+    let mut parent = hex(&span.parent_span_id);
+    while let Some(next) = by_id.get(&parent) {
+        chain.push(next.name.clone());
+        parent = hex(&next.parent_span_id);
+    }
+    chain.push(parent);
+    chain
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (receiver, port, server) = Receiver::start().await;
     let up = Up::start(&["--otlp-endpoint".to_owned(), format!("http://127.0.0.1:{port}")]);
     let token = {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_ordermesh"))
@@ -104,43 +166,18 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
         "the gateway's own span: {answered}"
     );
 
+    let created: serde_json::Value = response.json().await.expect("json");
+    let order_id = created["order"]["orderId"].as_str().expect("orderId").to_owned();
+    assert_eq!(created["order"]["traceId"], trace_id, "{created}");
+
     // Spans are batched (every 5 s by default): wait for the saga's.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let spans: Vec<Span> = loop {
-        let spans: Vec<Span> = receiver
-            .spans
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|s| hex(&s.trace_id) == trace_id)
-            .cloned()
-            .collect();
-        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-        let done = ["CommitReservation", "CapturePayment"].iter().all(|method| {
-            spans
-                .iter()
-                .any(|s| s.kind == SpanKind::Server as i32 && s.name.ends_with(&format!("/{method}")))
-        });
-        if done {
-            break spans;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the order's trace is incomplete: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let spans = receiver
+        .trace(trace_id, |spans| {
+            served(spans, &["CommitReservation", "CapturePayment"])
+        })
+        .await;
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
-    let ancestors = |span: &Span| -> Vec<String> {
-        let mut chain = Vec::new();
-        let mut parent = hex(&span.parent_span_id);
-        while let Some(next) = by_id.get(&parent) {
-            chain.push(next.name.clone());
-            parent = hex(&next.parent_span_id);
-        }
-        chain.push(parent); // the first parent outside the process's spans
-        chain
-    };
+    let ancestors = |span: &Span| ancestors(&spans, span);
     let find = |kind: SpanKind, name: &str| -> &Span {
         spans
             .iter()
@@ -219,6 +256,100 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
             );
         }
     }
+    // The order names its trace on every read.
+    let read: serde_json::Value = http
+        .get(format!("http://127.0.0.1:{}/v1/orders/{order_id}", up.gateway))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("read")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(read["order"]["traceId"], trace_id, "{read}");
     drop(up);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_resumed_after_a_crash_goes_on_in_its_orders_trace() {
+    let (receiver, port, server) = Receiver::start().await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ordermesh"));
+    let point = "after-authorize";
+    let Some(mut cluster) = Cluster::start_with_env(bin, Backend::Sqlite, Some(point), None, &env).await
+    else {
+        return;
+    };
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(order_pb::CreateOrderRequest {
+        request_id: "traced-crash".into(),
+        customer_id: "alice".into(),
+        lines: vec![order_pb::CreateOrderLine {
+            sku: "CB-004".into(),
+            quantity: 1,
+        }],
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .expect("ascii"),
+    );
+    let order = cluster
+        .order()
+        .create_order(request)
+        .await
+        .expect("created")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.trace_id, trace_id);
+    // Frozen after AUTHORIZE answered; killed there, and another process
+    // resumes the saga from its record.
+    cluster
+        .wait_for_log(
+            "order",
+            &format!("crash point {point} reached"),
+            Duration::from_secs(30),
+        )
+        .await;
+    cluster.kill("order");
+    cluster.spawn("order", None).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    ordermesh_tests::load::follow(&mut cluster.order(), &order.order_id, until).await;
+    let last = cluster
+        .order()
+        .get_order(order_pb::GetOrderRequest {
+            order_id: order.order_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(last.status(), order_pb::OrderStatus::Confirmed, "{last:?}");
+    assert_eq!(last.trace_id, trace_id, "the resumed order keeps its trace");
+
+    // CAPTURE and COMMIT ran in the new process, in the order's trace.
+    let spans = receiver
+        .trace(trace_id, |spans| {
+            served(spans, &["CapturePayment", "CommitReservation"])
+        })
+        .await;
+    let capture = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32 && s.name.ends_with("/CapturePayment"))
+        .expect("capture");
+    let chain = ancestors(&spans, capture);
+    assert!(
+        chain.contains(&"saga CAPTURE".to_owned()) && chain.contains(&"saga".to_owned()),
+        "{chain:?}"
+    );
+    drop(cluster);
     server.abort();
 }

@@ -46,6 +46,8 @@ pub struct Cluster {
     /// Events over NATS JetStream at this URL, else each process's own
     /// in-process broker.
     nats_url: Option<String>,
+    /// More environment for every process (e.g. `OTEL_*`).
+    env: Vec<(String, String)>,
     databases: HashMap<&'static str, String>,
     ports: HashMap<&'static str, u16>,
     children: HashMap<&'static str, Child>,
@@ -75,6 +77,17 @@ impl Cluster {
         order_crash_at: Option<&str>,
         nats_url: Option<&str>,
     ) -> Option<Cluster> {
+        Self::start_with_env(bin, backend, order_crash_at, nats_url, &[]).await
+    }
+
+    /// [`Cluster::start_with_nats`], with `env` set for every process.
+    pub async fn start_with_env(
+        bin: &Path,
+        backend: Backend,
+        order_crash_at: Option<&str>,
+        nats_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Option<Cluster> {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut databases = HashMap::new();
         for service in SERVICES {
@@ -92,6 +105,10 @@ impl Cluster {
             dir,
             backend,
             nats_url: nats_url.map(str::to_owned),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             databases,
             ports: SERVICES
                 .into_iter()
@@ -145,6 +162,7 @@ impl Cluster {
         if let Some(url) = &self.nats_url {
             command.env("ORDERMESH_NATS_URL", url);
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         match service {
             "order" => {
                 command

@@ -169,6 +169,7 @@ fn status_to_pb(status: store::OrderStatus) -> pb::OrderStatus {
 
 pub fn order_to_pb(order: store::Order) -> pb::Order {
     let currency = order.currency_code.clone();
+    let trace_id = order.trace_id().to_owned();
     let money = |amount_minor: i64| Money {
         amount_minor,
         currency_code: currency.clone(),
@@ -192,6 +193,7 @@ pub fn order_to_pb(order: store::Order) -> pb::Order {
         payment_id: order.payment_id,
         create_time: Some(clock::timestamp(order.create_time)),
         update_time: Some(clock::timestamp(order.update_time)),
+        trace_id,
         order_id: order.order_id,
         request_id: order.request_id,
         customer_id: order.customer_id,
@@ -229,6 +231,7 @@ impl OrderService for OrderApi {
             request_id: request.request_id,
             customer_id: request.customer_id,
             lines,
+            traceparent: ordermesh_mesh::trace::current_traceparent(),
         };
         // A replay gets the first answer, before any other check: the
         // precheck must not refuse a retry of an order that took the last unit.

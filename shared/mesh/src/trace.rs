@@ -62,6 +62,39 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     });
 }
 
+/// The current span's context as a `traceparent` value (empty when
+/// tracing is off), to keep with what the request started.
+pub fn current_traceparent() -> String {
+    let mut carrier = std::collections::HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// The context a stored `traceparent` value names (empty for none).
+pub fn context_of(traceparent: &str) -> opentelemetry::Context {
+    let mut carrier = std::collections::HashMap::new();
+    if !traceparent.is_empty() {
+        carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    }
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
+}
+
+/// Makes `parent` the parent of `span` (before it is first entered).
+pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
+    let _ = span.set_parent(parent);
+}
+
+/// The trace id of a `traceparent` value (`00-<trace id>-<span id>-<flags>`),
+/// empty when it is not one.
+pub fn trace_id_of(traceparent: &str) -> &str {
+    let mut parts = traceparent.split('-');
+    match (parts.next(), parts.next()) {
+        (Some(_), Some(id)) if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) => id,
+        _ => "",
+    }
+}
+
 /// The span of a call this process makes to `downstream`.
 pub fn client_span(downstream: &str, path: &str) -> tracing::Span {
     let (service, method) = split(path);

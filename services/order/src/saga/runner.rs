@@ -282,6 +282,12 @@ impl SagaRunner {
     /// a retry changed the saga: its next fenced write fails and it stops)
     /// and the saga is driven once more, afresh, when it ends.
     fn spawn(&self, order_id: &str, preloaded: Option<Driven>) {
+        self.spawn_under(order_id, preloaded, None);
+    }
+
+    /// [`SagaRunner::spawn`], its span the child of `parent` rather than of
+    /// the current span.
+    fn spawn_under(&self, order_id: &str, preloaded: Option<Driven>, parent: Option<opentelemetry::Context>) {
         let wake = {
             let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(slot) = running.get_mut(order_id) {
@@ -306,6 +312,9 @@ impl SagaRunner {
         // or CancelOrder's server span), so its steps, and the calls they
         // make, join that request's trace.
         let span = tracing::info_span!("saga", otel.name = "saga", ordermesh.order_id = %order_id);
+        if let Some(parent) = parent {
+            ordermesh_mesh::trace::set_parent(&span, parent);
+        }
         tokio::spawn(async move {
             let mut preloaded = preloaded;
             loop {
@@ -363,9 +372,11 @@ impl SagaRunner {
             ticker.tick().await;
             match self.inner.store.orphaned_sagas(100).await {
                 Ok(orphans) => {
-                    for order_id in orphans {
+                    for (order_id, traceparent) in orphans {
                         tracing::info!(%order_id, "resuming saga");
-                        self.spawn(&order_id, None);
+                        // Resumed in the order's own trace.
+                        let parent = ordermesh_mesh::trace::context_of(&traceparent);
+                        self.spawn_under(&order_id, None, Some(parent));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "recovery scan failed"),

@@ -23,7 +23,7 @@
 macro_rules! order_columns {
     () => {
         "order_id, request_id, request_fingerprint, customer_id, status, total_minor, currency_code,
-         reject_reason, reject_detail, payment_id, create_time, update_time, version"
+         reject_reason, reject_detail, payment_id, create_time, update_time, version, traceparent"
     };
 }
 
@@ -163,6 +163,7 @@ struct OrderRow {
     create_time: i64,
     update_time: i64,
     version: i64,
+    traceparent: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +182,16 @@ pub struct Order {
     pub update_time: i64,
     /// Incremented by every change.
     pub version: i64,
+    /// The W3C trace context of the request that placed it (empty when
+    /// tracing was off).
+    pub traceparent: String,
+}
+
+impl Order {
+    /// The trace id of [`Order::traceparent`], empty when there is none.
+    pub fn trace_id(&self) -> &str {
+        ordermesh_mesh::trace::trace_id_of(&self.traceparent)
+    }
 }
 
 impl OrderRow {
@@ -199,6 +210,7 @@ impl OrderRow {
             create_time: self.create_time,
             update_time: self.update_time,
             version: self.version,
+            traceparent: self.traceparent,
         }
     }
 }
@@ -314,6 +326,8 @@ pub struct NewOrder {
     pub request_id: String,
     pub customer_id: String,
     pub lines: Vec<NewLine>,
+    /// The placing request's trace context (empty: none).
+    pub traceparent: String,
 }
 
 /// A line as ordered, with the product's display name from the catalogue
@@ -369,6 +383,7 @@ mod fingerprint_tests {
             order_id: String::new(),
             request_id: String::new(),
             customer_id: customer.into(),
+            traceparent: String::new(),
             lines: lines
                 .iter()
                 .map(|(sku, quantity)| NewLine {

@@ -51,7 +51,7 @@ impl Store {
             "INSERT INTO orders (",
             order_columns!(),
             ", saga_kind, saga_state, saga_step, step_since, lease_owner, lease_until)
-             VALUES ($1, $2, $3, $4, $5, NULL, '', $6, '', '', $7, $7, 0, $8, $9, $10, $7, $11, $12)"
+             VALUES ($1, $2, $3, $4, $5, NULL, '', $6, '', '', $7, $7, 0, $13, $8, $9, $10, $7, $11, $12)"
         ))
         .bind(&new.order_id)
         .bind(&new.request_id)
@@ -65,6 +65,7 @@ impl Store {
         .bind(saga.step.as_str())
         .bind(owner)
         .bind(lease_until)
+        .bind(&new.traceparent)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -130,6 +131,7 @@ impl Store {
             create_time: now,
             update_time: now,
             version: 0,
+            traceparent: new.traceparent.clone(),
         };
         Ok(Created::New(order, saga))
     }

@@ -390,9 +390,10 @@ impl Store {
 
     /// Unfinished sagas nobody holds a live lease on and no operator holds
     /// back: the recovery worker's work list after a crash.
-    pub async fn orphaned_sagas(&self, limit: i64) -> Result<Vec<String>, Error> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT order_id FROM orders WHERE saga_state IN ($1, $2) AND needs_attention = 0 AND lease_until < $3
+    /// Each with the trace context of the request that placed its order.
+    pub async fn orphaned_sagas(&self, limit: i64) -> Result<Vec<(String, String)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT order_id, traceparent FROM orders WHERE saga_state IN ($1, $2) AND needs_attention = 0 AND lease_until < $3
              ORDER BY update_time LIMIT $4",
         )
         .bind(SagaState::Running.as_str())
@@ -400,8 +401,7 @@ impl Store {
         .bind(clock::now_micros())
         .bind(limit)
         .fetch_all(&self.db.read)
-        .await?;
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        .await?)
     }
 
     /// How many unfinished sagas wait for an operator (on the index of
