@@ -171,9 +171,12 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
     assert_eq!(created["order"]["traceId"], trace_id, "{created}");
 
     // Spans are batched (every 5 s by default): wait for the saga's.
+    let kind = |spans: &[Span], kind: SpanKind| spans.iter().any(|s| s.kind == kind as i32);
     let spans = receiver
         .trace(trace_id, |spans| {
             served(spans, &["CommitReservation", "CapturePayment"])
+                && kind(spans, SpanKind::Producer)
+                && kind(spans, SpanKind::Consumer)
         })
         .await;
     let by_id: HashMap<String, &Span> = spans.iter().map(|s| (hex(&s.span_id), s)).collect();
@@ -235,6 +238,29 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
             "{name} joins the order's trace: {chain:?}"
         );
     }
+    // The events the order caused: published by the relays and handled by
+    // the consumers, in the order's trace, under the span that wrote them.
+    for span in spans
+        .iter()
+        .filter(|s| [SpanKind::Producer as i32, SpanKind::Consumer as i32].contains(&s.kind))
+    {
+        assert_eq!(attribute(span, "messaging.system").as_deref(), Some("nats"));
+        assert!(
+            by_id.contains_key(&hex(&span.parent_span_id)),
+            "{} hangs under a span of the trace",
+            span.name
+        );
+    }
+    let created_event = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Producer as i32 && s.name.contains("order"))
+        .expect("an order event published");
+    assert!(
+        ancestors(created_event).contains(&"ordermesh.order.v1.OrderService/CreateOrder".to_owned()),
+        "{:?}",
+        ancestors(created_event)
+    );
+
     // The decisions are on the steps.
     let reserve = find(SpanKind::Internal, "saga RESERVE");
     assert_eq!(

@@ -26,6 +26,7 @@
 //! - [`measure`]: the backlog, relay and consumer metrics.
 //! - [`service`]: the plumbing every service starts (relay, publisher, admin).
 //! - [`json`]: events as JSON (by `ce-type`, through prost-reflect).
+//! - [`trace`]: the spans of publishing and handling events.
 //! - [`testing`]: a real nats-server for tests and benches.
 //! - [`error`]: the crate's error type.
 
@@ -42,6 +43,7 @@ pub mod outbox;
 pub mod relay;
 pub mod service;
 pub mod testing;
+pub mod trace;
 pub mod worker;
 
 pub use bus::{Bus, DeadLetter, Delivery, Malformed, Published};

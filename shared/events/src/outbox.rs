@@ -144,8 +144,15 @@ impl Publisher {
 
     /// The event for `payload` from this service (to insert later with
     /// [`Publisher::insert`], when a caller builds it outside the store).
+    /// It carries the current span's trace context (that of the change
+    /// that causes it), if any.
     pub fn event<E: DomainEvent>(&self, payload: &E) -> Event {
-        Event::new(&self.outbox.source, payload, None)
+        let traceparent = ordermesh_mesh::trace::current_traceparent();
+        Event::new(
+            &self.outbox.source,
+            payload,
+            Some(traceparent.as_str()).filter(|t| !t.is_empty()),
+        )
     }
 
     /// Adds `payload` as an event inside the caller's open transaction.

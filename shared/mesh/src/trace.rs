@@ -85,6 +85,17 @@ pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     let _ = span.set_parent(parent);
 }
 
+/// Links `span` (before it is first entered) to the span a stored
+/// `traceparent` value names, if it names one.
+pub fn add_link(span: &tracing::Span, traceparent: &str) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = context_of(traceparent);
+    let linked = context.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 /// The trace id of a `traceparent` value (`00-<trace id>-<span id>-<flags>`),
 /// empty when it is not one.
 pub fn trace_id_of(traceparent: &str) -> &str {

@@ -214,10 +214,18 @@ impl Rounds {
             if failure.is_some() {
                 break;
             }
-            for (event, result) in publish.iter().zip(self.bus.publish_all(&publish).await) {
+            let spans: Vec<tracing::Span> = publish.iter().map(crate::trace::producer).collect();
+            for ((event, result), span) in publish
+                .iter()
+                .zip(self.bus.publish_all(&publish).await)
+                .zip(spans)
+            {
                 match result {
                     Ok(_) => self.acked(&mut keys, event),
-                    Err(e) => failure = failure.or(Some(e)),
+                    Err(e) => {
+                        span.record("otel.status_code", "ERROR");
+                        failure = failure.or(Some(e));
+                    }
                 }
             }
             if failure.is_some() {

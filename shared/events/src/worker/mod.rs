@@ -370,7 +370,9 @@ async fn handle<H: Handler>(
     let mut handled = if runnable.is_empty() {
         Vec::new()
     } else {
-        handler.handle_batch(&runnable).await
+        use tracing::Instrument;
+        let span = crate::trace::consumer(&config.name, &runnable);
+        handler.handle_batch(&runnable).instrument(span).await
     }
     .into_iter();
     verdicts
