@@ -3,11 +3,13 @@
 # tools (.ci/tools.sh installs them into target/tools/bin): hadolint on the
 # Dockerfile; helm lint --strict; helm template of the default values plus the
 # required settings (examples/minimal.yaml), SingleBinary, production and demo
-# values, and SingleBinary with metrics, dashboard and alerts, each validated
+# values, SingleBinary with metrics, dashboard and alerts, and SingleBinary
+# exporting traces (production.yaml exports them in Distributed mode), each validated
 # against the Kubernetes API schemas by kubernetes-validate --strict (the
 # newest bundled version and the chart's minimum, 1.27); the chart's own
 # promises (.ci/helm_checks.py: among them that every Deployment serves
-# metrics when asked, and that the Grafana dashboard and the alerting rules
+# metrics when asked, that every container exports traces under its target's
+# name with otel.endpoint and none without, and that the Grafana dashboard and the alerting rules
 # name only metrics docs/metrics.md lists); the alerting rules and the
 # dashboard's queries parsed by promtool and the alerts tested with it
 # (.ci/ordermesh.rules.test.yaml); and wrong values refused at install time
@@ -42,6 +44,10 @@ done
 METRICS_ON=(--set metrics.enabled=true --set metrics.dashboard.enabled=true
   --set metrics.prometheusRule.enabled=true --set serviceMonitor.enabled=true)
 lint -f "$CHART/examples/single-binary.yaml" "${METRICS_ON[@]}"
+# Traces (helm_checks.py's SINGLE_BINARY_OTEL holds the same values).
+OTEL_ON=(--set otel.endpoint=http://otel-collector.observability.svc:14317 --set otel.sampler=traceidratio
+  --set otel.samplerArg=0.5 --set 'otel.resourceAttributes.deployment\.environment=ci' --set otel.resourceAttributes.team=shop)
+lint -f "$CHART/examples/single-binary.yaml" "${OTEL_ON[@]}"
 
 echo "== helm template + kubernetes-validate --strict"
 renders=()
@@ -54,6 +60,10 @@ done
 "$T/helm" template ordermesh "$CHART" --namespace shop -f "$CHART/examples/single-binary.yaml" "${METRICS_ON[@]}" \
   > "$OUT/single-binary-metrics.yaml"
 renders+=("$OUT/single-binary-metrics.yaml")
+# Traces in the other mode too (production.yaml has them in Distributed mode).
+"$T/helm" template ordermesh "$CHART" --namespace shop -f "$CHART/examples/single-binary.yaml" "${OTEL_ON[@]}" \
+  > "$OUT/single-binary-otel.yaml"
+renders+=("$OUT/single-binary-otel.yaml")
 for version in 1.37.0 1.27.0; do
   # CRD kinds (HTTPRoute, ServiceMonitor, PrometheusRule, Certificate) have no
   # bundled schema: warned, not failed.
@@ -145,3 +155,17 @@ refused "plain-http JWKS in production" "auth: auth.jwksUrl http://idp.example.c
 refused "two development gateways without a shared key" "auth: development mode with more than one gateway pod needs auth.hs256Secret.name" \
   "${MINIMAL[@]}" --set auth.mode=development --set auth.jwksUrl= --set gateway.replicas=2
 refused "HTTPRoute without a parent" "at '/httpRoute/parentRefs': minItems" "${MINIMAL[@]}" --set httpRoute.enabled=true
+refused "an OTLP endpoint that is no URL" "at '/otel/endpoint': 'otel-collector:4317' does not match pattern" \
+  "${MINIMAL[@]}" --set otel.endpoint=otel-collector:4317
+refused "an OTLP endpoint over https" "otel: otel.endpoint https://otel-collector:4317 is https" \
+  "${MINIMAL[@]}" --set otel.endpoint=https://otel-collector:4317
+refused "an OTLP endpoint without its port" "otel: otel.endpoint http://otel-collector has no port" \
+  "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector
+refused "a sampler the SDK does not know" "at '/otel/sampler': value must be one of 'always_on'" \
+  "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set otel.sampler=ratio
+refused "a sampler ratio above 1" "at '/otel/samplerArg'" \
+  "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set otel.sampler=traceidratio --set otel.samplerArg=1.5
+refused "a sampler ratio the sampler ignores" "otel: otel.samplerArg 0.1 applies to the traceidratio samplers only" \
+  "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set otel.samplerArg=0.1
+refused "a resource attribute with a comma" "at '/otel/resourceAttributes/team'" \
+  "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set-string 'otel.resourceAttributes.team=a\,b'

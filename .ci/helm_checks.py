@@ -3,7 +3,8 @@ what the Kubernetes schemas say: the promises the chart makes in its README.
 
 Usage: python .ci/helm_checks.py RENDER_DIR
 Renders expected: minimal, production, demo, mtls (Distributed), single-binary,
-and single-binary-metrics (SingleBinary with metrics, dashboard and alerts).
+single-binary-metrics (SingleBinary with metrics, dashboard and alerts) and
+single-binary-otel (SingleBinary with the values in SINGLE_BINARY_OTEL).
 
 Metrics: every Deployment rendered with metrics.enabled serves them
 (ORDERMESH_METRICS_LISTEN and a port named `metrics`), none rendered without
@@ -13,6 +14,13 @@ render into their ConfigMap and PrometheusRule unchanged. The dashboard's
 queries are written, Grafana variables substituted, as recording rules to
 RENDER_DIR/dashboard-queries.rules.yaml for `promtool check rules` to parse
 (.ci/helm.sh runs it).
+
+Traces: with otel.endpoint every ordermesh container carries the OpenTelemetry
+SDK's variables (the endpoint, OTEL_SERVICE_NAME ordermesh-<target> for
+`serve <target>` and ordermesh for `up`, the sampler, its argument and the
+resource attributes when set) and every NetworkPolicy of the release admits
+the endpoint's port (to networkPolicy.egress.otel's peers when given);
+without it no OTEL_ variable appears in any object.
 """
 
 import json
@@ -28,6 +36,14 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 DASHBOARD = CHART / "dashboards" / "ordermesh.json"
 RULES = CHART / "rules" / "ordermesh.rules.yaml"
 METRICS_PORT = 9090
+# What .ci/helm.sh passes for the single-binary-otel render (--set), besides
+# examples/single-binary.yaml; production's otel values are examples/production.yaml's.
+SINGLE_BINARY_OTEL = {
+    "endpoint": "http://otel-collector.observability.svc:14317",
+    "sampler": "traceidratio",
+    "samplerArg": "0.5",
+    "resourceAttributes": {"deployment.environment": "ci", "team": "shop"},
+}
 
 failures = []
 passed = 0
@@ -324,6 +340,64 @@ def check_metrics(directory, render, enabled, dashboard, rules_file):
               rule["spec"] == rules_file)
 
 
+def otel_values(render):
+    """The otel values a render was made with (None: otel off)."""
+    if render == "single-binary-otel":
+        return SINGLE_BINARY_OTEL
+    if render == "production":
+        values = yaml.safe_load((CHART / "examples" / "production.yaml").read_text())
+        defaults = yaml.safe_load((CHART / "values.yaml").read_text())["otel"]
+        return {**defaults, **values["otel"]}
+    return None
+
+
+def check_otel(directory, render):
+    """With otel.endpoint every ordermesh container exports traces under its
+    target's name and every NetworkPolicy admits the collector's port;
+    without, no OTEL_ variable is set anywhere."""
+    docs = load(directory, render)
+    otel = otel_values(render)
+    if otel is None:
+        found = [(where, text) for doc in docs for where, text in strings(doc) if "OTEL_" in text]
+        check(f"{render}: no OTEL_ variable anywhere (otel.endpoint is empty)", not found, found)
+        return
+    endpoint = otel["endpoint"]
+    match = re.match(r"^http://(\[[^\]]*\]|[^/:]*):([0-9]+)", endpoint)
+    check(f"{render}: otel.endpoint {endpoint} names its port", match is not None)
+    port = int(match.group(2)) if match else None
+    attributes = ",".join(f"{k}={v}" for k, v in sorted(otel["resourceAttributes"].items()))
+    ours = {name: d for name, d in of_kind(docs, "Deployment").items() if "-demo-" not in name}
+    check(f"{render}: Deployments to check", bool(ours))
+    for name, deployment in ours.items():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            args = container.get("args", [])
+            # The binary's own default names: `serve order` -> ordermesh-order, `up` -> ordermesh.
+            service = "ordermesh" if args == ["up"] else f"ordermesh-{args[-1]}"
+            values = {k: e.get("value") for k, e in env_of(container).items() if k.startswith("OTEL_")}
+            expected = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                "OTEL_SERVICE_NAME": service,
+                "OTEL_TRACES_SAMPLER": otel["sampler"],
+            }
+            if str(otel["samplerArg"]) != "":
+                expected["OTEL_TRACES_SAMPLER_ARG"] = str(otel["samplerArg"])
+            if attributes:
+                expected["OTEL_RESOURCE_ATTRIBUTES"] = attributes
+            check(f"{render}/{name} container {container['name']} ({' '.join(args)}) exports traces as {service}",
+                  values == expected, {"rendered": values, "expected": expected})
+    policies = {name: p for name, p in of_kind(docs, "NetworkPolicy").items() if "-demo-" not in name}
+    check(f"{render}: NetworkPolicies to check", bool(policies))
+    peers = (yaml.safe_load((CHART / "examples" / "production.yaml").read_text())["networkPolicy"]["egress"]["otel"]
+             if render == "production" else None)
+    for name, policy in policies.items():
+        rules = [r for r in policy["spec"].get("egress", [])
+                 if {"port": port, "protocol": "TCP"} in r.get("ports", [])]
+        check(f"{render}: NetworkPolicy {name} admits the collector's port {port}", bool(rules),
+              policy["spec"].get("egress"))
+        check(f"{render}: NetworkPolicy {name} reaches the collector at networkPolicy.egress.otel's peers",
+              any(r.get("to") == peers for r in rules), rules)
+
+
 def main():
     directory = Path(sys.argv[1])
 
@@ -334,6 +408,9 @@ def main():
     for render, enabled in (("minimal", False), ("demo", False), ("mtls", False), ("single-binary", False),
                             ("production", True), ("single-binary-metrics", True)):
         check_metrics(directory, render, enabled, dashboard, rules_file)
+    for render in ("minimal", "demo", "mtls", "single-binary", "single-binary-metrics",
+                   "production", "single-binary-otel"):
+        check_otel(directory, render)
 
     minimal = check_distributed(directory, "minimal")
     check("minimal: the chart makes no Secret (database.existingSecret)", not of_kind(minimal, "Secret"))

@@ -181,6 +181,21 @@ Deployment template, so `helm install` and `helm template` stop here.
 {{- if and $v.metrics.prometheusRule.enabled (not $v.metrics.enabled) }}
 {{- fail "metrics: metrics.prometheusRule.enabled needs metrics.enabled (the alerts would watch metrics nothing serves)" }}
 {{- end }}
+{{- with $v.otel.endpoint }}
+{{- if regexMatch "^https://" . }}
+{{- fail (printf "otel: otel.endpoint %s is https; ordermesh exports OTLP/gRPC in plaintext only (built without TLS for the exporter, the binary would refuse to start): use the collector's http:// address" .) }}
+{{- end }}
+{{- $port := include "ordermesh.otelPort" $ }}
+{{- if not $port }}
+{{- fail (printf "otel: otel.endpoint %s has no port; the exporter would dial port 80, not OTLP's 4317: write it, e.g. %s:4317" . (trimSuffix "/" .)) }}
+{{- end }}
+{{- if or (lt (atoi $port) 1) (gt (atoi $port) 65535) }}
+{{- fail (printf "otel: otel.endpoint %s: port %s is not a TCP port" . $port) }}
+{{- end }}
+{{- end }}
+{{- if and (ne (toString $v.otel.samplerArg) "") (not (has $v.otel.sampler (list "traceidratio" "parentbased_traceidratio"))) }}
+{{- fail (printf "otel: otel.samplerArg %v applies to the traceidratio samplers only; otel.sampler %s would ignore it (set otel.sampler: parentbased_traceidratio to sample that ratio)" $v.otel.samplerArg $v.otel.sampler) }}
+{{- end }}
 {{- end }}
 
 {{/* ORDERMESH_NATS_URL, from the value, the Secret or the demo NATS. */}}
@@ -197,6 +212,37 @@ Deployment template, so `helm install` and `helm template` stop here.
 {{- else if .Values.nats.url -}}
 - name: ORDERMESH_NATS_URL
   value: {{ .Values.nats.url | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The port of otel.endpoint as written ("" when the URL names none). */}}
+{{- define "ordermesh.otelPort" -}}
+{{- regexReplaceAll "^https?://(\\[[^\\]]*\\]|[^/:]*)(:([0-9]+))?.*$" .Values.otel.endpoint "${3}" }}
+{{- end }}
+
+{{/*
+The OpenTelemetry SDK's variables, with otel.endpoint only (none without it).
+ctx = dict "root" $ "serviceName" "ordermesh-order".
+*/}}
+{{- define "ordermesh.otelEnv" -}}
+{{- $o := .root.Values.otel -}}
+{{- if $o.endpoint -}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $o.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .serviceName | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $o.sampler | quote }}
+{{- if ne (toString $o.samplerArg) "" }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ toString $o.samplerArg | quote }}
+{{- end }}
+{{- with $o.resourceAttributes }}
+{{- $pairs := list }}
+{{- range $key, $value := . }}{{ $pairs = append $pairs (printf "%s=%s" $key $value) }}{{ end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $pairs | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
