@@ -132,7 +132,12 @@ fn ancestors(spans: &[Span], span: &Span) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
     let (receiver, port, server) = Receiver::start().await;
-    let up = Up::start(&["--otlp-endpoint".to_owned(), format!("http://127.0.0.1:{port}")]);
+    let up = Up::start(&[
+        "--otlp-endpoint".to_owned(),
+        format!("http://127.0.0.1:{port}"),
+        "--log-format".to_owned(),
+        "json".to_owned(),
+    ]);
     let token = {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_ordermesh"))
             .args(["token", "--data-dir"])
@@ -282,6 +287,24 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
             );
         }
     }
+    // The logs: the gateway's line for the request names its trace (as do
+    // the saga's), and no line holds the token.
+    let logs = up.logs();
+    let traced: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains(&format!("\"trace_id\":\"{trace_id}\"")))
+        .collect();
+    assert!(
+        traced.iter().any(|l| l.contains("ordermesh_gateway::access")),
+        "no access line names the trace: {logs}"
+    );
+    for line in logs.lines() {
+        assert!(
+            !line.contains(secret) && !line.to_lowercase().contains("bearer "),
+            "a log line holds a credential: {line}"
+        );
+    }
+
     // The order names its trace on every read.
     let read: serde_json::Value = http
         .get(format!("http://127.0.0.1:{}/v1/orders/{order_id}", up.gateway))

@@ -285,11 +285,11 @@ async fn access_log(mut request: Request<Body>, next: axum::middleware::Next) ->
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         ordermesh.request_id = %id,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
-    {
-        use tracing_opentelemetry::OpenTelemetrySpanExt;
-        let _ = span.set_parent(ordermesh_mesh::trace::extract(request.headers()));
-    }
+    ordermesh_mesh::trace::set_parent(&span, ordermesh_mesh::trace::extract(request.headers()));
+    ordermesh_mesh::trace::record_ids(&span);
     let mut response = {
         use tracing::Instrument;
         next.run(request).instrument(span.clone()).await
@@ -324,15 +324,18 @@ async fn access_log(mut request: Request<Body>, next: axum::middleware::Next) ->
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info!(
-        target: "ordermesh_gateway::access",
-        %method,
-        path,
-        status = response.status().as_u16(),
-        grpc_status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        request_id = id,
-        "request"
-    );
+    // Inside the request's span: the line names its trace.
+    span.in_scope(|| {
+        tracing::info!(
+            target: "ordermesh_gateway::access",
+            %method,
+            path,
+            status = response.status().as_u16(),
+            grpc_status,
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            request_id = id,
+            "request"
+        )
+    });
     response
 }

@@ -78,7 +78,7 @@ impl Up {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(data.path().join("stderr.log")).expect("stderr file"))
             .spawn()
             .expect("ordermesh up starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -107,6 +107,11 @@ impl Up {
     }
 
     /// The `--data-dir` it runs with.
+    /// What it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("stderr.log")).unwrap_or_default()
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data.path()
     }

@@ -80,6 +80,19 @@ pub fn context_of(traceparent: &str) -> opentelemetry::Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
+/// Records `span`'s trace and span ids in its `trace_id` and `span_id`
+/// fields (declared empty) when it is exported, so every log line inside it
+/// names them; nothing when tracing is off.
+pub fn record_ids(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let ids = context.span().span_context().clone();
+    if ids.is_valid() {
+        span.record("trace_id", ids.trace_id().to_string());
+        span.record("span_id", ids.span_id().to_string());
+    }
+}
+
 /// Makes `parent` the parent of `span` (before it is first entered).
 pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     let _ = span.set_parent(parent);
@@ -178,8 +191,11 @@ where
             rpc.service = %service,
             rpc.method = %method,
             rpc.grpc.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
         let _ = span.set_parent(extract(request.headers()));
+        record_ids(&span);
         let future = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let response = future.await?;

@@ -311,10 +311,17 @@ impl SagaRunner {
         // The saga's span: a child of the span that started it (CreateOrder's
         // or CancelOrder's server span), so its steps, and the calls they
         // make, join that request's trace.
-        let span = tracing::info_span!("saga", otel.name = "saga", ordermesh.order_id = %order_id);
+        let span = tracing::info_span!(
+            "saga",
+            otel.name = "saga",
+            ordermesh.order_id = %order_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
         if let Some(parent) = parent {
             ordermesh_mesh::trace::set_parent(&span, parent);
         }
+        ordermesh_mesh::trace::record_ids(&span);
         tokio::spawn(async move {
             let mut preloaded = preloaded;
             loop {
