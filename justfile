@@ -45,6 +45,11 @@ bench *args:
 bench-gateway *args:
     bash bench/gateway.sh {{args}}
 
+# What metrics and traces cost per order (off / metrics / traces on `up`),
+# into BENCHMARKS.md's "Telemetry" section.
+bench-telemetry *args:
+    bash bench/telemetry.sh {{args}}
+
 # The mesh's client-stack criterion benches (stack vs bare channel, open breaker).
 bench-mesh:
     cargo bench -p ordermesh-mesh

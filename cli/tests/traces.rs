@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -22,6 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ordermesh_proto::order::v1 as order_pb;
@@ -32,6 +35,23 @@ use support::Up;
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
+    logs: Arc<Mutex<Vec<LogRecord>>>,
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut logs = self.logs.lock().expect("lock");
+        for resource in request.into_inner().resource_logs {
+            for scope in resource.scope_logs {
+                logs.extend(scope.log_records);
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
 }
 
 #[tonic::async_trait]
@@ -72,9 +92,11 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let service = TraceServiceServer::new(receiver.clone());
+        let logs = LogsServiceServer::new(receiver.clone());
         let server = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(logs)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
         });
@@ -302,6 +324,33 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
         assert!(
             !line.contains(secret) && !line.to_lowercase().contains("bearer "),
             "a log line holds a credential: {line}"
+        );
+    }
+
+    // The log records went out over OTLP too, in the request's trace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let in_trace = receiver
+            .logs
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| hex(&r.trace_id) == trace_id)
+            .count();
+        if in_trace > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log record of the order's trace reached the receiver"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for record in receiver.logs.lock().expect("lock").iter() {
+        let text = format!("{:?} {:?}", record.body, record.attributes);
+        assert!(
+            !text.contains(secret) && !text.to_lowercase().contains("bearer "),
+            "a log record holds a credential: {text}"
         );
     }
 

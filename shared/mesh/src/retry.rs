@@ -278,6 +278,21 @@ where
                     return result;
                 }
                 tracing::debug!(path = parts.uri.path(), attempt, ?code, "retrying");
+                // Each retry shows on the call's span (an event, not a log line).
+                {
+                    use tracing_opentelemetry::OpenTelemetrySpanExt;
+                    tracing::Span::current().add_event(
+                        "retry",
+                        vec![
+                            opentelemetry::KeyValue::new("rpc.retry.attempt", i64::from(attempt + 1)),
+                            opentelemetry::KeyValue::new(
+                                "rpc.grpc.status_code",
+                                code.map_or(-1, |c| c as i64),
+                            ),
+                            opentelemetry::KeyValue::new("rpc.retry.backoff_ms", pause.as_millis() as i64),
+                        ],
+                    );
+                }
                 tokio::time::sleep(pause).await;
                 budget.retries.fetch_add(1, Ordering::Relaxed);
                 attempt += 1;

@@ -41,6 +41,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Its OpenTelemetry `db.system.name`.
+    pub fn system_name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+
     /// The backend of a `sqlite:` or `postgres:`/`postgresql:` URL.
     pub fn of_url(url: &str) -> Result<Self, Error> {
         if url.starts_with("sqlite:") {

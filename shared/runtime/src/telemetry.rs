@@ -1,7 +1,9 @@
 //! The tracing subscriber every process installs once, in `main`: log lines
 //! (human readable by default, JSON lines for log collectors) filtered by
-//! `RUST_LOG`, and, when a collector is configured, ordermesh's spans
-//! exported over OTLP/gRPC.
+//! `RUST_LOG`, and, when a collector is configured, ordermesh's spans and
+//! log records exported over OTLP/gRPC (a record inside a span carries its
+//! trace and span ids, so a collector holds an order's logs beside its
+//! trace).
 //!
 //! Why it is built this way:
 //! - **Two filters.** `RUST_LOG` says what is logged; the exporter takes
@@ -21,6 +23,7 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -53,10 +56,11 @@ pub enum TelemetryError {
     Exporter { endpoint: String, reason: String },
 }
 
-/// The installed exporter; [`Telemetry::shutdown`] flushes what is queued.
+/// The installed exporters; [`Telemetry::shutdown`] flushes what is queued.
 #[derive(Debug, Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    logs: Option<SdkLoggerProvider>,
 }
 
 impl Telemetry {
@@ -71,6 +75,11 @@ impl Telemetry {
             && let Err(error) = provider.shutdown()
         {
             tracing::warn!(%error, "flushing traces at shutdown");
+        }
+        if let Some(logs) = self.logs
+            && let Err(error) = logs.shutdown()
+        {
+            tracing::warn!(%error, "flushing log records at shutdown");
         }
     }
 }
@@ -95,6 +104,7 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
             .with_filter(filter)
             .boxed(),
     };
+    let exported_logs = traces.as_ref().map(logger_provider).transpose()?;
     let provider = traces.map(tracer_provider).transpose()?;
     let spans = provider.as_ref().map(|provider| {
         opentelemetry::global::set_text_map_propagator(
@@ -106,14 +116,49 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
                 metadata.target().starts_with("ordermesh") && *metadata.level() <= tracing::Level::INFO
             }))
     });
+    // Log records as the log lines are filtered (RUST_LOG).
+    let records = exported_logs.as_ref().map(|exported| {
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,tower=warn"));
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(exported).with_filter(filter)
+    });
     let installed = tracing_subscriber::registry()
         .with(logs)
         .with(spans)
+        .with(records)
         .try_init()
         .is_ok();
     Ok(Telemetry {
         provider: provider.filter(|_| installed),
+        logs: exported_logs.filter(|_| installed),
     })
+}
+
+fn logger_provider(export: &TraceExport) -> Result<SdkLoggerProvider, TelemetryError> {
+    let exporter = opentelemetry_otlp::LogExporter::builder()
+        .with_tonic()
+        .with_endpoint(export.endpoint.clone())
+        .build()
+        .map_err(|e| TelemetryError::Exporter {
+            endpoint: export.endpoint.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(SdkLoggerProvider::builder()
+        .with_resource(resource(export))
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+/// `service.name` (ours unless the environment names one) and what
+/// `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource(export: &TraceExport) -> opentelemetry_sdk::Resource {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !named {
+        resource = resource.with_service_name(export.default_service_name.clone());
+    }
+    resource.build()
 }
 
 fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, TelemetryError> {
@@ -131,14 +176,8 @@ fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, TelemetryEr
             endpoint: export.endpoint.clone(),
             reason: e.to_string(),
         })?;
-    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
-        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    if !named {
-        resource = resource.with_service_name(export.default_service_name);
-    }
     Ok(SdkTracerProvider::builder()
-        .with_resource(resource.build())
+        .with_resource(resource(&export))
         .with_batch_exporter(exporter)
         .build())
 }

@@ -77,6 +77,7 @@ impl Store {
     }
 
     /// Adds `delta` to a SKU's available stock, once per `request_id`.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "adjust", db.operation.name = "adjust", db.system.name = self.db.backend.system_name()))]
     pub async fn adjust(&self, sku: &str, delta: i64, reason: &str, request_id: &str) -> Result<Item, Error> {
         let now = clock::now_micros();
         let mut tx = self.db.write.begin().await?;

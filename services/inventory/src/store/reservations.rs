@@ -45,6 +45,7 @@ impl Store {
     /// order), then record the reservation under the order id and its lines.
     /// A duplicate's record collides on the order id and the whole
     /// transaction rolls back, units included, so the stock moves once.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "reserve", db.operation.name = "reserve", db.system.name = self.db.backend.system_name()))]
     pub async fn reserve(
         &self,
         order_id: &str,
@@ -256,6 +257,7 @@ impl Store {
     /// (RELEASED, RETURNED, or EXPIRED when its deadline came first).
     /// Releasing twice is a no-op; releasing an order never reserved records
     /// a RELEASED placeholder.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "release", db.operation.name = "release", db.system.name = self.db.backend.system_name()))]
     pub async fn release(&self, order_id: &str) -> Result<Reservation, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();
@@ -312,6 +314,7 @@ impl Store {
     }
 
     /// Sells an active, unexpired reservation's units. Idempotent.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "commit", db.operation.name = "commit", db.system.name = self.db.backend.system_name()))]
     pub async fn commit(&self, order_id: &str) -> Result<Reservation, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();

@@ -31,6 +31,7 @@ impl Store {
     /// Records a new order with its saga (leased to `owner` until
     /// `lease_until`), or returns the order an earlier request with the same
     /// request_id created.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "create_order", db.operation.name = "create_order", db.system.name = self.db.backend.system_name()))]
     pub async fn create_order(
         &self,
         new: &NewOrder,

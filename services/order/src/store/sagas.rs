@@ -196,6 +196,7 @@ impl Store {
     /// Records a failed attempt of the current step, and whether some
     /// attempt of it may have reached its service (once set, it stays set
     /// until the step is recorded); returns the attempts.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "record_failure", db.operation.name = "record_failure", db.system.name = self.db.backend.system_name()))]
     pub async fn record_failure(
         &self,
         order_id: &str,
@@ -227,6 +228,7 @@ impl Store {
 
     /// Stops a saga for an operator: flagged, with its last error, lease
     /// given back; the recovery worker leaves it alone until `retry`.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "park", db.operation.name = "park", db.system.name = self.db.backend.system_name()))]
     pub async fn park(&self, order_id: &str, fence: Fence<'_>, error: &str) -> Result<(), AdvanceError> {
         let parked = sqlx::query(
             "UPDATE orders SET needs_attention = 1, attempts = attempts + 1, last_error = $1, update_time = $2,
@@ -255,6 +257,7 @@ impl Store {
     /// row, fenced on the worker's view (plus, in the same transaction, the
     /// lines' prices when a reservation priced them and the order's event when
     /// the record publishes one). The new version is `fence.version + 1`.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "advance", db.operation.name = "advance", db.system.name = self.db.backend.system_name()))]
     pub async fn advance(
         &self,
         order_id: &str,
@@ -343,6 +346,7 @@ impl Store {
     /// payment and stock, leased to `owner` (one UPDATE). Returns the order
     /// and, when this call re-armed it, the saga; an order already cancelling
     /// or cancelled comes back unchanged.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "start_cancel", db.operation.name = "start_cancel", db.system.name = self.db.backend.system_name()))]
     pub async fn start_cancel(
         &self,
         order_id: &str,
@@ -449,6 +453,7 @@ impl Store {
     /// driven afresh), unless it is finished or a live worker elsewhere
     /// drives it (then nothing changes). Returns the saga when this call took
     /// it.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "retry", db.operation.name = "retry", db.system.name = self.db.backend.system_name()))]
     pub async fn retry(&self, order_id: &str, owner: &str, lease_until: i64) -> Result<Option<Saga>, Error> {
         let now = clock::now_micros();
         let taken = sqlx::query(

@@ -93,16 +93,19 @@ impl Operation {
 impl Store {
     /// Takes an authorized payment's held amount, before its hold lapses.
     /// Idempotent.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "capture", db.operation.name = "capture", db.system.name = self.db.backend.system_name()))]
     pub async fn capture(&self, payment_id: &str, request_id: &str) -> Result<Payment, Error> {
         self.apply(Operation::Capture, payment_id, Some(request_id)).await
     }
 
     /// Releases an authorized payment's hold back to the balance. Idempotent.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "void", db.operation.name = "void", db.system.name = self.db.backend.system_name()))]
     pub async fn void(&self, payment_id: &str, request_id: &str) -> Result<Payment, Error> {
         self.apply(Operation::Void, payment_id, Some(request_id)).await
     }
 
     /// Gives a captured payment back to the balance in full. Idempotent.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "refund", db.operation.name = "refund", db.system.name = self.db.backend.system_name()))]
     pub async fn refund(&self, payment_id: &str, request_id: &str) -> Result<Payment, Error> {
         self.apply(Operation::Refund, payment_id, Some(request_id)).await
     }

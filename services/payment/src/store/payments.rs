@@ -115,6 +115,7 @@ impl Store {
     /// is stored and returned as the payment (status `Declined`), so a retry
     /// returns the same decline instead of deciding again. A key voided in
     /// advance refuses the authorization (nothing held).
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "authorize", db.operation.name = "authorize", db.system.name = self.db.backend.system_name()))]
     pub async fn authorize(
         &self,
         request_id: &str,
