@@ -432,6 +432,18 @@ async fn a_saga_resumed_after_a_crash_goes_on_in_its_orders_trace() {
         .expect("order");
     assert_eq!(last.status(), order_pb::OrderStatus::Confirmed, "{last:?}");
     assert_eq!(last.trace_id, trace_id, "the resumed order keeps its trace");
+    let saga = ordermesh_proto::order::v1::order_admin_service_client::OrderAdminServiceClient::new(
+        cluster.channel("order"),
+    )
+    .get_saga(order_pb::GetSagaRequest {
+        order_id: order.order_id.clone(),
+    })
+    .await
+    .expect("GetSaga")
+    .into_inner()
+    .saga
+    .expect("saga");
+    assert_eq!(saga.trace_id, trace_id, "GetSaga names the order's trace");
 
     // CAPTURE and COMMIT ran in the new process, in the order's trace.
     let spans = receiver

@@ -53,6 +53,7 @@ fn saga_to_pb(saga: store::Saga) -> pb::Saga {
         step_start_time: Some(clock::timestamp(saga.step_since)),
         update_time: Some(clock::timestamp(saga.update_time)),
         lease_expire_time: Some(clock::timestamp(saga.lease_until)),
+        trace_id: ordermesh_mesh::trace::trace_id_of(&saga.traceparent).to_owned(),
         order_id: saga.order_id,
         last_error: saga.last_error,
         lease_owner: saga.lease_owner,

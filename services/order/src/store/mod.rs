@@ -32,7 +32,7 @@ macro_rules! saga_columns {
     () => {
         "order_id, saga_kind AS kind, saga_state AS state, saga_step AS step, stock_maybe_reserved,
          payment_maybe_made, payment_captured, attempts, last_error, step_since, needs_attention,
-         lease_owner, lease_until, update_time, step_maybe_sent"
+         lease_owner, lease_until, update_time, step_maybe_sent, traceparent"
     };
 }
 
@@ -236,6 +236,7 @@ struct SagaRow {
     lease_until: i64,
     update_time: i64,
     step_maybe_sent: i64,
+    traceparent: String,
 }
 
 /// An order's saga.
@@ -264,6 +265,8 @@ pub struct Saga {
     pub update_time: i64,
     /// Some attempt of the current step may have reached its service.
     pub step_maybe_sent: bool,
+    /// The trace context of the request that placed the order.
+    pub traceparent: String,
 }
 
 impl Saga {
@@ -293,6 +296,7 @@ impl Saga {
             lease_until,
             update_time: now,
             step_maybe_sent: false,
+            traceparent: String::new(),
         }
     }
 }
@@ -315,6 +319,7 @@ impl From<SagaRow> for Saga {
             lease_until: row.lease_until,
             update_time: row.update_time,
             step_maybe_sent: row.step_maybe_sent != 0,
+            traceparent: row.traceparent,
         }
     }
 }

@@ -41,13 +41,16 @@ impl Store {
         let now = clock::now_micros();
         let fingerprint = new.fingerprint();
         let mut tx = self.db.write.begin().await?;
-        let saga = Saga::starting(
-            &new.order_id,
-            (SagaKind::Place, SagaState::Running, Step::Reserve),
-            owner,
-            lease_until,
-            now,
-        );
+        let saga = Saga {
+            traceparent: new.traceparent.clone(),
+            ..Saga::starting(
+                &new.order_id,
+                (SagaKind::Place, SagaState::Running, Step::Reserve),
+                owner,
+                lease_until,
+                now,
+            )
+        };
         let inserted = sqlx::query(concat!(
             "INSERT INTO orders (",
             order_columns!(),

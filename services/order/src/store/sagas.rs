@@ -379,10 +379,13 @@ impl Store {
         .bind(OrderStatus::Confirmed.as_str())
         .execute(&self.db.write)
         .await?;
-        let armed = (moved.rows_affected() == 1).then_some(saga);
         let order = self.order(order_id).await?.ok_or_else(|| Error::NotFound {
             order_id: order_id.into(),
         })?;
+        let armed = (moved.rows_affected() == 1).then(|| Saga {
+            traceparent: order.traceparent.clone(),
+            ..saga
+        });
         match order.status {
             OrderStatus::Cancelling | OrderStatus::Cancelled => Ok((order, armed)),
             other => Err(Error::NotCancellable {
