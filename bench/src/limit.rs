@@ -119,7 +119,7 @@ pub async fn database_floor(db: &ScratchDb, each: Duration) -> anyhow::Result<(f
     };
     // The runtime's own connect: the same pool settings and SQLite pragmas
     // (WAL, synchronous = NORMAL) as the services.
-    let db = ordermesh_runtime::db::connect(&url, &sqlx::migrate::Migrator::DEFAULT)
+    let db = ordermesh_runtime::db::connect("bench", &url, &sqlx::migrate::Migrator::DEFAULT)
         .await
         .context("connecting to the scratch database")?;
     sqlx::raw_sql("CREATE TABLE scratch (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")

@@ -289,6 +289,16 @@ async fn the_counters_move_by_what_was_sent() {
         ),
         1.0
     );
+    // Every service opened write transactions for the order, each timed.
+    for service in ["order", "inventory", "payment"] {
+        assert!(
+            delta.of(
+                "ordermesh_db_transaction_begin_seconds_count",
+                &[("service", service), ("pool", "write")]
+            ) >= 1.0,
+            "{service}: {text}"
+        );
+    }
     let route = "GET /v1/orders/{order_id}";
     let gateway = |status| [("protocol", "rest"), ("route", route), ("status", status)];
     assert_eq!(delta.of("ordermesh_gateway_requests_total", &gateway("401")), 2.0);

@@ -77,7 +77,7 @@ pub struct Service {
 
 /// Connects to the database, applies migrations and seeds the catalogue.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
-    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let db = ordermesh_runtime::db::connect("inventory", &config.database_url, &MIGRATIONS).await?;
     let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone()).await;
     let store = Store::new(db.clone(), config.reservation_ttl, events.publisher().clone());
     if let Err(e) = store.seed(&config.seed).await {

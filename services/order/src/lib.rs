@@ -136,7 +136,7 @@ pub async fn build(config: Config) -> Result<Service, StartError> {
             needed,
         });
     }
-    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let db = ordermesh_runtime::db::connect("order", &config.database_url, &MIGRATIONS).await?;
     let mut events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus.clone()).await;
     let store = Store::new(db.clone(), events.publisher().clone());
     // The timeline follows all three streams; the notifier, confirmations.

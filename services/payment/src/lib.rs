@@ -79,7 +79,7 @@ pub struct Service {
 
 /// Connects to the database, applies migrations and seeds the accounts.
 pub async fn build(config: Config) -> Result<Service, ordermesh_runtime::Error> {
-    let db = ordermesh_runtime::db::connect(&config.database_url, &MIGRATIONS).await?;
+    let db = ordermesh_runtime::db::connect("payment", &config.database_url, &MIGRATIONS).await?;
     let events = ServiceEvents::start(EVENT_SOURCE, db.write.clone(), config.bus).await;
     let store = Store::new(db, config.authorization_hold, events.publisher().clone());
     if let Err(e) = store.seed(&config.seed).await {

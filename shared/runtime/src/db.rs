@@ -84,6 +84,26 @@ pub struct Db {
     pub write: AnyPool,
     pub read: AnyPool,
     pub backend: Backend,
+    /// The service the database belongs to (its metrics' `service` label).
+    pub service: &'static str,
+}
+
+impl Db {
+    /// A write transaction. The time taken to get it (the wait for a free
+    /// write connection, plus BEGIN's round trip) is recorded as
+    /// `ordermesh_db_transaction_begin_seconds`: the pool's wait is what
+    /// grows when a service's transactions queue for its few connections.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let started = std::time::Instant::now();
+        let transaction = self.write.begin().await;
+        metrics::histogram!(
+            "ordermesh_db_transaction_begin_seconds",
+            "service" => self.service,
+            "pool" => "write",
+        )
+        .record(started.elapsed().as_secs_f64());
+        transaction
+    }
 }
 
 /// How long a statement waits for SQLite's write lock (held briefly by the
@@ -101,8 +121,8 @@ const SQLITE_READERS: u32 = 4;
 /// (`ordermesh bench --start serve -c 32`, A/B); 2 measured the same as 4.
 const POSTGRES_CONNECTIONS: u32 = 4;
 
-/// Connects to `url` and applies the service's migrations.
-pub async fn connect(url: &str, migrations: &Migrator) -> Result<Db, Error> {
+/// Connects `service` to `url` and applies the service's migrations.
+pub async fn connect(service: &'static str, url: &str, migrations: &Migrator) -> Result<Db, Error> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of_url(url)?;
     // No ping before each acquire (sqlx's default): it is one more round
@@ -131,7 +151,12 @@ pub async fn connect(url: &str, migrations: &Migrator) -> Result<Db, Error> {
                 .connect(url)
                 .await
                 .map_err(Error::Connect)?;
-            Ok(Db { write, read, backend })
+            Ok(Db {
+                write,
+                read,
+                backend,
+                service,
+            })
         }
         Backend::Postgres => {
             let pool = options()
@@ -144,6 +169,7 @@ pub async fn connect(url: &str, migrations: &Migrator) -> Result<Db, Error> {
                 read: pool.clone(),
                 write: pool,
                 backend,
+                service,
             })
         }
     }

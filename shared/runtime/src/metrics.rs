@@ -206,6 +206,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "Connections of a database pool, in use or idle",
     ),
+    (
+        "ordermesh_db_transaction_begin_seconds",
+        Kind::Histogram,
+        "Time to get a write transaction: the wait for a pooled connection, plus BEGIN",
+    ),
 ];
 
 type Hook = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;

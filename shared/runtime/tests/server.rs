@@ -101,7 +101,7 @@ struct Running {
 async fn start() -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = ordermesh_runtime::db::sqlite_url(dir.path(), "test").expect("url");
-    let db = ordermesh_runtime::db::connect(&url, &MIGRATIONS)
+    let db = ordermesh_runtime::db::connect("test", &url, &MIGRATIONS)
         .await
         .expect("db");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -80,7 +80,7 @@ impl Store {
     #[tracing::instrument(name = "db.transaction", skip_all, fields(otel.name = "adjust", db.operation.name = "adjust", db.system.name = self.db.backend.system_name()))]
     pub async fn adjust(&self, sku: &str, delta: i64, reason: &str, request_id: &str) -> Result<Item, Error> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let recorded = sqlx::query(
             "INSERT INTO stock_adjustments (request_id, sku, delta, reason, create_time) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -158,7 +158,7 @@ impl Store {
     /// low-stock threshold, whichever are given, and publishes
     /// ProductUpdated. Reservations already made keep their price.
     pub async fn update_product(&self, sku: &str, update: &ProductUpdate) -> Result<Item, Error> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let updated = sqlx::query_as::<_, Updated>(concat!(
             "UPDATE stock_items SET name = COALESCE($1, name), unit_price_minor = COALESCE($2, unit_price_minor),
                 low_stock_threshold = COALESCE($3, low_stock_threshold), update_time = CASE WHEN update_time > $4 THEN update_time ELSE $4 END

@@ -54,7 +54,7 @@ impl Store {
     ) -> Result<Reservation, Error> {
         let now = clock::now_micros();
         let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
         let mut reserved = vec![None; lines.len()];
@@ -241,7 +241,7 @@ impl Store {
         deadline: (i64, i64),
         movement: Movement,
     ) -> Result<Option<Reservation>, Error> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let moved = transition_in(&mut tx, &self.events, order_id, fromto, deadline, movement).await?;
         if moved.is_some() {
             tx.commit().await?;
@@ -261,7 +261,7 @@ impl Store {
     pub async fn release(&self, order_id: &str) -> Result<Reservation, Error> {
         use ReservationStatus::*;
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         // First the key: this waits for a reserve of the same order that is
         // still in flight, so the updates below see what it did.
         let placeholder = sqlx::query(concat!(

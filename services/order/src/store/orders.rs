@@ -40,7 +40,7 @@ impl Store {
     ) -> Result<Created, Error> {
         let now = clock::now_micros();
         let fingerprint = new.fingerprint();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let saga = Saga {
             traceparent: new.traceparent.clone(),
             ..Saga::starting(

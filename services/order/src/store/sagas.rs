@@ -316,7 +316,7 @@ impl Store {
         if pricing.is_none() && event.is_none() {
             return fenced(record.fetch_optional(&self.db.write).await?);
         }
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let applied = match fenced(record.fetch_optional(&mut *tx).await?) {
             Ok(applied) => applied,
             Err(lost) => {

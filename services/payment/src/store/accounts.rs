@@ -102,7 +102,7 @@ impl Store {
                 credit_limit_minor: account.credit_limit_minor,
                 payment_limit_minor: account.payment_limit_minor,
             };
-            let mut tx = self.db.write.begin().await?;
+            let mut tx = self.db.begin().await?;
             // Only a fresh row gets the opening entries: posting them for an
             // existing account would put its balance and ledger out of step.
             if insert_account(&mut tx, &new, status, now).await? && account.opening_balance_minor != 0 {
@@ -126,7 +126,7 @@ impl Store {
     /// existing account id is [`Error::AccountExists`].
     pub async fn open_account(&self, request_id: &str, account: &NewAccount) -> Result<Account, Error> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let claimed = claim_key(
             &mut tx,
             request_id,
@@ -182,7 +182,7 @@ impl Store {
         currency_code: &str,
     ) -> Result<Account, Error> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let claimed = claim_key(
             &mut tx,
             request_id,

@@ -142,7 +142,7 @@ impl Store {
         request_id: Option<&str>,
     ) -> Result<Payment, Error> {
         let (_, to) = op.transition();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         if let Some(request_id) = request_id {
             let recorded = sqlx::query(
                 "INSERT INTO payment_operations (request_id, payment_id, kind, create_time) VALUES ($1, $2, $3, $4)",
@@ -202,7 +202,7 @@ impl Store {
     /// `op`'s transition in a transaction of its own, without an idempotency
     /// key; the payment when it moved.
     async fn transition(&self, op: Operation, payment_id: &str) -> Result<Option<Payment>, Error> {
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let moved = move_payment(&mut tx, &self.events, op, payment_id).await?;
         if moved.is_some() {
             tx.commit().await?;

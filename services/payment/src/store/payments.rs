@@ -125,7 +125,7 @@ impl Store {
         reference: &str,
     ) -> Result<Payment, Error> {
         let now = clock::now_micros();
-        let mut tx = self.db.write.begin().await?;
+        let mut tx = self.db.begin().await?;
         let claimed =
             sqlx::query("INSERT INTO authorize_keys (request_id, state, create_time) VALUES ($1, $2, $3)")
                 .bind(request_id)
