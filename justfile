@@ -89,3 +89,7 @@ docker tag="ordermesh:0.1.0":
 # checked with promtool, wrong values refused.
 helm-lint: tools
     bash .ci/helm.sh
+
+# The cargo fuzz targets of fuzz/ (docs/security.md), FUZZ_SECONDS each (20 by default); e.g. `FUZZ_SECONDS=600 just fuzz jwt`.
+fuzz *targets: tools
+    bash .ci/fuzz.sh {{targets}}

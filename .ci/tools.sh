@@ -100,3 +100,10 @@ if [ ! -x "$TOOLS/bin/cargo-mutants" ]; then
   CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --root "$TOOLS" cargo-mutants
   rm -rf "$TOOLS/build"
 fi
+
+# cargo-fuzz (crates.io) drives the libFuzzer targets of fuzz/ on the
+# nightly toolchain (`.ci/fuzz.sh`); built like cargo-mutants.
+if [ ! -x "$TOOLS/bin/cargo-fuzz" ]; then
+  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --root "$TOOLS" cargo-fuzz
+  rm -rf "$TOOLS/build"
+fi

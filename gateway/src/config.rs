@@ -133,11 +133,15 @@ impl FileConfig {
             path: path.to_owned(),
             source,
         })?;
-        let file: FileConfig = toml::from_str(&text).map_err(|error| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// The file's text, read from `path` (named in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
             message: error.to_string(),
-        })?;
-        Ok(file)
+        })
     }
 }
 

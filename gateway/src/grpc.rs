@@ -27,7 +27,7 @@ use ordermesh_mesh::grpc_timeout;
 use crate::Shared;
 use crate::edge::forward_identity;
 
-mod frames;
+pub mod frames;
 
 /// Whether a request is gRPC or grpc-web (by content type).
 pub fn is_grpc<B>(request: &Request<B>) -> bool {

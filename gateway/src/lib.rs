@@ -63,10 +63,7 @@ pub struct Shared {
 impl Shared {
     /// The binding for a request and its path variables.
     pub fn route(&self, method: &http::Method, path: &str) -> Option<(&Binding, crate::template::Captures)> {
-        self.routes
-            .iter()
-            .filter(|b| b.verb == method)
-            .find_map(|b| b.template.matches(path).map(|vars| (b, vars)))
+        rules::route(&self.routes, method, path)
     }
 }
 

@@ -28,6 +28,19 @@ impl Binding {
     }
 }
 
+/// The first of `routes` (sorted by [`crate::sort_routes`]) that binds
+/// `method` and `path`, with its path variables.
+pub fn route<'a>(
+    routes: &'a [Binding],
+    method: &http::Method,
+    path: &str,
+) -> Option<(&'a Binding, crate::template::Captures)> {
+    routes
+        .iter()
+        .filter(|b| b.verb == method)
+        .find_map(|b| b.template.matches(path).map(|vars| (b, vars)))
+}
+
 pub fn rpc_path(method: &MethodDescriptor) -> String {
     format!("/{}/{}", method.parent_service().full_name(), method.name())
 }

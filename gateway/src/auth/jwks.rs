@@ -21,7 +21,7 @@ pub(super) const MAX_JWKS_LEN: usize = 1024 * 1024;
 const MIN_RSA_BITS: usize = 2048;
 
 /// One verification key with its pinned algorithm.
-pub(super) struct VerifyKey {
+pub struct VerifyKey {
     pub(super) kid: Option<String>,
     pub(super) alg: Algorithm,
     pub(super) key: DecodingKey,
@@ -114,7 +114,7 @@ pub(super) fn hs256_key(secret: &str) -> Result<Arc<VerifyKey>, AuthConfigError>
 
 /// Parses a JWKS document into verification keys, each with its pinned algorithm. Keys marked
 /// `"use": "enc"` are skipped; any other problem is an error naming the key.
-pub(super) fn parse_jwks(
+pub fn parse_jwks(
     var: &'static str,
     location: &str,
     body: &[u8],

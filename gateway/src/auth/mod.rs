@@ -54,7 +54,7 @@ use serde_json::Value;
 
 mod config;
 mod dev;
-mod jwks;
+pub mod jwks;
 #[cfg(test)]
 mod tests;
 
