@@ -1,6 +1,7 @@
 //! Traces of the real binary, received by an OTLP receiver inside the test
-//! (the collector's `TraceService`): an order placed over REST through the
-//! gateway, under a trace context the caller chose, forms one trace in
+//! (the collector's `TraceService`): an order placed over REST through a
+//! gateway process before three `serve` processes with events on NATS,
+//! under a trace context the caller chose, forms one trace in
 //! which the gateway's span is the child of the caller's, the order
 //! service's CreateOrder is under the gateway's span, and the saga's calls
 //! to inventory and payment are client spans whose children are those
@@ -8,8 +9,6 @@
 //! the request's headers). No token appears in any span, and the order
 //! names its trace. A saga resumed by another process after the first was
 //! killed with SIGKILL goes on in its order's trace.
-
-mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,9 +27,8 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use ordermesh_proto::order::v1 as order_pb;
-use ordermesh_tests::Backend;
 use ordermesh_tests::procs::Cluster;
-use support::Up;
+use ordermesh_tests::{Backend, NatsServer};
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -154,26 +152,29 @@ fn ancestors(spans: &[Span], span: &Span) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
     let (receiver, port, server) = Receiver::start().await;
-    let up = Up::start(&[
-        "--otlp-endpoint".to_owned(),
-        format!("http://127.0.0.1:{port}"),
-        "--log-format".to_owned(),
-        "json".to_owned(),
-    ]);
-    let token = {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ordermesh"))
-            .args(["token", "--data-dir"])
-            .arg(up.data_dir())
-            .output()
-            .expect("ordermesh token");
-        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    let Some(nats) = NatsServer::start().await else {
+        return;
     };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("ORDERMESH_LOG_FORMAT", "json"),
+    ];
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ordermesh"));
+    let Some(mut cluster) =
+        Cluster::start_with_env(bin, Backend::Sqlite, None, Some(&nats.url()), &env).await
+    else {
+        return;
+    };
+    let gateway_port = cluster.spawn_gateway().await;
+    let token = cluster.token("alice");
     // The caller's own trace context.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let http = ordermesh_tests::gateway::http_client();
     let response = http
-        .post(format!("http://127.0.0.1:{}/v1/orders", up.gateway))
+        .post(format!("http://127.0.0.1:{gateway_port}/v1/orders"))
         .bearer_auth(&token)
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
         .body(r#"{"requestId": "traced-1", "customerId": "alice", "lines": [{"sku": "CB-004", "quantity": 1}]}"#)
@@ -311,7 +312,10 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
     }
     // The logs: the gateway's line for the request names its trace (as do
     // the saga's), and no line holds the token.
-    let logs = up.logs();
+    let logs: String = ["gateway", "order", "inventory", "payment"]
+        .iter()
+        .map(|process| cluster.log(process))
+        .collect();
     let traced: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains(&format!("\"trace_id\":\"{trace_id}\"")))
@@ -356,7 +360,7 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
 
     // The order names its trace on every read.
     let read: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{}/v1/orders/{order_id}", up.gateway))
+        .get(format!("http://127.0.0.1:{gateway_port}/v1/orders/{order_id}"))
         .bearer_auth(&token)
         .send()
         .await
@@ -365,7 +369,8 @@ async fn an_order_is_one_trace_from_the_gateway_to_every_service() {
         .await
         .expect("json");
     assert_eq!(read["order"]["traceId"], trace_id, "{read}");
-    drop(up);
+    drop(cluster);
+    drop(nats);
     server.abort();
 }
 

@@ -5,6 +5,8 @@
 //!
 //! The order process can be told to freeze at a named saga point
 //! (`ORDERMESH_CRASH_AT`); it says so on stderr, and the test kills it there.
+//! A gateway process (`ordermesh serve gateway`, development auth with its
+//! key in the cluster's directory) joins on [`Cluster::spawn_gateway`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,6 +25,9 @@ use crate::{Backend, postgres_database};
 
 /// The services, in start order.
 pub const SERVICES: [&str; 3] = ["inventory", "payment", "order"];
+
+/// The processes a cluster may run: the services, then the gateway.
+const PROCESSES: [&str; 4] = ["inventory", "payment", "order", "gateway"];
 
 /// The order saga's timing in these tests: a short patience and lease, so
 /// recovery after a kill happens within seconds.
@@ -110,9 +115,9 @@ impl Cluster {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             databases,
-            ports: SERVICES
+            ports: PROCESSES
                 .into_iter()
-                .zip(ordermesh_runtime::net::free_ports::<3>().expect("free ports"))
+                .zip(ordermesh_runtime::net::free_ports::<4>().expect("free ports"))
                 .collect(),
             children: HashMap::new(),
         };
@@ -125,6 +130,24 @@ impl Cluster {
 
     fn url(&self, service: &str) -> String {
         format!("http://127.0.0.1:{}", self.ports[service])
+    }
+
+    /// Starts a gateway process before the services; returns its port.
+    pub async fn spawn_gateway(&mut self) -> u16 {
+        self.spawn("gateway", None).await;
+        self.ports["gateway"]
+    }
+
+    /// A development token for `customer` with the shop's scopes, signed
+    /// with the gateway's key (`ordermesh token`).
+    pub fn token(&self, customer: &str) -> String {
+        let output = Command::new(&self.bin)
+            .args(["token", "--subject", customer, "--data-dir"])
+            .arg(self.dir.path())
+            .output()
+            .expect("ordermesh token");
+        assert!(output.status.success(), "ordermesh token: {output:?}");
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
     }
 
     /// Where a service's output goes (appended across restarts).
@@ -150,10 +173,11 @@ impl Cluster {
         command
             .args(["serve", service, "--listen"])
             .arg(format!("127.0.0.1:{}", self.ports[service]))
-            .arg("--database-url")
-            .arg(&self.databases[service])
             .arg("--policy")
             .arg(self.dir.path().join("policy.toml"));
+        if let Some(database) = self.databases.get(service) {
+            command.arg("--database-url").arg(database);
+        }
         for (key, _) in std::env::vars() {
             if key.starts_with("ORDERMESH_") {
                 command.env_remove(key);
@@ -164,6 +188,14 @@ impl Cluster {
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         match service {
+            "gateway" => {
+                command
+                    .args(["--auth-mode", "development", "--data-dir"])
+                    .arg(self.dir.path())
+                    .args(["--order-url", &self.url("order")])
+                    .args(["--inventory-url", &self.url("inventory")])
+                    .args(["--payment-url", &self.url("payment")]);
+            }
             "order" => {
                 command
                     .args(["--inventory-url", &self.url("inventory")])
