@@ -15,12 +15,15 @@ ci:
 # Formatting, clippy, buf lint and buf breaking.
 lint: fmt-check clippy buf-lint buf-breaking
 
+# Formats every crate.
 fmt:
     cargo fmt --all
 
+# Fails on unformatted code.
 fmt-check:
     cargo fmt --all -- --check
 
+# Clippy on every target, warnings as errors.
 clippy:
     cargo clippy --workspace --all-targets -- -D warnings
 
@@ -28,6 +31,7 @@ clippy:
 tools:
     bash .ci/tools.sh
 
+# buf's lint rules over proto/.
 buf-lint: tools
     cd proto && ../target/tools/bin/buf lint
 
@@ -35,18 +39,15 @@ buf-lint: tools
 buf-breaking: tools
     bash .ci/buf-breaking.sh
 
-# The comparison set (`ordermesh bench` runs) into BENCHMARKS.md and
-# bench/benchmarks.png, about 7 minutes; e.g. `just bench --long 10m --baseline OLD_BIN`.
+# The comparison set (`ordermesh bench` runs) into BENCHMARKS.md and its chart, about 7 min; e.g. `just bench --long 10m`.
 bench *args:
     bash bench/run.sh {{args}}
 
-# The gateway's benchmarks into BENCHMARKS.md's "## Gateway" section: gRPC direct vs through
-# the gateway vs REST through it vs nginx grpc_pass, same backend (about 6 minutes; needs nginx).
+# gRPC direct, through the gateway, REST, and nginx grpc_pass on one backend, into BENCHMARKS.md (6 min; needs nginx).
 bench-gateway *args:
     bash bench/gateway.sh {{args}}
 
-# What metrics and traces cost per order (off / metrics / traces on `up`),
-# into BENCHMARKS.md's "Telemetry" section.
+# What metrics and traces cost per order (off / metrics / traces on `up`), into BENCHMARKS.md.
 bench-telemetry *args:
     bash bench/telemetry.sh {{args}}
 
@@ -66,10 +67,7 @@ chaos *args: tools
 chaos-soak seed="1": tools
     RUST_LOG=info,async_nats=warn cargo run --release -- chaos --seed {{seed}} --duration 30m --settle 120s
 
-# Mutation testing (cargo-mutants) of the saga's plan, the breaker and the JWT
-# verification, with zero survivors, as CI runs it (the JWT verification only on
-# lines changed since the previous commit); `just mutants services/order/src/saga/plan.rs`
-# for one target in full.
+# Mutation testing of the saga's plan, the breaker and the JWT checks, as CI runs it; `just mutants FILE`: one in full.
 mutants *files: tools
     bash .ci/mutants.sh {{files}}
 
@@ -85,8 +83,7 @@ gen-clients: tools
 docker tag="ordermesh:0.1.0":
     docker build -t {{tag}} .
 
-# hadolint, helm lint --strict, manifests validated against Kubernetes schemas, alerts and dashboard
-# checked with promtool, wrong values refused.
+# The Dockerfile and chart checks: hadolint, helm lint, Kubernetes schemas, promtool, refused values.
 helm-lint: tools
     bash .ci/helm.sh
 
