@@ -25,6 +25,9 @@ mkdir -p "$OUT"
 echo "== hadolint Dockerfile"
 "$T/hadolint" Dockerfile
 
+echo "== image: a stripped binary, OCI labels, one version"
+python3 .ci/image_checks.py
+
 echo "== helm lint --strict"
 lint() {
   # Helm 4 logs each `fail` it meets while linting (the defaults meet the
