@@ -160,6 +160,20 @@ def check_distributed(directory, render):
         check(f"{render}: gateway reaches no NATS", not {4222} & egress_ports(gateway), egress_ports(gateway))
         check(f"{render}: gateway calls the three services",
               {50051, 50052, 50053} <= egress_ports(gateway), egress_ports(gateway))
+        # The gateway fetches auth.jwksUrl: its port is open (443 for https
+        # unless the URL names one), else no rule for it.
+        values = yaml.safe_load((CHART / "examples" / f"{render}.yaml").read_text()) or {}
+        jwks_url = (values.get("auth") or {}).get("jwksUrl", "")
+        if jwks_url:
+            match = re.match(r"^https?://(\[[^\]]*\]|[^/:]*)(:(\d+))?", jwks_url)
+            port = int(match.group(3)) if match.group(3) else (443 if jwks_url.startswith("https://") else 80)
+            check(f"{render}: gateway reaches the JWKS URL's port {port}", port in egress_ports(gateway),
+                  egress_ports(gateway))
+        else:
+            extra = {p["port"] for rule in (values.get("networkPolicy") or {}).get("egress", {}).get("gateway", [])
+                     for p in rule.get("ports", [])}
+            check(f"{render}: no JWKS egress without auth.jwksUrl", 443 not in egress_ports(gateway) - extra,
+                  egress_ports(gateway))
     return docs
 
 

@@ -38,6 +38,9 @@ pub struct Gateway {
     connections: crate::listen::ConnectionLimits,
     cors: Vec<String>,
     reporter: tonic_health::server::HealthReporter,
+    /// Until the token keys load (a JWKS URL that has not answered yet),
+    /// the gateway is up but not ready.
+    keys_loaded: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What can stop the gateway from starting; each names what to fix.
@@ -75,6 +78,7 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
             .filter_map(|(rpc, access)| access.rate_limit.map(|limit| (rpc.clone(), limit))),
     );
     let auth = Authenticator::new(config.auth.clone()).await?;
+    let keys_loaded = auth.keys_loaded();
     let guard = Guard::new(auth, limits, access);
 
     let mesh = config.mesh.build("gateway");
@@ -123,6 +127,7 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
         connections: config.connections,
         cors: file.cors.origins,
         reporter,
+        keys_loaded,
     })
 }
 
@@ -181,9 +186,28 @@ impl Gateway {
                 tonic_health::ServingStatus::Serving,
             )
             .await;
+        // Ready once tokens can be verified; live (above) regardless, so a
+        // down identity provider does not get the pod restarted.
+        let ready_now = *self.keys_loaded.borrow();
         self.reporter
-            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .set_service_status(
+                "",
+                if ready_now {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                },
+            )
             .await;
+        let reporter = self.reporter.clone();
+        let mut keys_loaded = self.keys_loaded.clone();
+        let ready = tokio::spawn(async move {
+            if !ready_now && keys_loaded.wait_for(|loaded| *loaded).await.is_ok() {
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+        });
         let limits = self.shared.guard.limits().clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -197,6 +221,7 @@ impl Gateway {
         tracing::info!(service = "gateway", addr = ?local, "serving");
         let result = crate::listen::serve(listener, app, self.connections, shutdown).await;
         sweeper.abort();
+        ready.abort();
         tracing::info!(service = "gateway", "stopped");
         result
     }

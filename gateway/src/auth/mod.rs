@@ -23,8 +23,12 @@
 //!   random 256-bit HS256 secret in `gateway-dev-key` (mode 0600, created atomically so two
 //!   processes starting together agree on one key) and `ordermesh token` mints tokens with the
 //!   same file via [`mint_dev_token`]. A key file readable by group/others is refused.
-//! - **JWKS URLs follow key rotation without hammering the issuer.** The set is fetched at start
-//!   (failure is fatal: no keys, no service), refreshed periodically (default 5 min), and
+//! - **JWKS URLs follow key rotation without hammering the issuer.** The set is fetched at start;
+//!   when the issuer cannot answer then (down, unreachable, a broken document), the gateway
+//!   starts anyway, refuses every token, reports NOT_SERVING ([`Authenticator::keys_loaded`])
+//!   and fetches again with a growing back-off (1 s doubling to 30 s) until keys load: exiting
+//!   would only crash-loop a pod until the issuer returns. It is refreshed periodically
+//!   (default 5 min), and
 //!   re-fetched when a token names an unknown `kid` — at most once per minimum interval
 //!   (default 30 s), so a flood of tokens with random `kid`s cannot turn the gateway into a
 //!   traffic amplifier against the identity provider. A failed or invalid refresh keeps the
@@ -160,6 +164,8 @@ struct Remote {
 struct Inner {
     static_keys: Vec<Arc<VerifyKey>>,
     keys: RwLock<Arc<KeySet>>,
+    /// False while a JWKS URL has not answered with keys since start.
+    loaded: tokio::sync::watch::Sender<bool>,
     remote: Option<Remote>,
     validation: Validation,
     refresher: OnceLock<tokio::task::AbortHandle>,
@@ -227,6 +233,7 @@ impl Authenticator {
         }
 
         let mut remote_keys = Vec::new();
+        let mut fetched = config.jwks_url.is_none();
         let remote = match &config.jwks_url {
             Some(url) => {
                 check_jwks_url(url, config.mode)?;
@@ -235,7 +242,18 @@ impl Authenticator {
                     location: url.clone(),
                     reason,
                 })?;
-                remote_keys = fetch_jwks(&client, url).await?;
+                match fetch_jwks(&client, url).await {
+                    Ok(keys) => {
+                        remote_keys = keys;
+                        fetched = true;
+                    }
+                    Err(error) => tracing::warn!(
+                        %error,
+                        url = %url,
+                        "no keys from the JWKS URL yet: every token is refused and the gateway \
+                         reports NOT_SERVING until a later fetch loads them"
+                    ),
+                }
                 Some(Remote {
                     url: url.clone(),
                     client,
@@ -254,6 +272,7 @@ impl Authenticator {
         let inner = Arc::new(Inner {
             static_keys,
             keys: RwLock::new(Arc::new(keys)),
+            loaded: tokio::sync::watch::Sender::new(fetched),
             remote,
             validation: base_validation(&config),
             refresher: OnceLock::new(),
@@ -262,10 +281,18 @@ impl Authenticator {
             let handle = tokio::spawn(periodic_refresh(
                 Arc::downgrade(&inner),
                 config.jwks_refresh_interval,
+                fetched,
             ));
             let _ = inner.refresher.set(handle.abort_handle());
         }
         Ok(Self { inner })
+    }
+
+    /// Whether verification keys are loaded: always with a secret or a JWKS
+    /// file; with a JWKS URL, once it has answered with keys (a later failed
+    /// refresh keeps them). The gateway reports NOT_SERVING until then.
+    pub fn keys_loaded(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.loaded.subscribe()
     }
 
     /// `authorization` is the raw `Authorization` header value, if any. `Ok(None)` means
@@ -323,6 +350,7 @@ impl Inner {
             Ok(keys) => {
                 tracing::debug!(keys = ?keys.describe(), "JWKS refreshed");
                 *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                self.loaded.send_replace(true);
             }
             Err(err) => tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys"),
         }
@@ -383,7 +411,28 @@ pub fn header_safe(claim: &'static str, value: &str) -> Result<(), AuthError> {
     }
 }
 
-async fn periodic_refresh(inner: Weak<Inner>, every: Duration) {
+/// The wait before the `attempt`th (from 0) retry of a JWKS URL that has
+/// not answered since start: 1 s, doubling, at most 30 s.
+fn first_load_retry(attempt: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(1);
+    const CEILING: Duration = Duration::from_secs(30);
+    FIRST.saturating_mul(2u32.saturating_pow(attempt)).min(CEILING)
+}
+
+async fn periodic_refresh(inner: Weak<Inner>, every: Duration, loaded: bool) {
+    if !loaded {
+        let mut attempt = 0;
+        loop {
+            tokio::time::sleep(first_load_retry(attempt)).await;
+            let Some(inner) = inner.upgrade() else { return };
+            inner.refresh(true).await;
+            if *inner.loaded.borrow() {
+                tracing::info!(attempts = attempt + 1, "keys loaded from the JWKS URL");
+                break;
+            }
+            attempt += 1;
+        }
+    }
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -1279,36 +1279,118 @@ async fn wait_for(mut condition: impl FnMut() -> bool) {
 }
 
 #[tokio::test]
-async fn jwks_url_failure_at_start_is_fatal_and_names_the_variable() {
+async fn a_jwks_url_that_fails_at_start_refuses_tokens_until_a_retry_loads_its_keys() {
     let server = JwksServer::start(String::new()).await;
     server.serve(503, "unavailable".into());
-    let message = Authenticator::new(url_config(&server, Duration::ZERO))
+    // A long minimum interval: only the start-up retries fetch.
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
         .await
-        .expect_err("503")
-        .to_string();
+        .expect("starts without keys");
+    let mut loaded = auth.keys_loaded();
+    assert!(!*loaded.borrow(), "no keys yet");
+    let token = rs256(Some("rsa-1"), &claims());
+    assert_eq!(check(&auth, &token).await, Err(AuthError::UnknownKey));
+
+    // A document that is not a JWKS loads nothing either.
+    server.serve(200, "<html>".into());
+    let hits = server.hits();
+    wait_for(|| server.hits() > hits).await;
+    assert!(!*loaded.borrow());
+    assert_eq!(check(&auth, &token).await, Err(AuthError::UnknownKey));
+
+    // The issuer answers: the next retry (2 s after the last) loads its keys.
+    server.serve(200, JWKS.to_owned());
+    tokio::time::timeout(Duration::from_secs(10), loaded.wait_for(|loaded| *loaded))
+        .await
+        .expect("loaded by the back-off's next retry")
+        .expect("the authenticator lives");
+    assert_eq!(subject(&auth, &token).await, "alice");
+    // Loaded once, the periodic refresh takes over: no more start-up retries.
+    let hits = server.hits();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(server.hits(), hits);
+}
+
+/// What a failed fetch says (logged at start, and on each failed refresh).
+async fn fetch_error(url: &str) -> String {
+    let client = http_client().expect("client");
+    match fetch_jwks(&client, url).await {
+        Ok(_) => panic!("{url} gave keys"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_jwks_fetch_names_the_variable_and_the_reason() {
+    let server = JwksServer::start(String::new()).await;
+    server.serve(503, "unavailable".into());
+    let message = fetch_error(&server.url).await;
     assert!(
         message.contains(ENV_JWKS_URL) && message.contains("503"),
         "{message}"
     );
-
     server.serve(200, "<html>".into());
-    let message = Authenticator::new(url_config(&server, Duration::ZERO))
-        .await
-        .expect_err("not json")
-        .to_string();
+    let message = fetch_error(&server.url).await;
     assert!(message.contains("not a JWKS document"), "{message}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}/jwks", listener.local_addr().expect("addr"));
+    drop(listener);
+    let message = fetch_error(&dead).await;
+    assert!(
+        message.contains(ENV_JWKS_URL) && message.contains("fetch failed"),
+        "{message}"
+    );
+}
 
-    // Nothing listening.
+#[tokio::test]
+async fn a_jwks_url_with_nothing_listening_starts_without_keys() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let dead = format!("http://{}/jwks", listener.local_addr().expect("addr"));
     drop(listener);
     let mut config = AuthConfig::new(AuthMode::Production);
     config.jwks_url = Some(dead);
-    let message = Authenticator::new(config).await.expect_err("refused").to_string();
-    assert!(
-        message.contains(ENV_JWKS_URL) && message.contains("fetch failed"),
-        "{message}"
+    let auth = Authenticator::new(config).await.expect("starts");
+    assert!(!*auth.keys_loaded().borrow());
+    assert_eq!(
+        check(&auth, &rs256(Some("rsa-1"), &claims())).await,
+        Err(AuthError::UnknownKey)
     );
+}
+
+#[tokio::test]
+async fn keys_from_a_secret_a_file_or_a_url_that_answered_are_loaded_at_once() {
+    let secret = Authenticator::new(dev_config()).await.expect("auth");
+    assert!(*secret.keys_loaded().borrow());
+    let server = JwksServer::start(JWKS.to_owned()).await;
+    let url = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("auth");
+    assert!(*url.keys_loaded().borrow());
+}
+
+#[tokio::test]
+async fn a_jwks_url_down_at_start_is_retried_after_1_s_then_3_s() {
+    let server = JwksServer::start(String::new()).await;
+    server.serve(503, "unavailable".into());
+    let started = Instant::now();
+    let _auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("starts without keys");
+    // The fetch at start, then retries 1 s and 2 s apart; the next is 4 s on.
+    wait_for(|| server.hits() >= 3).await;
+    let third = started.elapsed();
+    assert!(third >= Duration::from_millis(2900), "{third:?}");
+    tokio::time::sleep(Duration::from_millis(4500).saturating_sub(started.elapsed())).await;
+    assert_eq!(server.hits(), 3);
+}
+
+#[test]
+fn start_up_retries_of_a_jwks_url_double_from_one_second_to_thirty() {
+    let waits: Vec<u64> = (0..8)
+        .map(|attempt| first_load_retry(attempt).as_secs())
+        .collect();
+    assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+    assert_eq!(first_load_retry(u32::MAX), Duration::from_secs(30));
 }
 
 #[tokio::test]
@@ -1622,14 +1704,20 @@ async fn jwks_url_documents_are_limited_to_1_mib() {
         .expect("exactly 1 MiB accepted");
     assert_eq!(subject(&auth, &rs256(Some("rsa-1"), &claims())).await, "alice");
     server.serve(200, jwks_of_length(MAX_JWKS_LEN + 1));
-    let message = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
-        .await
-        .expect_err("over 1 MiB")
-        .to_string();
+    let client = http_client().expect("client");
+    let message = match fetch_jwks(&client, &server.url).await {
+        Ok(_) => panic!("over 1 MiB accepted"),
+        Err(error) => error.to_string(),
+    };
     assert!(
         message.contains(ENV_JWKS_URL) && message.contains("larger than 1048576 bytes"),
         "{message}"
     );
+    // An authenticator that meets it at start loads no key from it.
+    let auth = Authenticator::new(url_config(&server, Duration::from_secs(3600)))
+        .await
+        .expect("starts");
+    assert!(!*auth.keys_loaded().borrow());
 }
 
 #[tokio::test]

@@ -215,6 +215,13 @@ Deployment template, so `helm install` and `helm template` stop here.
 {{- end }}
 {{- end }}
 
+{{/* The port of auth.jwksUrl: as written, else 443 for https and 80 for http. */}}
+{{- define "ordermesh.jwksPort" -}}
+{{- $url := .Values.auth.jwksUrl -}}
+{{- $port := regexReplaceAll "^https?://(\\[[^\\]]*\\]|[^/:]*)(:([0-9]+))?.*$" $url "${3}" -}}
+{{- if $port }}{{ $port }}{{ else if hasPrefix "https://" $url }}443{{ else }}80{{ end -}}
+{{- end }}
+
 {{/* The port of otel.endpoint as written ("" when the URL names none). */}}
 {{- define "ordermesh.otelPort" -}}
 {{- regexReplaceAll "^https?://(\\[[^\\]]*\\]|[^/:]*)(:([0-9]+))?.*$" .Values.otel.endpoint "${3}" }}
