@@ -53,6 +53,10 @@ pub fn request(
         (Some(field), Some(value)) => Map::from_iter([(field.to_owned(), value)]),
         (None, Some(_)) => return Err(bad_field("", "this route takes no request body")),
     };
+    // Fields set from the query (by proto name), so that a field given
+    // twice, or under both of its names, is refused rather than one value
+    // silently winning (grpc-gateway answers 400 too).
+    let mut from_query = std::collections::HashSet::new();
     for (key, value) in query_pairs(query) {
         if binding.body.as_deref() == Some("*") {
             return Err(bad_field(
@@ -67,6 +71,12 @@ pub fn request(
             }
             continue;
         };
+        if !field.is_list() && !from_query.insert(canonical_path(&input, &path)) {
+            return Err(bad_field(
+                &key,
+                "given more than once (this field takes one value)",
+            ));
+        }
         let value = scalar(&field, &value).map_err(|reason| bad_field(&key, reason))?;
         place(&mut root, &path, value, field.is_list()).map_err(|reason| bad_field(&key, reason))?;
     }
@@ -91,6 +101,16 @@ fn body_value(body: &[u8]) -> Result<Option<Value>, tonic::Status> {
         .map_err(|error| bad_field("", format!("the request body is not valid JSON: {error}")))
 }
 
+/// A field path by proto names, whichever names it was written with.
+fn canonical_path(input: &MessageDescriptor, path: &[&str]) -> Vec<String> {
+    (1..=path.len())
+        .map(|len| {
+            fields::resolve(input, &path[..len])
+                .map_or_else(|| path[len - 1].to_owned(), |f| f.name().to_owned())
+        })
+        .collect()
+}
+
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -101,10 +121,15 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 /// takes; the parser checks the rest (ranges, enum names, timestamps).
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
     Ok(match field.kind() {
+        // The spellings grpc-gateway takes (Go's strconv.ParseBool).
         Kind::Bool => match text {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => return Err(format!("{text:?} is not a boolean (true or false)")),
+            "true" | "True" | "TRUE" | "t" | "T" | "1" => Value::Bool(true),
+            "false" | "False" | "FALSE" | "f" | "F" | "0" => Value::Bool(false),
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a boolean (true or false, 1 or 0, t or f)"
+                ));
+            }
         },
         Kind::Double | Kind::Float => match text.parse::<f64>() {
             Ok(number) if number.is_finite() => serde_json::Number::from_f64(number)

@@ -30,7 +30,14 @@ pub async fn handle(State(shared): State<Arc<Shared>>, request: Request<Body>) -
     use axum::response::IntoResponse;
     let peer = peer(request.extensions());
     let path = request.uri().path().to_owned();
-    let Some((binding, variables)) = shared.route(request.method(), &path) else {
+    // HEAD is GET without the body (RFC 9110, 9.3.2): routed as GET, and
+    // the server sends the headers only.
+    let method = if request.method() == http::Method::HEAD {
+        http::Method::GET
+    } else {
+        request.method().clone()
+    };
+    let Some((binding, variables)) = shared.route(&method, &path) else {
         return no_route(&shared, request.method(), &path).into_response();
     };
     let route = format!("{} {}", binding.verb, binding.template);

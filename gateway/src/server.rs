@@ -170,7 +170,8 @@ impl Gateway {
                     .layer(PropagateRequestIdLayer::new(request_id))
                     .layer(axum::middleware::from_fn(access_log))
                     .layer(cors(&self.cors))
-                    .layer(CompressionLayer::new().gzip(true).compress_when(compression)),
+                    .layer(CompressionLayer::new().gzip(true).compress_when(compression))
+                    .layer(axum::middleware::from_fn(require_host)),
             )
     }
 
@@ -225,6 +226,18 @@ impl Gateway {
         tracing::info!(service = "gateway", "stopped");
         result
     }
+}
+
+/// An HTTP/1.1 request must name its host (RFC 9112, 3.2): 400 without a
+/// `Host` header. (HTTP/2 carries it as `:authority`; HTTP/1.0 may omit it.)
+async fn require_host(request: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    if request.version() == http::Version::HTTP_11 && !request.headers().contains_key(header::HOST) {
+        return crate::error::EdgeError::from(tonic::Status::invalid_argument(
+            "an HTTP/1.1 request must send a Host header",
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn openapi(State(shared): State<Arc<Shared>>) -> Response<Body> {

@@ -515,3 +515,44 @@ async fn grpc_and_grpc_web_messages_over_the_body_limit_are_refused() {
         recorder.seen()
     );
 }
+
+/// Writes `request` on a new connection and returns the status line.
+async fn raw_status_line(gateway: &Gateway, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr)
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_without_host_is_a_400() {
+    let (_recorder, gateway) = setup(None).await;
+    let missing = raw_status_line(
+        &gateway,
+        "GET /openapi.json HTTP/1.1\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(missing.starts_with("HTTP/1.1 400"), "{missing}");
+    let named = raw_status_line(
+        &gateway,
+        "GET /openapi.json HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+    // HTTP/1.0 may leave it out.
+    let old = raw_status_line(&gateway, "GET /openapi.json HTTP/1.0\r\n\r\n").await;
+    assert!(old.contains(" 200"), "{old}");
+}

@@ -110,6 +110,28 @@ async fn order_flow_over_rest() {
         "RFC 3339: {created_at}"
     );
 
+    // HEAD answers as GET does, without a body; a route with no GET has no HEAD.
+    let head = rest
+        .request(reqwest::Method::HEAD, &format!("/v1/orders/{order_id}"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(head.status(), 200);
+    assert!(
+        head.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/json")
+    );
+    assert!(head.bytes().await.expect("body").is_empty());
+    let head = rest
+        .request(reqwest::Method::HEAD, "/v1/accounts:open")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(head.status(), 405);
+    assert_eq!(head.headers()["allow"], "POST");
+
     // A replay of the same request id answers with the same order.
     let replay = rest.create("rest-1", "CB-004", 2).await;
     assert_eq!(replay["orderId"], order_id.as_str());

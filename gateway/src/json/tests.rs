@@ -233,3 +233,73 @@ fn a_body_field_binding_takes_the_body_as_that_field_and_the_rest_from_the_query
     .expect_err("not a boolean");
     assert_eq!(violation(&wrong), "flag.enabled");
 }
+
+#[test]
+fn a_single_valued_query_parameter_given_twice_is_refused() {
+    let list = binding("ListOrders");
+    for query in [
+        "page_size=1&page_size=2",
+        "pageSize=1&page_size=2",
+        "customer_id=alice&customerId=bob",
+    ] {
+        let error = request(&list, vec![], Some(query), b"", JsonOptions::default()).expect_err(query);
+        let field = violation(&error);
+        assert!(
+            ["page_size", "pageSize", "customer_id", "customerId"].contains(&field.as_str()),
+            "{query}: {field}"
+        );
+    }
+    // Once each is fine.
+    request(
+        &list,
+        vec![],
+        Some("page_size=1&customer_id=alice"),
+        b"",
+        JsonOptions::default(),
+    )
+    .expect("valid");
+}
+
+#[test]
+fn booleans_in_the_query_take_the_spellings_grpc_gateway_takes() {
+    let list = binding("ListSagas");
+    for (text, want) in [
+        ("true", true),
+        ("True", true),
+        ("TRUE", true),
+        ("t", true),
+        ("T", true),
+        ("1", true),
+        ("false", false),
+        ("False", false),
+        ("FALSE", false),
+        ("f", false),
+        ("F", false),
+        ("0", false),
+    ] {
+        let message = request(
+            &list,
+            vec![],
+            Some(&format!("needs_attention_only={text}")),
+            b"",
+            JsonOptions::default(),
+        )
+        .expect(text);
+        assert_eq!(
+            field(&message, "needs_attention_only").as_bool(),
+            Some(want),
+            "{text}"
+        );
+    }
+    for text in ["yes", "2", "tru", ""] {
+        let error = request(
+            &list,
+            vec![],
+            Some(&format!("needs_attention_only={text}")),
+            b"",
+            JsonOptions::default(),
+        )
+        .expect_err(text);
+        assert_eq!(violation(&error), "needs_attention_only");
+    }
+}
