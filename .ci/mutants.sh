@@ -54,7 +54,11 @@ for t in "${targets[@]}"; do
   else
     echo "== cargo mutants: $file"
   fi
-  "$MUTANTS" mutants --in-place --no-shuffle -p "$package" -f "$file" "${filter[@]}" -o "$out" -- $args > "$out/log.txt" 2>&1 || true
+  # The unmutated tests take under a second: a mutant still running after
+  # 8 s hangs them (cargo-mutants' floor is 20 s, a third of the breaker's
+  # run spent waiting on its hanging mutants).
+  "$MUTANTS" mutants --in-place --no-shuffle --minimum-test-timeout 8 -p "$package" -f "$file" "${filter[@]}" \
+    -o "$out" -- $args > "$out/log.txt" 2>&1 || true
   if [ "$scope" = diff ] && grep -qE "No mutants|Diff file is empty" "$out/log.txt"; then
     echo "no mutants on the changed lines"
     continue
