@@ -193,6 +193,30 @@ enabled = true
 "#;
 
 /// [`TEST_POLICY`], parsed.
+/// Polls the health of `service` ("" is the whole server) at `url` until it
+/// answers `want`; fails the test after `within`.
+pub async fn until_health(
+    url: &str,
+    service: &str,
+    want: ordermesh_runtime::health::Answer,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let answer = ordermesh_runtime::health::check(url, service)
+            .await
+            .expect("health answers");
+        if answer == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service:?} stayed {answer:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub fn test_policy() -> MeshPolicy {
     MeshPolicy::parse(TEST_POLICY, []).expect("the test policy is valid")
 }

@@ -5,13 +5,13 @@
 //! crash-loop the pod until the identity provider came back.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use ordermesh_gateway::auth::{AuthConfig, AuthMode};
 use ordermesh_gateway::{GatewayConfig, build};
-use ordermesh_runtime::health::{Answer, LIVENESS, check};
+use ordermesh_runtime::health::{Answer, LIVENESS};
 
 const JWKS: &str = include_str!("../../gateway/tests/keys/jwks.json");
 
@@ -33,21 +33,6 @@ async fn issuer(up: Arc<Mutex<bool>>) -> String {
     url
 }
 
-async fn until(url: &str, service: &str, want: Answer, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let answer = check(url, service).await.expect("health answers");
-        if answer == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service:?} stayed {answer:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_whose_issuer_is_down_at_start_waits_for_it_not_ready() {
     let up = Arc::new(Mutex::new(false));
@@ -65,8 +50,8 @@ async fn a_gateway_whose_issuer_is_down_at_start_waits_for_it_not_ready() {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(gateway.serve(listener, std::future::pending()));
 
-    until(&url, "", Answer::NotServing, Duration::from_secs(5)).await;
-    until(&url, LIVENESS, Answer::Serving, Duration::from_secs(5)).await;
+    ordermesh_tests::until_health(&url, "", Answer::NotServing, Duration::from_secs(5)).await;
+    ordermesh_tests::until_health(&url, LIVENESS, Answer::Serving, Duration::from_secs(5)).await;
     let http = ordermesh_tests::gateway::http_client();
     let refused = http
         .get(format!("{url}/v1/orders/o-1"))
@@ -78,6 +63,6 @@ async fn a_gateway_whose_issuer_is_down_at_start_waits_for_it_not_ready() {
 
     // The issuer comes back: ready within the start-up back-off (1 s, 2 s, 4 s, ...).
     *up.lock().expect("lock") = true;
-    until(&url, "", Answer::Serving, Duration::from_secs(15)).await;
-    until(&url, LIVENESS, Answer::Serving, Duration::from_secs(1)).await;
+    ordermesh_tests::until_health(&url, "", Answer::Serving, Duration::from_secs(15)).await;
+    ordermesh_tests::until_health(&url, LIVENESS, Answer::Serving, Duration::from_secs(1)).await;
 }

@@ -4,24 +4,13 @@
 //! `liveness` stays SERVING so the kubelet does not restart a pod that a
 //! restart cannot fix; both recover with the database.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ordermesh_runtime::health::{Answer, LIVENESS, check};
 use sqlx::Connection;
 
 async fn until(url: &str, service: &str, want: Answer) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer = check(url, service).await.expect("health answers");
-        if answer == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{service:?} stayed {answer:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ordermesh_tests::until_health(url, service, want, Duration::from_secs(30)).await;
 }
 
 async fn admin() -> sqlx::PgConnection {
