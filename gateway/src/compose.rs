@@ -12,8 +12,8 @@
 //! token lacks its scope) is left out and listed under `unavailable` with its
 //! status, and the rest is returned with 200: a page that shows an order
 //! without its payment beats an error page. An order that does not exist is
-//! the answer's 404; an order service that is down makes the order part
-//! unavailable like any other.
+//! the answer's 404 (an id the order service refuses, its 400); an order
+//! service that is down makes the order part unavailable like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,8 +100,14 @@ async fn compose(
             Some("entries"),
         ),
     );
+    // The order decides the answer when the order service refused the
+    // request itself: an id it will not read (400, as `GET /v1/orders/{id}`
+    // answers), an order that does not exist (404) or is not the caller's.
     if let Err(status) = &order
-        && status.code() == tonic::Code::NotFound
+        && matches!(
+            status.code(),
+            tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+        )
     {
         return Err(status.clone());
     }

@@ -101,7 +101,18 @@ async fn forward(shared: &Shared, mut request: Request<Body>) -> Result<Response
         bound_deadline(request.headers_mut(), shared.default_timeout, shared.max_timeout);
         // The body limit, per message, as for REST bodies.
         let (parts, body) = request.into_parts();
-        request = Request::from_parts(parts, frames::limit(body, shared.max_body_bytes).await?);
+        let failure = frames::BodyFailure::default();
+        request = Request::from_parts(
+            parts,
+            frames::limit(body, shared.max_body_bytes, failure.clone()).await?,
+        );
+        let answer = upstream.oneshot(request).await;
+        // A body that broke on the way is the caller's error, whatever the
+        // upstream connection made of it.
+        return match failure.take() {
+            Some(status) => Err(status),
+            None => answer,
+        };
     }
     upstream.oneshot(request).await
 }

@@ -8,7 +8,9 @@
 //! deserialized once, so every value, wherever it came from, goes through the
 //! same parser and a bad one is reported the same way: 400 with a
 //! `BadRequest` field violation naming the field (`serde_path_to_error`
-//! tracks where the parser was).
+//! tracks where the parser was). The body is first read as protojson reads
+//! it ([`strict`]): a key given twice is refused, and so are integer strings
+//! protojson would not take.
 
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
@@ -45,7 +47,18 @@ pub fn request(
     options: JsonOptions,
 ) -> Result<DynamicMessage, tonic::Status> {
     let input = binding.method.input();
-    let body = body_value(body)?;
+    let mut body = body_value(body)?;
+    if let Some(value) = body.as_mut() {
+        match binding.body.as_deref() {
+            Some("*") => strict::message(&input, value, ""),
+            Some(name) => match input.get_field_by_name(name) {
+                Some(field) => strict::field_value(&field, value, name),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+        .map_err(|refused| bad_field(&refused.field, refused.reason))?;
+    }
     let mut root = match (binding.body.as_deref(), body) {
         (Some("*"), Some(Value::Object(object))) => object,
         (Some("*"), Some(_)) => return Err(bad_field("", "the request body must be a JSON object")),
@@ -96,8 +109,8 @@ fn body_value(body: &[u8]) -> Result<Option<Value>, tonic::Status> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body)
-        .map(Some)
+    serde_json::from_slice::<strict::Strict>(body)
+        .map(|strict| Some(strict.0))
         .map_err(|error| bad_field("", format!("the request body is not valid JSON: {error}")))
 }
 
@@ -246,6 +259,8 @@ pub fn response(message: &DynamicMessage, response_body: Option<&str>) -> Result
         }
     }
 }
+
+mod strict;
 
 #[cfg(test)]
 mod tests;

@@ -451,6 +451,56 @@ async fn grpc_web_text_reaches_the_service_as_grpc() {
     assert_eq!(seen[0].headers["x-ordermesh-subject"], "alice");
 }
 
+/// grpc-web-text whose base64 is broken is the caller's error
+/// (INVALID_ARGUMENT, which clients do not retry), not an outage, and no
+/// broken message reaches the service.
+#[tokio::test]
+async fn grpc_web_text_with_broken_base64_is_invalid_argument() {
+    let (recorder, gateway) = setup(None).await;
+    let token = gateway.token("alice", &["payments:read"]);
+    let message = [&[0x0a, 5][..], b"alice"].concat();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    let good = base64::engine::general_purpose::STANDARD.encode(&frame);
+    for body in [
+        "!!!!".to_owned(),
+        "AAAA*AAA".to_owned(),
+        "AAAAA".to_owned(),
+        format!("{}%%%%", &good[..8]),
+    ] {
+        let response = http_client()
+            .post(gateway.url(GET_ACCOUNT))
+            .bearer_auth(&token)
+            .header("content-type", "application/grpc-web-text")
+            .header("accept", "application/grpc-web-text")
+            .header("x-grpc-web", "1")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{body}");
+        let header_status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let text = response.text().await.expect("body");
+        let trailers = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        assert!(
+            header_status.as_deref() == Some("3") || trailers.contains("grpc-status:3"),
+            "{body}: INVALID_ARGUMENT, got headers {header_status:?}, trailers {trailers:?}"
+        );
+    }
+    assert!(
+        recorder.seen().is_empty(),
+        "refused before anything was forwarded: {:?}",
+        recorder.seen()
+    );
+}
+
 /// The body limit holds for gRPC and grpc-web as for REST: a message larger
 /// than it is refused RESOURCE_EXHAUSTED by the gateway, and never reaches
 /// a service.

@@ -482,4 +482,14 @@ async fn composed_details_mark_a_down_part_unavailable() {
 
     let (status, _) = rest.get("/v1/orders/no-such-order/details").await;
     assert_eq!(status, 404, "a missing order is a 404, not a partial page");
+
+    // An id the order service will not read is the same 400 on both routes.
+    let long = "x".repeat(200);
+    for id in ["%20", long.as_str()] {
+        let (status, order) = rest.get(&format!("/v1/orders/{id}")).await;
+        assert_eq!(status, 400, "{id}: {order}");
+        let (status, details) = rest.get(&format!("/v1/orders/{id}/details")).await;
+        assert_eq!(status, 400, "{id}: {details}");
+        assert_eq!(details["code"], 3, "INVALID_ARGUMENT: {details}");
+    }
 }

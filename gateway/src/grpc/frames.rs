@@ -10,9 +10,17 @@
 //! stream that declares too large a size ends the request body with an
 //! error (the stream is reset). No crate parses gRPC framing on a body in
 //! flight without decoding the messages, hence this small parser.
+//!
+//! A request body that fails as it streams (too large a later message, or
+//! grpc-web-text that is not base64, which tonic-web finds while decoding)
+//! would reach the caller as whatever the upstream connection made of a
+//! broken request body (UNAVAILABLE, which clients retry). The failure is
+//! kept in a [`BodyFailure`] so that the call answers with it instead:
+//! RESOURCE_EXHAUSTED or INVALID_ARGUMENT, the caller's to fix.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -78,12 +86,42 @@ impl Framing {
     }
 }
 
+/// The first failure of a caller's request body, kept for the call's answer.
+#[derive(Debug, Clone, Default)]
+pub struct BodyFailure(Arc<Mutex<Option<tonic::Status>>>);
+
+impl BodyFailure {
+    fn record(&self, status: tonic::Status) -> tonic::Status {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert_with(|| status.clone());
+        status
+    }
+
+    /// The failure, if the body failed.
+    pub fn take(&self) -> Option<tonic::Status> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// The caller's body could not be read (tonic-web's base64 decoding, or the
+/// stream broke): the caller's request is at fault, not the upstream.
+fn unreadable(status: &tonic::Status) -> tonic::Status {
+    tonic::Status::invalid_argument(format!(
+        "the request body could not be read: {}",
+        status.message()
+    ))
+}
+
 /// A request body whose messages are checked against `max` as they pass.
 struct Limited {
     head: VecDeque<Bytes>,
     inner: Body,
     framing: Framing,
     max: u64,
+    failure: BodyFailure,
 }
 
 impl HttpBody for Limited {
@@ -104,11 +142,13 @@ impl HttpBody for Limited {
                 if let Some(data) = frame.data_ref()
                     && let Err(too_large) = this.framing.feed(data.chunk(), this.max)
                 {
-                    return Poll::Ready(Some(Err(tonic::Status::resource_exhausted(
-                        too_large.to_string(),
-                    ))));
+                    let status = tonic::Status::resource_exhausted(too_large.to_string());
+                    return Poll::Ready(Some(Err(this.failure.record(status))));
                 }
                 Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                Poll::Ready(Some(Err(this.failure.record(unreadable(&status)))))
             }
             other => other,
         }
@@ -132,8 +172,8 @@ impl HttpBody for Limited {
 
 /// `body`, checked message by message against `max` bytes: RESOURCE_EXHAUSTED
 /// at once when the first message declares more, else a body that fails
-/// when a later one does.
-pub async fn limit(body: Body, max: usize) -> Result<Body, tonic::Status> {
+/// when a later one does (and records why in `failure`).
+pub async fn limit(body: Body, max: usize, failure: BodyFailure) -> Result<Body, tonic::Status> {
     let max = max as u64;
     let mut body = body;
     let mut framing = Framing::default();
@@ -152,7 +192,7 @@ pub async fn limit(body: Body, max: usize) -> Result<Body, tonic::Status> {
                 // Trailers before any message: nothing more to check.
                 Err(_) => break,
             },
-            Some(Err(status)) => return Err(status),
+            Some(Err(status)) => return Err(unreadable(&status)),
             None => break,
         }
     }
@@ -161,6 +201,7 @@ pub async fn limit(body: Body, max: usize) -> Result<Body, tonic::Status> {
         inner: body,
         framing,
         max,
+        failure,
     }))
 }
 
@@ -230,7 +271,9 @@ mod tests {
     #[tokio::test]
     async fn the_first_message_is_checked_before_forwarding() {
         let big = Body::new(http_body_util::Full::new(Bytes::from(message(200))));
-        let refused = limit(big, 100).await.expect_err("too large");
+        let refused = limit(big, 100, BodyFailure::default())
+            .await
+            .expect_err("too large");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("200 bytes"), "{}", refused.message());
 
@@ -240,15 +283,58 @@ mod tests {
             Ok(Frame::data(Bytes::from(message(300)))),
         ];
         let streamed = http_body_util::StreamBody::new(futures::stream::iter(chunks));
-        let body = limit(Body::new(streamed), 100)
+        let failure = BodyFailure::default();
+        let body = limit(Body::new(streamed), 100, failure.clone())
             .await
             .expect("the first message is within");
         let failed = body.collect().await.expect_err("the second is not");
         assert_eq!(failed.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            failure.take().map(|s| s.code()),
+            Some(tonic::Code::ResourceExhausted),
+            "kept for the answer"
+        );
 
         let small = Body::new(http_body_util::Full::new(Bytes::from(message(50))));
-        let passed = limit(small, 100).await.expect("within");
+        let passed = limit(small, 100, BodyFailure::default()).await.expect("within");
         let bytes = passed.collect().await.expect("body").to_bytes();
         assert_eq!(bytes.len(), 55, "every byte passes, the read-ahead included");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_is_the_callers_invalid_argument() {
+        // At once: the first read fails.
+        let broken: Vec<Result<Frame<Bytes>, tonic::Status>> = vec![Err(tonic::Status::internal(
+            "tonic-web: Invalid byte 33, offset 0.",
+        ))];
+        let refused = limit(
+            Body::new(http_body_util::StreamBody::new(futures::stream::iter(broken))),
+            100,
+            BodyFailure::default(),
+        )
+        .await
+        .expect_err("unreadable");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("Invalid byte 33"), "{refused:?}");
+
+        // Later: the body fails as it streams, and the failure is kept.
+        let later: Vec<Result<Frame<Bytes>, tonic::Status>> = vec![
+            Ok(Frame::data(Bytes::from(message(10)))),
+            Err(tonic::Status::internal("tonic-web: Invalid padding")),
+        ];
+        let failure = BodyFailure::default();
+        let body = limit(
+            Body::new(http_body_util::StreamBody::new(futures::stream::iter(later))),
+            100,
+            failure.clone(),
+        )
+        .await
+        .expect("the first message is readable");
+        assert!(body.collect().await.is_err());
+        assert_eq!(
+            failure.take().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(failure.take().is_none(), "taken once");
     }
 }

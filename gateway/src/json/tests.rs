@@ -303,3 +303,100 @@ fn booleans_in_the_query_take_the_spellings_grpc_gateway_takes() {
         assert_eq!(violation(&error), "needs_attention_only");
     }
 }
+
+#[test]
+fn a_body_key_given_twice_or_a_field_under_both_names_is_refused() {
+    let create = binding("CreateOrder");
+    let lines = r#""lines": [{"sku": "KB-001", "quantity": 1}]"#;
+    let refused = |body: String| {
+        request(&create, vec![], None, body.as_bytes(), JsonOptions::default()).expect_err(&body)
+    };
+    let twice = refused(format!(r#"{{"request_id": "a", "request_id": "b", {lines}}}"#));
+    violation(&twice);
+    assert!(
+        twice.message().contains("\"request_id\" appears twice"),
+        "{twice:?}"
+    );
+    let nested = refused(r#"{"lines": [{"sku": "A", "sku": "B", "quantity": 1}]}"#.to_owned());
+    assert!(nested.message().contains("\"sku\" appears twice"), "{nested:?}");
+
+    let both = refused(format!(
+        r#"{{"customerId": "alice", "customer_id": "bob", {lines}}}"#
+    ));
+    assert_eq!(violation(&both), "customer_id");
+    assert!(both.message().contains("\"customerId\""), "{both:?}");
+
+    // A path variable replaces the body's value whichever name the body used.
+    let message = request(
+        &binding("CancelOrder"),
+        vec![(vec!["order_id".to_owned()], "from-path".to_owned())],
+        None,
+        br#"{"orderId": "from-body"}"#,
+        JsonOptions::default(),
+    )
+    .expect("valid");
+    assert_eq!(field(&message, "order_id").as_str(), Some("from-path"));
+}
+
+#[test]
+fn integers_in_the_body_are_read_as_protojson_reads_them() {
+    let create = binding("CreateOrder");
+    let quantity = |quantity: &str| {
+        let body = format!(r#"{{"request_id": "r", "lines": [{{"sku": "A", "quantity": {quantity}}}]}}"#);
+        request(&create, vec![], None, body.as_bytes(), JsonOptions::default()).map(|message| {
+            field(&message, "lines").as_list().expect("lines")[0]
+                .as_message()
+                .expect("line")
+                .get_field_by_name("quantity")
+                .expect("quantity")
+                .as_i64()
+                .expect("int64")
+        })
+    };
+    for (given, read) in [
+        ("2", 2),
+        ("\"2\"", 2),
+        ("\"1e2\"", 100),
+        ("1e2", 100),
+        ("\"100.0\"", 100),
+        ("100.0", 100),
+        ("\"-3\"", -3),
+        ("\"9223372036854775807\"", i64::MAX),
+    ] {
+        assert_eq!(quantity(given).expect(given), read, "{given}");
+    }
+    for given in [
+        "\"+1\"",
+        "\" 1\"",
+        "\"01\"",
+        "\"1.5\"",
+        "1.5",
+        "\"1e-1\"",
+        "\"0x10\"",
+        "\"9223372036854775808\"",
+    ] {
+        let error = quantity(given).expect_err(given);
+        assert_eq!(violation(&error), "lines[0].quantity", "{given}: {error:?}");
+    }
+}
+
+#[test]
+fn integers_in_the_query_take_the_spellings_grpc_gateway_takes() {
+    let list = binding("ListOrders");
+    let page_size = |query: &str| {
+        request(&list, vec![], Some(query), b"", JsonOptions::default())
+            .map(|message| field(&message, "page_size").as_i32().expect("int32"))
+    };
+    assert_eq!(page_size("page_size=7").expect("plain"), 7);
+    // `%2B` is a `+` (a bare `+` is a space in a query string).
+    assert_eq!(page_size("page_size=%2B7").expect("Go's ParseInt takes +7"), 7);
+    for query in [
+        "page_size=1e2",
+        "page_size=+7",
+        "page_size=7.0",
+        "page_size=seven",
+    ] {
+        let error = page_size(query).expect_err(query);
+        assert_eq!(violation(&error), "page_size", "{query}");
+    }
+}
