@@ -25,6 +25,7 @@ use ordermesh_gateway::GatewayConfig;
 use ordermesh_gateway::auth::AuthMode;
 use ordermesh_mesh::policy::MeshPolicy;
 use ordermesh_runtime::server::MeshSettings;
+use ordermesh_runtime::starting::answer_health_while;
 
 use crate::args::{PeerArgs, ProcessArgs, ServeArgs, Target, UpArgs};
 
@@ -180,11 +181,19 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         let serving = ordermesh_runtime::metrics::serve(listener, shutdown.clone());
         targets.spawn(async move { ("metrics", serving.await.map_err(anyhow::Error::from)) });
     }
-    for (placement, listener) in plan.placements.iter().zip(listeners) {
-        let serving = build(&plan, placement, &mesh, bus.clone(), listener, shutdown.clone())
-            .await
-            .with_context(|| format!("starting {}", placement.target.name()))?;
-        let name = placement.target.name();
+    // Built side by side: a service waiting for its database answers health
+    // meanwhile, and so does every other target of the process.
+    let builds = plan
+        .placements
+        .iter()
+        .zip(listeners)
+        .map(|(placement, listener)| {
+            let name = placement.target.name();
+            build(&plan, placement, &mesh, bus.clone(), listener, shutdown.clone())
+                .map(move |built| built.map(|serving| (name, serving)))
+                .map(move |built| built.with_context(|| format!("starting {name}")))
+        });
+    for (name, serving) in futures::future::try_join_all(builds).await? {
         targets.spawn(serving.map(move |result| (name, result)));
     }
     if plan.announce {
@@ -284,7 +293,14 @@ async fn build(
             }
             config.bus = bus();
             config.mesh = mesh.clone();
-            let service = ordermesh_inventory::build(config).await?;
+            let (listener, service) = answer_health_while(
+                listener,
+                ordermesh_proto::inventory::v1::inventory_service_server::SERVICE_NAME,
+                mesh,
+                ordermesh_inventory::build(config),
+            )
+            .await?;
+            let service = service?;
             async move { Ok(service.serve(listener, shutdown).await?) }.boxed()
         }
         Target::Payment => {
@@ -295,7 +311,14 @@ async fn build(
             }
             config.bus = bus();
             config.mesh = mesh.clone();
-            let service = ordermesh_payment::build(config).await?;
+            let (listener, service) = answer_health_while(
+                listener,
+                ordermesh_proto::payment::v1::payment_service_server::SERVICE_NAME,
+                mesh,
+                ordermesh_payment::build(config),
+            )
+            .await?;
+            let service = service?;
             async move { Ok(service.serve(listener, shutdown).await?) }.boxed()
         }
         Target::Order => {
@@ -307,7 +330,14 @@ async fn build(
             config.saga = process.saga.saga();
             config.bus = bus();
             config.mesh = mesh.clone();
-            let service = ordermesh_order::build(config).await?;
+            let (listener, service) = answer_health_while(
+                listener,
+                ordermesh_proto::order::v1::order_service_server::SERVICE_NAME,
+                mesh,
+                ordermesh_order::build(config),
+            )
+            .await?;
+            let service = service?;
             async move { Ok(service.serve(listener, shutdown).await?) }.boxed()
         }
         Target::Gateway => {

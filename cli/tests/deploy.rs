@@ -439,3 +439,79 @@ fn the_deployment_pages_flag_defaults_are_the_binarys() {
         "the table's literal defaults were found ({checked})"
     );
 }
+
+/// A service whose PostgreSQL refuses connections at start waits for it,
+/// live and not ready (the pod is kept, and sent nothing), past the 10 s a
+/// connection attempt may take, and turns ready by itself when the database
+/// answers: no exit, so no CrashLoopBackOff to wait out.
+#[tokio::test]
+async fn a_service_waits_for_its_database_live_and_not_ready() {
+    use ordermesh_runtime::health::{Answer, LIVENESS, check};
+    let Some(database_url) = ordermesh_tests::postgres_database("serve_waits").await else {
+        return;
+    };
+    ordermesh_tests::allow_connections(&database_url, false).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = tempfile::tempdir().expect("tempdir");
+    let log = data.path().join("payment.log");
+    let started = Instant::now();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ordermesh"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ORDERMESH_") {
+            command.env_remove(key);
+        }
+    }
+    let mut server = Server(
+        command
+            .args([
+                "serve",
+                "payment",
+                "--listen",
+                &addr,
+                "--database-url",
+                &database_url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("serve payment starts"),
+    );
+    let url = format!("http://{addr}");
+    // Listening, and live, within seconds (it binds before it connects).
+    loop {
+        if check(&url, LIVENESS).await.ok() == Some(Answer::Serving) {
+            break;
+        }
+        assert!(
+            server.0.try_wait().expect("status").is_none(),
+            "exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "never live");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for service in ["", "ordermesh.payment.v1.PaymentService"] {
+        assert_eq!(
+            check(&url, service).await.expect("answers"),
+            Answer::NotServing,
+            "not ready without its database: {service:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(started.elapsed())).await;
+    assert!(
+        server.0.try_wait().expect("status").is_none(),
+        "still running after 12 s: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(check(&url, LIVENESS).await.expect("answers"), Answer::Serving);
+    assert_eq!(check(&url, "").await.expect("answers"), Answer::NotServing);
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        logged.contains("cannot connect to the database"),
+        "the wait is logged with its cause: {logged}"
+    );
+
+    ordermesh_tests::allow_connections(&database_url, true).await;
+    ordermesh_tests::until_health(&url, "", Answer::Serving, Duration::from_secs(30)).await;
+    assert_eq!(check(&url, LIVENESS).await.expect("answers"), Answer::Serving);
+}

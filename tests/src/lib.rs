@@ -137,6 +137,32 @@ pub async fn postgres_database(label: &str) -> Option<String> {
     Some(format!("{prefix}/{name}"))
 }
 
+/// Lets the database at `database_url` (one [`postgres_database`] made)
+/// accept connections, or refuses them and ends those it has: PostgreSQL's
+/// own switch for a database that is "down" while the server runs.
+pub async fn allow_connections(database_url: &str, allowed: bool) {
+    use sqlx::Connection;
+    let admin = std::env::var("ORDERMESH_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
+    let name = database_url.rsplit('/').next().expect("a database name");
+    let mut admin = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("admin connection");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {allowed}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("ALTER DATABASE");
+    if !allowed {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("terminate");
+    }
+}
+
 /// How to start a mesh.
 #[derive(Clone)]
 pub struct MeshOptions {

@@ -7,34 +7,9 @@
 use std::time::Duration;
 
 use ordermesh_runtime::health::{Answer, LIVENESS, check};
-use sqlx::Connection;
 
 async fn until(url: &str, service: &str, want: Answer) {
     ordermesh_tests::until_health(url, service, want, Duration::from_secs(30)).await;
-}
-
-async fn admin() -> sqlx::PgConnection {
-    let url = std::env::var("ORDERMESH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    sqlx::PgConnection::connect(&url).await.expect("admin connection")
-}
-
-async fn set_allowed(name: &str, allowed: bool) {
-    let mut admin = admin().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS {allowed}"
-    )))
-    .execute(&mut admin)
-    .await
-    .expect("ALTER DATABASE");
-    if !allowed {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        )))
-        .execute(&mut admin)
-        .await
-        .expect("terminate");
-    }
 }
 
 #[tokio::test]
@@ -42,7 +17,6 @@ async fn liveness_does_not_follow_the_database() {
     let Some(database_url) = ordermesh_tests::postgres_database("health").await else {
         return;
     };
-    let name = database_url.rsplit('/').next().expect("name").to_owned();
     let service = ordermesh_payment::build(ordermesh_payment::Config::new(&database_url))
         .await
         .expect("payment starts");
@@ -55,7 +29,7 @@ async fn liveness_does_not_follow_the_database() {
     until(&url, "", Answer::Serving).await;
     until(&url, LIVENESS, Answer::Serving).await;
 
-    set_allowed(&name, false).await;
+    ordermesh_tests::allow_connections(&database_url, false).await;
     until(&url, "", Answer::NotServing).await;
     until(&url, "ordermesh.payment.v1.PaymentService", Answer::NotServing).await;
     assert_eq!(
@@ -64,7 +38,7 @@ async fn liveness_does_not_follow_the_database() {
         "alive all along"
     );
 
-    set_allowed(&name, true).await;
+    ordermesh_tests::allow_connections(&database_url, true).await;
     until(&url, "", Answer::Serving).await;
     let _ = stop.send(());
 }

@@ -159,11 +159,10 @@ pub async fn connect(service: &'static str, url: &str, migrations: &Migrator) ->
             })
         }
         Backend::Postgres => {
-            let pool = options()
-                .max_connections(POSTGRES_CONNECTIONS)
-                .connect(url)
-                .await
-                .map_err(Error::Connect)?;
+            let pool = wait_for_postgres(service, url, || {
+                options().max_connections(POSTGRES_CONNECTIONS).connect(url)
+            })
+            .await;
             migrations.run(&pool).await?;
             Ok(Db {
                 read: pool.clone(),
@@ -173,6 +172,71 @@ pub async fn connect(service: &'static str, url: &str, migrations: &Migrator) ->
             })
         }
     }
+}
+
+/// The first wait after a failed connection to PostgreSQL, doubled after
+/// each failure up to [`CONNECT_RETRY_MAX`].
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(500);
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Connects with `connect` until it succeeds, logging each failure. A
+/// service whose PostgreSQL is not there yet (a cluster where the database
+/// starts after the pods, a failover, a credential not yet rotated in)
+/// waits for it, live and not ready, instead of exiting: an exit would put
+/// the pod into CrashLoopBackOff, whose growing back-off delays the service
+/// well past the database's return. Every failure is worth waiting out here,
+/// a refused password included: the fix comes from outside the process, and
+/// the log line says what to fix.
+async fn wait_for_postgres<T, F, Fut>(service: &'static str, url: &str, mut connect: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut wait = CONNECT_RETRY_FIRST;
+    for attempt in 1u64.. {
+        match connect().await {
+            Ok(pool) => {
+                if attempt > 1 {
+                    tracing::info!(service, attempt, "connected to the database");
+                }
+                return pool;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    service,
+                    attempt,
+                    database = %redacted(url),
+                    %error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot connect to the database; not ready until it answers"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(CONNECT_RETRY_MAX);
+            }
+        }
+    }
+    unreachable!("the attempts never run out")
+}
+
+/// `url` without its secrets, for logs: `postgres://user:***@host/db`, and
+/// no query string (it may carry `password=` or `sslpassword=`).
+fn redacted(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, _)) => (url, "?..."),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("{url}{query}");
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// Per-connection SQLite settings (see the module docs for why).
@@ -277,6 +341,48 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_logged_without_secrets() {
+        for (url, logged) in [
+            (
+                "postgres://u:secret@db:5432/order",
+                "postgres://u:***@db:5432/order",
+            ),
+            ("postgres://u:p@ss:w@rd@db/order", "postgres://u:***@db/order"),
+            ("postgres://u@db/order", "postgres://u@db/order"),
+            (
+                "postgres://db/order?password=secret&x=1",
+                "postgres://db/order?...",
+            ),
+            ("postgres://u:secret@db", "postgres://u:***@db"),
+        ] {
+            assert_eq!(redacted(url), logged, "{url}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn postgres_is_waited_for_with_a_doubling_back_off() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let attempts = std::sync::Arc::new(AtomicU32::new(0));
+        let started = tokio::time::Instant::now();
+        let counted = attempts.clone();
+        let connected = wait_for_postgres("test", "postgres://u:p@db/x", move || {
+            let attempt = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if attempt < 8 {
+                    Err(sqlx::Error::PoolTimedOut)
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(connected, 8);
+        assert_eq!(attempts.load(Ordering::SeqCst), 8);
+        // 0.5 + 1 + 2 + 4 + 8 + 10 + 10 s between the eight attempts.
+        assert_eq!(started.elapsed(), Duration::from_millis(35_500));
+    }
 
     #[test]
     fn sqlstates_and_result_codes_are_classified() {

@@ -38,6 +38,7 @@ pub mod periodic;
 pub mod pgcluster;
 pub mod server;
 pub mod shutdown;
+pub mod starting;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
