@@ -80,3 +80,38 @@ find "$OUT/go" -name 'protoc-gen-go*.txt' -exec cat {} + > "$packages"
   exit 1
 }
 echo "go: proto/buf.gen.go.yaml sets every go_package (generation itself needs protoc-gen-go)"
+
+# Plain protoc (no buf managed mode) sees the same Go and Java packages,
+# set in the files themselves: protoc-gen-go refuses a file without a Go
+# import path, and Java code lands in com.example.ordermesh.*, one class per
+# message. A stand-in plugin records the options protoc hands it.
+cat > "$stub/protoc-gen-options" <<PY
+#!$T/python
+import sys
+from google.protobuf.compiler import plugin_pb2
+request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
+response = plugin_pb2.CodeGeneratorResponse()
+response.supported_features = plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
+out = response.file.add()
+out.name = "options.txt"
+out.content = "".join(
+    f"{f.name}|{f.options.go_package}|{f.options.java_package}|{f.options.java_multiple_files}\n"
+    for f in request.proto_file if f.name in request.file_to_generate
+)
+sys.stdout.buffer.write(response.SerializeToString())
+PY
+chmod +x "$stub/protoc-gen-options"
+mkdir -p "$stub/options"
+"$T/python" -m grpc_tools.protoc -Iproto --plugin=protoc-gen-options="$stub/protoc-gen-options" \
+  --options_out="$stub/options" $(find proto/ordermesh -name '*.proto' | sort)
+while IFS='|' read -r file go java multiple; do
+  dir="${file%/*}"                 # ordermesh/order/v1
+  name="${dir#ordermesh/}"; name="${name%/v1}"
+  [ "$go" = "example.com/ordermesh/gen/go/$dir;${name}v1" ] \
+    && [ "$java" = "com.example.ordermesh.$name.v1" ] && [ "$multiple" = True ] || {
+    echo "gen-clients.sh: $file has go_package '$go', java_package '$java', java_multiple_files $multiple" >&2
+    exit 1
+  }
+done < "$stub/options/options.txt"
+[ "$(wc -l < "$stub/options/options.txt")" -eq "$(find proto/ordermesh -name '*.proto' | wc -l)" ]
+echo "protoc: every file sets go_package, java_package and java_multiple_files"
