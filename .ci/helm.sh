@@ -4,12 +4,18 @@
 # Dockerfile; helm lint --strict; helm template of the default values plus the
 # required settings (examples/minimal.yaml), SingleBinary, production and demo
 # values, SingleBinary with metrics, dashboard and alerts, and SingleBinary
-# exporting traces (production.yaml exports them in Distributed mode), each validated
+# exporting traces (production.yaml exports them in Distributed mode), and
+# every common knob (.ci/helm-knobs.yaml: extra volumes, env, init and sidecar
+# containers, priority, DNS, rollout strategy, per-target ServiceAccounts, HPA
+# behavior, load balancer fields, common labels and annotations, extraObjects,
+# global.imageRegistry) in both modes and with the demo, each validated
 # against the Kubernetes API schemas by kubernetes-validate --strict (the
 # newest bundled version and the chart's minimum, 1.27); the chart's own
 # promises (.ci/helm_checks.py: among them that every Deployment serves
 # metrics when asked, that every container exports traces under its target's
-# name with otel.endpoint and none without, and that the Grafana dashboard and the alerting rules
+# name with otel.endpoint and none without, each knob where it belongs and
+# none in the default renders, checksum/secret following the chart-made
+# Secret's URLs, and that the Grafana dashboard and the alerting rules
 # name only metrics docs/metrics.md lists); the alerting rules and the
 # dashboard's queries parsed by promtool and the alerts tested with it
 # (.ci/ordermesh.rules.test.yaml); and wrong values refused at install time
@@ -51,6 +57,17 @@ lint -f "$CHART/examples/single-binary.yaml" "${METRICS_ON[@]}"
 OTEL_ON=(--set otel.endpoint=http://otel-collector.observability.svc:14317 --set otel.sampler=traceidratio
   --set otel.samplerArg=0.5 --set 'otel.resourceAttributes.deployment\.environment=ci' --set otel.resourceAttributes.team=shop)
 lint -f "$CHART/examples/single-binary.yaml" "${OTEL_ON[@]}"
+# Every common knob at once (helm_checks.py's check_knobs reads the same file),
+# with database URLs so that the chart makes the database Secret.
+KNOBS=(-f .ci/helm-knobs.yaml)
+db_urls() {
+  local p="$1"
+  echo "database.urls.order=postgres://order:$p@pg:5432/order,database.urls.inventory=postgres://inventory:$p@pg:5432/inventory,database.urls.payment=postgres://payment:$p@pg:5432/payment"
+}
+URLS=(--set database.existingSecret= --set-string "$(db_urls first)")
+OTHER_URLS=(--set database.existingSecret= --set-string "$(db_urls second)")
+lint -f "$CHART/examples/minimal.yaml" "${KNOBS[@]}" "${URLS[@]}"
+lint -f "$CHART/examples/single-binary.yaml" "${KNOBS[@]}" --set gateway.service.type=NodePort
 
 echo "== helm template + kubernetes-validate --strict"
 renders=()
@@ -67,6 +84,25 @@ renders+=("$OUT/single-binary-metrics.yaml")
 "$T/helm" template ordermesh "$CHART" --namespace shop -f "$CHART/examples/single-binary.yaml" "${OTEL_ON[@]}" \
   > "$OUT/single-binary-otel.yaml"
 renders+=("$OUT/single-binary-otel.yaml")
+# The knobs in Distributed mode (a LoadBalancer gateway), SingleBinary (a
+# NodePort one) and with the demo (ClusterIP); the first two again with other
+# database URLs, for checksum/secret (helm_checks.py's KNOB_RENDERS, SECRET_CHANGED).
+knobs() {
+  local name="$1"
+  shift
+  "$T/helm" template ordermesh "$CHART" --namespace shop "$@" > "$OUT/$name.yaml"
+  renders+=("$OUT/$name.yaml")
+}
+knobs knobs -f "$CHART/examples/minimal.yaml" "${KNOBS[@]}" "${URLS[@]}"
+knobs knobs-secret-changed -f "$CHART/examples/minimal.yaml" "${KNOBS[@]}" "${OTHER_URLS[@]}"
+knobs knobs-single-binary -f "$CHART/examples/single-binary.yaml" "${KNOBS[@]}" --set gateway.service.type=NodePort "${URLS[@]}"
+knobs knobs-single-binary-secret-changed -f "$CHART/examples/single-binary.yaml" "${KNOBS[@]}" \
+  --set gateway.service.type=NodePort "${OTHER_URLS[@]}"
+# With every optional object too (metrics, dashboard, alerts, ingress, route,
+# certificates), so that the knobs renders hold an object of every template.
+knobs knobs-demo -f "$CHART/examples/demo.yaml" "${KNOBS[@]}" --set gateway.service.type=ClusterIP "${METRICS_ON[@]}" \
+  --set tls.enabled=true --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca \
+  --set ingress.enabled=true --set httpRoute.enabled=true --set 'httpRoute.parentRefs[0].name=gateway'
 for version in 1.37.0 1.27.0; do
   # CRD kinds (HTTPRoute, ServiceMonitor, PrometheusRule, Certificate) have no
   # bundled schema: warned, not failed.
@@ -76,8 +112,10 @@ echo "validated: ${renders[*]}"
 
 echo "== a release name as long as Helm allows (53): every name fits a DNS label, none collide"
 LONG=a-release-name-as-long-as-helm-allows-fifty-three-chr
+# With the knobs: the per-target ServiceAccounts' names fit too.
 "$T/helm" template "$LONG" "$CHART" --namespace shop -f "$CHART/examples/demo.yaml" --set tls.enabled=true \
-  --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca "${METRICS_ON[@]}" > "$OUT/long-name.yaml"
+  --set tls.certManager.enabled=true --set tls.certManager.issuerRef.name=ca "${METRICS_ON[@]}" "${KNOBS[@]}" \
+  > "$OUT/long-name.yaml"
 "$T/python" - "$OUT/long-name.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
@@ -170,5 +208,17 @@ refused "a sampler ratio above 1" "at '/otel/samplerArg'" \
   "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set otel.sampler=traceidratio --set otel.samplerArg=1.5
 refused "a sampler ratio the sampler ignores" "otel: otel.samplerArg 0.1 applies to the traceidratio samplers only" \
   "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set otel.samplerArg=0.1
+refused "a rollout strategy Kubernetes does not know" "at '/strategy/type': value must be one of 'RollingUpdate', 'Recreate'" \
+  "${MINIMAL[@]}" --set strategy.type=BlueGreen
+refused "a misspelt per-target ServiceAccount key" "at '/payment/serviceAccount': additional properties 'annotation' not allowed" \
+  "${MINIMAL[@]}" --set payment.serviceAccount.annotation.a=b
+refused "an externalTrafficPolicy Kubernetes does not know" "at '/gateway/service/externalTrafficPolicy'" \
+  "${MINIMAL[@]}" --set gateway.service.externalTrafficPolicy=local
+refused "an HPA memory target above 100%" "at '/order/autoscaling/targetMemoryUtilizationPercentage'" \
+  "${MINIMAL[@]}" --set order.autoscaling.targetMemoryUtilizationPercentage=150
+refused "a sidecar without an image" "at '/sidecars/0': missing property 'image'" \
+  "${MINIMAL[@]}" --set 'sidecars[0].name=proxy'
+refused "an image registry given as a URL" "at '/global/imageRegistry'" \
+  "${MINIMAL[@]}" --set global.imageRegistry=https://mirror.example.com
 refused "a resource attribute with a comma" "at '/otel/resourceAttributes/team'" \
   "${MINIMAL[@]}" --set otel.endpoint=http://otel-collector:4317 --set-string 'otel.resourceAttributes.team=a\,b'

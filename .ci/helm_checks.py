@@ -21,6 +21,23 @@ SDK's variables (the endpoint, OTEL_SERVICE_NAME ordermesh-<target> for
 resource attributes when set) and every NetworkPolicy of the release admits
 the endpoint's port (to networkPolicy.egress.otel's peers when given);
 without it no OTEL_ variable appears in any object.
+
+Common knobs (check_knobs): the knobs-* renders are .ci/helm-knobs.yaml on
+top of examples/minimal.yaml (Distributed, database.urls: the chart makes
+the Secret), single-binary.yaml (with database.urls) and demo.yaml (with
+metrics, dashboard, alerts, ingress, route and certificates, so that the
+three hold an object of every template); each
+*-secret-changed render is its pair with other database URLs. Every object
+the chart makes carries commonLabels and commonAnnotations; every target's
+pod the chart-wide extraVolumes, extraVolumeMounts, extraEnvFrom,
+initContainers and sidecars followed by its own, the priorityClassName,
+dnsConfig and strategy (its own or the chart-wide one), revisionHistoryLimit,
+and its ServiceAccount (made, with the merged annotations); every image the
+chart runs is from global.imageRegistry; HPAs carry behavior and the memory
+target; the gateway Service (only) the load balancer fields its type
+admits; extraObjects render through tpl; and checksum/secret rolls exactly
+the pods that read the chart-made database Secret when its URLs change.
+The default renders carry none of these (check_no_knobs).
 """
 
 import json
@@ -36,6 +53,16 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 DASHBOARD = CHART / "dashboards" / "ordermesh.json"
 RULES = CHART / "rules" / "ordermesh.rules.yaml"
 METRICS_PORT = 9090
+KNOBS = REPO / ".ci" / "helm-knobs.yaml"
+# render: (deploymentMode, the gateway Service's type); what .ci/helm.sh passes.
+KNOB_RENDERS = {
+    "knobs": ("Distributed", "LoadBalancer"),
+    "knobs-single-binary": ("SingleBinary", "NodePort"),
+    "knobs-demo": ("Distributed", "ClusterIP"),
+}
+# Renders equal to their pair but for the chart-made Secret's URLs.
+SECRET_CHANGED = {"knobs": "knobs-secret-changed", "knobs-single-binary": "knobs-single-binary-secret-changed"}
+LB_FIELDS = ("loadBalancerClass", "loadBalancerSourceRanges")
 # What .ci/helm.sh passes for the single-binary-otel render (--set), besides
 # examples/single-binary.yaml; production's otel values are examples/production.yaml's.
 SINGLE_BINARY_OTEL = {
@@ -60,6 +87,17 @@ def check(name, condition, detail=""):
 def load(directory, render):
     docs = [d for d in yaml.safe_load_all((directory / f"{render}.yaml").read_text()) if d]
     return docs
+
+
+def load_sourced(directory, render):
+    """[(template, doc)]: each rendered object with the template it came from."""
+    found = []
+    for chunk in re.split(r"^---\s*$", (directory / f"{render}.yaml").read_text(), flags=re.M):
+        source = re.search(r"^# Source: \S+?/templates/(\S+)", chunk, flags=re.M)
+        doc = yaml.safe_load(chunk)
+        if doc:
+            found.append((source.group(1) if source else "?", doc))
+    return found
 
 
 def of_kind(docs, kind):
@@ -412,6 +450,213 @@ def check_otel(directory, render):
               any(r.get("to") == peers for r in rules), rules)
 
 
+def knob_components(mode):
+    """{Deployment name: (values block key, component)} of the ordermesh pods."""
+    if mode == "SingleBinary":
+        return {"ordermesh": ("singleBinary", "single-binary")}
+    return {f"ordermesh-{t}": (t, t) for t in ("gateway", "order", "inventory", "payment")}
+
+
+def pod_annotation(deployment, key):
+    return deployment["spec"]["template"]["metadata"].get("annotations", {}).get(key)
+
+
+def check_knobs(directory, render, mode, service_type):
+    knobs = yaml.safe_load(KNOBS.read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    registry = knobs["global"]["imageRegistry"]
+    common_labels, common_annotations = knobs["commonLabels"], knobs["commonAnnotations"]
+    sourced = load_sourced(directory, render)
+    docs = [d for _, d in sourced]
+    extra = [d for source, d in sourced if source == "extra-objects.yaml"]
+    ours = [(source, d) for source, d in sourced if source != "extra-objects.yaml"]
+    gateway_service_annotations = knobs["gateway"]["service"]["annotations"]
+
+    # commonLabels and commonAnnotations: every object the chart makes (an
+    # object's own annotation wins: the gateway Service's example.com/tier).
+    for source, doc in ours:
+        what = f"{render}: {doc['kind']} {doc['metadata']['name']} ({source})"
+        labels = doc["metadata"].get("labels", {})
+        annotations = doc["metadata"].get("annotations", {})
+        check(f"{what} carries commonLabels", common_labels.items() <= labels.items(), labels)
+        is_gateway_service = (doc["kind"], doc["metadata"]["name"]) == ("Service", "ordermesh-gateway")
+        own = gateway_service_annotations if is_gateway_service else {}
+        expected = {**common_annotations, **own}
+        check(f"{what} carries commonAnnotations (its own win)", expected.items() <= annotations.items(), annotations)
+        template = doc.get("spec", {}).get("template", {}).get("metadata", {})
+        if template:
+            check(f"{what}: its pods carry commonLabels", common_labels.items() <= template.get("labels", {}).items(),
+                  template.get("labels"))
+
+    # extraObjects: each rendered, through tpl.
+    check(f"{render}: every extraObject rendered", len(extra) == len(knobs["extraObjects"]),
+          [(d["kind"], d["metadata"]["name"]) for d in extra])
+    unrendered = [(where, text) for doc in extra for where, text in strings(doc) if "{{" in text]
+    check(f"{render}: extraObjects rendered through tpl", not unrendered, unrendered)
+    extra_by_name = {(d["kind"], d["metadata"]["name"]): d for d in extra}
+    configmap = extra_by_name.get(("ConfigMap", "ordermesh-extra-config"), {})
+    check(f"{render}: the map extraObject with the release's name and namespace",
+          configmap.get("data", {}).get("release") == "ordermesh" and configmap["metadata"].get("namespace") == "shop",
+          configmap)
+    pdb = extra_by_name.get(("PodDisruptionBudget", "ordermesh-extra-pdb"), {})
+    check(f"{render}: the string extraObject with the chart's labels helper",
+          common_labels.items() <= pdb.get("metadata", {}).get("labels", {}).items(), pdb)
+
+    # Every target's pod.
+    deployments = of_kind(docs, "Deployment")
+    accounts = of_kind(docs, "ServiceAccount")
+    expected_accounts = {}
+    user_images = set()
+    for name, (key, component) in knob_components(mode).items():
+        deployment = deployments.get(name)
+        check(f"{render}: Deployment {name}", deployment is not None)
+        if deployment is None:
+            continue
+        block = knobs.get(key, {})
+        spec = deployment["spec"]
+        pod = spec["template"]["spec"]
+        container = pod["containers"][0]
+
+        def both(field):
+            return knobs.get(field, []) + block.get(field, [])
+
+        volumes = both("extraVolumes")
+        check(f"{render}/{name}: extraVolumes, chart-wide then its own, after the chart's",
+              pod["volumes"][-len(volumes):] == volumes and pod["volumes"][0]["name"] == "config",
+              [v["name"] for v in pod["volumes"]])
+        mounts = both("extraVolumeMounts")
+        check(f"{render}/{name}: extraVolumeMounts in the ordermesh container, after the chart's",
+              container["volumeMounts"][-len(mounts):] == mounts and container["volumeMounts"][0]["name"] == "config",
+              container["volumeMounts"])
+        check(f"{render}/{name}: extraEnvFrom, chart-wide then its own", container.get("envFrom") == both("extraEnvFrom"),
+              container.get("envFrom"))
+        check(f"{render}/{name}: initContainers, chart-wide then its own",
+              pod.get("initContainers") == both("initContainers"), pod.get("initContainers"))
+        check(f"{render}/{name}: ordermesh first, then the sidecars, chart-wide then its own",
+              container["name"] == "ordermesh" and pod["containers"][1:] == both("sidecars"),
+              [c["name"] for c in pod["containers"]])
+        user_images |= {c["image"] for c in both("initContainers") + both("sidecars")}
+        check(f"{render}/{name}: priorityClassName", pod.get("priorityClassName")
+              == (block.get("priorityClassName") or knobs["priorityClassName"]), pod.get("priorityClassName"))
+        check(f"{render}/{name}: dnsConfig", pod.get("dnsConfig") == (block.get("dnsConfig") or knobs["dnsConfig"]),
+              pod.get("dnsConfig"))
+        check(f"{render}/{name}: strategy", spec.get("strategy") == (block.get("strategy") or knobs["strategy"]),
+              spec.get("strategy"))
+        check(f"{render}/{name}: revisionHistoryLimit", spec.get("revisionHistoryLimit") == knobs["revisionHistoryLimit"],
+              spec.get("revisionHistoryLimit"))
+        check(f"{render}/{name}: the ordermesh image from global.imageRegistry, its own registry replaced",
+              container["image"] == f"{registry}/ordermesh:{app_version}", container["image"])
+        # Its ServiceAccount: its own with a name or annotations, else the shared one.
+        own = block.get("serviceAccount", {})
+        account = own.get("name") or (f"ordermesh-{component}" if own.get("annotations") else "ordermesh")
+        check(f"{render}/{name}: runs as the ServiceAccount {account}", pod.get("serviceAccountName") == account,
+              pod.get("serviceAccountName"))
+        expected_accounts.setdefault(account, {**common_annotations, **knobs["serviceAccount"]["annotations"]})
+        expected_accounts[account].update(own.get("annotations", {}))
+        # checksum/secret: on the pods that read the chart-made database Secret.
+        reads_secret = name != "ordermesh-gateway"
+        checksum = pod_annotation(deployment, "checksum/secret")
+        check(f"{render}/{name}: checksum/secret {'set' if reads_secret else 'absent (no database)'}",
+              bool(checksum) == reads_secret, checksum)
+        if render in SECRET_CHANGED and reads_secret:
+            changed = of_kind(load(directory, SECRET_CHANGED[render]), "Deployment").get(name, {})
+            other = pod_annotation(changed, "checksum/secret")
+            check(f"{render}/{name}: other database URLs, another checksum/secret", other not in (None, checksum), other)
+            check(f"{render}/{name}: other database URLs, the same checksum/config",
+                  pod_annotation(changed, "checksum/config") == pod_annotation(deployment, "checksum/config"))
+    check(f"{render}: the ServiceAccounts the pods run as, and no other",
+          set(accounts) == set(expected_accounts), sorted(accounts))
+    for account, annotations in expected_accounts.items():
+        got = accounts.get(account, {}).get("metadata", {}).get("annotations")
+        check(f"{render}: ServiceAccount {account}'s annotations (the target's over the chart-wide ones)",
+              got == annotations, got)
+
+    # Every image the chart runs (the test pod's, the demo's) from the mirror.
+    for doc in docs:
+        pods = {"Deployment": lambda d: d["spec"]["template"]["spec"], "Pod": lambda d: d["spec"]}
+        pod = pods[doc["kind"]](doc) if doc["kind"] in pods else {}
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            if container["image"] in user_images:
+                continue
+            check(f"{render}: {doc['kind']} {doc['metadata']['name']} container {container['name']} from {registry}",
+                  container["image"].startswith(f"{registry}/"), container["image"])
+    if "knobs-demo" == render:
+        images = {c["image"] for d in deployments.values() for c in d["spec"]["template"]["spec"]["containers"]}
+        for demo in ("postgresql", "nats"):
+            check(f"{render}: the demo {demo} image with the registry prepended",
+                  f"{registry}/{defaults['demo'][demo]['image']}" in images, sorted(images))
+
+    # HPAs (Distributed): behavior and the memory target, where set.
+    hpas = of_kind(docs, "HorizontalPodAutoscaler")
+    if mode == "Distributed":
+        for target in ("gateway", "order", "inventory", "payment"):
+            scaling = knobs.get(target, {}).get("autoscaling", {})
+            hpa = hpas.get(f"ordermesh-{target}")
+            check(f"{render}: an HPA for {target} only with autoscaling.enabled",
+                  (hpa is not None) == bool(scaling.get("enabled")))
+            if hpa is None:
+                continue
+            check(f"{render}: HPA {target} behavior", hpa["spec"].get("behavior") == scaling.get("behavior"),
+                  hpa["spec"].get("behavior"))
+            targets = {m["resource"]["name"]: m["resource"]["target"].get("averageUtilization")
+                       for m in hpa["spec"]["metrics"]}
+            expected = {"cpu": defaults[target]["autoscaling"]["targetCPUUtilizationPercentage"]}
+            if scaling.get("targetMemoryUtilizationPercentage"):
+                expected["memory"] = scaling["targetMemoryUtilizationPercentage"]
+            check(f"{render}: HPA {target} metrics", targets == expected, targets)
+    else:
+        check(f"{render}: no HPA in SingleBinary mode", not hpas)
+
+    # The load balancer fields: on the gateway Service only, as its type admits.
+    service_knobs = knobs["gateway"]["service"]
+    for name, service in of_kind(docs, "Service").items():
+        spec = service["spec"]
+        if name != "ordermesh-gateway":
+            present = [f for f in LB_FIELDS + ("externalTrafficPolicy",) if f in spec]
+            check(f"{render}: Service {name} has no load balancer fields", not present, present)
+            continue
+        check(f"{render}: the gateway Service is a {service_type}", spec.get("type") == service_type, spec.get("type"))
+        for field in LB_FIELDS:
+            expected = service_knobs[field] if service_type == "LoadBalancer" else None
+            check(f"{render}: gateway Service {field} {'set' if expected else 'absent'} ({service_type})",
+                  spec.get(field) == expected, spec.get(field))
+        expected = service_knobs["externalTrafficPolicy"] if service_type in ("LoadBalancer", "NodePort") else None
+        check(f"{render}: gateway Service externalTrafficPolicy {'set' if expected else 'absent'} ({service_type})",
+              spec.get("externalTrafficPolicy") == expected, spec.get("externalTrafficPolicy"))
+
+
+def check_no_knobs(directory, render):
+    """The defaults render what the chart rendered before the knobs existed."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    sourced = load_sourced(directory, render)
+    docs = [d for _, d in sourced]
+    check(f"{render}: no extraObjects", not [s for s, _ in sourced if s == "extra-objects.yaml"])
+    check(f"{render}: one ServiceAccount, the shared one",
+          list(of_kind(docs, "ServiceAccount")) in ([], ["ordermesh"]), list(of_kind(docs, "ServiceAccount")))
+    for name, deployment in of_kind(docs, "Deployment").items():
+        if "-demo-" in name:
+            continue
+        spec = deployment["spec"]
+        pod = spec["template"]["spec"]
+        check(f"{render}/{name}: the default strategy and revisionHistoryLimit",
+              spec["strategy"] == defaults["strategy"] and spec["revisionHistoryLimit"] == 5, spec["strategy"])
+        present = [f for f in ("initContainers", "priorityClassName", "dnsConfig") if f in pod]
+        check(f"{render}/{name}: no initContainers, priorityClassName or dnsConfig", not present, present)
+        check(f"{render}/{name}: one container, no envFrom",
+              len(pod["containers"]) == 1 and "envFrom" not in pod["containers"][0], [c["name"] for c in pod["containers"]])
+        check(f"{render}/{name}: the chart's volumes only",
+              {v["name"] for v in pod["volumes"]} <= {"config", "jwks", "tls", "data", "tmp"}, pod["volumes"])
+        check(f"{render}/{name}: runs as the shared ServiceAccount", pod["serviceAccountName"] == "ordermesh")
+        check(f"{render}/{name}: the image as given", not pod["containers"][0]["image"].startswith("mirror."))
+    for name, hpa in of_kind(docs, "HorizontalPodAutoscaler").items():
+        check(f"{render}: HPA {name} on CPU only, Kubernetes' behavior",
+              [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"] and "behavior" not in hpa["spec"])
+    gateway = of_kind(docs, "Service")["ordermesh-gateway"]["spec"]
+    present = [f for f in LB_FIELDS + ("externalTrafficPolicy",) if f in gateway]
+    check(f"{render}: gateway Service without load balancer fields", not present, present)
+
+
 def main():
     directory = Path(sys.argv[1])
 
@@ -425,6 +670,19 @@ def main():
     for render in ("minimal", "demo", "mtls", "single-binary", "single-binary-metrics",
                    "production", "single-binary-otel"):
         check_otel(directory, render)
+
+    for render, (mode, service_type) in KNOB_RENDERS.items():
+        check_knobs(directory, render, mode, service_type)
+    # So that "every object" means every kind the chart makes: the knobs
+    # renders hold an object of every template.
+    templates = {str(p.relative_to(CHART / "templates")) for p in (CHART / "templates").rglob("*.yaml")}
+    rendered = {source for render in KNOB_RENDERS for source, _ in load_sourced(directory, render)}
+    check("knobs renders: an object of every template", templates <= rendered, sorted(templates - rendered))
+    for render in ("minimal", "production", "single-binary", "demo"):
+        check_no_knobs(directory, render)
+    minimal_secretless = [d for d in load(directory, "minimal") if d["kind"] == "Deployment"]
+    check("minimal: no checksum/secret without a chart-made Secret",
+          not [d["metadata"]["name"] for d in minimal_secretless if pod_annotation(d, "checksum/secret")])
 
     minimal = check_distributed(directory, "minimal")
     check("minimal: the chart makes no Secret (database.existingSecret)", not of_kind(minimal, "Secret"))

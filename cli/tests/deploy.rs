@@ -185,7 +185,8 @@ fn the_charts_mesh_policies_load_with_its_overrides_and_resolve_headless_service
                     .expect("downstream settings");
                 match settings.balancer.source {
                     EndpointSource::Dns { host, port, .. } => {
-                        assert_eq!(host, format!("ordermesh-{callee}.shop.svc.cluster.local"));
+                        // Absolute (trailing dot): no search-domain lookups first.
+                        assert_eq!(host, format!("ordermesh-{callee}.shop.svc.cluster.local."));
                         assert!(port >= 50051, "{callee} port {port}");
                     }
                     other => panic!("{values}, {deployment} -> {callee}: not DNS discovery: {other:?}"),

@@ -52,6 +52,20 @@ app.kubernetes.io/part-of: ordermesh
 {{- end }}
 {{- end }}
 
+{{/*
+An object's annotations: its own (ctx.annotations, may be empty) over
+commonAnnotations (the object's own win on a shared key), as YAML; empty when
+both are. ctx = dict "root" $ "annotations" MAP. Use as
+  {{- with include "ordermesh.annotations" (dict "root" $ "annotations" X) }}
+  annotations:
+    {{- . | nindent 4 }}
+  {{- end }}
+*/}}
+{{- define "ordermesh.annotations" -}}
+{{- $merged := merge (deepCopy (default (dict) .annotations)) (deepCopy (default (dict) .root.Values.commonAnnotations)) -}}
+{{- with $merged }}{{ toYaml . }}{{ end -}}
+{{- end }}
+
 {{/* Selector labels of one component: ctx = dict "root" $ "component" "order". */}}
 {{- define "ordermesh.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ordermesh.name" .root }}
@@ -64,6 +78,7 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* The shared ServiceAccount (serviceAccount.name, default the full name). */}}
 {{- define "ordermesh.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "ordermesh.fullname" .) .Values.serviceAccount.name }}
@@ -72,11 +87,68 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{- define "ordermesh.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{/*
+The ServiceAccount a component's pods run as: its own when its block sets
+serviceAccount.name or serviceAccount.annotations (the name, default
+<fullname>-<component>), else the shared one.
+ctx = dict "root" $ "block" VALUES "component" NAME.
+*/}}
+{{- define "ordermesh.componentServiceAccountName" -}}
+{{- $sa := default (dict) .block.serviceAccount -}}
+{{- if or $sa.name $sa.annotations -}}
+{{- default (include "ordermesh.named" (dict "root" .root "suffix" .component)) $sa.name -}}
 {{- else -}}
-{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- include "ordermesh.serviceAccountName" .root -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+An image reference with global.imageRegistry in place of its registry: the
+first path component is the registry when the reference has more than one
+and it holds a dot or a colon or is localhost (Docker's rule); otherwise the
+registry is prepended. Unchanged without global.imageRegistry.
+ctx = dict "root" $ "image" "postgres:17-alpine".
+*/}}
+{{- define "ordermesh.imageWithRegistry" -}}
+{{- $image := .image -}}
+{{- with trimSuffix "/" (default "" (index (default (dict) .root.Values.global) "imageRegistry")) -}}
+{{- $parts := splitList "/" $image -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $image = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $image = printf "%s/%s" . $image -}}
+{{- end -}}
+{{ $image }}
+{{- end }}
+
+{{- define "ordermesh.image" -}}
+{{- $image := "" -}}
+{{- if .Values.image.digest -}}
+{{- $image = printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- $image = printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{ include "ordermesh.imageWithRegistry" (dict "root" . "image" $image) }}
+{{- end }}
+
+{{/*
+A Deployment's rollout strategy: the component's own (block.strategy) or the
+chart-wide one; Recreate carries no rollingUpdate.
+ctx = dict "root" $ "block" VALUES.
+*/}}
+{{- define "ordermesh.strategy" -}}
+{{- $s := default .root.Values.strategy .block.strategy -}}
+{{- $type := default "RollingUpdate" $s.type -}}
+type: {{ $type }}
+{{- if and (eq $type "RollingUpdate") $s.rollingUpdate }}
+rollingUpdate:
+  {{- if hasKey $s.rollingUpdate "maxUnavailable" }}
+  maxUnavailable: {{ $s.rollingUpdate.maxUnavailable }}
+  {{- end }}
+  {{- if hasKey $s.rollingUpdate "maxSurge" }}
+  maxSurge: {{ $s.rollingUpdate.maxSurge }}
+  {{- end }}
 {{- end }}
 {{- end }}
 
@@ -85,9 +157,13 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "ordermesh.named" (dict "root" .root "suffix" .target) }}
 {{- end }}
 
-{{/* Fully qualified name, for the mesh layer's DNS discovery. */}}
+{{/*
+Fully qualified name, for the mesh layer's DNS discovery. The trailing dot
+makes it absolute: with the pod's `ndots:5`, a name without it is first tried
+under each search domain (three lookups that fail) at every refresh.
+*/}}
 {{- define "ordermesh.fqdn" -}}
-{{ include "ordermesh.host" . }}.{{ .root.Release.Namespace }}.svc.{{ .root.Values.clusterDomain }}
+{{ include "ordermesh.host" . }}.{{ .root.Release.Namespace }}.svc.{{ .root.Values.clusterDomain | trimSuffix "." }}.
 {{- end }}
 
 {{- define "ordermesh.configName" -}}
@@ -344,11 +420,21 @@ sidecar.istio.io/inject: "true"
 The pod template shared by every Deployment.
 ctx = dict "root" $ "component" NAME "block" VALUES "args" LIST "env" YAML
           "ports" LIST(dict name port) "probePort" PORT "gateway" BOOL
-(gRPC probes take a port number, not a port name.)
+          "databaseSecret" BOOL (the pod reads the database Secret)
+(gRPC probes take a port number, not a port name.) The chart-wide
+extraVolumes, extraVolumeMounts, extraEnvFrom, initContainers and sidecars
+come first, the block's own after them; the block's priorityClassName and
+dnsConfig replace the chart-wide ones.
 */}}
 {{- define "ordermesh.podTemplate" -}}
 {{- $root := .root }}
 {{- $v := $root.Values -}}
+{{- $block := .block -}}
+{{- $extraVolumes := concat (default (list) $v.extraVolumes) (default (list) $block.extraVolumes) -}}
+{{- $extraVolumeMounts := concat (default (list) $v.extraVolumeMounts) (default (list) $block.extraVolumeMounts) -}}
+{{- $extraEnvFrom := concat (default (list) $v.extraEnvFrom) (default (list) $block.extraEnvFrom) -}}
+{{- $initContainers := concat (default (list) $v.initContainers) (default (list) $block.initContainers) -}}
+{{- $sidecars := concat (default (list) $v.sidecars) (default (list) $block.sidecars) -}}
 metadata:
   labels:
     {{- include "ordermesh.componentLabels" . | nindent 4 }}
@@ -361,6 +447,10 @@ metadata:
   annotations:
     {{- if $v.rolloutOnConfigChange }}
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+    {{- if and .databaseSecret (include "ordermesh.makesDatabaseSecret" $root) }}
+    {{- /* The database Secret the chart makes (database.urls): new URLs roll the pods that read it. */}}
+    checksum/secret: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+    {{- end }}
     {{- end }}
     {{- with .block.podAnnotations }}
     {{- toYaml . | nindent 4 }}
@@ -369,10 +459,17 @@ metadata:
     {{- . | nindent 4 }}
     {{- end }}
 spec:
-  serviceAccountName: {{ include "ordermesh.serviceAccountName" $root }}
+  serviceAccountName: {{ include "ordermesh.componentServiceAccountName" (dict "root" $root "block" $block "component" .component) }}
   automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
   enableServiceLinks: false
   terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+  {{- with (default $v.priorityClassName $block.priorityClassName) }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with (default $v.dnsConfig $block.dnsConfig) }}
+  dnsConfig:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
@@ -402,6 +499,10 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- with $initContainers }}
+  initContainers:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   containers:
     - name: ordermesh
       image: {{ include "ordermesh.image" $root }}
@@ -414,6 +515,10 @@ spec:
         {{- with .block.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- with $extraEnvFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       ports:
         {{- range .ports }}
         - name: {{ .name }}
@@ -468,6 +573,12 @@ spec:
           mountPath: /data
         - name: tmp
           mountPath: /tmp
+        {{- with $extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    {{- with $sidecars }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
   volumes:
     # A directory mount (not subPath), so ConfigMap updates reach the files
     # and the policy watcher sees them.
@@ -494,4 +605,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: 64Mi
+    {{- with $extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
