@@ -31,6 +31,66 @@ use crate::rest::{deadline, json_response, outgoing};
 /// The rpc the composed read is admitted as (its scopes and rate limit).
 pub const ADMITTED_AS: &str = "/ordermesh.order.v1.OrderService/GetOrder";
 
+/// The route, as the router and the OpenAPI document write it.
+pub const ROUTE: &str = "/v1/orders/{order_id}/details";
+
+/// One part of the document: its name, the RPC that reads it, the response
+/// field that holds it, and whether that field is a list of which the part
+/// is the first item.
+pub struct Part {
+    pub name: &'static str,
+    pub method: &'static str,
+    pub field: &'static str,
+    pub first_of_list: bool,
+}
+
+/// The parts, in the document's order.
+pub const PARTS: [Part; 4] = [
+    Part {
+        name: "order",
+        method: "ordermesh.order.v1.OrderService/GetOrder",
+        field: "order",
+        first_of_list: false,
+    },
+    // The saga authorizes with this request id (one per order), so the
+    // payment is found without waiting for the order's payment_id.
+    Part {
+        name: "payment",
+        method: "ordermesh.payment.v1.PaymentService/ListPayments",
+        field: "payments",
+        first_of_list: true,
+    },
+    Part {
+        name: "reservation",
+        method: "ordermesh.inventory.v1.InventoryService/GetReservation",
+        field: "reservation",
+        first_of_list: false,
+    },
+    Part {
+        name: "timeline",
+        method: "ordermesh.order.v1.OrderService/GetOrderTimeline",
+        field: "entries",
+        first_of_list: false,
+    },
+];
+
+/// The method descriptor of `method` (`package.Service/Method`).
+pub fn method(method: &str) -> Option<prost_reflect::MethodDescriptor> {
+    let (service, name) = method.split_once('/')?;
+    crate::descriptors::pool()
+        .get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == name)
+}
+
+/// The request of `part` for `order_id`.
+fn part_request(part: &Part, order_id: &str) -> Value {
+    match part.name {
+        "payment" => json!({ "authorize_request_id": format!("{order_id}:authorize") }),
+        _ => json!({ "order_id": order_id }),
+    }
+}
+
 pub async fn details(
     State(shared): State<Arc<Shared>>,
     Path(order_id): Path<String>,
@@ -49,22 +109,21 @@ async fn compose(
 ) -> Result<Value, tonic::Status> {
     let admitted = shared.guard.admit(ADMITTED_AS, headers, peer).await?;
     let timeout = deadline(headers, shared.default_timeout, shared.max_timeout)?;
-    let call = |method: &'static str, request: Value, field: Option<&'static str>| {
+    let call = |part: &'static Part| {
         let admitted = admitted.clone();
         async move {
             // Each part is admitted by its own RPC's scopes: the composed
             // read shows no more than the caller could read part by part.
             shared
                 .guard
-                .allows(&format!("/{method}"), admitted.principal.as_ref())?;
-            let descriptor = crate::descriptors::pool()
-                .get_service_by_name(method.rsplit_once('/').map_or("", |(s, _)| s))
-                .and_then(|s| {
-                    s.methods()
-                        .find(|m| Some(m.name()) == method.rsplit_once('/').map(|(_, m)| m))
-                })
-                .ok_or_else(|| tonic::Status::internal(format!("{method} is not in the contracts")))?;
-            let message = json::decode(descriptor.input(), request, json::JsonOptions::default())?;
+                .allows(&format!("/{}", part.method), admitted.principal.as_ref())?;
+            let descriptor = method(part.method)
+                .ok_or_else(|| tonic::Status::internal(format!("{} is not in the contracts", part.method)))?;
+            let message = json::decode(
+                descriptor.input(),
+                part_request(part, order_id),
+                json::JsonOptions::default(),
+            )?;
             let request = outgoing(message, headers, &admitted, timeout);
             // The deadline travels with the call; this is the safety net.
             let response = tokio::time::timeout(
@@ -73,33 +132,18 @@ async fn compose(
             )
             .await
             .map_err(|_| tonic::Status::deadline_exceeded("no answer within the request deadline"))??;
-            json::response(response.get_ref(), field)
+            let value = json::response(response.get_ref(), Some(part.field))?;
+            Ok::<Value, tonic::Status>(match part.first_of_list {
+                true => value
+                    .as_array()
+                    .and_then(|items| items.first().cloned())
+                    .unwrap_or(Value::Null),
+                false => value,
+            })
         }
     };
-    let (order, payments, reservation, timeline) = tokio::join!(
-        call(
-            "ordermesh.order.v1.OrderService/GetOrder",
-            json!({ "order_id": order_id }),
-            Some("order")
-        ),
-        // The saga authorizes with this request id (one per order), so the
-        // payment is found without waiting for the order's payment_id.
-        call(
-            "ordermesh.payment.v1.PaymentService/ListPayments",
-            json!({ "authorize_request_id": format!("{order_id}:authorize") }),
-            Some("payments"),
-        ),
-        call(
-            "ordermesh.inventory.v1.InventoryService/GetReservation",
-            json!({ "order_id": order_id }),
-            Some("reservation"),
-        ),
-        call(
-            "ordermesh.order.v1.OrderService/GetOrderTimeline",
-            json!({ "order_id": order_id }),
-            Some("entries"),
-        ),
-    );
+    let (order, payment, reservation, timeline) =
+        tokio::join!(call(&PARTS[0]), call(&PARTS[1]), call(&PARTS[2]), call(&PARTS[3]));
     // The order decides the answer when the order service refused the
     // request itself: an id it will not read (400, as `GET /v1/orders/{id}`
     // answers), an order that does not exist (404) or is not the caller's.
@@ -126,17 +170,9 @@ async fn compose(
             unavailable.insert(name.to_owned(), error::status_json(&status));
         }
     };
-    part("order", order);
-    part(
-        "payment",
-        payments.map(|list| {
-            list.as_array()
-                .and_then(|a| a.first().cloned())
-                .unwrap_or(Value::Null)
-        }),
-    );
-    part("reservation", reservation);
-    part("timeline", timeline);
+    for (Part { name, .. }, result) in PARTS.iter().zip([order, payment, reservation, timeline]) {
+        part(name, result);
+    }
     document.insert("partial".to_owned(), Value::Bool(!unavailable.is_empty()));
     document.insert("unavailable".to_owned(), Value::Object(unavailable));
     Ok(Value::Object(document))

@@ -71,6 +71,7 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
         None => (FileConfig::default(), "(built-in defaults)".into()),
     };
     let access = route_access(pool, PUBLIC_SERVICES, &file, &file_path)?;
+    let openapi = crate::openapi::document(pool, &routes, &access);
     let limits = RateLimits::new(
         file.rate_limit,
         access
@@ -108,7 +109,7 @@ pub async fn build(config: GatewayConfig) -> Result<Gateway, BuildError> {
             |never: std::convert::Infallible| match never {},
         )),
     );
-    let openapi = serde_json::to_vec_pretty(&crate::openapi::document(pool, &routes))?;
+    let openapi = serde_json::to_vec_pretty(&openapi)?;
     let shared = Arc::new(Shared {
         routes,
         guard,
@@ -159,7 +160,7 @@ impl Gateway {
         Router::new()
             .route("/openapi.json", get(openapi).fallback(crate::rest::get_only))
             .route(
-                "/v1/orders/{order_id}/details",
+                crate::compose::ROUTE,
                 get(crate::compose::details).fallback(crate::rest::get_only),
             )
             .fallback(dispatch)

@@ -30,7 +30,14 @@ fn the_document_passes_openapi_spec_validator() {
     };
     let pool = descriptors::pool();
     let bindings = rules::bindings(pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
-    let document = openapi::document(pool, &bindings);
+    let access = ordermesh_gateway::config::route_access(
+        pool,
+        descriptors::PUBLIC_SERVICES,
+        &ordermesh_gateway::config::FileConfig::default(),
+        std::path::Path::new("(built-in defaults)"),
+    )
+    .expect("the built-in route table");
+    let document = openapi::document(pool, &bindings, &access);
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&document).expect("serializes"))

@@ -21,16 +21,25 @@
 //! `google.rpc.Status` in JSON (`code`, `message`, `details` as `Any`s with an
 //! `@type`), so each operation's `default` response references it, and the
 //! `google.rpc` detail messages are in the components for decoding `details`.
+//!
+//! Security is the gateway's own: a bearer JWT (`components.securitySchemes`),
+//! and on each operation the scopes its RPC requires (OpenAPI 3.1 lets a
+//! non-OAuth scheme list them), or no requirement for a public route, from
+//! the same route table the gateway admits calls by. A streamed response is
+//! documented as what each NDJSON line is: `{"result": ...}` or, ending the
+//! stream, `{"error": Status}`.
 
+mod details;
 mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prost_reflect::{DescriptorPool, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
+use crate::config::RouteAccess;
 use crate::fields;
 use crate::rules::Binding;
 use schema::Schemas;
@@ -47,9 +56,16 @@ const STATUS_DESCRIPTION: &str = "The body of every error: the gRPC status code 
 (google.rpc.Code), a message for developers, and details, each an Any whose \
 `@type` names one of the google.rpc schemas here (BadRequest, ErrorInfo, ...).";
 
+const BEARER: &str = "bearer";
+
+const BEARER_DESCRIPTION: &str = "A JWT in `Authorization: Bearer <token>`, signed by a key \
+the gateway trusts (its JWKS; `ordermesh token` mints one in development). Its scopes \
+(`scope` or `scp`) must include those each operation lists.";
+
 /// The OpenAPI 3.1 document for these bindings, built once at start and
-/// served at /openapi.json.
-pub fn document(pool: &DescriptorPool, bindings: &[Binding]) -> Value {
+/// served at /openapi.json; `access` is the gateway's route table (by RPC
+/// path, `/package.Service/Method`), for each operation's security.
+pub fn document(pool: &DescriptorPool, bindings: &[Binding], access: &HashMap<String, RouteAccess>) -> Value {
     let mut schemas = Schemas::default();
     let mut paths = Map::new();
     let mut ids = HashSet::new();
@@ -65,11 +81,16 @@ pub fn document(pool: &DescriptorPool, bindings: &[Binding]) -> Value {
             tags.push(tag);
         }
         let id = operation_id(binding, &mut ids);
-        let operation = operation(binding, id, &mut schemas);
+        let mut operation = operation(binding, id, &mut schemas);
+        operation["security"] = security(access.get(&rpc_path(&binding.method)));
         let item = paths
             .entry(binding.template.openapi_path())
             .or_insert_with(|| json!({}));
         item[binding.verb.as_str().to_ascii_lowercase()] = operation;
+    }
+    let admitted_as = access.get(crate::compose::ADMITTED_AS);
+    if let Some(operation) = details::operation(&mut schemas, security(admitted_as)) {
+        paths.insert(crate::compose::ROUTE.to_owned(), json!({ "get": operation }));
     }
     match pool.get_message_by_name(STATUS) {
         Some(status) => {
@@ -93,8 +114,44 @@ pub fn document(pool: &DescriptorPool, bindings: &[Binding]) -> Value {
         },
         "servers": [{ "url": "/" }],
         "tags": tags,
+        "security": [{ BEARER: [] }],
         "paths": paths,
-        "components": { "schemas": schemas.into_map() },
+        "components": {
+            "schemas": schemas.into_map(),
+            "securitySchemes": {
+                BEARER: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": BEARER_DESCRIPTION,
+                },
+            },
+        },
+    })
+}
+
+/// `/package.Service/Method`, the key of the gateway's route table.
+fn rpc_path(method: &prost_reflect::MethodDescriptor) -> String {
+    format!("/{}/{}", method.parent_service().full_name(), method.name())
+}
+
+/// An operation's security: none for a public route (a token is still
+/// read when sent), else the bearer token with the route's scopes.
+fn security(access: Option<&RouteAccess>) -> Value {
+    match access {
+        Some(access) if access.public => json!([{}, { BEARER: [] }]),
+        Some(access) => json!([{ BEARER: access.scopes }]),
+        None => json!([{ BEARER: [] }]),
+    }
+}
+
+/// Every operation's `default` response: the error body.
+fn error_response() -> Value {
+    json!({
+        "description": "An error: the gRPC status as a google.rpc.Status in JSON.",
+        "content": {
+            "application/json": { "schema": schema::reference(STATUS) },
+        },
     })
 }
 
@@ -282,14 +339,34 @@ fn responses(binding: &Binding, schemas: &mut Schemas) -> Value {
         None => (schemas.message_ref(&output), output.full_name().to_owned()),
     };
     let ok = if method.is_server_streaming() {
+        // grpc-gateway's stream shape: each line wraps its item, and an error
+        // after the first item arrives in-band and ends the stream.
+        let line = json!({
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": { "result": schema },
+                    "required": ["result"],
+                    "additionalProperties": false,
+                },
+                {
+                    "type": "object",
+                    "properties": { "error": schema::reference(STATUS) },
+                    "required": ["error"],
+                    "additionalProperties": false,
+                },
+            ],
+        });
         json!({
             "description": format!(
-                "A stream of items, each {what}: one JSON object per line as \
-                 application/x-ndjson, or one `data:` event per item as text/event-stream."
+                "A stream of items, each {what}: as application/x-ndjson one JSON object \
+                 per line, `{{\"result\": item}}`, or `{{\"error\": Status}}` as the last line \
+                 when the stream fails; as text/event-stream one `data:` event per item, \
+                 and an `event: error` whose data is the Status."
             ),
             "content": {
-                "application/x-ndjson": { "schema": schema },
-                "text/event-stream": { "schema": schema },
+                "application/x-ndjson": { "schema": line },
+                "text/event-stream": { "schema": { "type": "string" } },
             },
         })
     } else {
@@ -300,12 +377,7 @@ fn responses(binding: &Binding, schemas: &mut Schemas) -> Value {
     };
     json!({
         "200": ok,
-        "default": {
-            "description": "An error: the gRPC status as a google.rpc.Status in JSON.",
-            "content": {
-                "application/json": { "schema": schema::reference(STATUS) },
-            },
-        },
+        "default": error_response(),
     })
 }
 

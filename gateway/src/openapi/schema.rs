@@ -10,7 +10,9 @@
 //!   (JSON Schema 2020-12's `type: [.., "null"]`: 3.1 has no `nullable`),
 //!   Struct an object, Value anything, FieldMask a string, Any an object
 //!   with `@type`;
-//! - a oneof documented in its message's and members' descriptions.
+//! - a oneof documented in its message's and members' descriptions;
+//! - no properties but the fields (`additionalProperties: false`): unknown
+//!   fields are a 400.
 //!
 //! Messages and enums are components keyed by full name
 //! (`ordermesh.order.v1.Order`) and referenced; a `$ref` may carry the
@@ -131,7 +133,13 @@ impl Schemas {
         for field in message.fields().filter(|field| !skip.contains(&field.name())) {
             properties.insert(field.json_name().to_owned(), self.field(&field));
         }
-        let mut schema = json!({ "type": "object", "properties": properties });
+        // The gateway refuses fields a message does not have (400), and
+        // writes none: the document says so.
+        let mut schema = json!({
+            "type": "object",
+            "properties": properties,
+            "additionalProperties": false,
+        });
         let mut description: Vec<String> = comments(&message.parent_file(), message.path())
             .into_iter()
             .collect();

@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::document;
 use crate::{descriptors, rules};
@@ -6,7 +6,14 @@ use crate::{descriptors, rules};
 fn generated() -> (Value, usize) {
     let pool = descriptors::pool();
     let bindings = rules::bindings(pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
-    (document(pool, &bindings), bindings.len())
+    let access = crate::config::route_access(
+        pool,
+        descriptors::PUBLIC_SERVICES,
+        &crate::config::FileConfig::default(),
+        std::path::Path::new("(built-in defaults)"),
+    )
+    .expect("the built-in route table");
+    (document(pool, &bindings, &access), bindings.len())
 }
 
 const VERBS: &[&str] = &[
@@ -63,14 +70,18 @@ fn header_and_one_operation_per_binding() {
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(doc["servers"][0]["url"], "/");
     let operations = operations(&doc);
-    assert_eq!(operations.len(), bindings, "every binding is an operation");
+    assert_eq!(
+        operations.len(),
+        bindings + 1,
+        "every binding is an operation, and the composed details route"
+    );
     let mut ids: Vec<&str> = operations
         .iter()
         .map(|(_, _, operation)| operation["operationId"].as_str().expect("an operationId"))
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), bindings, "operationIds are unique");
+    assert_eq!(ids.len(), bindings + 1, "operationIds are unique");
     // The additional binding of VoidAuthorization.
     let void = operation(&doc, "PaymentService_VoidAuthorization_2");
     assert_eq!(parameter_names(void, "path"), ["authorize_request_id"]);
@@ -249,8 +260,17 @@ fn watch_order_streams_ndjson_and_sse() {
     let watch = &doc["paths"]["/v1/orders/{order_id}:watch"]["get"];
     let content = &watch["responses"]["200"]["content"];
     let item = "#/components/schemas/ordermesh.order.v1.WatchOrderResponse";
-    assert_eq!(content["application/x-ndjson"]["schema"]["$ref"], item);
-    assert_eq!(content["text/event-stream"]["schema"]["$ref"], item);
+    // Each line is {"result": item} or, ending the stream, {"error": Status}.
+    let line = &content["application/x-ndjson"]["schema"]["oneOf"];
+    assert_eq!(line[0]["properties"]["result"]["$ref"], item);
+    assert_eq!(line[0]["required"], json!(["result"]));
+    assert_eq!(line[0]["additionalProperties"], false);
+    assert_eq!(
+        line[1]["properties"]["error"]["$ref"],
+        "#/components/schemas/google.rpc.Status"
+    );
+    assert_eq!(line[1]["required"], json!(["error"]));
+    assert_eq!(content["text/event-stream"]["schema"]["type"], "string");
     assert!(content.get("application/json").is_none());
     let unary = &doc["paths"]["/v1/orders/{order_id}"]["get"]["responses"]["200"]["content"];
     assert!(unary.get("application/x-ndjson").is_none());
@@ -301,5 +321,71 @@ fn collect_refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
         }
         Value::Array(values) => values.iter().for_each(|value| collect_refs(value, out)),
         _ => {}
+    }
+}
+
+#[test]
+fn bearer_tokens_and_each_routes_scopes_are_declared() {
+    let (doc, _) = generated();
+    let scheme = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], "bearer");
+    assert_eq!(scheme["bearerFormat"], "JWT");
+    assert_eq!(doc["security"], json!([{ "bearer": [] }]));
+    assert_eq!(
+        operation(&doc, "OrderService_CreateOrder")["security"],
+        json!([{ "bearer": ["orders:write"] }])
+    );
+    assert_eq!(
+        operation(&doc, "OrderService_GetOrder")["security"],
+        json!([{ "bearer": ["orders:read"] }])
+    );
+    for (path, verb, operation) in operations(&doc) {
+        let security = operation["security"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{verb} {path}: security"));
+        assert!(!security.is_empty(), "{verb} {path}");
+    }
+}
+
+#[test]
+fn the_composed_details_route_is_documented_from_its_parts() {
+    let (doc, _) = generated();
+    let details = &doc["paths"]["/v1/orders/{order_id}/details"]["get"];
+    assert_eq!(details["operationId"], "OrderDetails");
+    assert_eq!(details["parameters"][0]["name"], "order_id");
+    assert_eq!(details["security"], json!([{ "bearer": ["orders:read"] }]));
+    let body = &details["responses"]["200"]["content"]["application/json"]["schema"];
+    let properties = &body["properties"];
+    for (part, schema) in [
+        ("order", "ordermesh.order.v1.Order"),
+        ("payment", "ordermesh.payment.v1.Payment"),
+        ("reservation", "ordermesh.inventory.v1.Reservation"),
+    ] {
+        assert_eq!(
+            properties[part]["oneOf"][0]["$ref"],
+            format!("#/components/schemas/{schema}"),
+            "{part}"
+        );
+        assert_eq!(properties[part]["oneOf"][1]["type"], "null", "{part}");
+    }
+    assert_eq!(properties["timeline"]["oneOf"][0]["type"], "array");
+    assert_eq!(properties["partial"]["type"], "boolean");
+    assert_eq!(
+        properties["unavailable"]["additionalProperties"]["$ref"],
+        "#/components/schemas/google.rpc.Status"
+    );
+    assert_eq!(body["additionalProperties"], false);
+    assert_eq!(body["required"].as_array().map(Vec::len), Some(6));
+}
+
+#[test]
+fn messages_admit_no_other_properties() {
+    let (doc, _) = generated();
+    for name in [
+        "ordermesh.order.v1.CreateOrderRequest",
+        "ordermesh.order.v1.Order",
+    ] {
+        assert_eq!(schema(&doc, name)["additionalProperties"], false, "{name}");
     }
 }
