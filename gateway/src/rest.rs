@@ -238,16 +238,15 @@ fn streaming(
         } else {
             format!("{}\n", serde_json::json!({ kind: json }))
         };
-        (kind == "error", Bytes::from(text))
+        // An error frame is the last: a `None` after it ends the response
+        // at once, whether or not the upstream ever sends another item (a
+        // tail of an idle stream would not).
+        let end = (kind == "error").then_some(None);
+        futures::stream::iter(std::iter::once(Some(Bytes::from(text))).chain(end))
     })
-    // Stop after an error frame: the stream has ended.
-    .scan(false, |ended, (is_error, frame)| {
-        if *ended {
-            return futures::future::ready(None);
-        }
-        *ended = is_error;
-        futures::future::ready(Some(Ok::<_, std::convert::Infallible>(frame)))
-    });
+    .flatten()
+    .take_while(|frame| futures::future::ready(frame.is_some()))
+    .filter_map(|frame| futures::future::ready(frame.map(Ok::<_, std::convert::Infallible>)));
     let mut response = Response::new(Body::from_stream(frames));
     let content_type = if sse {
         "text/event-stream"

@@ -325,6 +325,34 @@ async fn a_watch_ends_at_its_deadline() {
         started.elapsed()
     );
     mesh.set_faults("payment", vec![]).await;
+
+    // A stream whose upstream stays open and idle (a tail with no new
+    // events) ends at the deadline all the same, right after its error line.
+    let admin = rest.gateway.token("ops", &["admin"]);
+    let started = std::time::Instant::now();
+    let response = rest
+        .http
+        .get(
+            rest.gateway
+                .url("/v1/events:tail?subject_filter=ordermesh.payments.v1.nothing"),
+        )
+        .bearer_auth(&admin)
+        .header("x-request-timeout", "1s")
+        .send()
+        .await
+        .expect("tail");
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(5), response.text())
+        .await
+        .expect("the stream ends at its deadline")
+        .expect("body");
+    let last: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["error"]["code"], 4, "{text}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
