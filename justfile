@@ -79,6 +79,11 @@ mutants-auth: tools
 gen-clients: tools
     bash .ci/gen-clients.sh
 
+# The gateway's /openapi.json against a running `up` with Schemathesis, 100 examples per operation.
+schemathesis examples="100": tools
+    cargo build
+    SCHEMATHESIS_EXAMPLES={{examples}} bash .ci/schemathesis.sh
+
 # The container image (needs Docker or another OCI image builder).
 docker tag="ordermesh:0.1.0":
     docker build -t {{tag}} .

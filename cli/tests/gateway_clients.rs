@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::{Up, in_ci, repo, tool};
+use support::{Up, missing, node, repo, tool};
 
 /// `ordermesh token` for `up`'s data directory, with the default scopes.
 fn token(up: &Up) -> String {
@@ -44,14 +44,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// Skips (outside CI) or fails (under CI) with `why`.
-fn missing(test: &str, why: &str) {
-    if in_ci() {
-        panic!("CI needs {why} for {test}: run .ci/tools.sh");
-    }
-    eprintln!("\n*** SKIP {test}: {why} (run .ci/tools.sh) ***\n");
 }
 
 /// The JSON lines of one step (`"step": "watched"`) a client printed, parsed.
@@ -292,30 +284,6 @@ fn python_client_places_gets_and_watches_an_order_through_the_gateway() {
 }
 
 // --- TypeScript over grpc-web ------------------------------------------------
-
-/// Node.js 20 or later, or `None` (skip) outside CI.
-fn node(test: &str) -> Option<PathBuf> {
-    let node = std::env::var_os("ORDERMESH_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
-    let major = Command::new(&node)
-        .args(["-p", "process.versions.node.split('.')[0]"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse::<u32>().ok());
-    match major {
-        Some(major) if major >= 20 => Some(node),
-        found => {
-            missing(
-                test,
-                &format!(
-                    "Node.js 20 or later as {} (found major {found:?})",
-                    node.display()
-                ),
-            );
-            None
-        }
-    }
-}
 
 /// Generates the JavaScript messages and service descriptors into
 /// clients/typescript/gen with proto/buf.gen.js.yaml, as its README says.

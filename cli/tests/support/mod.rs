@@ -202,3 +202,35 @@ pub fn generate_python(python: &Path, out: &Path) {
     );
     assert!(out.join("ordermesh/order/v1/order_pb2_grpc.py").exists());
 }
+
+/// Skips (outside CI) or fails (under CI) with `why`.
+pub fn missing(test: &str, why: &str) {
+    if in_ci() {
+        panic!("CI needs {why} for {test}: run .ci/tools.sh");
+    }
+    eprintln!("\n*** SKIP {test}: {why} (run .ci/tools.sh) ***\n");
+}
+
+/// Node.js 20 or later, or `None` (skip) outside CI.
+pub fn node(test: &str) -> Option<PathBuf> {
+    let node = std::env::var_os("ORDERMESH_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from);
+    let major = Command::new(&node)
+        .args(["-p", "process.versions.node.split('.')[0]"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse::<u32>().ok());
+    match major {
+        Some(major) if major >= 20 => Some(node),
+        found => {
+            missing(
+                test,
+                &format!(
+                    "Node.js 20 or later as {} (found major {found:?})",
+                    node.display()
+                ),
+            );
+            None
+        }
+    }
+}

@@ -8,7 +8,7 @@ use prost_reflect::Kind;
 use serde_json::{Map, Value, json};
 
 use super::schema::{self, Schemas};
-use super::{STATUS, error_response};
+use super::{STATUS, constraints, error_response};
 use crate::compose::{self, PARTS};
 
 /// The operation, or `None` when the contracts lack one of its RPCs.
@@ -50,6 +50,9 @@ pub(super) fn operation(schemas: &mut Schemas, security: Value) -> Option<Value>
             "additionalProperties": schema::reference(STATUS),
         }),
     );
+    // The order id as GetOrder takes it.
+    let mut order_id = json!({ "type": "string" });
+    constraints::merge(&mut order_id, &constraints::id());
     let mut required: Vec<&str> = PARTS.iter().map(|part| part.name).collect();
     required.extend(["partial", "unavailable"]);
     Some(json!({
@@ -65,7 +68,7 @@ pub(super) fn operation(schemas: &mut Schemas, security: Value) -> Option<Value>
             "name": "order_id",
             "in": "path",
             "required": true,
-            "schema": { "type": "string" },
+            "schema": order_id,
         }],
         "security": security,
         "responses": {

@@ -29,6 +29,7 @@
 //! documented as what each NDJSON line is: `{"result": ...}` or, ending the
 //! stream, `{"error": Status}`.
 
+pub mod constraints;
 mod details;
 mod schema;
 #[cfg(test)]
@@ -188,14 +189,15 @@ fn operation(binding: &Binding, id: String, schemas: &mut Schemas) -> Value {
             continue; // rules::bindings rejects these
         };
         bound.push(proto_names(&input, &variable.field_path));
+        let (schema, description) = parameter_schema(schemas, &field);
         let mut parameter = json!({
             "name": variable.field(),
             "in": "path",
             "required": true,
-            "schema": parameter_schema(schemas, &field),
+            "schema": schema,
         });
-        if let Some(text) = comments(&field.parent_file(), field.path()) {
-            parameter["description"] = text.into();
+        if let Some(text) = description {
+            parameter["description"] = text;
         }
         parameters.push(parameter);
     }
@@ -216,13 +218,13 @@ fn operation(binding: &Binding, id: String, schemas: &mut Schemas) -> Value {
     operation
 }
 
-/// A field's schema without its description (the parameter's own).
-fn parameter_schema(schemas: &mut Schemas, field: &FieldDescriptor) -> Value {
+/// A field's schema and, apart, its description (the parameter's own).
+fn parameter_schema(schemas: &mut Schemas, field: &FieldDescriptor) -> (Value, Option<Value>) {
     let mut schema = schemas.field(field);
-    if let Some(object) = schema.as_object_mut() {
-        object.remove("description");
-    }
-    schema
+    let description = schema
+        .as_object_mut()
+        .and_then(|object| object.remove("description"));
+    (schema, description)
 }
 
 /// `path` (proto or JSON names) as proto names.
@@ -267,17 +269,21 @@ impl Query<'_> {
                 }
                 continue;
             }
+            let (schema, description) = parameter_schema(schemas, &field);
             let mut parameter = json!({
                 "name": path.join("."),
                 "in": "query",
-                "schema": parameter_schema(schemas, &field),
+                "schema": schema,
             });
+            if constraints::of(field.full_name()).is_some_and(|c| c.required) {
+                parameter["required"] = true.into();
+            }
             if field.is_list() {
                 parameter["style"] = "form".into();
                 parameter["explode"] = true.into();
             }
-            if let Some(text) = comments(&field.parent_file(), field.path()) {
-                parameter["description"] = text.into();
+            if let Some(text) = description {
+                parameter["description"] = text;
             }
             out.push(parameter);
         }
@@ -290,10 +296,12 @@ fn request_body(
     bound: &[Vec<String>],
     schemas: &mut Schemas,
 ) -> Value {
-    let (schema, description) = match input.get_field_by_name(body).filter(|_| body != "*") {
+    // Required when the request without it lacks what it must set.
+    let (schema, description, required) = match input.get_field_by_name(body).filter(|_| body != "*") {
         Some(field) => (
             schemas.field(&field),
             format!("The request's `{}` field.", field.json_name()),
+            constraints::of(field.full_name()).is_some_and(|c| c.required),
         ),
         None => {
             let from_path: Vec<&str> = bound
@@ -301,7 +309,16 @@ fn request_body(
                 .filter(|path| path.len() == 1)
                 .map(|path| path[0].as_str())
                 .collect();
-            if from_path.is_empty() {
+            let required = input
+                .fields()
+                .filter(|field| !from_path.contains(&field.name()))
+                .any(|field| constraints::of(field.full_name()).is_some_and(|c| c.required))
+                || constraints::of_message(input.full_name(), &from_path).is_some_and(|rule| {
+                    ["required", "anyOf", "oneOf"]
+                        .iter()
+                        .any(|k| rule.get(k).is_some())
+                });
+            let (schema, description) = if from_path.is_empty() {
                 (
                     schemas.message_ref(input),
                     format!("The request, {}.", input.full_name()),
@@ -315,13 +332,18 @@ fn request_body(
                         from_path.join(", ")
                     ),
                 )
-            }
+            };
+            (schema, description, required)
         }
     };
-    json!({
+    let mut body = json!({
         "description": description,
         "content": { "application/json": { "schema": schema } },
-    })
+    });
+    if required {
+        body["required"] = true.into();
+    }
+    body
 }
 
 fn responses(binding: &Binding, schemas: &mut Schemas) -> Value {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use super::comments;
+use super::{comments, constraints};
 
 pub(super) fn reference(full_name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{full_name}") })
@@ -130,8 +130,12 @@ impl Schemas {
 
     fn message_schema(&mut self, message: &MessageDescriptor, skip: &[&str]) -> Value {
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in message.fields().filter(|field| !skip.contains(&field.name())) {
             properties.insert(field.json_name().to_owned(), self.field(&field));
+            if constraints::of(field.full_name()).is_some_and(|c| c.required) {
+                required.push(field.json_name().to_owned());
+            }
         }
         // The gateway refuses fields a message does not have (400), and
         // writes none: the document says so.
@@ -140,6 +144,12 @@ impl Schemas {
             "properties": properties,
             "additionalProperties": false,
         });
+        if !required.is_empty() {
+            schema["required"] = required.into();
+        }
+        if let Some(rule) = constraints::of_message(message.full_name(), skip) {
+            constraints::merge(&mut schema, &rule);
+        }
         let mut description: Vec<String> = comments(&message.parent_file(), message.path())
             .into_iter()
             .collect();
@@ -170,6 +180,16 @@ impl Schemas {
         let mut description: Vec<String> = comments(&field.parent_file(), field.path()).into_iter().collect();
         if let Some(oneof) = field.containing_oneof().filter(|oneof| !oneof.is_synthetic()) {
             description.push(format!("Member of oneof `{}`.", oneof.name()));
+        }
+        if let Some(mut constraint) = constraints::of(field.full_name()) {
+            if let Some(Value::String(text)) = constraint
+                .schema
+                .as_object_mut()
+                .and_then(|keywords| keywords.remove("description"))
+            {
+                description.push(text);
+            }
+            constraints::merge(&mut schema, &constraint.schema);
         }
         if !description.is_empty() {
             schema["description"] = description.join("\n\n").into();

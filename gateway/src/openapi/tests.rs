@@ -389,3 +389,90 @@ fn messages_admit_no_other_properties() {
         assert_eq!(schema(&doc, name)["additionalProperties"], false, "{name}");
     }
 }
+
+fn body_schema(operation: &Value) -> &Value {
+    &operation["requestBody"]["content"]["application/json"]["schema"]
+}
+
+#[test]
+fn requests_carry_what_the_services_refuse() {
+    use ordermesh_runtime::validate::{MAX_ID_LEN, MAX_LINES};
+    let (doc, _) = generated();
+    let create = schema(&doc, "ordermesh.order.v1.CreateOrderRequest");
+    assert_eq!(create["required"], json!(["requestId", "customerId", "lines"]));
+    assert_eq!(create["properties"]["requestId"]["maxLength"], MAX_ID_LEN);
+    assert_eq!(create["properties"]["requestId"]["minLength"], 1);
+    let lines = &create["properties"]["lines"];
+    assert_eq!(
+        (&lines["minItems"], &lines["maxItems"]),
+        (&json!(1), &json!(MAX_LINES))
+    );
+    // A message field's constraint wraps its reference: the shared
+    // message stays as responses have it.
+    assert_eq!(
+        lines["items"]["allOf"][0]["$ref"],
+        "#/components/schemas/ordermesh.order.v1.CreateOrderLine"
+    );
+    assert_eq!(lines["items"]["required"], json!(["sku", "quantity"]));
+    let amount = &schema(&doc, "ordermesh.payment.v1.AuthorizePaymentRequest")["properties"]["amount"];
+    assert_eq!(
+        amount["allOf"][0]["$ref"],
+        "#/components/schemas/ordermesh.common.v1.Money"
+    );
+    assert_eq!(amount["required"], json!(["amountMinor", "currencyCode"]));
+    assert_eq!(amount["properties"]["currencyCode"]["pattern"], "^[A-Z]{3}$");
+    let money = schema(&doc, "ordermesh.common.v1.Money");
+    assert!(money.get("required").is_none(), "{money}");
+    assert!(
+        money["properties"]["currencyCode"].get("pattern").is_none(),
+        "{money}"
+    );
+
+    // Bodies are required where the request needs one.
+    assert_eq!(
+        operation(&doc, "OrderService_CreateOrder")["requestBody"]["required"],
+        true
+    );
+    assert_eq!(
+        operation(&doc, "PaymentService_CapturePayment")["requestBody"]["required"],
+        true
+    );
+    assert!(
+        operation(&doc, "OrderService_CancelOrder")["requestBody"]
+            .get("required")
+            .is_none()
+    );
+    // Path and query parameters take the same constraints.
+    let get = operation(&doc, "OrderService_GetOrder");
+    assert_eq!(get["parameters"][0]["schema"]["maxLength"], MAX_ID_LEN);
+    let details = &doc["paths"]["/v1/orders/{order_id}/details"]["get"];
+    assert_eq!(details["parameters"][0]["schema"]["maxLength"], MAX_ID_LEN);
+    for (path, _, operation) in operations(&doc) {
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            if parameter["name"] == "page_size" {
+                assert_eq!(parameter["schema"]["minimum"], 0, "{path}");
+            }
+            if parameter["name"] == "page_token" {
+                assert!(parameter["schema"]["pattern"].is_string(), "{path}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rules_across_fields_follow_what_the_path_sets() {
+    let (doc, _) = generated();
+    // VoidAuthorization names the payment one way: by the path's.
+    let by_id = body_schema(operation(&doc, "PaymentService_VoidAuthorization"));
+    assert_eq!(by_id["properties"]["authorizeRequestId"], false);
+    assert!(by_id["properties"].get("paymentId").is_none());
+    assert_eq!(by_id["required"], json!(["requestId"]));
+    let by_key = body_schema(operation(&doc, "PaymentService_VoidAuthorization_2"));
+    assert_eq!(by_key["properties"]["paymentId"], false);
+    let by_key_path = &operation(&doc, "PaymentService_VoidAuthorization_2")["parameters"][0];
+    assert_eq!(by_key_path["name"], "authorize_request_id");
+    assert_eq!(by_key_path["schema"]["minLength"], 1);
+    // UpdateProduct changes something.
+    let update = body_schema(operation(&doc, "InventoryService_UpdateProduct"));
+    assert_eq!(update["anyOf"].as_array().map(Vec::len), Some(3), "{update}");
+}

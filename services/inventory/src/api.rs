@@ -16,7 +16,10 @@ use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::inventory::v1 as pb;
 use ordermesh_proto::inventory::v1::inventory_service_server::InventoryService;
 use ordermesh_runtime::actor::{Actor, Trust};
-use ordermesh_runtime::validate::{MAX_ID_LEN, MAX_QUANTITY, Violations, require_id};
+use ordermesh_runtime::validate::{
+    MAX_ID_LEN, MAX_NAME_LEN, MAX_NOTE_LEN, MAX_QUANTITY, Violations, invalid_field, is_currency_code,
+    require_id, too_long,
+};
 use ordermesh_runtime::{clock, paging};
 
 use crate::store::{self, Store};
@@ -67,9 +70,6 @@ fn alert_to_pb(alert: store::RestockAlert) -> pb::RestockAlert {
         event_id: alert.event_id,
     }
 }
-
-/// Longest product name.
-const MAX_NAME_LEN: usize = 200;
 
 fn reservation_status(status: store::ReservationStatus) -> pb::ReservationStatus {
     use store::ReservationStatus as S;
@@ -189,8 +189,8 @@ impl InventoryService for InventoryApi {
                 format!("must be non-zero and at most {MAX_QUANTITY} in size"),
             );
         }
-        if request.reason.len() > 1024 {
-            v.add("reason", "must be at most 1024 characters");
+        if too_long(&request.reason, MAX_NOTE_LEN) {
+            v.add("reason", format!("must be at most {MAX_NOTE_LEN} characters"));
         }
         v.into_result()?;
         let item = self
@@ -211,8 +211,8 @@ impl InventoryService for InventoryApi {
         let request = request.into_inner();
         let mut v = Violations::new();
         v.require_id("order_id", &request.order_id);
-        if request.customer_id.len() > MAX_ID_LEN {
-            v.add("customer_id", format!("must be at most {MAX_ID_LEN} bytes"));
+        if too_long(&request.customer_id, MAX_ID_LEN) {
+            v.add("customer_id", format!("must be at most {MAX_ID_LEN} characters"));
         }
         let lines = validate_lines(&mut v, &request.lines);
         v.into_result()?;
@@ -285,7 +285,7 @@ impl InventoryService for InventoryApi {
             if price.amount_minor < 0 {
                 v.add("unit_price.amount_minor", "must be at least 0");
             }
-            if !ordermesh_runtime::validate::is_currency_code(&price.currency_code) {
+            if !is_currency_code(&price.currency_code) {
                 v.add(
                     "unit_price.currency_code",
                     "must be an ISO 4217 code of three upper-case letters",
@@ -321,8 +321,8 @@ impl InventoryService for InventoryApi {
         self.actor(&request)
             .require_scope(ADMIN_SCOPE, "ListRestockAlerts")?;
         let request = request.into_inner();
-        if request.sku.len() > ordermesh_runtime::validate::MAX_ID_LEN {
-            return Err(ordermesh_runtime::validate::invalid_field("sku", "is too long"));
+        if too_long(&request.sku, MAX_ID_LEN) {
+            return Err(invalid_field("sku", "is too long"));
         }
         let size = paging::page_size(request.page_size)?;
         let before = paging::decode_time_id(&request.page_token)?;

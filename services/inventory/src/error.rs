@@ -97,13 +97,34 @@ impl From<Error> for Status {
                 reason::REQUEST_ID_REUSED,
                 ("request_id", request_id),
             ),
+            // The SKU's stored currency decides, not the request alone:
+            // FAILED_PRECONDITION, as payment answers its own mismatch.
             Error::CurrencyMismatch { sku, .. } => DOMAIN.status(
-                Code::InvalidArgument,
+                Code::FailedPrecondition,
                 message,
                 reason::CURRENCY_MISMATCH,
                 ("sku", sku),
             ),
             Error::Infra(infra) => infra.status("inventory"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn a_price_in_another_currency_than_the_skus_is_a_failed_precondition() {
+        let status = Status::from(Error::CurrencyMismatch {
+            sku: "KB-001".into(),
+            catalogue: "EUR".into(),
+            requested: "USD".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, reason::CURRENCY_MISMATCH);
+        assert_eq!(info.metadata["sku"], "KB-001");
     }
 }

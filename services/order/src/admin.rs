@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use ordermesh_proto::order::v1 as pb;
 use ordermesh_proto::order::v1::order_admin_service_server::OrderAdminService;
-use ordermesh_runtime::validate::require_id;
+use ordermesh_runtime::validate::{MAX_ID_LEN, invalid_field, require_id, too_long};
 use ordermesh_runtime::{clock, paging};
 
 use crate::saga::SagaRunner;
@@ -115,11 +115,8 @@ impl OrderAdminService for OrderAdmin {
         request: Request<pb::ListConfirmationNoticesRequest>,
     ) -> Result<Response<pb::ListConfirmationNoticesResponse>, Status> {
         let request = request.into_inner();
-        if request.customer_id.len() > ordermesh_runtime::validate::MAX_ID_LEN {
-            return Err(ordermesh_runtime::validate::invalid_field(
-                "customer_id",
-                "is too long",
-            ));
+        if too_long(&request.customer_id, MAX_ID_LEN) {
+            return Err(invalid_field("customer_id", "is too long"));
         }
         let size = paging::page_size(request.page_size)?;
         let before = paging::decode_time_id(&request.page_token)?;

@@ -24,7 +24,7 @@ use ordermesh_proto::inventory::v1::inventory_service_client::InventoryServiceCl
 use ordermesh_proto::order::v1 as pb;
 use ordermesh_proto::order::v1::order_service_server::OrderService;
 use ordermesh_runtime::actor::{Actor, Trust};
-use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, require_id};
+use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, require_id, too_long};
 use ordermesh_runtime::{clock, paging};
 
 use crate::catalogue::{Catalogue, Lookup};
@@ -278,7 +278,7 @@ impl OrderService for OrderApi {
         let request = request.into_inner();
         let size = paging::page_size(request.page_size)?;
         let position = paging::decode_time_id(&request.page_token)?;
-        if request.customer_id.len() > MAX_ID_LEN {
+        if too_long(&request.customer_id, MAX_ID_LEN) {
             return Err(invalid_field("customer_id", "is too long"));
         }
         // A customer lists its own orders only.

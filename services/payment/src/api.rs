@@ -7,17 +7,14 @@ use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::payment::v1 as pb;
 use ordermesh_proto::payment::v1::payment_service_server::PaymentService;
 use ordermesh_runtime::actor::{Actor, Trust};
-use ordermesh_runtime::validate::{MAX_ID_LEN, Violations, invalid_field, is_currency_code, require_id};
+use ordermesh_runtime::validate::{
+    MAX_AMOUNT_MINOR, MAX_ID_LEN, MAX_NAME_LEN, MAX_NOTE_LEN, Violations, invalid_field, is_currency_code,
+    require_id, too_long,
+};
 use ordermesh_runtime::{clock, paging};
 
 use crate::error::Error;
 use crate::store::{self, PaymentCursor, Store};
-
-/// Longest accepted payment reference.
-const MAX_REFERENCE_LEN: usize = 1024;
-/// Largest single amount, far below where balance arithmetic could
-/// overflow a BIGINT.
-const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 
 /// Who may do what (decided here, where the money is): a customer's token
 /// reads its own account and payments only (another's is NOT_FOUND, as a
@@ -129,9 +126,6 @@ fn decode_cursor(token: &str) -> Result<Option<PaymentCursor>, Status> {
     )
 }
 
-/// Longest accepted display name of an account.
-const MAX_DISPLAY_NAME_LEN: usize = 200;
-
 /// Records violations of a required (or, with `required` false, optional)
 /// amount in `min..=MAX_AMOUNT_MINOR` at `field`, in `currency` when given.
 fn check_money(
@@ -172,10 +166,10 @@ fn new_account(request: &pb::OpenAccountRequest) -> Result<store::NewAccount, St
     let mut v = Violations::new();
     v.require_id("request_id", &request.request_id);
     v.require_id("account_id", &request.account_id);
-    if request.display_name.len() > MAX_DISPLAY_NAME_LEN {
+    if too_long(&request.display_name, MAX_NAME_LEN) {
         v.add(
             "display_name",
-            format!("must be at most {MAX_DISPLAY_NAME_LEN} characters"),
+            format!("must be at most {MAX_NAME_LEN} characters"),
         );
     }
     let opening = request.opening_balance.as_ref();
@@ -312,11 +306,8 @@ impl PaymentService for PaymentApi {
         v.require_id("request_id", &request.request_id);
         v.require_id("account_id", &request.account_id);
         check_money(&mut v, "amount", request.amount.as_ref(), 1, true, None);
-        if request.reference.len() > MAX_REFERENCE_LEN {
-            v.add(
-                "reference",
-                format!("must be at most {MAX_REFERENCE_LEN} characters"),
-            );
+        if too_long(&request.reference, MAX_NOTE_LEN) {
+            v.add("reference", format!("must be at most {MAX_NOTE_LEN} characters"));
         }
         v.into_result()?;
         let Some(amount) = request.amount else {
@@ -449,13 +440,13 @@ impl PaymentService for PaymentApi {
             }
             request.account_id = own.to_owned();
         }
-        if request.account_id.len() > MAX_ID_LEN {
+        if too_long(&request.account_id, MAX_ID_LEN) {
             return Err(invalid_field(
                 "account_id",
                 &format!("must be at most {MAX_ID_LEN} characters"),
             ));
         }
-        if request.authorize_request_id.len() > MAX_ID_LEN {
+        if too_long(&request.authorize_request_id, MAX_ID_LEN) {
             return Err(invalid_field(
                 "authorize_request_id",
                 &format!("must be at most {MAX_ID_LEN} characters"),
@@ -503,7 +494,7 @@ impl PaymentService for PaymentApi {
             ("ledger_account", &request.ledger_account),
             ("payment_id", &request.payment_id),
         ] {
-            if value.len() > MAX_ID_LEN {
+            if too_long(value, MAX_ID_LEN) {
                 v.add(field, format!("must be at most {MAX_ID_LEN} characters"));
             }
         }

@@ -8,12 +8,21 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-/// Longest accepted identifier (SKU, order, customer, account, request id).
+/// Longest accepted identifier (SKU, order, customer, account, request id),
+/// in characters.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest display name (a product's, an account's), in characters.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest free text kept with an operation (a stock adjustment's reason, a
+/// payment's reference), in characters.
+pub const MAX_NOTE_LEN: usize = 1024;
 /// Most lines one order (and its reservation) may hold.
 pub const MAX_LINES: usize = 100;
 /// Most units of one SKU per line.
 pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Largest single amount of money, in minor units: far below where balance
+/// arithmetic could overflow a BIGINT.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 /// Most field violations one refusal names (the rest are counted).
 pub const MAX_REPORTED_VIOLATIONS: usize = 10;
 /// Longest description of a violation, in bytes.
@@ -36,11 +45,12 @@ impl Violations {
             .push(FieldViolation::new(field.into(), description.into()));
     }
 
-    /// Records a violation when `value` is empty or longer than `max_len` bytes.
+    /// Records a violation when `value` is blank or longer than `max_len`
+    /// characters.
     pub fn require_text(&mut self, field: &str, value: &str, max_len: usize) {
         if value.trim().is_empty() {
             self.add(field, "must not be empty");
-        } else if value.len() > max_len {
+        } else if too_long(value, max_len) {
             self.add(field, format!("must be at most {max_len} characters"));
         }
     }
@@ -109,6 +119,14 @@ impl Violations {
             ErrorDetails::with_bad_request(reported),
         ))
     }
+}
+
+/// Whether `value` has more than `max` characters (Unicode scalar values,
+/// as JSON Schema's `maxLength` counts them), not bytes: every length limit
+/// on client text is checked with this.
+pub fn too_long(value: &str, max: usize) -> bool {
+    // At most one character per byte: short byte strings need no count.
+    value.len() > max && value.chars().count() > max
 }
 
 /// `text` cut to at most `max` bytes (on a character boundary).
@@ -223,6 +241,26 @@ mod tests {
         let mut v = Violations::new();
         v.require_lines(std::iter::empty());
         assert!(v.into_result().is_err(), "no lines");
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_not_bytes() {
+        let wide = "é".repeat(MAX_ID_LEN);
+        assert_eq!(wide.len(), 2 * MAX_ID_LEN);
+        assert!(!too_long(&wide, MAX_ID_LEN));
+        assert!(require_id("order_id", &wide).is_ok(), "128 two-byte characters");
+        let four = "🦀".repeat(MAX_ID_LEN);
+        assert!(require_id("order_id", &four).is_ok(), "128 four-byte characters");
+        let over = format!("{wide}é");
+        assert!(too_long(&over, MAX_ID_LEN));
+        let err = require_id("order_id", &over).expect_err("129 characters");
+        assert!(
+            err.message().contains("at most 128 characters"),
+            "{}",
+            err.message()
+        );
+        assert!(!too_long("", 0));
+        assert!(too_long("a", 0));
     }
 
     #[test]

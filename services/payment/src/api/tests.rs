@@ -19,7 +19,7 @@ fn open_account_violations_name_every_field_and_defaults_apply() {
     let err = new_account(&pb::OpenAccountRequest {
         request_id: String::new(),
         account_id: "x".repeat(MAX_ID_LEN + 1),
-        display_name: "n".repeat(MAX_DISPLAY_NAME_LEN + 1),
+        display_name: "n".repeat(MAX_NAME_LEN + 1),
         opening_balance: money(-1, "USD"),
         credit_limit: money(5, "EUR"),
         payment_limit: money(-3, "USD"),
