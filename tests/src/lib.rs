@@ -107,7 +107,8 @@ macro_rules! per_bus_and_backend {
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-fn in_ci() -> bool {
+/// Whether this runs under CI (`CI` set and not "false"), where a missing dependency fails a test instead of skipping it.
+pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
 
