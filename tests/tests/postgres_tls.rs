@@ -79,7 +79,7 @@ async fn a_service_verifies_its_postgresql_over_tls_with_the_ca_it_is_given() {
 
     let service = tokio::time::timeout(
         Duration::from_secs(30),
-        ordermesh_payment::build(ordermesh_payment::Config::new(&url(&trusted))),
+        ordermesh_payment::build(ordermesh_payment::Config::new(url(&trusted))),
     )
     .await
     .expect("connects within 30 s")
@@ -103,7 +103,7 @@ async fn a_service_verifies_its_postgresql_over_tls_with_the_ca_it_is_given() {
     // service keeps waiting (live, not ready) instead.
     let refused = tokio::time::timeout(
         Duration::from_secs(3),
-        ordermesh_payment::build(ordermesh_payment::Config::new(&url(&stranger))),
+        ordermesh_payment::build(ordermesh_payment::Config::new(url(&stranger))),
     )
     .await;
     assert!(
