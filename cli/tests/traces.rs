@@ -8,7 +8,9 @@
 //! services' server spans (the context crossed each process boundary in
 //! the request's headers). No token appears in any span, and the order
 //! names its trace. A saga resumed by another process after the first was
-//! killed with SIGKILL goes on in its order's trace.
+//! killed with SIGKILL goes on in its order's trace. With
+//! `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` the same spans go to the
+//! collector's HTTP endpoint (`/v1/traces`) instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -97,6 +99,49 @@ impl Receiver {
                 .add_service(logs)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await;
+        });
+        (receiver, port, server)
+    }
+
+    /// An OTLP/HTTP receiver (protobuf bodies on `/v1/traces` and
+    /// `/v1/logs`) on a free port until dropped with the returned task.
+    async fn start_http() -> (Receiver, u16, tokio::task::JoinHandle<()>) {
+        use prost::Message;
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let traces = receiver.clone();
+        let logs = receiver.clone();
+        let protobuf = |body: Vec<u8>| ([("content-type", "application/x-protobuf")], body);
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| async move {
+                    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
+                    let mut spans = traces.spans.lock().expect("lock");
+                    for resource in request.resource_spans {
+                        for scope in resource.scope_spans {
+                            spans.extend(scope.spans);
+                        }
+                    }
+                    protobuf(ExportTraceServiceResponse::default().encode_to_vec())
+                }),
+            )
+            .route(
+                "/v1/logs",
+                axum::routing::post(move |body: axum::body::Bytes| async move {
+                    let request = ExportLogsServiceRequest::decode(body).expect("an OTLP log export");
+                    let mut records = logs.logs.lock().expect("lock");
+                    for resource in request.resource_logs {
+                        for scope in resource.scope_logs {
+                            records.extend(scope.log_records);
+                        }
+                    }
+                    protobuf(ExportLogsServiceResponse::default().encode_to_vec())
+                }),
+            );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
         });
         (receiver, port, server)
     }
@@ -465,6 +510,72 @@ async fn a_saga_resumed_after_a_crash_goes_on_in_its_orders_trace() {
         chain.contains(&"saga CAPTURE".to_owned()) && chain.contains(&"saga".to_owned()),
         "{chain:?}"
     );
+    drop(cluster);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_log_records_go_out_over_otlp_http_when_the_protocol_says_so() {
+    let (receiver, port, server) = Receiver::start_http().await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+    ];
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ordermesh"));
+    let Some(cluster) = Cluster::start_with_env(bin, Backend::Sqlite, None, None, &env).await else {
+        return;
+    };
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(order_pb::CreateOrderRequest {
+        request_id: "traced-http".into(),
+        customer_id: "alice".into(),
+        lines: vec![order_pb::CreateOrderLine {
+            sku: "CB-004".into(),
+            quantity: 1,
+        }],
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("ascii"),
+    );
+    let order = cluster
+        .order()
+        .create_order(request)
+        .await
+        .expect("created")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(order.trace_id, trace_id);
+    // Each of the three processes exported over HTTP, in the order's trace.
+    let spans = receiver
+        .trace(trace_id, |spans| {
+            served(spans, &["CreateOrder", "ReserveStock", "AuthorizePayment"])
+        })
+        .await;
+    let create = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32 && s.name.ends_with("/CreateOrder"))
+        .expect("CreateOrder");
+    assert_eq!(
+        hex(&create.parent_span_id),
+        "00f067aa0ba902b7",
+        "the caller's span is its parent"
+    );
+    // Log records too, on /v1/logs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while receiver.logs.lock().expect("lock").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log record over OTLP/HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     drop(cluster);
     server.abort();
 }

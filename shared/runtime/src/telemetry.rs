@@ -1,9 +1,9 @@
 //! The tracing subscriber every process installs once, in `main`: log lines
 //! (human readable by default, JSON lines for log collectors) filtered by
 //! `RUST_LOG`, and, when a collector is configured, ordermesh's spans and
-//! log records exported over OTLP/gRPC (a record inside a span carries its
-//! trace and span ids, so a collector holds an order's logs beside its
-//! trace).
+//! log records exported over OTLP, gRPC or HTTP/protobuf (a record inside a
+//! span carries its trace and span ids, so a collector holds an order's logs
+//! beside its trace).
 //!
 //! Why it is built this way:
 //! - **Two filters.** `RUST_LOG` says what is logged; the exporter takes
@@ -18,8 +18,10 @@
 //!   `--otlp-endpoint`), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //!   `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (parent-based,
 //!   always on, unless they say otherwise), `OTEL_BSP_*` for the batch;
-//!   `OTEL_EXPORTER_OTLP_PROTOCOL` must be `grpc` (the only transport
-//!   built in). W3C trace context is the propagator.
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL` `grpc` (the default, to port 4317) or
+//!   `http/protobuf` (to `<endpoint>/v1/traces` and `/v1/logs`, port 4318
+//!   by convention, for collectors and proxies that take HTTP only); JSON
+//!   is not built in. W3C trace context is the propagator.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -50,7 +52,7 @@ pub struct TraceExport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0:?}: only \"grpc\" is built in")]
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0:?}: \"grpc\" or \"http/protobuf\" (http/json is not built in)")]
     Protocol(String),
     #[error("the OTLP exporter for {endpoint}: {reason}")]
     Exporter { endpoint: String, reason: String },
@@ -82,6 +84,43 @@ impl Telemetry {
             tracing::warn!(%error, "flushing log records at shutdown");
         }
     }
+}
+
+/// The OTLP transport, by `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// The protocol a value of `OTEL_EXPORTER_OTLP_PROTOCOL` names (unset or
+    /// empty: gRPC).
+    pub fn parse(value: Option<&str>) -> Result<Protocol, TelemetryError> {
+        match value.map(str::trim) {
+            None | Some("" | "grpc") => Ok(Protocol::Grpc),
+            Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
+            Some(other) => Err(TelemetryError::Protocol(other.to_owned())),
+        }
+    }
+
+    fn from_env() -> Result<Protocol, TelemetryError> {
+        Protocol::parse(std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").ok().as_deref())
+    }
+}
+
+/// The URL of one signal (`traces`, `logs`) under an OTLP/HTTP base
+/// endpoint, as the OpenTelemetry specification composes it. Plaintext
+/// only, as for gRPC: an `https://` endpoint is refused at start rather than
+/// failing every export later, out of sight.
+fn signal_url(endpoint: &str, signal: &str) -> Result<String, TelemetryError> {
+    if endpoint.trim_start().to_ascii_lowercase().starts_with("https://") {
+        return Err(TelemetryError::Exporter {
+            endpoint: endpoint.to_owned(),
+            reason: "the exporter speaks plaintext http:// only (run a collector beside the pod)".to_owned(),
+        });
+    }
+    Ok(format!("{}/v1/{signal}", endpoint.trim_end_matches('/')))
 }
 
 /// Installs the global subscriber (a second call installs nothing and
@@ -135,14 +174,21 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
 }
 
 fn logger_provider(export: &TraceExport) -> Result<SdkLoggerProvider, TelemetryError> {
-    let exporter = opentelemetry_otlp::LogExporter::builder()
-        .with_tonic()
-        .with_endpoint(export.endpoint.clone())
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint: export.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    let exporter = match Protocol::from_env()? {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(export.endpoint.clone())
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(signal_url(&export.endpoint, "logs")?)
+            .build(),
+    }
+    .map_err(|e| TelemetryError::Exporter {
+        endpoint: export.endpoint.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(SdkLoggerProvider::builder()
         .with_resource(resource(export))
         .with_batch_exporter(exporter)
@@ -162,22 +208,55 @@ fn resource(export: &TraceExport) -> opentelemetry_sdk::Resource {
 }
 
 fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, TelemetryError> {
-    if let Ok(protocol) = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL")
-        && !protocol.is_empty()
-        && protocol != "grpc"
-    {
-        return Err(TelemetryError::Protocol(protocol));
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match Protocol::from_env()? {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(export.endpoint.clone())
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(signal_url(&export.endpoint, "traces")?)
+            .build(),
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(export.endpoint.clone())
-        .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint: export.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+    .map_err(|e| TelemetryError::Exporter {
+        endpoint: export.endpoint.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(SdkTracerProvider::builder()
         .with_resource(resource(&export))
         .with_batch_exporter(exporter)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_variable_chooses_the_transport() {
+        assert_eq!(Protocol::parse(None).ok(), Some(Protocol::Grpc));
+        assert_eq!(Protocol::parse(Some("")).ok(), Some(Protocol::Grpc));
+        assert_eq!(Protocol::parse(Some("grpc")).ok(), Some(Protocol::Grpc));
+        assert_eq!(
+            Protocol::parse(Some("http/protobuf")).ok(),
+            Some(Protocol::HttpProtobuf)
+        );
+        let refused = Protocol::parse(Some("http/json")).expect_err("not built in");
+        assert!(refused.to_string().contains("http/json"), "{refused}");
+    }
+
+    #[test]
+    fn http_signals_go_under_the_base_endpoint() {
+        assert_eq!(
+            signal_url("http://collector:4318", "traces").ok().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(
+            signal_url("http://collector:4318/", "logs").ok().as_deref(),
+            Some("http://collector:4318/v1/logs")
+        );
+        let refused = signal_url("HTTPS://collector:4318", "traces").expect_err("plaintext only");
+        assert!(refused.to_string().contains("plaintext"), "{refused}");
+    }
 }
