@@ -498,6 +498,23 @@ async fn a_service_waits_for_its_database_live_and_not_ready() {
             "not ready without its database: {service:?}"
         );
     }
+    // A caller that connects meanwhile is told to come back (UNAVAILABLE,
+    // which it retries), not UNIMPLEMENTED; on that same connection it
+    // reaches the service once it is up.
+    use ordermesh_proto::payment::v1::GetAccountRequest;
+    use ordermesh_proto::payment::v1::payment_service_client::PaymentServiceClient;
+    let mut payments = PaymentServiceClient::new(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connects"),
+    );
+    let get = GetAccountRequest {
+        account_id: "nobody".into(),
+    };
+    let early = payments.get_account(get.clone()).await.expect_err("starting");
+    assert_eq!(early.code(), tonic::Code::Unavailable, "{early:?}");
     tokio::time::sleep(Duration::from_secs(12).saturating_sub(started.elapsed())).await;
     assert!(
         server.0.try_wait().expect("status").is_none(),
@@ -515,4 +532,18 @@ async fn a_service_waits_for_its_database_live_and_not_ready() {
     ordermesh_tests::allow_connections(&database_url, true).await;
     ordermesh_tests::until_health(&url, "", Answer::Serving, Duration::from_secs(30)).await;
     assert_eq!(check(&url, LIVENESS).await.expect("answers"), Answer::Serving);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        match payments.get_account(get.clone()).await {
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => break answer,
+        }
+    };
+    assert_eq!(
+        answer.expect_err("no such account").code(),
+        tonic::Code::NotFound,
+        "the service itself answers on the early caller's channel"
+    );
 }

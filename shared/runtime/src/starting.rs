@@ -7,6 +7,13 @@
 //! turns ready as soon as its service is built, with no restart back-off to
 //! wait out. Silence instead (a port that accepts and never answers) would
 //! fail the liveness probe and restart the pod every minute or so.
+//!
+//! Every other call meanwhile is UNAVAILABLE ("starting"), which callers
+//! retry: a peer whose client connects in these moments (the order
+//! service's saga, retrying against an inventory that just restarted) must
+//! not read UNIMPLEMENTED, a permanent answer, into a passing state. At the
+//! handover the connections get HTTP/2 GOAWAY, and clients reconnect to the
+//! service's own server.
 
 use std::time::Duration;
 
@@ -52,7 +59,11 @@ pub async fn answer_health_while<T>(
         None => None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let routes = Routes::new(health_service);
+    let routes = Routes::from(
+        Routes::new(health_service)
+            .into_axum_router()
+            .fallback(|| async { not_yet().into_http::<axum::body::Body>() }),
+    );
     let answer_on = |listener| answer_on(listener, routes.clone(), stopped.clone());
     let on_main = (settings.tls.is_none()).then(|| answer_on(&listener));
     let on_probe = probe.as_ref().map(answer_on);
@@ -102,4 +113,9 @@ fn answer_on(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })
+}
+
+/// The answer to any call but health while the service starts.
+fn not_yet() -> tonic::Status {
+    tonic::Status::unavailable("the service is starting: waiting for its database")
 }
