@@ -73,7 +73,8 @@ fuzz_target!(|data: &[u8]| {
     let inner = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
         let seen = Arc::clone(&seen);
         async move {
-            let outcome = match frames::limit(request.into_body(), MAX).await {
+            let outcome = match frames::limit(request.into_body(), MAX, frames::BodyFailure::default()).await
+            {
                 Ok(body) => body.collect().await.map(|c| c.to_bytes()).map_err(|_| ()),
                 Err(_) => Err(()),
             };
