@@ -64,15 +64,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { # PORT PID NAME LOG
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || { echo "gateway.sh: $3 exited; its log:" >&2; cat "$4" >&2; exit 1; }
-    sleep 0.1
-  done
-  echo "gateway.sh: $3 did not listen on $1 within 60s" >&2; exit 1
-}
+NAME=gateway.sh
+# shellcheck source=bench/ports.sh
+source bench/ports.sh
 
 ORDER=$(free_port); INVENTORY=$(free_port); PAYMENT=$(free_port); UP_GATEWAY=$(free_port)
 GATEWAY=$(free_port); NGINX=$(free_port)

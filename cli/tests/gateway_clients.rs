@@ -37,15 +37,6 @@ fn token(up: &Up) -> String {
     token
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The JSON lines of one step (`"step": "watched"`) a client printed, parsed.
 fn steps(stdout: &str, step: &str) -> Vec<serde_json::Value> {
     stdout
@@ -59,7 +50,7 @@ fn steps(stdout: &str, step: &str) -> Vec<serde_json::Value> {
 /// same order read back; a stream of it ending at CONFIRMED; priced from the
 /// catalogue (KB-001, $89.99).
 fn assert_created_got_watched(client: &str, output: &Output) -> String {
-    let all = text(output);
+    let all = support::output_text(output);
     assert!(output.status.success(), "{client} failed: {all}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let created = steps(&stdout, "created");
@@ -118,7 +109,7 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
 
     // Reflection (v1 and v1alpha) and health are the gateway's own: no token.
     let listed = grpcurl(&grpcurl_bin, &[&gateway, "list"]);
-    assert!(listed.status.success(), "list: {}", text(&listed));
+    assert!(listed.status.success(), "list: {}", support::output_text(&listed));
     let services = String::from_utf8_lossy(&listed.stdout);
     for service in [
         "ordermesh.order.v1.OrderService",
@@ -145,13 +136,13 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
             && description.contains("rpc CreateOrder ( .ordermesh.order.v1.CreateOrderRequest )")
             && description.contains("returns ( .ordermesh.order.v1.CreateOrderResponse )"),
         "describe: {}",
-        text(&described)
+        support::output_text(&described)
     );
     let health = grpcurl(&grpcurl_bin, &[&gateway, "grpc.health.v1.Health/Check"]);
     assert!(
         health.status.success() && String::from_utf8_lossy(&health.stdout).contains("SERVING"),
         "health: {}",
-        text(&health)
+        support::output_text(&health)
     );
 
     // CreateOrder with the token, then GetOrder until the saga confirms it.
@@ -168,7 +159,11 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
             "ordermesh.order.v1.OrderService/CreateOrder",
         ],
     );
-    assert!(created.status.success(), "CreateOrder: {}", text(&created));
+    assert!(
+        created.status.success(),
+        "CreateOrder: {}",
+        support::output_text(&created)
+    );
     let created: serde_json::Value =
         serde_json::from_slice(&created.stdout).expect("CreateOrder prints JSON");
     let order_id = created["order"]["orderId"]
@@ -192,7 +187,7 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
                 "ordermesh.order.v1.OrderService/GetOrder",
             ],
         );
-        assert!(got.status.success(), "GetOrder: {}", text(&got));
+        assert!(got.status.success(), "GetOrder: {}", support::output_text(&got));
         let got: serde_json::Value = serde_json::from_slice(&got.stdout).expect("GetOrder prints JSON");
         assert_eq!(got["order"]["orderId"], order_id.as_str(), "{got}");
         if got["order"]["status"] == "ORDER_STATUS_CONFIRMED" {
@@ -224,7 +219,7 @@ fn grpcurl_lists_describes_and_places_an_order_through_the_gateway() {
     assert!(
         !refused.status.success() && stderr.contains("Code: Unauthenticated"),
         "CreateOrder without a token: {}",
-        text(&refused)
+        support::output_text(&refused)
     );
 }
 
@@ -278,7 +273,7 @@ fn python_client_places_gets_and_watches_an_order_through_the_gateway() {
                 && error[0]["code"] == code
                 && steps(&stdout, "created").is_empty(),
             "order_client.py {args:?}: {}",
-            text(&refused)
+            support::output_text(&refused)
         );
     }
 }
@@ -305,7 +300,11 @@ fn generate_js(test: &str) -> bool {
         .env("PATH", path)
         .output()
         .expect("buf generate runs");
-    assert!(generated.status.success(), "buf generate: {}", text(&generated));
+    assert!(
+        generated.status.success(),
+        "buf generate: {}",
+        support::output_text(&generated)
+    );
     let order = repo().join("clients/typescript/gen/ordermesh/order/v1/order_pb.js");
     let source = std::fs::read_to_string(&order).expect("order_pb.js generated");
     assert!(
@@ -385,7 +384,7 @@ fn typescript_client_places_gets_and_watches_an_order_over_grpc_web() {
     assert!(
         again.status.success() && steps(&again_stdout, "created")[0]["order_id"] == order_id.as_str(),
         "the same request id: {}",
-        text(&again)
+        support::output_text(&again)
     );
 }
 
@@ -411,7 +410,7 @@ fn typescript_client_without_a_valid_token_gets_unauthenticated_over_grpc_web() 
                     && error[0]["code"] == "Unauthenticated"
                     && steps(&stdout, "created").is_empty(),
                 "round {round}, order_client.mjs {args:?}: {}",
-                text(&refused)
+                support::output_text(&refused)
             );
         }
     }

@@ -17,15 +17,6 @@ use std::process::{Command, Output};
 
 use support::{Up, missing, node, repo};
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn run(program: &Path, dir: &Path, args: &[&str]) -> Output {
     Command::new(program)
         .current_dir(dir)
@@ -76,7 +67,7 @@ fn a_client_generated_from_the_openapi_document_places_an_order_with_a_token() {
     assert!(
         fetched.status.success(),
         "fetching the document: {}",
-        text(&fetched)
+        support::output_text(&fetched)
     );
     let generated = run(
         &bin.join("openapi-typescript"),
@@ -86,13 +77,13 @@ fn a_client_generated_from_the_openapi_document_places_an_order_with_a_token() {
     assert!(
         generated.status.success(),
         "openapi-typescript: {}",
-        text(&generated)
+        support::output_text(&generated)
     );
     let built = run(&bin.join("tsc"), &dir, &["-p", "."]);
     assert!(
         built.status.success(),
         "order_client.ts does not type-check against the generated types: {}",
-        text(&built)
+        support::output_text(&built)
     );
 
     let token = {
@@ -101,7 +92,7 @@ fn a_client_generated_from_the_openapi_document_places_an_order_with_a_token() {
             .arg(up.data_dir())
             .output()
             .expect("ordermesh token runs");
-        assert!(output.status.success(), "{}", text(&output));
+        assert!(output.status.success(), "{}", support::output_text(&output));
         String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
     };
     let placed = run(
@@ -110,7 +101,7 @@ fn a_client_generated_from_the_openapi_document_places_an_order_with_a_token() {
         &["dist/order_client.js", "--base", &base, "--token", &token],
     );
     let stdout = String::from_utf8_lossy(&placed.stdout).into_owned();
-    assert!(placed.status.success(), "{}", text(&placed));
+    assert!(placed.status.success(), "{}", support::output_text(&placed));
     let created = step(&stdout, "created");
     let order_id = created["orderId"].as_str().expect("an order id");
     assert_eq!(created["status"], "ORDER_STATUS_PENDING");
@@ -125,7 +116,7 @@ fn a_client_generated_from_the_openapi_document_places_an_order_with_a_token() {
 
     // No token: the error body the document describes, with 401.
     let refused = run(&node, &dir, &["dist/order_client.js", "--base", &base]);
-    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(!refused.status.success(), "{}", support::output_text(&refused));
     let error = step(&String::from_utf8_lossy(&refused.stdout), "error");
     assert_eq!(error["status"], 401, "{error}");
     assert_eq!(error["error"]["code"], 16, "UNAUTHENTICATED: {error}");

@@ -17,6 +17,16 @@ use serde_json::{Value, json};
 const ACCOUNT: &str = "/v1/accounts/alice";
 const GET_ACCOUNT: &str = "/ordermesh.payment.v1.PaymentService/GetAccount";
 
+/// `GetAccountRequest { account_id }` in one uncompressed gRPC frame (flag,
+/// big-endian length, message), as grpc-web and gRPC carry it.
+fn get_account_frame(account_id: String) -> Vec<u8> {
+    let message = prost::Message::encode_to_vec(&GetAccountRequest { account_id });
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("fits").to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
 async fn setup(file: Option<&str>) -> (Recorder, Gateway) {
     let recorder = Recorder::start().await;
     let gateway = Gateway::start([recorder.url(), recorder.url(), recorder.url()], file).await;
@@ -401,12 +411,9 @@ async fn cors_gzip_request_ids_and_the_body_limit() {
 async fn grpc_web_text_reaches_the_service_as_grpc() {
     let (recorder, gateway) = setup(None).await;
     let token = gateway.token("alice", &["payments:read"]);
-    // GetAccountRequest { account_id: "alice" }, framed (flag, length) and
-    // base64-encoded as grpc-web-text carries it.
-    let message = [&[0x0a, 5][..], b"alice"].concat();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&message);
+    // GetAccountRequest { account_id: "alice" }, base64-encoded as
+    // grpc-web-text carries it.
+    let frame = get_account_frame("alice".into());
     let response = http_client()
         .post(gateway.url(GET_ACCOUNT))
         .bearer_auth(&token)
@@ -458,10 +465,7 @@ async fn grpc_web_text_reaches_the_service_as_grpc() {
 async fn grpc_web_text_with_broken_base64_is_invalid_argument() {
     let (recorder, gateway) = setup(None).await;
     let token = gateway.token("alice", &["payments:read"]);
-    let message = [&[0x0a, 5][..], b"alice"].concat();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    frame.extend_from_slice(&message);
+    let frame = get_account_frame("alice".into());
     let good = base64::engine::general_purpose::STANDARD.encode(&frame);
     for body in [
         "!!!!".to_owned(),
@@ -509,18 +513,7 @@ async fn grpc_and_grpc_web_messages_over_the_body_limit_are_refused() {
     let (recorder, gateway) = setup(None).await;
     let token = gateway.token("alice", &["payments:read"]);
     // GetAccountRequest with a 6 MiB account id (the gateway's limit here is 64 KiB).
-    let id = vec![b'a'; 6 << 20];
-    let mut message = vec![0x0a];
-    let mut len = id.len();
-    while len >= 0x80 {
-        message.push(u8::try_from(len & 0x7f).expect("7 bits") | 0x80);
-        len >>= 7;
-    }
-    message.push(u8::try_from(len).expect("7 bits"));
-    message.extend_from_slice(&id);
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(message.len()).expect("fits").to_be_bytes());
-    frame.extend_from_slice(&message);
+    let frame = get_account_frame("a".repeat(6 << 20));
 
     let response = http_client()
         .post(gateway.url(GET_ACCOUNT))
@@ -551,7 +544,7 @@ async fn grpc_and_grpc_web_messages_over_the_body_limit_are_refused() {
         .expect("connect");
     let mut client = PaymentServiceClient::new(channel).max_encoding_message_size(16 << 20);
     let mut request = tonic::Request::new(GetAccountRequest {
-        account_id: String::from_utf8(id).expect("ascii"),
+        account_id: "a".repeat(6 << 20),
     });
     request
         .metadata_mut()

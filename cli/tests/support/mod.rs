@@ -234,3 +234,13 @@ pub fn node(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// A finished command's status and both streams, for assertion messages.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

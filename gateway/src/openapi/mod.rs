@@ -63,6 +63,22 @@ const BEARER_DESCRIPTION: &str = "A JWT in `Authorization: Bearer <token>`, sign
 the gateway trusts (its JWKS; `ordermesh token` mints one in development). Its scopes \
 (`scope` or `scp`) must include those each operation lists.";
 
+/// The document a gateway with no route file serves: the public services'
+/// bindings and the built-in route table (what tests and tools check).
+pub fn built_in_document() -> Value {
+    let pool = crate::descriptors::pool();
+    let bindings =
+        crate::rules::bindings(pool, crate::descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
+    let access = crate::config::route_access(
+        pool,
+        crate::descriptors::PUBLIC_SERVICES,
+        &crate::config::FileConfig::default(),
+        std::path::Path::new("(built-in defaults)"),
+    )
+    .expect("the built-in route table");
+    document(pool, &bindings, &access)
+}
+
 /// The OpenAPI 3.1 document for these bindings, built once at start and
 /// served at /openapi.json; `access` is the gateway's route table (by RPC
 /// path, `/package.Service/Method`), for each operation's security.

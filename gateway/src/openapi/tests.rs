@@ -1,19 +1,11 @@
 use serde_json::{Value, json};
 
-use super::document;
 use crate::{descriptors, rules};
 
 fn generated() -> (Value, usize) {
     let pool = descriptors::pool();
     let bindings = rules::bindings(pool, descriptors::PUBLIC_SERVICES).expect("every http rule is valid");
-    let access = crate::config::route_access(
-        pool,
-        descriptors::PUBLIC_SERVICES,
-        &crate::config::FileConfig::default(),
-        std::path::Path::new("(built-in defaults)"),
-    )
-    .expect("the built-in route table");
-    (document(pool, &bindings, &access), bindings.len())
+    (super::built_in_document(), bindings.len())
 }
 
 const VERBS: &[&str] = &[
