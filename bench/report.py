@@ -86,40 +86,48 @@ def verdict(passed):
 
 
 def targets(runs, suffix):
-    """The issue-7 targets for one binary's runs (suffix A or B)."""
+    """The performance targets for one binary's runs (suffix A or B)."""
     r = lambda name: runs.get(f"{name}-{suffix}")
     rows = []
 
     def throughput(name):
         return get(r(name), "throughput_per_s") if r(name) else None
 
-    for setup, label in (("up", "`up` (SQLite)"), ("serve", "3 x `serve` (PostgreSQL)")):
+    for setup, label, least in (("up", "`up` (SQLite)", 600), ("serve", "3 x `serve` (PostgreSQL)", 500)):
         t = throughput(f"{setup}-c32")
-        rows.append(Row(f"confirmed orders/s, {label}, c=32", ">= 300", t, "/s",
-                        None if t is None else t >= 300,
-                        limit=get(r(f"{setup}-c32"), "limit", "throughput_share_of_limit")))
+        rows.append(Row(f"confirmed orders/s, {label}, c=32", f">= {least}", t, "/s",
+                        None if t is None else t >= least,
+                        limit=get(r(f"{setup}-c32"), "limit", "throughput_share_of_fixed_floor")))
+        fixed = get(r(f"{setup}-c32"), "limit", "throughput_share_of_fixed_floor")
+        rows.append(Row(f"share of the fixed floor (6 RPCs + 6 commits), {label}, c=32", ">= 0.5x", fixed, "x",
+                        None if fixed is None else fixed >= 0.5,
+                        note=f"fixed floor {fmt(get(r(f'{setup}-c32'), 'limit', 'fixed', 'orders_per_s'), 0)} orders/s"))
         share = get(r(f"{setup}-c32"), "limit", "throughput_share_of_limit")
-        rows.append(Row(f"share of the machine's limit, {label}, c=32", ">= 0.5x", share, "x",
-                        None if share is None else share >= 0.5,
+        rows.append(Row(f"share of this design's limit (its own commits and statements), {label}, c=32",
+                        "reported", share, "x", None,
                         note=f"limit {fmt(get(r(f'{setup}-c32'), 'limit', 'lower', 'orders_per_s'), 0)} orders/s"))
+        p99 = get(r(f"{setup}-c32"), "latency_ms", "p99_ms") if get(r(f"{setup}-c32"), "requests", "ok") else None
+        rows.append(Row(f"p99 to CONFIRMED at c=32, {label}", "< 100 ms", p99, " ms",
+                        None if p99 is None else p99 < 100))
         p99 = get(r(f"{setup}-open100"), "latency_ms", "p99_ms") if get(r(f"{setup}-open100"), "requests", "ok") else None
         rows.append(Row(f"p99 to CONFIRMED at 100 orders/s open loop, {label}", "< 100 ms", p99, " ms",
                         None if p99 is None else p99 < 100,
                         note=f"{fmt(throughput(f'{setup}-open100'))} confirmed/s"))
     for setup, label in (("serve", "3 x `serve`"), ("up", "`up`")):
         ms = get(r(f"{setup}-c32"), "cpu", "ordermesh_ms_per_request")
-        rows.append(Row(f"ordermesh CPU per order, {label}, c=32", "< 2 ms", ms, " ms",
-                        None if ms is None else ms < 2,
+        rows.append(Row(f"ordermesh CPU per order, {label}, c=32", "< 1.5 ms", ms, " ms",
+                        None if ms is None else ms < 1.5,
                         limit=get(r(f"{setup}-c32"), "limit", "ordermesh_cpu_times_limit")))
     ms = get(r("serve-c32"), "cpu", "database_ms_per_request")
-    rows.append(Row("PostgreSQL CPU per order, c=32", "< 4 ms", ms, " ms", None if ms is None else ms < 4,
+    rows.append(Row("PostgreSQL CPU per order, c=32", "< 2.5 ms", ms, " ms", None if ms is None else ms < 2.5,
                     limit=get(r("serve-c32"), "limit", "database_cpu_times_limit")))
-    for key, label in (("statements_per_request", "statements"),
-                       ("commit_statements_per_request", "write transactions (COMMIT statements)"),
-                       ("commits_per_request", "commits (xact_commit, read-only autocommit included)")):
+    for key, label, most in (("statements_per_request", "statements", 20),
+                             ("commit_statements_per_request", "write transactions (COMMIT statements)", 6),
+                             ("commits_per_request", "commits (xact_commit, read-only autocommit included)", None)):
         v = get(r("serve-c32"), "database", key)
-        rows.append(Row(f"database {label} per order (PostgreSQL, c=32)", "reported; none unneeded", v, "",
-                        None))
+        rows.append(Row(f"database {label} per order (PostgreSQL, c=32)",
+                        "reported" if most is None else f"<= {most}", v, "",
+                        None if v is None or most is None else v <= most))
     c1, c32 = throughput("up-c1"), throughput("up-c32")
     scale = c32 / c1 if c1 and c32 else None
     busy = [(get(r(n), "cpu", "ordermesh_cores") or 0) + (get(r(n), "cpu", "client_cores") or 0)
@@ -191,15 +199,17 @@ WHY = [
      "(p50 to CONFIRMED about 130 ms at c=32 against 5 ms at c=1). Fewer round trips per write "
      "transaction, or a driver that runs SQLite on the caller's thread, is the lever."),
     ("confirmed orders/s, 3 x `serve`", "CPU-bound: " + CPU_BOUND),
-    ("share of the machine's limit, `up`", "the limit counts an order's RPCs, commits and statements at the "
-     "cost of each alone in a loop; the saga pays each of them with overhead the loops do not have. On "
+    ("share of the fixed floor (6 RPCs + 6 commits), `up`", "an order does more than the floor's 6 "
+     "commits (see its statements and write transactions), and pays each with overhead a loop does not "
+     "have. On "
      "`up`, perf puts 47 % of the process's CPU on sqlx's SQLite worker threads and about a quarter of all "
      "of it in futex wake/wait: sqlx runs each SQLite connection on a thread of its own and hands it every "
      "statement (BEGIN and COMMIT included) and the answer back, two thread switches per statement, which "
      "at 32 interleaved orders rarely find the thread already running. The rest is spread thin (h2, tonic, "
      "allocation): no single hot spot."),
-    ("share of the machine's limit, 3 x `serve`", "the limit counts an order's RPCs, commits and statements "
-     "at the cost of each alone in a loop; under load each costs more: ordermesh's side per statement and "
+    ("share of the fixed floor (6 RPCs + 6 commits), 3 x `serve`", "an order does more than the floor's 6 "
+     "commits (see its statements and write transactions), and under load each costs more than alone in "
+     "a loop: ordermesh's side per statement and "
      "per RPC (sqlx's row conversion, h2 framing, task wake-ups, spread thin in the profile) and "
      "PostgreSQL's, whose backends wait on and wake each other over the same hot rows (see the two CPU "
      "rows)."),
@@ -266,12 +276,13 @@ def run_table(runs):
 
 def floors(runs):
     lines = ["| run | RPC server ms | RPC client ms | commit ms (client + server) | commits/s, 8 loops "
-             "| statement ms (client + server) | limit: ordermesh + database + bench ms/order | limit orders/s | counts from |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| statement ms (client + server) | fixed floor: ordermesh + database + bench ms/order | fixed floor orders/s "
+             "| design limit: ordermesh + database + bench ms/order | design limit orders/s | counts from |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for base in ("serve-c8", "serve-c32", "up-c8", "up-c32"):
         for suffix in ("A", "B"):
             run = runs.get(f"{base}-{suffix}")
-            f, lower = get(run, "limit", "floor"), get(run, "limit", "lower")
+            f, lower, fixed = get(run, "limit", "floor"), get(run, "limit", "lower"), get(run, "limit", "fixed")
             if not f:
                 continue
             add = lambda a, b: (a or 0) + (b or 0) if a is not None else None
@@ -280,6 +291,9 @@ def floors(runs):
                 fmt(add(f.get("commit_client_ms"), f.get("commit_server_ms")), 3),
                 fmt(f.get("commits_per_s"), 0),
                 fmt(add(f.get("statement_client_ms"), f.get("statement_server_ms")), 3),
+                (f"{fmt(fixed['ordermesh_ms'], 2)} + {fmt(fixed['database_ms'], 2)} + {fmt(fixed['client_ms'], 2)}"
+                 if fixed else ""),
+                fmt(fixed["orders_per_s"], 0) if fixed else "",
                 f"{fmt(lower['ordermesh_ms'], 2)} + {fmt(lower['database_ms'], 2)} + {fmt(lower['client_ms'], 2)}",
                 fmt(lower["orders_per_s"], 0), get(run, "limit", "database_counts_from") or "",
             ]) + " |")
@@ -369,11 +383,15 @@ def main():
           "service's server, answered from memory) gives the CPU of one RPC on the server and on the client; "
           "a loop of `BEGIN; UPDATE one row; COMMIT` through sqlx on a scratch table of the same backend gives "
           "the CPU of the simplest commit (client + server), and a loop of a one-row primary-key read that of a "
-          "trivial statement. An order's lower limit is 6 RPCs (create, watch, reserve, authorize, capture, "
-          "commit; 4 of them with the order service as client) + C commits + max(0, S - 3C) statements, with C "
+          "trivial statement. The fixed floor, what targets are set against, is the least an order must do "
+          "durably whatever the design: 6 RPCs (create, watch, reserve, authorize, capture, commit; 4 of them "
+          "with the order service as client) + 6 of the simplest commits (order accepted, stock reserved, "
+          "payment authorized, payment captured, stock committed, order confirmed; events ride in them). "
+          "This design's limit is 6 RPCs + C commits + max(0, S - 3C) statements, with C "
           "the run's write transactions (COMMIT statements) and S its statements per order (SQLite runs borrow them from the PostgreSQL run "
-          "at the same concurrency: same SQL). The throughput limit is cores / that CPU. \"share of limit\" is "
-          "measured orders/s divided by that limit; \"x limit\" for CPU is measured CPU divided by the limit's.",
+          "at the same concurrency: same SQL): a design that issues more statements raises it, so it is "
+          "reported but not a target. Each throughput limit is cores / that CPU. \"share of limit\" is "
+          "measured orders/s divided by a limit; \"x limit\" for CPU is measured CPU divided by the design limit's.",
           "- Mesh client stack vs bare channel: the echo scenario at c=1 alternates call by call between a "
           "bare tonic `Channel` and the mesh client stack (`--client both`) against the same server. "
           "`cargo bench -p ordermesh-mesh` (criterion) measures the same plus the open-breaker rejection "

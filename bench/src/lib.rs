@@ -448,7 +448,7 @@ async fn watch_order(
         _ => None,
     };
     let mut admin = MeshAdminServiceClient::new(channels[0].clone());
-    watch::set_hold(&mut admin, Some(args.watch_hold)).await?;
+    let flag_before = watch::hold_orders(&mut admin, args.watch_hold).await?;
     let watcher_channels = scenarios::connections(&mesh.order_url, 16, bearer).await?;
     let (newest_tx, newest_rx) = tokio::sync::watch::channel(String::new());
     let mut window = watch::WatchWindow::new(
@@ -489,7 +489,7 @@ async fn watch_order(
         &mut window,
     )
     .await;
-    watch::set_hold(&mut admin, None).await?;
+    watch::release_hold(&mut admin, flag_before).await?;
     let report = std::mem::take(&mut window.report);
     Ok((outcome, (report, window.b)))
 }

@@ -2,8 +2,9 @@
 //! the database and the servers on a busy system.
 //!
 //! Orders flow at a fixed rate, each held open for a few seconds by an
-//! injected delay of CapturePayment (the mesh's own fault injection, set
-//! through the order service's MeshAdminService and cleared afterwards), so
+//! injected delay of CapturePayment (the mesh's own fault injection: a rule
+//! and the flag that arms it, set through the order service's
+//! MeshAdminService and put back afterwards), so
 //! there are always open orders to watch. Phase A measures the flow alone;
 //! phase B the same flow plus N watchers, each following the newest order
 //! until it ends and then the next. The difference per watcher-second is
@@ -22,6 +23,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use ordermesh_mesh::classify::code_name;
+use ordermesh_mesh::fault::FAULT_FLAG;
 use ordermesh_proto::mesh::v1 as mesh_pb;
 use ordermesh_proto::mesh::v1::mesh_admin_service_client::MeshAdminServiceClient;
 use ordermesh_proto::order::v1 as order_pb;
@@ -44,20 +46,63 @@ fn phase(probe: &Probe, seconds: f64) -> serde_json::Value {
     })
 }
 
-pub async fn set_hold(
+/// Holds every order at CapturePayment for `hold`: a fault rule on the
+/// order service's payment downstream, and the `fault_injection` flag that
+/// arms rules turned on. Returns the flag as it was, for [`release_hold`].
+pub async fn hold_orders(
     admin: &mut MeshAdminServiceClient<Conn>,
-    hold: Option<Duration>,
-) -> anyhow::Result<()> {
-    let rules = hold
-        .map(|hold| mesh_pb::FaultRule {
+    hold: Duration,
+) -> anyhow::Result<Option<mesh_pb::Flag>> {
+    let previous = admin
+        .get_mesh_state(mesh_pb::GetMeshStateRequest::default())
+        .await
+        .map_err(|s| anyhow::anyhow!("MeshAdminService/GetMeshState: {s}"))?
+        .into_inner()
+        .flags
+        .into_iter()
+        .find(|f| f.name == FAULT_FLAG);
+    set_rules(
+        admin,
+        vec![mesh_pb::FaultRule {
             method: "CapturePayment".into(),
             delay_percent: 100.0,
             delay_ms: i64::try_from(hold.as_millis()).unwrap_or(i64::MAX),
             abort_percent: 0.0,
             abort_code: String::new(),
-        })
-        .into_iter()
-        .collect();
+        }],
+    )
+    .await?;
+    set_flag(
+        admin,
+        mesh_pb::Flag {
+            name: FAULT_FLAG.into(),
+            enabled: true,
+            rollout_percent: 100.0,
+            description: "armed by ordermesh bench (watch-order)".into(),
+        },
+    )
+    .await?;
+    Ok(previous)
+}
+
+/// Clears the rule and puts the flag back as [`hold_orders`] found it.
+pub async fn release_hold(
+    admin: &mut MeshAdminServiceClient<Conn>,
+    previous: Option<mesh_pb::Flag>,
+) -> anyhow::Result<()> {
+    set_rules(admin, Vec::new()).await?;
+    let flag = previous.unwrap_or_else(|| mesh_pb::Flag {
+        name: FAULT_FLAG.into(),
+        enabled: false,
+        ..Default::default()
+    });
+    set_flag(admin, flag).await
+}
+
+async fn set_rules(
+    admin: &mut MeshAdminServiceClient<Conn>,
+    rules: Vec<mesh_pb::FaultRule>,
+) -> anyhow::Result<()> {
     admin
         .set_faults(mesh_pb::SetFaultsRequest {
             downstream: "payment".into(),
@@ -65,6 +110,14 @@ pub async fn set_hold(
         })
         .await
         .map_err(|s| anyhow::anyhow!("MeshAdminService/SetFaults: {s}"))?;
+    Ok(())
+}
+
+async fn set_flag(admin: &mut MeshAdminServiceClient<Conn>, flag: mesh_pb::Flag) -> anyhow::Result<()> {
+    admin
+        .set_flag(mesh_pb::SetFlagRequest { flag: Some(flag) })
+        .await
+        .map_err(|s| anyhow::anyhow!("MeshAdminService/SetFlag: {s}"))?;
     Ok(())
 }
 
