@@ -88,13 +88,28 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 impl Receiver {
     /// Serves on a free port until dropped with the returned task.
     async fn start() -> (Receiver, u16, tokio::task::JoinHandle<()>) {
+        Receiver::start_grpc(None).await
+    }
+
+    /// The gRPC receiver, with `tls` over mutual TLS.
+    async fn start_grpc(tls: Option<&CollectorPki>) -> (Receiver, u16, tokio::task::JoinHandle<()>) {
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let service = TraceServiceServer::new(receiver.clone());
         let logs = LogsServiceServer::new(receiver.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(&tls.server.0, &tls.server.1))
+                        .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem)),
+                )
+                .expect("server TLS");
+        }
         let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(service)
                 .add_service(logs)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
@@ -105,7 +120,7 @@ impl Receiver {
 
     /// An OTLP/HTTP receiver (protobuf bodies on `/v1/traces` and
     /// `/v1/logs`) on a free port until dropped with the returned task.
-    async fn start_http() -> (Receiver, u16, tokio::task::JoinHandle<()>) {
+    async fn start_http(tls: Option<&CollectorPki>) -> (Receiver, u16, tokio::task::JoinHandle<()>) {
         use prost::Message;
         let receiver = Receiver::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -140,9 +155,20 @@ impl Receiver {
                     protobuf(ExportLogsServiceResponse::default().encode_to_vec())
                 }),
             );
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+            Some(tls) => {
+                let listener = TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()),
+                };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })
+            }
+        };
         (receiver, port, server)
     }
 
@@ -434,28 +460,7 @@ async fn a_saga_resumed_after_a_crash_goes_on_in_its_orders_trace() {
         return;
     };
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
-    let mut request = tonic::Request::new(order_pb::CreateOrderRequest {
-        request_id: "traced-crash".into(),
-        customer_id: "alice".into(),
-        lines: vec![order_pb::CreateOrderLine {
-            sku: "CB-004".into(),
-            quantity: 1,
-        }],
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-b7ad6b7169203331-01")
-            .parse()
-            .expect("ascii"),
-    );
-    let order = cluster
-        .order()
-        .create_order(request)
-        .await
-        .expect("created")
-        .into_inner()
-        .order
-        .expect("order");
+    let order = create_traced(&cluster, "traced-crash", trace_id, "b7ad6b7169203331").await;
     assert_eq!(order.trace_id, trace_id);
     // Frozen after AUTHORIZE answered; killed there, and another process
     // resumes the saga from its record.
@@ -516,43 +521,55 @@ async fn a_saga_resumed_after_a_crash_goes_on_in_its_orders_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_log_records_go_out_over_otlp_http_when_the_protocol_says_so() {
-    let (receiver, port, server) = Receiver::start_http().await;
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+    exported_to_a_collector("http/protobuf", None, "4bf92f3577b34da6a3ce929d0e0e4736").await;
+}
+
+/// An `https://` collector that requires a client certificate, reached
+/// over gRPC with the CA and the client certificate the standard variables
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_gets_spans_over_mutual_tls_on_grpc() {
+    let pki = CollectorPki::new();
+    exported_to_a_collector("grpc", Some(&pki), "5bf92f3577b34da6a3ce929d0e0e4736").await;
+}
+
+/// The same over OTLP/HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_gets_spans_over_mutual_tls_on_http() {
+    let pki = CollectorPki::new();
+    exported_to_a_collector("http/protobuf", Some(&pki), "6bf92f3577b34da6a3ce929d0e0e4736").await;
+}
+
+/// Starts a collector on `protocol` (over mutual TLS with `tls`) and three
+/// processes exporting to it; one order's spans from all three and some
+/// log records arrive.
+async fn exported_to_a_collector(protocol: &str, tls: Option<&CollectorPki>, trace_id: &str) {
+    let (receiver, port, server) = match protocol {
+        "grpc" => Receiver::start_grpc(tls).await,
+        _ => Receiver::start_http(tls).await,
+    };
+    // `localhost`: the name the collector's certificate holds.
+    let endpoint = match tls {
+        Some(_) => format!("https://localhost:{port}"),
+        None => format!("http://127.0.0.1:{port}"),
+    };
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_owned()),
     ];
+    if let Some(tls) = tls {
+        env.extend(tls.client_env());
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_ordermesh"));
     let Some(cluster) = Cluster::start_with_env(bin, Backend::Sqlite, None, None, &env).await else {
         return;
     };
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = tonic::Request::new(order_pb::CreateOrderRequest {
-        request_id: "traced-http".into(),
-        customer_id: "alice".into(),
-        lines: vec![order_pb::CreateOrderLine {
-            sku: "CB-004".into(),
-            quantity: 1,
-        }],
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .expect("ascii"),
-    );
-    let order = cluster
-        .order()
-        .create_order(request)
-        .await
-        .expect("created")
-        .into_inner()
-        .order
-        .expect("order");
+    let order = create_traced(&cluster, "traced-export", trace_id, "00f067aa0ba902b7").await;
     assert_eq!(order.trace_id, trace_id);
-    // Each of the three processes exported over HTTP, in the order's trace.
+    // Each of the three processes exported, in the order's trace.
     let spans = receiver
         .trace(trace_id, |spans| {
             served(spans, &["CreateOrder", "ReserveStock", "AuthorizePayment"])
@@ -572,10 +589,131 @@ async fn spans_and_log_records_go_out_over_otlp_http_when_the_protocol_says_so()
     while receiver.logs.lock().expect("lock").is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no log record over OTLP/HTTP"
+            "no log record over {protocol} to {endpoint}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(cluster);
     server.abort();
+}
+
+/// Places one order of CB-004 for alice with a `traceparent` naming
+/// `trace_id` (and `parent_span` as the caller's span).
+async fn create_traced(
+    cluster: &Cluster,
+    request_id: &str,
+    trace_id: &str,
+    parent_span: &str,
+) -> order_pb::Order {
+    let mut request = tonic::Request::new(order_pb::CreateOrderRequest {
+        request_id: request_id.into(),
+        customer_id: "alice".into(),
+        lines: vec![order_pb::CreateOrderLine {
+            sku: "CB-004".into(),
+            quantity: 1,
+        }],
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_span}-01").parse().expect("ascii"),
+    );
+    cluster
+        .order()
+        .create_order(request)
+        .await
+        .expect("created")
+        .into_inner()
+        .order
+        .expect("order")
+}
+
+/// A collector's certificate (for `localhost`) and a client certificate,
+/// from one throwaway CA, in files the exporter's variables name.
+struct CollectorPki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    server: (String, String),
+}
+
+impl CollectorPki {
+    fn new() -> CollectorPki {
+        let ca = ordermesh_mesh::tls::mint::Ca::new("test collector CA").expect("CA");
+        let server = ca.issue_for("localhost").expect("collector certificate");
+        let (cert, key) = ca.issue("order").expect("client certificate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, body) in [
+            ("ca.crt", ca.cert_pem()),
+            ("client.crt", &cert),
+            ("client.key", &key),
+        ] {
+            std::fs::write(dir.path().join(name), body).expect("write");
+        }
+        CollectorPki {
+            dir,
+            ca_pem: ca.cert_pem().to_owned(),
+            server,
+        }
+    }
+
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        vec![
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.crt")),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path("client.crt")),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client.key")),
+        ]
+    }
+
+    /// The collector's side: its certificate, and client certificates
+    /// from the CA required.
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).expect("CA PEM"))
+            .expect("CA");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .expect("client verifier");
+        let chain = vec![CertificateDer::from_pem_slice(self.server.0.as_bytes()).expect("cert PEM")];
+        let key = PrivateKeyDer::from_pem_slice(self.server.1.as_bytes()).expect("key PEM");
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// axum's listener over TLS: a handshake that fails (a client without a
+/// certificate) drops that connection and waits for the next.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }

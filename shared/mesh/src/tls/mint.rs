@@ -38,10 +38,14 @@ impl Ca {
     /// A certificate for `target` (its identity name as DNS SAN, for both
     /// server and client use) and its private key, both PEM.
     pub fn issue(&self, target: &str) -> Result<(String, String), rcgen::Error> {
-        let mut params = CertificateParams::new(vec![identity_name(target)])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, identity_name(target));
+        self.issue_for(&identity_name(target))
+    }
+
+    /// A certificate for the DNS name `name` (a collector's, a database's
+    /// host in tests), for server and client use, and its key, both PEM.
+    pub fn issue_for(&self, name: &str) -> Result<(String, String), rcgen::Error> {
+        let mut params = CertificateParams::new(vec![name.to_owned()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
