@@ -272,6 +272,11 @@ pub async fn existing(
     db_pids: &[u32],
     postgres_url: Option<&str>,
 ) -> anyhow::Result<Mesh> {
+    // A mesh just started may still be opening its databases (health says
+    // NOT_SERVING and other calls UNAVAILABLE): the run starts once all
+    // three serve, as it does for a mesh the bench started itself.
+    let urls = [order_url, inventory_url, payment_url].map(str::to_owned);
+    wait_serving(&urls, &mut [], Duration::from_secs(30)).await?;
     let mut processes: Vec<(String, u32)> = Vec::new();
     if pids.is_empty() && measured.is_empty() {
         for (name, url) in [

@@ -150,7 +150,15 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
+        // Only the attributes the spans are read by: no source location,
+        // thread, `target` or busy/idle time on every span (eight
+        // attributes each, more than the span's own, and each one an
+        // allocation, a clock read or bytes to encode and send).
         tracing_opentelemetry::layer()
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_tracer(provider.tracer("ordermesh"))
             .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
                 metadata.target().starts_with("ordermesh") && *metadata.level() <= tracing::Level::INFO
