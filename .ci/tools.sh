@@ -43,6 +43,9 @@ want rust-just
 want kubernetes-validate
 # Drives the gateway's /openapi.json against a running `up` (.ci/schemathesis.sh).
 want schemathesis
+# A strict OpenMetrics parser for the metrics endpoint's OpenMetrics answer
+# (cli/tests/metrics.rs).
+want prometheus-client
 NODE_TOOLS="$TOOLS/node"
 if [ ! -x "$TOOLS/bin/helm" ] || [ ! -x "$NODE_TOOLS/node_modules/.bin/protoc-gen-es" ]; then
   mkdir -p "$NODE_TOOLS"

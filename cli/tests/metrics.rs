@@ -77,6 +77,31 @@ fn key(name: &str, labels: &[(&str, &str)]) -> Key {
     )
 }
 
+/// What Prometheus sends when it prefers OpenMetrics.
+const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// The exposition in OpenMetrics, as a scraper asking for it gets it.
+async fn scrape_openmetrics(port: u16) -> String {
+    let response = ordermesh_tests::gateway::http_client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .header("accept", OPENMETRICS_ACCEPT)
+        .send()
+        .await
+        .expect("scrape");
+    assert!(response.status().is_success(), "{}", response.status());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    response.text().await.expect("body")
+}
+
 async fn scrape(port: u16) -> String {
     let response = ordermesh_tests::gateway::http_client()
         .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -371,6 +396,45 @@ async fn the_counters_move_by_what_was_sent() {
             String::from_utf8_lossy(&check.stderr)
         );
         check.stdout.clear();
+    }
+
+    // The same families in OpenMetrics, read by a strict parser
+    // (prometheus_client's): counters named without `_total`, every other
+    // family as in the text format.
+    let open = scrape_openmetrics(up.metrics).await;
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    let mut families: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .map(|rest| match rest.split_once(' ') {
+            Some((name, "counter")) => format!("{} counter", name.strip_suffix("_total").unwrap_or(name)),
+            Some((name, "untyped")) => format!("{name} unknown"),
+            Some((name, kind)) => format!("{name} {kind}"),
+            None => rest.to_owned(),
+        })
+        .collect();
+    families.sort();
+    if let Some(python) = tool("ORDERMESH_PYTHON", "python", "OpenMetrics parse") {
+        use std::io::Write;
+        const READ: &str = "import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()): print(family.name, family.type)
+";
+        let parsed = std::process::Command::new(python)
+            .args(["-c", READ])
+            .stdin(std::process::Stdio::piped())
+            .output_with(|stdin| stdin.write_all(open.as_bytes()));
+        assert!(
+            parsed.status.success(),
+            "the OpenMetrics parser refused the exposition: {}\n{open}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+        let mut read: Vec<String> = String::from_utf8_lossy(&parsed.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        read.sort();
+        assert_eq!(read, families, "{open}");
     }
 }
 

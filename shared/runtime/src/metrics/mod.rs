@@ -1,6 +1,7 @@
 //! The process's Prometheus endpoint (`--metrics-listen`): one recorder per
 //! process, installed before any target is built, and `GET /metrics` that
-//! renders it in Prometheus's text format.
+//! renders it in Prometheus's text format, or in OpenMetrics when the
+//! scraper's `Accept` asks for it ([`openmetrics`]).
 //!
 //! Why it is built this way:
 //! - **The `metrics` facade everywhere, one exporter here.** The crates
@@ -15,6 +16,8 @@
 //!   database that does not answer) is left behind and the scrape answers
 //!   with the last values.
 //! - **Process figures** (CPU, memory, descriptors) from `metrics-process`.
+
+pub mod openmetrics;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -298,14 +301,26 @@ pub async fn serve(
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
-        get(|| async {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                render().await,
-            )
+        get(|headers: axum::http::HeaderMap| async move {
+            let accept = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let text = render().await;
+            if openmetrics::wanted(accept) {
+                (
+                    [(axum::http::header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
+                    openmetrics::from_prometheus(&text),
+                )
+            } else {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
         }),
     );
     let addr = listener.local_addr().ok();
