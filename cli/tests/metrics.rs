@@ -80,14 +80,13 @@ fn key(name: &str, labels: &[(&str, &str)]) -> Key {
 /// What Prometheus sends when it prefers OpenMetrics.
 const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-/// The exposition in OpenMetrics, as a scraper asking for it gets it.
-async fn scrape_openmetrics(port: u16) -> String {
-    let response = ordermesh_tests::gateway::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .header("accept", OPENMETRICS_ACCEPT)
-        .send()
-        .await
-        .expect("scrape");
+/// The exposition and its content type, for a scraper sending `accept`.
+async fn scrape_with(port: u16, accept: Option<&str>) -> (String, String) {
+    let mut request = ordermesh_tests::gateway::http_client().get(format!("http://127.0.0.1:{port}/metrics"));
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("scrape");
     assert!(response.status().is_success(), "{}", response.status());
     let content_type = response
         .headers()
@@ -95,31 +94,26 @@ async fn scrape_openmetrics(port: u16) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    (content_type, response.text().await.expect("body"))
+}
+
+/// The exposition in OpenMetrics, as a scraper asking for it gets it.
+async fn scrape_openmetrics(port: u16) -> String {
+    let (content_type, body) = scrape_with(port, Some(OPENMETRICS_ACCEPT)).await;
     assert_eq!(
         content_type,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    response.text().await.expect("body")
+    body
 }
 
 async fn scrape(port: u16) -> String {
-    let response = ordermesh_tests::gateway::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("scrape");
-    assert!(response.status().is_success(), "{}", response.status());
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let (content_type, body) = scrape_with(port, None).await;
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
         "{content_type}"
     );
-    response.text().await.expect("body")
+    body
 }
 
 /// How much each sample moved between two scrapes.

@@ -44,12 +44,7 @@ impl LogsService for Receiver {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        let mut logs = self.logs.lock().expect("lock");
-        for resource in request.into_inner().resource_logs {
-            for scope in resource.scope_logs {
-                logs.extend(scope.log_records);
-            }
-        }
+        self.keep_logs(request.into_inner());
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
@@ -60,12 +55,7 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().expect("lock");
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
+        self.keep_spans(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -86,6 +76,26 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
 }
 
 impl Receiver {
+    /// Keeps the spans of one export (over gRPC or HTTP).
+    fn keep_spans(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource in request.resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+    }
+
+    /// Keeps the log records of one export (over gRPC or HTTP).
+    fn keep_logs(&self, request: ExportLogsServiceRequest) {
+        let mut logs = self.logs.lock().expect("lock");
+        for resource in request.resource_logs {
+            for scope in resource.scope_logs {
+                logs.extend(scope.log_records);
+            }
+        }
+    }
+
     /// Serves on a free port until dropped with the returned task.
     async fn start() -> (Receiver, u16, tokio::task::JoinHandle<()>) {
         Receiver::start_grpc(None).await
@@ -132,26 +142,14 @@ impl Receiver {
             .route(
                 "/v1/traces",
                 axum::routing::post(move |body: axum::body::Bytes| async move {
-                    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
-                    let mut spans = traces.spans.lock().expect("lock");
-                    for resource in request.resource_spans {
-                        for scope in resource.scope_spans {
-                            spans.extend(scope.spans);
-                        }
-                    }
+                    traces.keep_spans(ExportTraceServiceRequest::decode(body).expect("an OTLP trace export"));
                     protobuf(ExportTraceServiceResponse::default().encode_to_vec())
                 }),
             )
             .route(
                 "/v1/logs",
                 axum::routing::post(move |body: axum::body::Bytes| async move {
-                    let request = ExportLogsServiceRequest::decode(body).expect("an OTLP log export");
-                    let mut records = logs.logs.lock().expect("lock");
-                    for resource in request.resource_logs {
-                        for scope in resource.scope_logs {
-                            records.extend(scope.log_records);
-                        }
-                    }
+                    logs.keep_logs(ExportLogsServiceRequest::decode(body).expect("an OTLP log export"));
                     protobuf(ExportLogsServiceResponse::default().encode_to_vec())
                 }),
             );

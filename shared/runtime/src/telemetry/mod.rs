@@ -144,8 +144,17 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
             .with_filter(filter)
             .boxed(),
     };
-    let exported_logs = traces.as_ref().map(logger_provider).transpose()?;
-    let provider = traces.map(tracer_provider).transpose()?;
+    let transport = traces
+        .as_ref()
+        .map(|export| Transport::from_env(&export.endpoint))
+        .transpose()?;
+    let (exported_logs, provider) = match (traces, &transport) {
+        (Some(export), Some(transport)) => (
+            Some(logger_provider(&export, transport)?),
+            Some(tracer_provider(export, transport)?),
+        ),
+        _ => (None, None),
+    };
     let spans = provider.as_ref().map(|provider| {
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
@@ -182,33 +191,45 @@ pub fn init(format: LogFormat, traces: Option<TraceExport>) -> Result<Telemetry,
     })
 }
 
-/// One signal's exporter on the chosen transport, over TLS for an
-/// `https://` endpoint. A macro, not a function: the span and log builders
-/// share method names but no trait that builds.
+/// How both signals' exporters reach the collector, worked out once: the
+/// protocol, and TLS for an `https://` endpoint (for HTTP, one client that
+/// both share).
+enum Transport {
+    Grpc(Option<tonic::transport::ClientTlsConfig>),
+    Http(reqwest::blocking::Client),
+}
+
+impl Transport {
+    fn from_env(endpoint: &str) -> Result<Transport, TelemetryError> {
+        let tls = collector_tls::CollectorTls::for_endpoint(endpoint, |name| std::env::var(name).ok())?;
+        Ok(match Protocol::from_env()? {
+            Protocol::Grpc => Transport::Grpc(tls.map(|tls| tls.tonic())),
+            Protocol::HttpProtobuf => Transport::Http(
+                tls.unwrap_or_else(collector_tls::CollectorTls::web_pki)
+                    .blocking_client()?,
+            ),
+        })
+    }
+}
+
+/// One signal's exporter on `$transport`. A macro, not a function: the span
+/// and log builders share method names but no trait that builds.
 macro_rules! otlp_exporter {
-    ($builder:expr, $export:expr, $signal:literal) => {{
-        let tls =
-            collector_tls::CollectorTls::for_endpoint(&$export.endpoint, |name| std::env::var(name).ok())?;
-        match Protocol::from_env()? {
-            Protocol::Grpc => {
+    ($builder:expr, $export:expr, $transport:expr, $signal:literal) => {{
+        match $transport {
+            Transport::Grpc(tls) => {
                 let builder = $builder.with_tonic().with_endpoint($export.endpoint.clone());
-                match &tls {
-                    Some(tls) => builder.with_tls_config(tls.tonic()),
+                match tls {
+                    Some(tls) => builder.with_tls_config(tls.clone()),
                     None => builder,
                 }
                 .build()
             }
-            Protocol::HttpProtobuf => {
-                let client = tls
-                    .clone()
-                    .unwrap_or_else(collector_tls::CollectorTls::web_pki)
-                    .blocking_client()?;
-                $builder
-                    .with_http()
-                    .with_endpoint(signal_url(&$export.endpoint, $signal))
-                    .with_http_client(client)
-                    .build()
-            }
+            Transport::Http(client) => $builder
+                .with_http()
+                .with_endpoint(signal_url(&$export.endpoint, $signal))
+                .with_http_client(client.clone())
+                .build(),
         }
         .map_err(|e| TelemetryError::Exporter {
             endpoint: $export.endpoint.clone(),
@@ -217,8 +238,13 @@ macro_rules! otlp_exporter {
     }};
 }
 
-fn logger_provider(export: &TraceExport) -> Result<SdkLoggerProvider, TelemetryError> {
-    let exporter = otlp_exporter!(opentelemetry_otlp::LogExporter::builder(), export, "logs");
+fn logger_provider(export: &TraceExport, transport: &Transport) -> Result<SdkLoggerProvider, TelemetryError> {
+    let exporter = otlp_exporter!(
+        opentelemetry_otlp::LogExporter::builder(),
+        export,
+        transport,
+        "logs"
+    );
     Ok(SdkLoggerProvider::builder()
         .with_resource(resource(export))
         .with_batch_exporter(exporter)
@@ -237,8 +263,13 @@ fn resource(export: &TraceExport) -> opentelemetry_sdk::Resource {
     resource.build()
 }
 
-fn tracer_provider(export: TraceExport) -> Result<SdkTracerProvider, TelemetryError> {
-    let exporter = otlp_exporter!(opentelemetry_otlp::SpanExporter::builder(), export, "traces");
+fn tracer_provider(export: TraceExport, transport: &Transport) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = otlp_exporter!(
+        opentelemetry_otlp::SpanExporter::builder(),
+        export,
+        transport,
+        "traces"
+    );
     Ok(SdkTracerProvider::builder()
         .with_resource(resource(&export))
         .with_batch_exporter(exporter)
