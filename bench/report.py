@@ -109,6 +109,13 @@ def targets(runs, suffix):
         p99 = get(r(f"{setup}-c32"), "latency_ms", "p99_ms") if get(r(f"{setup}-c32"), "requests", "ok") else None
         rows.append(Row(f"p99 to CONFIRMED at c=32, {label}", "< 100 ms", p99, " ms",
                         None if p99 is None else p99 < 100))
+        hot = throughput(f"{setup}-hot-c32")
+        rows.append(Row(f"hot rows: confirmed orders/s with one SKU and one account, {label}, c=32", "reported",
+                        hot, "/s", None,
+                        note=(f"{fmt(hot / t if hot and t else None, 2)}x the spread default's; "
+                              f"database CPU {fmt(get(r(f'{setup}-hot-c32'), 'cpu', 'database_ms_per_request'), 2)} ms "
+                              f"per order against {fmt(get(r(f'{setup}-c32'), 'cpu', 'database_ms_per_request'), 2)} ms")
+                        if hot else ""))
         p99 = get(r(f"{setup}-open100"), "latency_ms", "p99_ms") if get(r(f"{setup}-open100"), "requests", "ok") else None
         rows.append(Row(f"p99 to CONFIRMED at 100 orders/s open loop, {label}", "< 100 ms", p99, " ms",
                         None if p99 is None else p99 < 100,
@@ -237,7 +244,8 @@ WHY = [
 ]
 
 
-RUN_ORDER = ["serve-c1", "serve-c8", "serve-c32", "up-c1", "up-c8", "up-c32", "serve-open100",
+RUN_ORDER = ["serve-c1", "serve-c8", "serve-c32", "serve-c64", "serve-hot-c32", "up-c1", "up-c8", "up-c32",
+             "up-c64", "up-hot-c32", "serve-open100",
              "up-open100", "echo", "get-order", "watch", "watch-default-policy", "long"]
 
 
@@ -253,6 +261,9 @@ def run_table(runs):
                 continue
             per = get(run, "cpu", "process_ms_per_request") or {}
             procs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+            threads = get(run, "cpu", "thread_kind_ms_per_request") or {}
+            if threads:
+                procs += "; threads: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v >= 0.01)
             errors = get(run, "requests", "errors") or {}
             err = str(sum(errors.values())) + (" (" + ", ".join(f"{k}: {v}" for k, v in errors.items()) + ")" if errors else "")
             if get(run, "requests", "budget_exhausted"):
@@ -313,29 +324,55 @@ def chart(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    setups = [("up", "up (SQLite)"), ("serve", "3 x serve (PostgreSQL)")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
-    for ax, (setup, title) in zip(axes, setups):
-        xs = [1, 8, 32]
-        has_b = any(f"{setup}-c{c}-B" in runs for c in xs)
-        for i, (suffix, label, color) in enumerate((("A", "this branch", "#1f77b4"), ("B", "baseline", "#aaaaaa"))):
-            if suffix == "B" and not has_b:
+    setups = [("up", "up (SQLite)", 600), ("serve", "3 x serve (PostgreSQL)", 500)]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    xs = [1, 8, 32, 64]
+    for ax, (setup, title, target) in zip(axes, setups):
+        for suffix, label, color in (("A", "this branch", "#1f77b4"), ("B", "baseline", "#aaaaaa")):
+            points = [(c, get(runs.get(f"{setup}-c{c}-{suffix}"), "throughput_per_s")) for c in xs]
+            points = [(c, v) for c, v in points if v]
+            if not points:
                 continue
-            vals = [get(runs.get(f"{setup}-c{c}-{suffix}"), "throughput_per_s") or 0 for c in xs]
-            pos = [j + (i - 0.5) * width if has_b else j for j in range(len(xs))]
-            bars = ax.bar(pos, vals, width if has_b else 0.6, label=label, color=color)
-            ax.bar_label(bars, fmt="%.0f", fontsize=8)
-        limits = [get(runs.get(f"{setup}-c{c}-A"), "limit", "lower", "orders_per_s") for c in xs]
-        if any(limits):
-            lim = max(l for l in limits if l)
-            ax.axhline(lim * 0.5, color="#2ca02c", linestyle=":", label=f"0.5 x machine limit ({lim * 0.5:.0f})")
-        ax.axhline(300, color="#d62728", linestyle="--", label="target 300/s")
-        ax.set_xticks(range(len(xs)), [f"c={c}" for c in xs])
+            ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=label, color=color)
+            for c, v in points:
+                ax.annotate(f"{v:.0f}", (c, v), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+            hot = get(runs.get(f"{setup}-hot-c32-{suffix}"), "throughput_per_s")
+            if hot:
+                ax.scatter([32], [hot], marker="x", color=color, label=f"{label}: one SKU, one account")
+        fixed = get(runs.get(f"{setup}-c32-A"), "limit", "fixed", "orders_per_s")
+        if fixed:
+            ax.axhline(fixed * 0.5, color="#2ca02c", linestyle=":", label=f"0.5 x fixed floor ({fixed * 0.5:.0f})")
+        ax.axhline(target, color="#d62728", linestyle="--", label=f"target {target}/s")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"c={c}" for c in xs])
         ax.set_title(title)
         ax.set_ylabel("confirmed orders/s")
-        ax.legend(fontsize=8, loc="upper left")
-    fig.suptitle("ordermesh: confirmed orders per second (ordermesh bench, create-order)")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="upper left")
+    # CPU per order at c=32, stacked: ordermesh by kind of thread, the
+    # database, the bench.
+    ax = axes[2]
+    bars = [(f"{setup}-c32-{suffix}", f"{setup}\n{'this' if suffix == 'A' else 'base'}")
+            for setup in ("up", "serve") for suffix in ("A", "B") if f"{setup}-c32-{suffix}" in runs]
+    kinds = sorted({k for name, _ in bars for k in (get(runs[name], "cpu", "thread_kind_ms_per_request") or {})})
+    layers = [(f"ordermesh: {k}", lambda run, k=k: (get(run, "cpu", "thread_kind_ms_per_request") or {}).get(k, 0))
+              for k in kinds]
+    if not kinds:
+        layers = [("ordermesh", lambda run: get(run, "cpu", "ordermesh_ms_per_request") or 0)]
+    layers += [("PostgreSQL", lambda run: get(run, "cpu", "database_ms_per_request") or 0),
+               ("bench", lambda run: get(run, "cpu", "client_ms_per_request") or 0)]
+    bottom = [0.0] * len(bars)
+    for label, value in layers:
+        vals = [value(runs[name]) for name, _ in bars]
+        if not any(vals):
+            continue
+        ax.bar(range(len(bars)), vals, 0.6, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(bars)), [label for _, label in bars])
+    ax.set_ylabel("CPU ms per confirmed order (c=32)")
+    ax.set_title("CPU per order by where it is spent")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("ordermesh: confirmed orders per second by concurrency, and CPU per order (ordermesh bench, create-order)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -369,9 +406,17 @@ def main():
           "send time, so queueing behind a stall counts: corrected for coordinated omission). "
           f"Warm-up, then a measured window (this run: see each JSON's `window_s`; the long run {a.long}). "
           "Latencies go into HDR histograms (3 significant figures).",
-          "- create-order: `CreateOrder` of one unit of CB-004 ($9.99), then `WatchOrder` until the order is "
-          "terminal; only CONFIRMED counts, anything else is an error by reason. Each run opens a funded account "
-          "of its own (`OpenAccount`) and restocks the SKU (`AdjustStock`).",
+          "- create-order: `CreateOrder` of one unit, then `WatchOrder` until the order is "
+          "terminal; only CONFIRMED counts, anything else is an error by reason. Each run opens 32 funded "
+          "accounts of its own (`OpenAccount`) and restocks the catalogue (`AdjustStock`); order n buys SKU "
+          "n mod 5 of the demo catalogue and is charged to account n mod 32, so orders in flight together "
+          "touch different stock rows and balances, as real traffic spread over products and customers does. "
+          "The hot-row runs (`-hot-`) put every order on one SKU (CB-004) and one account "
+          "(`--sku CB-004 --accounts 1`): the worst case.",
+          "- CPU by kind of thread: `/proc/<pid>/task/<tid>/stat` of every ordermesh process, grouped by the "
+          "thread's name less its number (`tokio-runtime-w`: tokio's workers and blocking pool; "
+          "`sqlx-sqlite-wor`: a SQLite connection's worker thread); the chart's right panel stacks them with "
+          "the database's and the bench's CPU per order.",
           "- CPU: utime+stime from `/proc/<pid>/stat` of every ordermesh process and of every process of the "
           "PostgreSQL cluster (the postmaster's tree, including reaped backends), read at both edges of the "
           "window while the load runs, divided by the confirmed orders in the window. The bench's own CPU is "

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The comparison set in one go: builds the release binary, runs
 # `ordermesh bench` for every figure (create-order on `up`/SQLite and on three
-# `serve` processes on PostgreSQL at c=1, 8, 32; open loop at 100 orders/s;
+# `serve` processes on PostgreSQL at c=1, 8, 32, 64, and at c=32 with every
+# order on one SKU and one account; open loop at 100 orders/s;
 # the echo floor with the mesh client stack against a bare channel; 1,000
 # WatchOrder watchers; idle RSS and start-to-healthy of every start; RSS over a
 # longer run), then writes BENCHMARKS.md and bench/benchmarks.png.
 #
-#   bench/run.sh                         # the default set (about 7 minutes on 2 cores)
+#   bench/run.sh                         # the default set (about 9 minutes on 2 cores)
 #   bench/run.sh --baseline OLD_BIN      # every run also against OLD_BIN, alternating A and B
 #   bench/run.sh --long 10m              # the 10-minute memory run (default 60s)
 #   bench/run.sh --duration 20s          # longer windows (default 8s)
@@ -74,12 +75,17 @@ run_one() {
 started=$(date +%s)
 # PostgreSQL first: the SQLite runs borrow its statement and commit counts
 # (the same SQL; SQLite's cannot be counted from outside) for their limit.
-for c in 1 8 32; do
+for c in 1 8 32 64; do
   pair "serve-c$c" --start serve --scenario create-order --concurrency "$c"
 done
-for c in 1 8 32; do
+# The hot-row worst case: every order on one stock row and one balance.
+HOT=(--sku CB-004 --accounts 1)
+pair "serve-hot-c32" --start serve --scenario create-order --concurrency 32 "${HOT[@]}"
+for c in 1 8 32 64; do
   pair "up-c$c" --start up --scenario create-order --concurrency "$c" --db-counts-from "$OUT/serve-c$c-@SUFFIX@.json"
 done
+pair "up-hot-c32" --start up --scenario create-order --concurrency 32 "${HOT[@]}" \
+  --db-counts-from "$OUT/serve-hot-c32-@SUFFIX@.json"
 pair "serve-open100" --start serve --scenario create-order --rate 100 --no-limit
 pair "up-open100" --start up --scenario create-order --rate 100 --no-limit
 pair "echo" --start up --scenario echo --client both --concurrency 1

@@ -133,11 +133,19 @@ pub struct BenchArgs {
     /// CapturePayment) so that watchers have open orders to watch.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub watch_hold: Duration,
-    /// The SKU ordered (one unit per order).
-    #[arg(long, default_value = "CB-004")]
-    pub sku: String,
+    /// The SKUs ordered, one unit per order, each order the next SKU in
+    /// turn (comma-separated or repeated). Default: the catalogue's first
+    /// 64 SKUs (`ListStock`), so orders spread over products as real
+    /// traffic does; `--sku CB-004 --accounts 1` is the hot-row worst case
+    /// (every order on one stock row and one balance).
+    #[arg(long = "sku", value_delimiter = ',')]
+    pub skus: Vec<String>,
+    /// Accounts opened (and funded) for the run; each order is charged to
+    /// the next one in turn.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub accounts: u16,
     /// Order as this existing customer (limited to its balance) instead of
-    /// an account opened for the run.
+    /// accounts opened for the run.
     #[arg(long)]
     pub customer: Option<String>,
     /// create-order: skip measuring the machine's limit (echo floor and

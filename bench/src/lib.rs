@@ -88,20 +88,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut inventory = InventoryServiceClient::new(scenarios::connect(&mesh.inventory_url, &bearer).await?);
     let mut payment = PaymentServiceClient::new(scenarios::connect(&mesh.payment_url, &bearer).await?);
 
-    let customer = if args.scenario == Scenario::Echo {
+    let spread = if args.scenario == Scenario::Echo {
         None
     } else {
-        scenarios::restock(&mut inventory, &args.sku, &run_id).await?;
-        Some(
-            scenarios::customer(
-                &mut payment,
-                &mut inventory,
-                &args.sku,
-                &run_id,
-                args.customer.as_deref(),
-            )
-            .await?,
+        let (skus, dearest) = scenarios::skus(&mut inventory, &args.skus).await?;
+        scenarios::restock(&mut inventory, &skus, &run_id).await?;
+        let customers = scenarios::customers(
+            &mut payment,
+            &dearest,
+            &run_id,
+            args.accounts,
+            args.customer.as_deref(),
         )
+        .await?;
+        Some(scenarios::Spread { skus, customers })
     };
 
     // The limit first, on a quiet mesh.
@@ -119,9 +119,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         mode,
         warmup: args.warmup,
         duration: args.duration,
-        budget: customer.as_ref().and_then(|c| c.budget_orders),
+        budget: spread.as_ref().and_then(|s| s.customers.budget_orders),
     };
-    let customer_id = customer.as_ref().map(|c| c.id.clone()).unwrap_or_default();
     let mut probe = Probe::new(&mesh);
     let rss = RssSampler::start(&mesh.processes, Duration::from_secs(1));
     let mut watch_report = serde_json::Value::Null;
@@ -131,7 +130,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let seeded = 20;
             plan.budget = None;
             let client = OrderServiceClient::new(order_channels[0].clone());
-            let ids = scenarios::seed_orders(&client, &customer_id, &args.sku, &run_id, seeded).await?;
+            let ids = scenarios::seed_orders(&client, spread_of(&spread)?, &run_id, seeded).await?;
             let clients: Vec<_> = order_channels
                 .iter()
                 .cloned()
@@ -149,7 +148,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::RestGetOrder => {
             let client = OrderServiceClient::new(order_channels[0].clone());
-            let ids = scenarios::seed_orders(&client, &customer_id, &args.sku, &run_id, 20).await?;
+            let ids = scenarios::seed_orders(&client, spread_of(&spread)?, &run_id, 20).await?;
             plan.budget = None;
             let http = scenarios::http_client()?;
             let base = args.rest_url.clone().unwrap_or_else(|| mesh.order_url.clone());
@@ -175,16 +174,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .cloned()
                 .map(OrderServiceClient::new)
                 .collect();
-            let (sku, follow, run) = (args.sku.clone(), args.follow, run_id.clone());
+            let (spread, follow, run) = (spread_of(&spread)?.clone(), args.follow, run_id.clone());
             load::run(
                 &plan,
                 move |seq| {
                     let i = usize::try_from(seq).unwrap_or(0);
+                    let (sku, customer) = spread.pick(seq);
                     scenarios::create_order(
                         clients[i % clients.len()].clone(),
                         format!("bench-{run}-{seq}"),
-                        customer_id.clone(),
-                        sku.clone(),
+                        customer,
+                        sku,
                         follow,
                         None,
                     )
@@ -200,7 +200,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &plan,
                 &order_channels,
                 &bearer,
-                &customer_id,
+                spread_of(&spread)?,
                 &run_id,
             )
             .await?;
@@ -221,7 +221,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         outcome: &outcome,
         probe: &probe,
         floor: floor.as_ref(),
-        customer: customer.as_ref(),
+        spread: spread.as_ref(),
         watch: watch_report,
         db_counts_from,
         rss_series,
@@ -232,6 +232,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The spread of a scenario that orders (every one but echo sets it up).
+fn spread_of(spread: &Option<scenarios::Spread>) -> anyhow::Result<&scenarios::Spread> {
+    spread
+        .as_ref()
+        .context("the scenario orders but no SKUs and customers were set up")
 }
 
 /// RSS of every ordermesh process, sampled from the start of the load
@@ -427,12 +434,12 @@ async fn watch_order(
     plan: &Plan,
     channels: &[scenarios::Conn],
     bearer: &scenarios::Bearer,
-    customer_id: &str,
+    spread: &scenarios::Spread,
     run_id: &str,
 ) -> anyhow::Result<(load::Outcome, (serde_json::Value, Probe))> {
     // One GetOrder's statements: what a subscription's first read costs.
     let client = OrderServiceClient::new(channels[0].clone());
-    let ids = scenarios::seed_orders(&client, customer_id, &args.sku, run_id, 3).await?;
+    let ids = scenarios::seed_orders(&client, spread, run_id, 3).await?;
     let statements_per_get = match &mesh.database {
         Some(db) if db.statements && !db.databases.is_empty() => {
             let before = postgres::counters(&db.stats_url, &db.databases, true).await?;
@@ -472,16 +479,17 @@ async fn watch_order(
         ..plan.clone()
     };
     let clients: Vec<_> = channels.iter().cloned().map(OrderServiceClient::new).collect();
-    let (sku, customer, run) = (args.sku.clone(), customer_id.to_owned(), run_id.to_owned());
+    let (spread, run) = (spread.clone(), run_id.to_owned());
     let outcome = load::run(
         &flow,
         move |seq| {
             let i = usize::try_from(seq).unwrap_or(0);
+            let (sku, customer) = spread.pick(seq);
             scenarios::create_order(
                 clients[i % clients.len()].clone(),
                 format!("bench-{run}-{seq}"),
-                customer.clone(),
-                sku.clone(),
+                customer,
+                sku,
                 scenarios::Follow::Watch,
                 Some(newest_tx.clone()),
             )

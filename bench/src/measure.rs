@@ -8,13 +8,15 @@ use futures::future::BoxFuture;
 
 use super::load::Window;
 use super::postgres::{self, PgCounters, PgDelta};
-use super::procstat::{self, CpuSnapshot, Members};
+use super::procstat::{self, CpuSnapshot, Members, ThreadSnapshot};
 use super::target::Mesh;
 
 /// Snapshots taken at one edge of the window.
 #[derive(Debug, Clone, Default)]
 pub struct Edge {
     pub processes: Vec<CpuSnapshot>,
+    /// Every thread of the ordermesh processes, by kind.
+    pub threads: ThreadSnapshot,
     pub database: Option<CpuSnapshot>,
     pub client: u64,
     pub pg: Option<PgCounters>,
@@ -70,6 +72,7 @@ impl Probe {
         };
         Edge {
             processes: self.members.iter().map(CpuSnapshot::take).collect(),
+            threads: ThreadSnapshot::take(&self.pids),
             database: self.db.as_ref().map(CpuSnapshot::take),
             client: procstat::self_ticks(),
             machine: procstat::machine_ticks(),
@@ -92,6 +95,17 @@ impl Probe {
                 *sum.entry(name.clone()).or_insert(0.0) += procstat::ticks_to_ms(end.since(start));
                 sum
             })
+    }
+
+    /// CPU milliseconds in the window of the ordermesh processes' threads,
+    /// by kind of thread (all processes together).
+    pub fn thread_kind_ms(&self) -> BTreeMap<String, f64> {
+        self.end
+            .threads
+            .since(&self.start.threads)
+            .into_iter()
+            .map(|(kind, ticks)| (kind, procstat::ticks_to_ms(ticks)))
+            .collect()
     }
 
     pub fn ordermesh_ms(&self) -> f64 {

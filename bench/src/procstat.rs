@@ -14,7 +14,7 @@
 //! it (a PostgreSQL backend is reaped by the postmaster, whose children's
 //! time then grows by the backend's whole life, a slight overcount).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -241,6 +241,61 @@ impl CpuSnapshot {
     }
 }
 
+/// CPU ticks of every thread of some processes at one moment, per thread
+/// (tid, start time), with the thread's kind ([`thread_kind`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadSnapshot {
+    pub ticks: HashMap<(u32, u64), (String, u64)>,
+}
+
+impl ThreadSnapshot {
+    /// The threads of `pids` now (`/proc/<pid>/task/<tid>/stat`).
+    pub fn take(pids: &[u32]) -> Self {
+        let stats = pids.iter().flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+                .filter_map(|text| parse_stat(&text).ok())
+        });
+        Self::of(stats)
+    }
+
+    pub fn of(stats: impl IntoIterator<Item = ProcStat>) -> Self {
+        ThreadSnapshot {
+            ticks: stats
+                .into_iter()
+                .map(|s| ((s.pid, s.starttime), (thread_kind(&s.comm), s.own_ticks())))
+                .collect(),
+        }
+    }
+
+    /// Ticks spent between `before` and `self` by kind of thread (a thread
+    /// that ended inside the window is not counted: its time is gone with
+    /// it; the runtime's threads live as long as the process).
+    pub fn since(&self, before: &ThreadSnapshot) -> BTreeMap<String, u64> {
+        let mut by_kind = BTreeMap::new();
+        for (key, (kind, after)) in &self.ticks {
+            let start = before.ticks.get(key).map_or(0, |(_, t)| *t);
+            *by_kind.entry(kind.clone()).or_insert(0) += after.saturating_sub(start);
+        }
+        by_kind
+    }
+}
+
+/// What a thread is, from its name less the number that tells threads of
+/// one kind apart: `tokio-runtime-w` (tokio's workers and blocking pool,
+/// names cut at 15 bytes by the kernel), `sqlx-sqlite-wor` (a SQLite
+/// connection's worker), the main thread (the binary's name).
+pub fn thread_kind(comm: &str) -> String {
+    let kind = comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_' || c == '#');
+    if kind.is_empty() {
+        comm.to_owned()
+    } else {
+        kind.to_owned()
+    }
+}
+
 /// This process's own CPU ticks (not its children's: the bench's children
 /// are the servers it measures separately).
 pub fn self_ticks() -> u64 {
@@ -273,6 +328,46 @@ pub fn ticks_to_ms(ticks: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_are_grouped_by_their_name_less_its_number() {
+        assert_eq!(thread_kind("tokio-runtime-w"), "tokio-runtime-w");
+        assert_eq!(thread_kind("sqlx-sqlite-wor"), "sqlx-sqlite-wor");
+        assert_eq!(thread_kind("pool-worker-12"), "pool-worker");
+        assert_eq!(thread_kind("ordermesh"), "ordermesh");
+        assert_eq!(thread_kind("42"), "42");
+    }
+
+    #[test]
+    fn thread_time_is_summed_by_kind_over_the_window() {
+        let stat = |tid: u32, comm: &str, start: u64, ticks: u64| ProcStat {
+            pid: tid,
+            comm: comm.into(),
+            ppid: 1,
+            utime: ticks,
+            stime: 0,
+            cutime: 0,
+            cstime: 0,
+            starttime: start,
+        };
+        let before = ThreadSnapshot::of([
+            stat(1, "worker-1", 5, 100),
+            stat(2, "worker-2", 5, 50),
+            stat(3, "main", 1, 7),
+        ]);
+        // Thread 2 ended; a new thread 4 (and a reused tid 1 with a later
+        // start time counts from zero).
+        let after = ThreadSnapshot::of([
+            stat(1, "worker-1", 5, 130),
+            stat(4, "worker-4", 9, 20),
+            stat(3, "main", 1, 7),
+        ]);
+        let by_kind = after.since(&before);
+        assert_eq!(by_kind.get("worker"), Some(&50));
+        assert_eq!(by_kind.get("main"), Some(&0));
+        let reused = ThreadSnapshot::of([stat(1, "worker-1", 8, 10)]);
+        assert_eq!(reused.since(&before).get("worker"), Some(&10));
+    }
 
     // A real line's shape, with a command name holding spaces and ')'.
     const STAT: &str = "4242 (postgres: a) b) S 17 4242 4242 0 -1 4194560 862 0 0 0 \

@@ -11,7 +11,7 @@ use super::args::{BenchArgs, Scenario};
 use super::limit::{self, Floor};
 use super::load::{Mode, Outcome, Percentiles};
 use super::measure::Probe;
-use super::scenarios::Customer;
+use super::scenarios::Spread;
 use super::target::Mesh;
 
 pub struct Inputs<'a> {
@@ -20,7 +20,7 @@ pub struct Inputs<'a> {
     pub outcome: &'a Outcome,
     pub probe: &'a Probe,
     pub floor: Option<&'a Floor>,
-    pub customer: Option<&'a Customer>,
+    pub spread: Option<&'a Spread>,
     pub watch: Value,
     /// (commits, statements) per order from another run.
     pub db_counts_from: Option<(f64, f64)>,
@@ -54,7 +54,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         outcome,
         probe,
         floor,
-        customer,
+        spread,
         watch,
         db_counts_from,
         rss_series,
@@ -140,7 +140,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
                 ((ms - ordermesh_ms - database_ms.unwrap_or(0.0) - probe.client_ms()) / 1000.0 / seconds).max(0.0)
             }),
         },
-        "customer": customer,
+        "spread": spread,
         "warmup_s": args.warmup.as_secs_f64(),
         "window_s": seconds,
         "requests": {
@@ -156,6 +156,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         "cpu": {
             "ordermesh_ms_per_request": per_request(ordermesh_ms),
             "process_ms_per_request": processes.iter().map(|(k, v)| (k.clone(), per_request(*v))).collect::<BTreeMap<_, _>>(),
+            "thread_kind_ms_per_request": probe.thread_kind_ms().iter().map(|(k, v)| (k.clone(), per_request(*v))).collect::<BTreeMap<_, _>>(),
             "database_ms_per_request": database_ms.map(per_request),
             "client_ms_per_request": per_request(probe.client_ms()),
             "ordermesh_cores": ordermesh_ms / 1000.0 / seconds,

@@ -250,42 +250,122 @@ pub async fn rest_get_order(client: reqwest::Client, base: String, order_id: Str
     Done { tag: "", result }
 }
 
+/// What the orders buy and who pays: each order takes the next SKU and the
+/// next customer in turn ([`Spread::pick`]), so concurrent orders land on
+/// different stock rows and balances as real traffic does, unless the run
+/// names one of each (the hot-row worst case).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Spread {
+    pub skus: Vec<String>,
+    #[serde(flatten)]
+    pub customers: Customers,
+}
+
+impl Spread {
+    /// The SKU and the customer of the order with sequence number `seq`.
+    pub fn pick(&self, seq: u64) -> (String, String) {
+        let i = usize::try_from(seq).unwrap_or(0);
+        (
+            self.skus[i % self.skus.len()].clone(),
+            self.customers.ids[i % self.customers.ids.len()].clone(),
+        )
+    }
+}
+
 /// Who the orders are charged to.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Customer {
-    pub id: String,
+pub struct Customers {
+    pub ids: Vec<String>,
     /// Opened (and funded) for this run.
     pub opened: bool,
     /// Orders the balance pays for, when limited (a demo or given customer).
     pub budget_orders: Option<u64>,
+    /// The dearest SKU's price (what the budget is counted in).
     pub unit_price_minor: i64,
+}
+
+/// Most SKUs a run spreads its orders over when none are named.
+const SPREAD_SKUS: i32 = 64;
+
+/// The SKUs a run orders and the dearest one's price: `named`, or else the
+/// catalogue's first [`SPREAD_SKUS`] in the first one's currency (an
+/// account pays in one currency). Named SKUs must share a currency.
+pub async fn skus(
+    inventory: &mut InventoryServiceClient<Conn>,
+    named: &[String],
+) -> anyhow::Result<(Vec<String>, Money)> {
+    let items = if named.is_empty() {
+        let listed = inventory
+            .list_stock(inventory_pb::ListStockRequest {
+                page_size: SPREAD_SKUS,
+                page_token: String::new(),
+            })
+            .await
+            .context("ListStock (the SKUs to order; or name them with --sku)")?
+            .into_inner()
+            .items;
+        let currency = listed
+            .first()
+            .and_then(|i| i.unit_price.as_ref())
+            .map(|p| p.currency_code.clone())
+            .context("the catalogue is empty: nothing to order")?;
+        listed
+            .into_iter()
+            .filter(|i| i.unit_price.as_ref().is_some_and(|p| p.currency_code == currency))
+            .collect()
+    } else {
+        let mut items = Vec::new();
+        for sku in named {
+            items.push(
+                inventory
+                    .get_stock(inventory_pb::GetStockRequest { sku: sku.clone() })
+                    .await
+                    .with_context(|| format!("GetStock {sku} (--sku)"))?
+                    .into_inner()
+                    .item
+                    .context("GetStock answered without an item")?,
+            );
+        }
+        items
+    };
+    let prices = items
+        .iter()
+        .map(|i| {
+            i.unit_price
+                .clone()
+                .with_context(|| format!("{} has no price", i.sku))
+        })
+        .collect::<anyhow::Result<Vec<Money>>>()?;
+    let dearest = prices
+        .iter()
+        .max_by_key(|p| p.amount_minor)
+        .cloned()
+        .context("no SKU to order")?;
+    anyhow::ensure!(
+        prices.iter().all(|p| p.currency_code == dearest.currency_code),
+        "--sku: the SKUs are priced in different currencies; an account pays in one"
+    );
+    Ok((items.into_iter().map(|i| i.sku).collect(), dearest))
 }
 
 /// A balance no run spends: $100 billion (the API's amount cap is far above).
 const BENCH_FUNDS_MINOR: i64 = 10_000_000_000_000;
 
-/// Opens a funded account for this run; a server without `OpenAccount`
-/// (UNIMPLEMENTED) gets the demo customer `alice` instead, with as many
-/// orders as her balance pays for. `given` names an existing customer.
-pub async fn customer(
+/// Opens `accounts` funded accounts for this run; a server without
+/// `OpenAccount` (UNIMPLEMENTED) gets the demo customer `alice` instead,
+/// with as many orders as her balance pays for at `price`. `given` names an
+/// existing customer instead.
+pub async fn customers(
     payment: &mut PaymentServiceClient<Conn>,
-    inventory: &mut InventoryServiceClient<Conn>,
-    sku: &str,
+    price: &Money,
     run_id: &str,
+    accounts: u16,
     given: Option<&str>,
-) -> anyhow::Result<Customer> {
-    let price = inventory
-        .get_stock(inventory_pb::GetStockRequest { sku: sku.to_owned() })
-        .await
-        .with_context(|| format!("GetStock {sku} (--sku)"))?
-        .into_inner()
-        .item
-        .and_then(|i| i.unit_price)
-        .context("GetStock answered without a price")?;
-    let limited = |account: payment_pb::Account, id: &str| -> Customer {
+) -> anyhow::Result<Customers> {
+    let limited = |account: payment_pb::Account, id: &str| -> Customers {
         let available = account.available.map_or(0, |m| m.amount_minor);
-        Customer {
-            id: id.to_owned(),
+        Customers {
+            ids: vec![id.to_owned()],
             opened: false,
             budget_orders: Some(u64::try_from(available / price.amount_minor.max(1)).unwrap_or(0)),
             unit_price_minor: price.amount_minor,
@@ -295,33 +375,37 @@ pub async fn customer(
         let account = get_account(payment, id).await?;
         return Ok(limited(account, id));
     }
-    let id = format!("bench-{run_id}");
-    let opened = payment
-        .open_account(payment_pb::OpenAccountRequest {
-            request_id: format!("bench-open-{run_id}"),
-            account_id: id.clone(),
-            display_name: "ordermesh bench".into(),
-            opening_balance: Some(Money::new(BENCH_FUNDS_MINOR, &price.currency_code)),
-            credit_limit: None,
-            payment_limit: None,
-        })
-        .await;
-    match opened {
-        Ok(_) => Ok(Customer {
-            id,
-            opened: true,
-            budget_orders: None,
-            unit_price_minor: price.amount_minor,
-        }),
-        Err(status) if status.code() == tonic::Code::Unimplemented => {
-            eprintln!(
-                "bench: the server has no OpenAccount (an older binary); ordering as the demo customer {FALLBACK_CUSTOMER}, limited to her balance"
-            );
-            let account = get_account(payment, FALLBACK_CUSTOMER).await?;
-            Ok(limited(account, FALLBACK_CUSTOMER))
+    let mut ids = Vec::new();
+    for n in 0..accounts {
+        let id = format!("bench-{run_id}-{n}");
+        let opened = payment
+            .open_account(payment_pb::OpenAccountRequest {
+                request_id: format!("bench-open-{run_id}-{n}"),
+                account_id: id.clone(),
+                display_name: "ordermesh bench".into(),
+                opening_balance: Some(Money::new(BENCH_FUNDS_MINOR, &price.currency_code)),
+                credit_limit: None,
+                payment_limit: None,
+            })
+            .await;
+        match opened {
+            Ok(_) => ids.push(id),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                eprintln!(
+                    "bench: the server has no OpenAccount (an older binary); ordering as the demo customer {FALLBACK_CUSTOMER}, limited to her balance"
+                );
+                let account = get_account(payment, FALLBACK_CUSTOMER).await?;
+                return Ok(limited(account, FALLBACK_CUSTOMER));
+            }
+            Err(status) => return Err(anyhow::anyhow!("OpenAccount: {status}")),
         }
-        Err(status) => Err(anyhow::anyhow!("OpenAccount: {status}")),
     }
+    Ok(Customers {
+        ids,
+        opened: true,
+        budget_orders: None,
+        unit_price_minor: price.amount_minor,
+    })
 }
 
 async fn get_account(
@@ -339,21 +423,23 @@ async fn get_account(
         .context("GetAccount answered without an account")
 }
 
-/// Adds a million units of `sku` so no run runs out of stock.
+/// Adds a million units of each of `skus` so no run runs out of stock.
 pub async fn restock(
     inventory: &mut InventoryServiceClient<Conn>,
-    sku: &str,
+    skus: &[String],
     run_id: &str,
 ) -> anyhow::Result<()> {
-    inventory
-        .adjust_stock(inventory_pb::AdjustStockRequest {
-            sku: sku.to_owned(),
-            delta: 1_000_000,
-            reason: "ordermesh bench".into(),
-            request_id: format!("bench-restock-{run_id}"),
-        })
-        .await
-        .with_context(|| format!("AdjustStock {sku}"))?;
+    for sku in skus {
+        inventory
+            .adjust_stock(inventory_pb::AdjustStockRequest {
+                sku: sku.clone(),
+                delta: 1_000_000,
+                reason: "ordermesh bench".into(),
+                request_id: format!("bench-restock-{run_id}-{sku}"),
+            })
+            .await
+            .with_context(|| format!("AdjustStock {sku}"))?;
+    }
     Ok(())
 }
 
@@ -361,19 +447,19 @@ pub async fn restock(
 /// confirmed ones (what get-order reads).
 pub async fn seed_orders(
     client: &OrderServiceClient<Conn>,
-    customer: &str,
-    sku: &str,
+    spread: &Spread,
     run_id: &str,
     n: usize,
 ) -> anyhow::Result<Vec<String>> {
     let (tx, mut rx) = tokio::sync::watch::channel(String::new());
     let mut ids = Vec::new();
     for i in 0..n {
+        let (sku, customer) = spread.pick(i as u64);
         let done = create_order(
             client.clone(),
             format!("bench-seed-{run_id}-{i}"),
-            customer.to_owned(),
-            sku.to_owned(),
+            customer,
+            sku,
             Follow::Watch,
             Some(tx.clone()),
         )
@@ -384,4 +470,42 @@ pub async fn seed_orders(
     }
     anyhow::ensure!(!ids.is_empty(), "none of {n} seed orders was confirmed");
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(skus: &[&str], customers: usize) -> Spread {
+        Spread {
+            skus: skus.iter().map(|s| (*s).to_owned()).collect(),
+            customers: Customers {
+                ids: (0..customers).map(|n| format!("c{n}")).collect(),
+                opened: true,
+                budget_orders: None,
+                unit_price_minor: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn consecutive_orders_take_every_sku_and_customer_pair() {
+        let spread = spread(&["A", "B", "C", "D", "E"], 32);
+        let pairs: std::collections::HashSet<_> = (0..160).map(|seq| spread.pick(seq)).collect();
+        assert_eq!(pairs.len(), 160, "5 SKUs x 32 customers in 160 orders");
+        // Neighbours (orders in flight together) share neither row.
+        for seq in 0..200 {
+            let (a, b) = (spread.pick(seq), spread.pick(seq + 1));
+            assert_ne!(a.0, b.0);
+            assert_ne!(a.1, b.1);
+        }
+    }
+
+    #[test]
+    fn one_sku_and_one_customer_is_the_hot_row_case() {
+        let spread = spread(&["CB-004"], 1);
+        for seq in [0, 1, 7, 1_000_003] {
+            assert_eq!(spread.pick(seq), ("CB-004".to_owned(), "c0".to_owned()));
+        }
+    }
 }

@@ -65,9 +65,17 @@ fn create_order_on_up_reports_confirmed_orders_cpu_and_the_limit() {
     assert!(ok > 0.0, "confirmed orders are counted");
     assert_eq!(json["requests"]["error_total"], 0, "{:#}", json["requests"]);
     assert!(
-        json["customer"]["opened"].as_bool().expect("opened"),
-        "a funded account per run"
+        json["spread"]["opened"].as_bool().expect("opened"),
+        "funded accounts per run"
     );
+    // Orders spread over the demo catalogue and 32 accounts by default.
+    assert_eq!(
+        json["spread"]["skus"].as_array().map(Vec::len),
+        Some(5),
+        "{:#}",
+        json["spread"]
+    );
+    assert_eq!(json["spread"]["ids"].as_array().map(Vec::len), Some(32));
     assert!(number(&json, &["throughput_per_s"]) > 0.0);
     for p in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
         assert!(number(&json, &["latency_ms", p]) > 0.0, "{p}");

@@ -701,6 +701,69 @@ async fn oversized_requests_are_refused(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// WatchOrder of an order this process's saga worker drives starts from the
+/// worker's memory: with the order service's read connections closed
+/// (SQLite, where reads have a pool of their own) a watch of an order held
+/// at CapturePayment still starts, its first message is exactly what the
+/// database held, and it follows the order to CONFIRMED. Once no worker
+/// drives the order, a watch reads it, and fails with the reads closed.
+#[tokio::test]
+async fn a_watch_of_a_driven_order_starts_without_a_read() {
+    let Some(mesh) = Mesh::start(MeshOptions::new(Backend::Sqlite)).await else {
+        return;
+    };
+    mesh.set_faults(
+        "payment",
+        vec![mesh_pb::FaultRule {
+            method: "CapturePayment".into(),
+            delay_percent: 100.0,
+            // Under the tests' 1 s call timeout.
+            delay_ms: 700,
+            ..Default::default()
+        }],
+    )
+    .await;
+    let order = mesh
+        .create_order("watch-driven", "alice", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    // Authorized, then held at the capture: the row stays as it is.
+    let held = mesh
+        .wait_order(&order.order_id, Duration::from_secs(5), |o| {
+            !o.payment_id.is_empty()
+        })
+        .await;
+    mesh.order_store.db().read.close().await;
+    let watch = |order_id: String| {
+        let mut client = mesh.order.clone();
+        async move {
+            client
+                .watch_order(order_pb::WatchOrderRequest { order_id })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let mut stream = watch(order.order_id.clone())
+        .await
+        .expect("the watch starts without a read");
+    let first = stream.message().await.expect("first").expect("an order").order;
+    assert_eq!(first.as_ref(), Some(&held), "the worker's view is the database's");
+    let mut last = first;
+    while let Some(update) = stream.message().await.expect("update") {
+        last = update.order;
+    }
+    assert_eq!(last.map(|o| o.status()), Some(OrderStatus::Confirmed));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mesh.order_runner.driving() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the worker never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let read = async { watch(order.order_id.clone()).await?.message().await };
+    assert!(read.await.is_err(), "no worker drives it: the watch reads it");
+    mesh.set_faults("payment", vec![]).await;
+    mesh.shutdown().await;
+}
+
 both_backends!(
     happy_path,
     out_of_stock_is_rejected_without_charge,

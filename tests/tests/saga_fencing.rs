@@ -233,7 +233,81 @@ async fn a_retry_of_a_saga_still_driven_starts_it_afresh(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// A record made on a stale view writes nothing, not even the parts that
+/// ride with it (the lines' prices, the order's event): on PostgreSQL they
+/// are parts of one statement guarded by the record's own UPDATE, on SQLite
+/// a transaction rolled back. The same record on the current view writes
+/// all three (the control: the check can see them).
+async fn a_stale_record_writes_neither_prices_nor_events(backend: Backend) {
+    use ordermesh_order::store::{Advance, AdvanceError, Fence, OrderEvent, Pricing};
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let order = mesh
+        .create_order("stale-record", "alice", &[(CABLE, 1)])
+        .await
+        .expect("created");
+    assert_eq!(
+        mesh.wait_terminal(&order.order_id).await.1.status(),
+        OrderStatus::Confirmed
+    );
+    idle(&mesh.order_runner).await;
+    let store = &mesh.order_store;
+    let saga = store.saga(&order.order_id).await.expect("read").expect("saga");
+    let version = store
+        .order(&order.order_id)
+        .await
+        .expect("read")
+        .expect("order")
+        .version;
+    let price = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT unit_price_minor FROM order_lines WHERE order_id = $1")
+            .bind(&order.order_id)
+            .fetch_one(&store.db().read)
+            .await
+            .expect("read the line")
+    };
+    let advance = Advance {
+        pricing: Some(Pricing {
+            unit_prices: vec![1],
+            total_minor: 1,
+            currency_code: "USD".into(),
+        }),
+        event: Some(OrderEvent::Confirmed),
+        ..Advance::default()
+    };
+    let event = store.events().event(&events_pb::OrderConfirmed {
+        order_id: order.order_id.clone(),
+        customer_id: "alice".into(),
+        total: None,
+        payment_id: "stale".into(),
+        occur_time: None,
+    });
+    let record = |version| {
+        let (advance, event, saga) = (&advance, &event, &saga);
+        async move {
+            let fence = Fence {
+                owner: &saga.lease_owner,
+                version,
+            };
+            store
+                .advance(&saga.order_id, fence, 0, advance, Some(event))
+                .await
+        }
+    };
+    let stale = record(version - 1).await;
+    assert!(matches!(stale, Err(AdvanceError::LeaseLost(_))), "{stale:?}");
+    assert_eq!(price().await, Some(999), "the stale record priced no line");
+    assert_eq!(confirmations(&mesh, &order.order_id).await, 1, "nor published");
+    let current = record(version).await;
+    assert!(current.is_ok(), "{current:?}");
+    assert_eq!(price().await, Some(1));
+    assert_eq!(confirmations(&mesh, &order.order_id).await, 2);
+    mesh.shutdown().await;
+}
+
 both_backends!(
+    a_stale_record_writes_neither_prices_nor_events,
     a_lost_commit_reply_confirms_once,
     a_cancel_accepted_while_a_worker_waits_is_carried_out,
     a_back_off_longer_than_the_lease_keeps_the_saga,

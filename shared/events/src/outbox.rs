@@ -84,21 +84,80 @@ impl Outbox {
 /// An event that breaks its type's contract is refused
 /// ([`Error::InvalidEvent`]): the producer's transaction fails at the source.
 pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Error> {
-    event.validate()?;
-    sqlx::query(INSERT)
-        .bind(&event.id)
-        .bind(&event.subject)
-        .bind(&event.topic)
-        .bind(&event.ce_type)
-        .bind(&event.source)
-        .bind(&event.subject)
-        .bind(event.traceparent.as_deref())
-        .bind(BASE64.encode(&event.data))
-        .bind(event.time_us)
-        .bind(now_micros())
+    bind_insert(sqlx::query(INSERT), event)?
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// The outbox INSERT of one event as a part of a larger statement (a
+/// data-modifying `WITH` on PostgreSQL, where the state change and its
+/// event then cost one round trip and no BEGIN/COMMIT): its placeholders
+/// numbered from `$first`, and, with a `condition` (an SQL boolean over the
+/// statement's other parts, e.g. `EXISTS (SELECT 1 FROM changed)`), written
+/// only when that holds. Bind its values with [`bind_insert`] after the
+/// placeholders before `$first`.
+pub fn insert_part(first: usize, condition: Option<&str>) -> String {
+    let mut sql = String::with_capacity(INSERT.len() + 48);
+    let mut rest = INSERT;
+    while let Some(at) = rest.find('$') {
+        sql.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let n: usize = rest[..digits].parse().unwrap_or(0);
+        sql.push_str(&(n + first - 1).to_string());
+        rest = &rest[digits..];
+    }
+    sql.push_str(rest);
+    if let Some(condition) = condition {
+        sql.push_str(" WHERE ");
+        sql.push_str(condition);
+    }
+    sql
+}
+
+/// Binds `event`'s ten values to `query` (the placeholders of [`INSERT`] or
+/// of an [`insert_part`]), once the event is checked against its type's
+/// contract ([`Error::InvalidEvent`] otherwise).
+pub fn bind_insert<'q, Q: BindValues<'q>>(query: Q, event: &Event) -> Result<Q, Error> {
+    event.validate()?;
+    Ok(query
+        .bind_value(event.id.clone())
+        .bind_value(event.subject.clone())
+        .bind_value(event.topic.clone())
+        .bind_value(event.ce_type.clone())
+        .bind_value(event.source.clone())
+        .bind_value(event.subject.clone())
+        .bind_value(event.traceparent.clone())
+        .bind_value(BASE64.encode(&event.data))
+        .bind_value(event.time_us)
+        .bind_value(now_micros()))
+}
+
+/// A statement values can be bound to: sqlx's `Query` and `QueryAs` on
+/// [`sqlx::Any`] (they share no trait for `bind`).
+pub trait BindValues<'q>: Sized {
+    fn bind_value<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>;
+}
+
+impl<'q> BindValues<'q> for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    fn bind_value<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> BindValues<'q> for sqlx::query::QueryAs<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
+    fn bind_value<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        self.bind(value)
+    }
 }
 
 /// Wakes the relay (which waits on it); call [`notify`](Notifier::notify) after committing a
@@ -168,5 +227,42 @@ impl Publisher {
     /// Call after committing a transaction that added events.
     pub fn committed(&self) {
         self.notifier.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placeholders(sql: &str) -> Vec<usize> {
+        sql.split('$')
+            .skip(1)
+            .map(|rest| {
+                let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                rest[..digits].parse().expect("a number after $")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_insert_part_renumbers_every_placeholder_and_adds_its_condition() {
+        assert_eq!(insert_part(1, None), INSERT);
+        let part = insert_part(17, Some("EXISTS (SELECT 1 FROM changed)"));
+        let shifted: Vec<usize> = placeholders(INSERT).iter().map(|n| n + 16).collect();
+        assert_eq!(placeholders(&part), shifted);
+        assert_eq!(
+            (placeholders(&part).iter().min(), placeholders(&part).iter().max()),
+            (Some(&17), Some(&26))
+        );
+        assert!(part.ends_with(" WHERE EXISTS (SELECT 1 FROM changed)"), "{part}");
+        assert_eq!(
+            part.replace(" WHERE EXISTS (SELECT 1 FROM changed)", "").len(),
+            INSERT.len()
+                + placeholders(INSERT)
+                    .iter()
+                    .filter(|n| **n + 16 >= 10 && **n < 10)
+                    .count(),
+            "only the numbers change"
+        );
     }
 }

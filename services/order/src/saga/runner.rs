@@ -73,6 +73,18 @@ struct Slot {
     wake: Arc<Notify>,
 }
 
+/// Tells the watch hub that a saga's worker ended, when dropped.
+struct Released {
+    watch: WatchHub,
+    order_id: String,
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.watch.released(&self.order_id);
+    }
+}
+
 /// A saga being driven: its state, its order, and until when (by this
 /// process's monotonic clock) the lease this worker wrote is certainly
 /// still its own.
@@ -323,6 +335,11 @@ impl SagaRunner {
         }
         ordermesh_mesh::trace::record_ids(&span);
         tokio::spawn(async move {
+            // However the worker ends, new watchers read the order again.
+            let _released = Released {
+                watch: runner.inner.watch.clone(),
+                order_id: order_id.clone(),
+            };
             let mut preloaded = preloaded;
             loop {
                 let outcome = tokio::select! {
@@ -473,6 +490,7 @@ impl SagaRunner {
                 None => return Ok(()),
             },
         };
+        self.inner.watch.driving(&driven.order);
         loop {
             if driven.saga.state == SagaState::Done {
                 return Ok(());

@@ -15,9 +15,12 @@
 //! Whether a worker may *call downstream* is its own check against the lease
 //! it last wrote (see the saga runner); the database enforces only writes.
 
-use ordermesh_runtime::clock;
+use std::borrow::Cow;
 
-use ordermesh_events::Event;
+use ordermesh_runtime::clock;
+use ordermesh_runtime::db::Backend;
+
+use ordermesh_events::{Event, outbox};
 use sqlx::FromRow;
 
 use super::{Order, OrderRow, OrderStatus, RejectReason, Saga, SagaKind, SagaRow, SagaState, Step, Store};
@@ -96,6 +99,61 @@ pub type SagaCursor = (i64, String);
 pub struct Fence<'a> {
     pub owner: &'a str,
     pub version: i64,
+}
+
+/// A recorded step: the order's row, fenced on the worker's view, as
+/// [`Store::advance`] binds it (`$1`-`$16`).
+const ADVANCE: &str = "UPDATE orders SET
+    saga_state = COALESCE($1, saga_state),
+    saga_step = COALESCE($2, saga_step),
+    stock_maybe_reserved = COALESCE($3, stock_maybe_reserved),
+    payment_maybe_made = COALESCE($4, payment_maybe_made),
+    payment_captured = COALESCE($5, payment_captured),
+    status = COALESCE($6, status),
+    payment_id = COALESCE($7, payment_id),
+    reject_reason = COALESCE($8, reject_reason),
+    reject_detail = COALESCE($9, reject_detail),
+    total_minor = COALESCE($10, total_minor),
+    currency_code = COALESCE($11, currency_code),
+    attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $12, update_time = $12,
+    lease_until = $13, version = version + 1
+ WHERE order_id = $14 AND lease_owner = $15 AND version = $16
+ RETURNING version, update_time";
+
+/// PostgreSQL's record of a step that prices `lines` lines and/or publishes
+/// an event: [`ADVANCE`], the lines' prices (`$17`, ... in line order) and
+/// the outbox row (the placeholders after them) as one statement of
+/// data-modifying `WITH` parts. One round trip and no BEGIN/COMMIT instead
+/// of four statements; atomic as the transaction was, and fenced the same
+/// way: the prices and the event are written only when the record's UPDATE
+/// matched (`EXISTS (SELECT 1 FROM changed)`), so a stale worker writes
+/// nothing. SQLite has no data-modifying `WITH` and keeps the transaction
+/// (its statements are calls into the library, not round trips).
+fn one_statement_advance(lines: usize, event: bool) -> String {
+    use std::fmt::Write;
+    const RECORDED: &str = "EXISTS (SELECT 1 FROM changed)";
+    let mut sql = format!("WITH changed AS ({ADVANCE})");
+    let mut next = 17;
+    if lines > 0 {
+        sql.push_str(", priced AS (UPDATE order_lines SET unit_price_minor = CASE line_no");
+        for line_no in 0..lines {
+            let _ = write!(sql, " WHEN {line_no} THEN ${next}");
+            next += 1;
+        }
+        let _ = write!(
+            sql,
+            " END WHERE order_id = $14 AND line_no < {lines} AND {RECORDED})"
+        );
+    }
+    if event {
+        let _ = write!(
+            sql,
+            ", published AS ({})",
+            outbox::insert_part(next, Some(RECORDED))
+        );
+    }
+    sql.push_str(" SELECT version, update_time FROM changed");
+    sql
 }
 
 impl Store {
@@ -272,40 +330,33 @@ impl Store {
             None => (None, None),
         };
         let pricing = advance.pricing.as_ref();
-        let record = sqlx::query_as::<_, Applied>(
-            "UPDATE orders SET
-                saga_state = COALESCE($1, saga_state),
-                saga_step = COALESCE($2, saga_step),
-                stock_maybe_reserved = COALESCE($3, stock_maybe_reserved),
-                payment_maybe_made = COALESCE($4, payment_maybe_made),
-                payment_captured = COALESCE($5, payment_captured),
-                status = COALESCE($6, status),
-                payment_id = COALESCE($7, payment_id),
-                reject_reason = COALESCE($8, reject_reason),
-                reject_detail = COALESCE($9, reject_detail),
-                total_minor = COALESCE($10, total_minor),
-                currency_code = COALESCE($11, currency_code),
-                attempts = 0, last_error = '', step_maybe_sent = 0, step_since = $12, update_time = $12,
-                lease_until = $13, version = version + 1
-             WHERE order_id = $14 AND lease_owner = $15 AND version = $16
-             RETURNING version, update_time",
-        )
-        .bind(advance.state.map(SagaState::as_str))
-        .bind(advance.step.map(Step::as_str))
-        .bind(advance.stock_maybe_reserved.map(i64::from))
-        .bind(advance.payment_maybe_made.map(i64::from))
-        .bind(advance.payment_captured.map(i64::from))
-        .bind(advance.order_status.map(OrderStatus::as_str))
-        .bind(advance.payment_id.as_deref())
-        .bind(reject_reason)
-        .bind(reject_detail)
-        .bind(pricing.map(|p| p.total_minor))
-        .bind(pricing.map(|p| p.currency_code.as_str()))
-        .bind(now)
-        .bind(lease_until)
-        .bind(order_id)
-        .bind(fence.owner)
-        .bind(fence.version);
+        let prices = pricing.map_or(&[][..], |p| p.unit_prices.as_slice());
+        // On PostgreSQL a record that prices lines or publishes an event is
+        // one statement (see [`one_statement_advance`]); elsewhere it is a
+        // transaction, and a bare record one UPDATE.
+        let in_one_statement = self.db.backend == Backend::Postgres && (pricing.is_some() || event.is_some());
+        let sql = if in_one_statement {
+            Cow::Owned(one_statement_advance(prices.len(), event.is_some()))
+        } else {
+            Cow::Borrowed(ADVANCE)
+        };
+        let record = sqlx::query_as::<_, Applied>(sqlx::AssertSqlSafe(sql))
+            .bind(advance.state.map(SagaState::as_str))
+            .bind(advance.step.map(Step::as_str))
+            .bind(advance.stock_maybe_reserved.map(i64::from))
+            .bind(advance.payment_maybe_made.map(i64::from))
+            .bind(advance.payment_captured.map(i64::from))
+            .bind(advance.order_status.map(OrderStatus::as_str))
+            .bind(advance.payment_id.as_deref())
+            .bind(reject_reason)
+            .bind(reject_detail)
+            .bind(pricing.map(|p| p.total_minor))
+            .bind(pricing.map(|p| p.currency_code.as_str()))
+            .bind(now)
+            .bind(lease_until)
+            .bind(order_id)
+            .bind(fence.owner)
+            .bind(fence.version);
         let fenced = |applied: Option<Applied>| {
             applied.ok_or_else(|| {
                 AdvanceError::from(LeaseLost {
@@ -313,6 +364,20 @@ impl Store {
                 })
             })
         };
+        if in_one_statement {
+            let mut record = record;
+            for price in prices {
+                record = record.bind(*price);
+            }
+            if let Some(event) = event {
+                record = outbox::bind_insert(record, event).map_err(Error::from)?;
+            }
+            let applied = fenced(record.fetch_optional(&self.db.write).await?)?;
+            if event.is_some() {
+                self.events.committed();
+            }
+            return Ok(applied);
+        }
         if pricing.is_none() && event.is_none() {
             return fenced(record.fetch_optional(&self.db.write).await?);
         }
