@@ -242,7 +242,47 @@ async fn lapsed_holds_are_released_and_the_ledger_is_auditable(backend: Backend)
     mesh.shutdown().await;
 }
 
+/// An authorization and its replays: a hold answers its replay with the
+/// same payment and two ledger entries, a reused key for another amount is
+/// refused, and a decline (over alice's payment limit) is recorded under its key
+/// and replayed as the same decline, nothing held. On PostgreSQL the hold
+/// is one statement and the decline the transaction behind it, so this pins
+/// that a hold that does not match leaves its key free for the decline.
+async fn holds_and_declines_are_recorded_once_per_key(backend: Backend) {
+    let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
+        return;
+    };
+    let before = mesh.balance("alice").await;
+    let held = authorize(&mesh, "hold-once", 1_000).await.expect("held");
+    assert_eq!(held.status(), pb::PaymentStatus::Authorized);
+    let again = authorize(&mesh, "hold-once", 1_000).await.expect("replayed");
+    assert_eq!(again.payment_id, held.payment_id);
+    assert_eq!(ledger_entries(&mesh, &held.payment_id).await, 2);
+    assert_eq!(mesh.balance("alice").await, before - 1_000, "held once");
+    let reused = authorize(&mesh, "hold-once", 2_000)
+        .await
+        .expect_err("reused key");
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+
+    let declined = authorize(&mesh, "too-much", 1_000_000_000)
+        .await
+        .expect("declined");
+    assert_eq!(declined.status(), pb::PaymentStatus::Declined);
+    assert_eq!(declined.decline_reason(), pb::DeclineReason::AmountOverLimit);
+    let replayed = authorize(&mesh, "too-much", 1_000_000_000)
+        .await
+        .expect("replayed");
+    assert_eq!(
+        (replayed.payment_id.as_str(), replayed.status()),
+        (declined.payment_id.as_str(), pb::PaymentStatus::Declined)
+    );
+    assert_eq!(ledger_entries(&mesh, &declined.payment_id).await, 0);
+    assert_eq!(mesh.balance("alice").await, before - 1_000, "nothing more held");
+    mesh.shutdown().await;
+}
+
 both_backends!(
+    holds_and_declines_are_recorded_once_per_key,
     capture_void_and_refund_race_on_one_payment,
     an_authorization_racing_the_void_of_its_key_holds_nothing,
     lapsed_holds_are_released_and_the_ledger_is_auditable,

@@ -134,8 +134,8 @@ pub fn bind_insert<'q, Q: BindValues<'q>>(query: Q, event: &Event) -> Result<Q, 
         .bind_value(now_micros()))
 }
 
-/// A statement values can be bound to: sqlx's `Query` and `QueryAs` on
-/// [`sqlx::Any`] (they share no trait for `bind`).
+/// A statement values can be bound to: sqlx's `Query`, `QueryAs` and
+/// `QueryScalar` on [`sqlx::Any`] (they share no trait for `bind`).
 pub trait BindValues<'q>: Sized {
     fn bind_value<T>(self, value: T) -> Self
     where
@@ -143,6 +143,15 @@ pub trait BindValues<'q>: Sized {
 }
 
 impl<'q> BindValues<'q> for sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    fn bind_value<T>(self, value: T) -> Self
+    where
+        T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        self.bind(value)
+    }
+}
+
+impl<'q, O> BindValues<'q> for sqlx::query::QueryScalar<'q, sqlx::Any, O, sqlx::any::AnyArguments> {
     fn bind_value<T>(self, value: T) -> Self
     where
         T: 'q + sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any>,
