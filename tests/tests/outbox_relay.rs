@@ -8,12 +8,15 @@
 //! - On both backends, a row whose publish was stored but whose ack was
 //!   lost is not stored again when the relay retries it after JetStream's
 //!   duplicate window.
+//! - On PostgreSQL, two replicas' relays on one database elect one that
+//!   publishes; the follower's commits wake the leader at once, and when
+//!   the leader ends the follower takes over.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use ordermesh_events::relay::Rounds;
-use ordermesh_events::{Bus, BusSettings, DomainEvent, Event, outbox};
+use ordermesh_events::{Bus, BusSettings, DomainEvent, Event, Relay, RelayConfig, outbox};
 use ordermesh_proto::events::v1 as pb;
 use ordermesh_tests::{Backend, NatsServer, both_backends, postgres_database};
 use sqlx::AnyPool;
@@ -218,6 +221,85 @@ async fn a_lost_ack_retried_after_the_duplicate_window_is_stored_once(backend: B
         stream_messages(&nats, "INVENTORY").await,
         2,
         "the missing one published"
+    );
+}
+
+/// Waits until the stream holds `n` messages; how long it took.
+async fn until_stored(nats: &NatsServer, stream: &str, n: u64, within: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    loop {
+        let stored = stream_messages(nats, stream).await;
+        if stored >= n {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{stored} of {n} events stored within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two relays on one PostgreSQL database, as two replicas of a service run
+/// them: one leads (publishes), the other follows. Rows committed through
+/// the follower's process (its notifier poked) are published at once, not
+/// at the leader's 3 s poll: the follower wakes the leader. When the
+/// leader's relay ends (its task dropped, as in a crash: its lock
+/// connection closes), the follower takes over within the poll interval
+/// and publishes what was committed meanwhile.
+#[tokio::test]
+async fn replicas_relays_elect_one_publisher_and_take_over_from_it() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let Some((pool, _dir)) = outbox_database(Backend::Postgres, "relay election").await else {
+        return;
+    };
+    let bus = Bus::connect(&nats.url(), BusSettings::default())
+        .await
+        .expect("bus");
+    bus.ensure_streams().await.expect("streams");
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(3),
+        service: "inventory".into(),
+        ..RelayConfig::default()
+    };
+    let a = Relay::spawn(pool.clone(), bus.clone(), config.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = Relay::spawn(pool.clone(), bus.clone(), config.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(a.leads(), "the first relay took the lock");
+    assert!(!b.leads(), "the second follows");
+
+    // Committed by the follower's process: published well before the poll.
+    for n in 0..5 {
+        commit_one(&pool, &adjusted(&format!("FOLLOWER-{n}"))).await;
+        b.notifier().notify();
+    }
+    let took = until_stored(&nats, "INVENTORY", 5, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_millis(1_500),
+        "woken by the follower: {took:?}"
+    );
+    assert!(!b.leads(), "the follower published nothing itself");
+
+    // The leader ends; what is committed next is published by the other.
+    a.abort();
+    for n in 0..5 {
+        commit_one(&pool, &adjusted(&format!("AFTER-{n}"))).await;
+        b.notifier().notify();
+    }
+    let took = until_stored(&nats, "INVENTORY", 10, Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_millis(4_500),
+        "taken over within the poll: {took:?}"
+    );
+    assert!(b.leads(), "the follower leads now");
+    b.shutdown().await;
+    assert_eq!(
+        outbox::pending_count(&pool).await.expect("pending"),
+        0,
+        "marked sent"
     );
 }
 

@@ -9,6 +9,7 @@ pub const OUTBOX_PENDING: &str = "ordermesh_outbox_pending";
 pub const OUTBOX_OLDEST_AGE: &str = "ordermesh_outbox_oldest_age_seconds";
 pub const PUBLISHED: &str = "ordermesh_events_published_total";
 pub const RELAY_ERRORS: &str = "ordermesh_relay_errors_total";
+pub const RELAY_LEADER: &str = "ordermesh_relay_leader";
 pub const HANDLED: &str = "ordermesh_consumer_handled_total";
 pub const REDELIVERED: &str = "ordermesh_consumer_redelivered_total";
 pub const DEAD_LETTERED: &str = "ordermesh_consumer_dead_lettered_total";
@@ -20,6 +21,10 @@ pub(crate) fn published(service: &str, rows: usize) {
 
 pub(crate) fn relay_failed(service: &str) {
     metrics::counter!(RELAY_ERRORS, "service" => service.to_owned()).increment(1);
+}
+
+pub(crate) fn leading(service: &str, leads: bool) {
+    metrics::gauge!(RELAY_LEADER, "service" => service.to_owned()).set(if leads { 1.0 } else { 0.0 });
 }
 
 pub(crate) fn handled(consumer: &str) {

@@ -28,14 +28,19 @@
 //! - While the bus is down, publishing fails and the relay backs off
 //!   exponentially (up to `max_backoff`), then catches up in full batches.
 //!
-//! Run one relay per service database. Two relays on one database (several
-//! replicas) are safe, duplicates are dropped by the message id, but waste
-//! work.
+//! - One relay per database publishes at a time: on PostgreSQL, the replicas'
+//!   relays elect one with an advisory lock and the others forward their
+//!   commits' wake-ups to it ([`leader`]); takeover within `poll_interval`
+//!   of the leader's end. Two relays publishing at once (the moment of a
+//!   takeover) are safe, duplicates are dropped by the message id.
 
+mod leader;
 mod pending;
 mod republish;
 mod rounds;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::AnyPool;
@@ -99,6 +104,7 @@ pub struct Relay {
     notifier: Notifier,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    leads: Arc<AtomicBool>,
 }
 
 impl Relay {
@@ -106,8 +112,21 @@ impl Relay {
     pub fn spawn(pool: AnyPool, bus: Bus, config: RelayConfig) -> Self {
         let notifier = Notifier::default();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(pool, bus, config, notifier.clone(), stopped));
-        Self { notifier, stop, task }
+        let leadership = leader::Leadership::of(&pool, &config.service);
+        let leads = leadership.flag();
+        let task = tokio::spawn(run(pool, bus, config, leadership, notifier.clone(), stopped));
+        Self {
+            notifier,
+            stop,
+            task,
+            leads,
+        }
+    }
+
+    /// Whether this relay publishes its database's events now (the one its
+    /// replicas elected; always on SQLite).
+    pub fn leads(&self) -> bool {
+        self.leads.load(Ordering::Relaxed)
     }
 
     /// The handle to poke after a commit.
@@ -132,6 +151,7 @@ async fn run(
     pool: AnyPool,
     bus: Bus,
     config: RelayConfig,
+    mut leadership: leader::Leadership,
     notifier: Notifier,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -144,6 +164,21 @@ async fn run(
     loop {
         if *stopped.borrow() {
             break;
+        }
+        if !leadership.lead(config.poll_interval).await {
+            // Another replica's relay publishes: wake it for this process's
+            // commits (at most once per min_round_interval), and try the
+            // lock again every poll_interval.
+            state.flush_marks(true).await;
+            tokio::select! {
+                () = notifier.notified() => {
+                    leadership.forward().await;
+                    tokio::time::sleep(config.min_round_interval).await;
+                }
+                () = tokio::time::sleep(config.poll_interval) => {}
+                _ = stopped.changed() => break,
+            }
+            continue;
         }
         if !catching_up {
             // Let commits that arrive within the interval join this round.
@@ -197,6 +232,7 @@ async fn run(
         };
         tokio::select! {
             () = notifier.notified() => {}
+            () = leadership.woken() => {}
             () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => break,
         }

@@ -185,6 +185,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Outbox relay rounds that failed",
     ),
     (
+        "ordermesh_relay_leader",
+        Kind::Gauge,
+        "1 while this process's outbox relay publishes its database's events (the elected one of its replicas)",
+    ),
+    (
         "ordermesh_consumer_handled_total",
         Kind::Counter,
         "Events a consumer handled",
