@@ -383,7 +383,79 @@ async fn a_failing_last_line_rolls_back_the_lines_taken(backend: Backend) {
     mesh.shutdown().await;
 }
 
+/// Commits racing releases of the same reservations (a saga's commit and a
+/// cancel's release arriving together), and commits racing each other:
+/// whichever wins, the units move once. On PostgreSQL a commit of a
+/// one-line reservation is the reservation read and then one statement
+/// conditional on what was read; a release landing in between must leave
+/// the statement writing nothing.
+async fn commits_racing_releases_move_the_units_once(backend: Backend) {
+    let mut options = MeshOptions::new(backend);
+    options.catalogue = vec![scarce("ITEM", 100)];
+    let Some(mesh) = Mesh::start(options).await else {
+        return;
+    };
+    for round in 0..20 {
+        let order_id = format!("race-{round}");
+        let mut client = mesh.inventory.clone();
+        client
+            .reserve_stock(reserve(order_id.clone(), "ITEM", 2))
+            .await
+            .expect("reserved");
+        let commit = |order_id: String| {
+            let mut client = mesh.inventory.clone();
+            async move {
+                client
+                    .commit_reservation(pb::CommitReservationRequest { order_id })
+                    .await
+            }
+        };
+        let release = |order_id: String| {
+            let mut client = mesh.inventory.clone();
+            async move {
+                client
+                    .release_reservation(pb::ReleaseReservationRequest { order_id })
+                    .await
+            }
+        };
+        let (a, b, released) = tokio::join!(
+            commit(order_id.clone()),
+            commit(order_id.clone()),
+            release(order_id.clone())
+        );
+        let released = released.expect("a release always answers").into_inner();
+        let status = released.reservation.expect("reservation").status();
+        // A commit that answered committed came before the release, which
+        // then returned the sold units; else the release came first and
+        // every commit was refused.
+        for result in [&a, &b] {
+            if let Err(refused) = result {
+                assert_eq!(
+                    refused.code(),
+                    Code::FailedPrecondition,
+                    "round {round}: {refused:?}"
+                );
+            }
+        }
+        let committed = a.is_ok() || b.is_ok();
+        let expected = if committed {
+            pb::ReservationStatus::Returned
+        } else {
+            pb::ReservationStatus::Released
+        };
+        assert_eq!(status, expected, "round {round}: {a:?} {b:?}");
+        let item = mesh.stock("ITEM").await;
+        assert_eq!(
+            (item.available, item.reserved, item.sold),
+            (100, 0, 0),
+            "round {round}: every unit back, moved once"
+        );
+    }
+    mesh.shutdown().await;
+}
+
 both_backends!(
+    commits_racing_releases_move_the_units_once,
     concurrent_reservations_sell_exactly_the_last_units,
     reserve_is_idempotent_by_order_and_commit_sells,
     uncommitted_reservation_expires,

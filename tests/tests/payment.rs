@@ -247,7 +247,8 @@ async fn lapsed_holds_are_released_and_the_ledger_is_auditable(backend: Backend)
 /// refused, and a decline (over alice's payment limit) is recorded under its key
 /// and replayed as the same decline, nothing held. On PostgreSQL the hold
 /// is one statement and the decline the transaction behind it, so this pins
-/// that a hold that does not match leaves its key free for the decline.
+/// that a hold that does not match leaves its key free for the decline;
+/// and keyed operations (capture, void) likewise, below.
 async fn holds_and_declines_are_recorded_once_per_key(backend: Backend) {
     let Some(mesh) = Mesh::start(MeshOptions::new(backend)).await else {
         return;
@@ -278,6 +279,64 @@ async fn holds_and_declines_are_recorded_once_per_key(backend: Backend) {
     );
     assert_eq!(ledger_entries(&mesh, &declined.payment_id).await, 0);
     assert_eq!(mesh.balance("alice").await, before - 1_000, "nothing more held");
+
+    // Keyed operations: a capture and its replay move the money once; its
+    // key reused for a void of another, authorized payment is refused and
+    // writes nothing (on PostgreSQL the void's status change and the key
+    // are one statement: the key's conflict undoes the change).
+    let capture = |payment_id: String| {
+        let mut client = mesh.payment.clone();
+        async move {
+            client
+                .capture_payment(pb::CapturePaymentRequest {
+                    payment_id,
+                    request_id: "capture-once".into(),
+                })
+                .await
+                .map(|r| r.into_inner().payment.expect("payment"))
+        }
+    };
+    let captured = capture(held.payment_id.clone()).await.expect("captured");
+    assert_eq!(captured.status(), pb::PaymentStatus::Captured);
+    let again = capture(held.payment_id.clone()).await.expect("replayed");
+    assert_eq!(again.status(), pb::PaymentStatus::Captured);
+    assert_eq!(ledger_entries(&mesh, &held.payment_id).await, 4, "hold, capture");
+    let other = authorize(&mesh, "hold-other", 500).await.expect("held");
+    let reused = mesh
+        .payment
+        .clone()
+        .void_authorization(pb::VoidAuthorizationRequest {
+            payment_id: other.payment_id.clone(),
+            request_id: "capture-once".into(),
+            authorize_request_id: String::new(),
+        })
+        .await
+        .expect_err("the capture's key");
+    assert_eq!(reused.code(), Code::AlreadyExists, "{reused:?}");
+    let still = authorize(&mesh, "hold-other", 500).await.expect("replayed");
+    assert_eq!(still.status(), pb::PaymentStatus::Authorized, "not voided");
+    assert_eq!(ledger_entries(&mesh, &other.payment_id).await, 2, "the hold only");
+    assert_eq!(mesh.balance("alice").await, before - 1_500);
+    let voided = mesh
+        .payment
+        .clone()
+        .void_authorization(pb::VoidAuthorizationRequest {
+            payment_id: other.payment_id.clone(),
+            request_id: "void-other".into(),
+            authorize_request_id: String::new(),
+        })
+        .await
+        .expect("voided under a key of its own");
+    assert_eq!(
+        voided.into_inner().payment.map(|p| p.status()),
+        Some(pb::PaymentStatus::Voided)
+    );
+    assert_eq!(
+        mesh.balance("alice").await,
+        before - 1_000,
+        "only the capture stays"
+    );
+    mesh.assert_invariants().await;
     mesh.shutdown().await;
 }
 

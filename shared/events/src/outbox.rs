@@ -98,17 +98,7 @@ pub async fn insert(conn: &mut AnyConnection, event: &Event) -> Result<(), Error
 /// only when that holds. Bind its values with [`bind_insert`] after the
 /// placeholders before `$first`.
 pub fn insert_part(first: usize, condition: Option<&str>) -> String {
-    let mut sql = String::with_capacity(INSERT.len() + 48);
-    let mut rest = INSERT;
-    while let Some(at) = rest.find('$') {
-        sql.push_str(&rest[..=at]);
-        rest = &rest[at + 1..];
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let n: usize = rest[..digits].parse().unwrap_or(0);
-        sql.push_str(&(n + first - 1).to_string());
-        rest = &rest[digits..];
-    }
-    sql.push_str(rest);
+    let mut sql = ordermesh_runtime::db::renumbered(INSERT, first);
     if let Some(condition) = condition {
         sql.push_str(" WHERE ");
         sql.push_str(condition);

@@ -239,6 +239,27 @@ fn redacted(url: &str) -> String {
     format!("{scheme}://{authority}{path}{query}")
 }
 
+/// `sql` with its placeholders `$1`, `$2`, ... renumbered from `$first`:
+/// a fixed statement made a part of a larger one (a data-modifying `WITH`
+/// on PostgreSQL) whose earlier parts hold the placeholders before it.
+/// `$` occurs in the services' SQL only as a placeholder.
+pub fn renumbered(sql: &str, first: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + first - 1).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Per-connection SQLite settings (see the module docs for why).
 async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, read_only: bool) -> Result<(), sqlx::Error> {
     let mut pragmas = format!(
@@ -403,6 +424,16 @@ mod tests {
         assert_eq!(sqlite_class(None), ErrorClass::Other);
         assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
         assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorClass::Other);
+    }
+
+    #[test]
+    fn placeholders_are_renumbered_and_nothing_else() {
+        assert_eq!(
+            renumbered("UPDATE t SET a = $1, b = $10 WHERE c = $2 AND d = '$'", 9),
+            "UPDATE t SET a = $9, b = $18 WHERE c = $10 AND d = '$'"
+        );
+        assert_eq!(renumbered("SELECT $1", 1), "SELECT $1");
+        assert_eq!(renumbered("no placeholders", 5), "no placeholders");
     }
 
     #[test]

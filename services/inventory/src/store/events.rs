@@ -8,7 +8,7 @@
 
 use sqlx::AnyConnection;
 
-use ordermesh_events::Publisher;
+use ordermesh_events::{Event, Publisher};
 use ordermesh_proto::common::v1::Money;
 use ordermesh_proto::events::v1 as pb;
 use ordermesh_runtime::clock;
@@ -29,12 +29,21 @@ fn lines(reservation: &Reservation) -> Vec<pb::StockLine> {
 }
 
 /// The event of a reservation's change: reserved, committed, or released
-/// (released, returned or expired).
+/// (released, returned or expired), written on `conn`.
 pub(super) async fn reservation_changed(
     events: &Publisher,
     conn: &mut AnyConnection,
     reservation: &Reservation,
 ) -> Result<(), Error> {
+    events
+        .insert(conn, &reservation_event(events, reservation))
+        .await?;
+    Ok(())
+}
+
+/// The event of a reservation's change, built (for a statement that writes
+/// it itself).
+pub(super) fn reservation_event(events: &Publisher, reservation: &Reservation) -> Event {
     use ReservationStatus::*;
     let order_id = reservation.order_id.clone();
     let occur_time = Some(clock::timestamp(reservation.update_time));
@@ -45,36 +54,21 @@ pub(super) async fn reservation_changed(
         occur_time,
     };
     match reservation.status {
-        Active => {
-            events
-                .add(
-                    conn,
-                    &pb::StockReserved {
-                        order_id: order_id.clone(),
-                        lines: lines(reservation),
-                        expire_time: Some(clock::timestamp(reservation.expire_time)),
-                        occur_time,
-                    },
-                )
-                .await?
-        }
-        Committed => {
-            events
-                .add(
-                    conn,
-                    &pb::StockCommitted {
-                        order_id: order_id.clone(),
-                        lines: lines(reservation),
-                        occur_time,
-                    },
-                )
-                .await?
-        }
-        Released => events.add(conn, &released(pb::ReleaseCause::Released)).await?,
-        Returned => events.add(conn, &released(pb::ReleaseCause::Returned)).await?,
-        Expired => events.add(conn, &released(pb::ReleaseCause::Expired)).await?,
+        Active => events.event(&pb::StockReserved {
+            order_id: order_id.clone(),
+            lines: lines(reservation),
+            expire_time: Some(clock::timestamp(reservation.expire_time)),
+            occur_time,
+        }),
+        Committed => events.event(&pb::StockCommitted {
+            order_id: order_id.clone(),
+            lines: lines(reservation),
+            occur_time,
+        }),
+        Released => events.event(&released(pb::ReleaseCause::Released)),
+        Returned => events.event(&released(pb::ReleaseCause::Returned)),
+        Expired => events.event(&released(pb::ReleaseCause::Expired)),
     }
-    Ok(())
 }
 
 /// StockLow for a SKU that the low-stock rule says alerts now (`order_id`
