@@ -51,6 +51,7 @@ pub mod alerts;
 mod catalogue;
 mod events;
 mod low_stock;
+mod postgres;
 mod reservations;
 mod stock;
 
@@ -118,7 +119,7 @@ pub struct ReservedLine {
     pub unit_price_minor: i64,
 }
 
-/// A reservation's row; its lines are read apart.
+/// A reservation's row (its lines are rows of their own).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 struct ReservationRow {
     order_id: String,

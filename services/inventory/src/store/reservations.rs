@@ -212,24 +212,34 @@ impl Store {
         Ok(reservation)
     }
 
+    /// A reservation with its lines, in one statement (a row per line; one
+    /// row without a line for a placeholder, which has none).
     pub async fn reservation(&self, order_id: &str) -> Result<Option<Reservation>, Error> {
-        let row = sqlx::query_as::<_, ReservationRow>(concat!(
+        let rows = sqlx::query_as::<_, ReservationLineRow>(concat!(
             "SELECT ",
             reservation_columns!(),
-            " FROM reservations WHERE order_id = $1"
+            ", sku, quantity, unit_price_minor FROM reservations
+             LEFT JOIN (SELECT order_id AS line_order, line_no, sku, quantity, unit_price_minor FROM reservation_lines) l
+               ON l.line_order = reservations.order_id
+             WHERE order_id = $1 ORDER BY line_no"
         ))
-        .bind(order_id)
-        .fetch_optional(&self.db.read)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let lines = sqlx::query_as::<_, ReservedLine>(
-            "SELECT sku, quantity, unit_price_minor FROM reservation_lines WHERE order_id = $1 ORDER BY line_no",
-        )
         .bind(order_id)
         .fetch_all(&self.db.read)
         .await?;
+        let mut rows = rows.into_iter().peekable();
+        let Some(first) = rows.peek() else {
+            return Ok(None);
+        };
+        let row = first.reservation.clone();
+        let lines = rows
+            .filter_map(|r| {
+                Some(ReservedLine {
+                    sku: r.sku?,
+                    quantity: r.quantity?,
+                    unit_price_minor: r.unit_price_minor?,
+                })
+            })
+            .collect();
         Ok(Some(row.with_lines(lines)))
     }
 
@@ -359,66 +369,6 @@ impl Store {
         }
     }
 
-    /// PostgreSQL's common case of [`Store::commit`], a reservation of one
-    /// line: the reservation read, then one statement of data-modifying
-    /// `WITH` parts: its status change, conditional on the status and update
-    /// time read, and only when that matched, the line's units moved from
-    /// reserved to sold and the StockCommitted outbox row. Three round trips
-    /// and no BEGIN/COMMIT instead of six statements; the event is built
-    /// from the read (a reservation's lines never change). `None` when the
-    /// reservation is not active and unexpired as read, moved meanwhile, or
-    /// has several lines (their stock rows must be locked in SKU order,
-    /// which one statement does not promise): nothing was written, and the
-    /// transaction path answers.
-    async fn commit_in_one_statement(&self, order_id: &str, now: i64) -> Result<Option<Reservation>, Error> {
-        use ReservationStatus::*;
-        use ordermesh_events::outbox;
-        let Some(read) = self.reservation(order_id).await? else {
-            return Ok(None);
-        };
-        let [line] = read.lines.as_slice() else {
-            return Ok(None);
-        };
-        if read.status != Active || read.expire_time <= now {
-            return Ok(None);
-        }
-        let (quantity, sku) = (line.quantity, line.sku.clone());
-        let moved = Reservation {
-            status: Committed,
-            update_time: read.update_time.max(now),
-            ..read.clone()
-        };
-        const MOVED: &str = "EXISTS (SELECT 1 FROM moved)";
-        let sql = format!(
-            "WITH moved AS (UPDATE reservations SET status = $1, update_time = $2
-                 WHERE order_id = $3 AND status = $4 AND update_time = $5 AND expire_time > $6 RETURNING 1),
-             sold AS ({sold} AND {MOVED}),
-             published AS ({outbox})
-             SELECT COUNT(*) FROM moved",
-            sold = db::renumbered(Movement::ReservedToSold.sql(), 7),
-            outbox = outbox::insert_part(10, Some(MOVED)),
-        );
-        let query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-            .bind(Committed.as_str())
-            .bind(moved.update_time)
-            .bind(order_id.to_owned())
-            .bind(Active.as_str())
-            .bind(read.update_time)
-            .bind(now)
-            .bind(quantity)
-            .bind(now)
-            .bind(sku);
-        // An event its type refuses: the transaction path reports it.
-        let Ok(query) = outbox::bind_insert(query, &events::reservation_event(&self.events, &moved)) else {
-            return Ok(None);
-        };
-        if query.fetch_one(&self.db.write).await? == 0 {
-            return Ok(None);
-        }
-        self.events.committed();
-        Ok(Some(moved))
-    }
-
     /// Expires one reservation if it is active and past its deadline.
     pub async fn expire(&self, order_id: &str) -> Result<bool, Error> {
         use ReservationStatus::*;
@@ -454,6 +404,16 @@ impl Store {
         }
         Ok(expired)
     }
+}
+
+/// A reservation's row joined with one of its lines (none for a placeholder).
+#[derive(sqlx::FromRow)]
+struct ReservationLineRow {
+    #[sqlx(flatten)]
+    reservation: ReservationRow,
+    sku: Option<String>,
+    quantity: Option<i64>,
+    unit_price_minor: Option<i64>,
 }
 
 /// Moves a reservation from `from` to `to` and its units between buckets,
