@@ -225,9 +225,9 @@ WHY = [
      "each service's single write connection (see orders/s on `up`): the ratio fell from 1.9x, not c=32's "
      "throughput."),
     ("ordermesh CPU per order", "per statement and per RPC overhead times what an order does: 6 RPCs and, "
-     "on PostgreSQL, about 20 statements (CreateOrder, the saga's records that price or publish, an "
-     "authorization, a capture and a one-line commit are one statement each; a reservation is still a "
-     "transaction of six). The rest is spread thin over the request path: perf of the order service at "
+     "on PostgreSQL, about 17 statements (CreateOrder, the saga's records that price or publish, a one-line "
+     "reservation, an authorization, a capture and a one-line commit are one statement each, some after a "
+     "read). The rest is spread thin over the request path: perf of the order service at "
      "c=32 puts about 15 % in malloc/free (h2, tonic and sqlx buffers per call), about 18 % in the "
      "kernel (a send per HTTP/2 frame, wake-ups), and no single function above 1 %. mimalloc in place of "
      "glibc's malloc measured no steady gain in A/B runs and doubled idle RSS, so it is not used."),

@@ -54,6 +54,13 @@ impl Store {
     ) -> Result<Reservation, Error> {
         let now = clock::now_micros();
         let expire_time = now.saturating_add(clock::micros(self.reservation_ttl));
+        if self.db.backend == db::Backend::Postgres
+            && let Some(reserved) = self
+                .reserve_in_one_statement(order_id, customer_id, lines, (now, expire_time))
+                .await?
+        {
+            return Ok(reserved);
+        }
         let mut tx = self.db.begin().await?;
         let mut total: i64 = 0;
         let mut currency: Option<String> = None;
