@@ -134,6 +134,12 @@ pub async fn statements_available(admin_url: &str) -> bool {
 pub struct PgCounters {
     pub commits: i64,
     pub rollbacks: i64,
+    /// The next transaction id the server will assign: a transaction gets
+    /// one when it first writes, so its growth counts the transactions that
+    /// wrote (whether they ended in COMMIT or were single autocommit
+    /// statements), read-only ones not. Server-wide. None before
+    /// PostgreSQL 13.
+    pub next_xid: Option<i64>,
     /// Calls per statement (database, query text), when pg_stat_statements
     /// is loaded.
     pub statements: Option<HashMap<(String, String), i64>>,
@@ -158,9 +164,17 @@ pub async fn counters(stats_url: &str, databases: &[String], statements: bool) -
     )))
     .fetch_one(&mut conn)
     .await?;
+    // Read without being assigned one (pg_current_xact_id would take one).
+    let next_xid =
+        sqlx::query_scalar::<_, String>("SELECT CAST(pg_snapshot_xmax(pg_current_snapshot()) AS TEXT)")
+            .fetch_one(&mut conn)
+            .await
+            .ok()
+            .and_then(|x| x.parse().ok());
     let mut out = PgCounters {
         commits: row.try_get(0)?,
         rollbacks: row.try_get(1)?,
+        next_xid,
         statements: None,
     };
     if statements {
@@ -197,8 +211,11 @@ pub struct PgDelta {
     /// Transactions committed (`xact_commit`: read-only autocommit
     /// statements count too).
     pub commits: i64,
-    /// `COMMIT` statements: the explicit write transactions.
+    /// `COMMIT` statements: the explicit transactions.
     pub commit_statements: Option<i64>,
+    /// Transactions that wrote (transaction ids assigned): explicit ones
+    /// and single-statement writes alike.
+    pub write_transactions: Option<i64>,
     pub rollbacks: i64,
     pub statements: Option<i64>,
     pub top: Vec<TopStatement>,
@@ -209,6 +226,7 @@ pub fn delta(before: &PgCounters, after: &PgCounters) -> PgDelta {
         commits: after.commits - before.commits,
         rollbacks: after.rollbacks - before.rollbacks,
         commit_statements: None,
+        write_transactions: after.next_xid.zip(before.next_xid).map(|(a, b)| a - b),
         statements: None,
         top: Vec::new(),
     };
@@ -257,6 +275,7 @@ mod tests {
         let before = PgCounters {
             commits: 100,
             rollbacks: 1,
+            next_xid: Some(1_000),
             statements: Some(HashMap::from([
                 (key("om_b_order", "SELECT 1"), 10),
                 (key("om_b_order", "BEGIN"), 5),
@@ -265,6 +284,7 @@ mod tests {
         let after = PgCounters {
             commits: 130,
             rollbacks: 1,
+            next_xid: Some(1_047),
             statements: Some(HashMap::from([
                 (key("om_b_order", "SELECT 1"), 15),
                 (key("om_b_order", "BEGIN"), 5),
@@ -275,6 +295,7 @@ mod tests {
         let d = delta(&before, &after);
         assert_eq!(d.commits, 30);
         assert_eq!(d.commit_statements, Some(7));
+        assert_eq!(d.write_transactions, Some(47), "ids assigned in the window");
         assert_eq!(d.statements, Some(52));
         assert_eq!(d.top.len(), 3);
         assert_eq!(d.top[0].calls, 40);

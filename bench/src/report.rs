@@ -33,7 +33,9 @@ pub fn db_counts_from(path: &Path) -> anyhow::Result<(f64, f64)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let json: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let field = |k: &str| json["database"][k].as_f64();
-    let commits = field("commit_statements_per_request").or_else(|| field("commits_per_request"));
+    let commits = field("write_transactions_per_request")
+        .or_else(|| field("commit_statements_per_request"))
+        .or_else(|| field("commits_per_request"));
     match (commits, field("statements_per_request")) {
         (Some(c), Some(s)) => Ok((c, s)),
         _ => anyhow::bail!(
@@ -72,6 +74,13 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         .as_ref()
         .and_then(|d| d.commit_statements)
         .map(|c| c as f64 / ok);
+    let write_transactions_per_request = pg
+        .as_ref()
+        .and_then(|d| d.write_transactions)
+        .map(|c| c as f64 / ok);
+    // The transactions that pay a WAL flush: those that wrote, explicit or
+    // single statements (COMMIT statements alone miss the latter).
+    let writes_per_request = write_transactions_per_request.or(commit_statements_per_request);
 
     let (mode, concurrency, rate) = match outcome_mode(args) {
         Mode::Closed { concurrency } => ("closed", Some(concurrency), None),
@@ -79,10 +88,10 @@ pub fn build(inputs: Inputs<'_>) -> Value {
     };
     let rss = probe.rss();
     let limit = floor.map(|floor| {
-        // Write transactions (COMMIT statements) are what pay a WAL flush;
-        // read-only autocommit statements also count in xact_commit and are
-        // charged as statements instead.
-        let counts = match (commit_statements_per_request, statements_per_request) {
+        // Write transactions are what pay a WAL flush; read-only
+        // autocommit statements also count in xact_commit and are charged
+        // as statements instead.
+        let counts = match (writes_per_request, statements_per_request) {
             (Some(c), Some(s)) => Some((c, s)),
             _ => db_counts_from,
         };
@@ -99,7 +108,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "throughput_share_of_fixed_floor": ratio(outcome.throughput(), fixed.orders_per_s),
             "ordermesh_cpu_times_fixed_floor": ratio(per_request(ordermesh_ms), fixed.ordermesh_ms),
             "database_cpu_times_fixed_floor": database_ms.and_then(|ms| ratio(per_request(ms), fixed.database_ms)),
-            "database_counts_from": if commit_statements_per_request.is_some() && statements_per_request.is_some() {
+            "database_counts_from": if writes_per_request.is_some() && statements_per_request.is_some() {
                 "this run"
             } else if db_counts_from.is_some() {
                 "--db-counts-from"
@@ -168,6 +177,7 @@ pub fn build(inputs: Inputs<'_>) -> Value {
             "statements_per_request": statements_per_request,
             "commits_per_request": commits_per_request,
             "commit_statements_per_request": commit_statements_per_request,
+            "write_transactions_per_request": write_transactions_per_request,
             "rollbacks": pg.as_ref().map(|d| d.rollbacks),
             "statements_counted": pg.as_ref().is_some_and(|d| d.statements.is_some()),
             "error": probe.pg_error,
