@@ -265,10 +265,19 @@ async fn replicas_relays_elect_one_publisher_and_take_over_from_it() {
         ..RelayConfig::default()
     };
     let a = Relay::spawn(pool.clone(), bus.clone(), config.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !a.leads() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first relay never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let b = Relay::spawn(pool.clone(), bus.clone(), config.clone());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(a.leads(), "the first relay took the lock");
+    // The follower's first try of the lock fails at once; it stays a
+    // follower while the leader lives (checked again below, after rows).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.leads(), "the first relay keeps the lock");
     assert!(!b.leads(), "the second follows");
 
     // Committed by the follower's process: published well before the poll.
