@@ -227,6 +227,23 @@ impl Publisher {
     pub fn committed(&self) {
         self.notifier.notify();
     }
+
+    /// Runs a single statement whose outbox part is guarded by its first
+    /// part (see [`insert_part`]) and which answers how many rows that part
+    /// changed: true, and the relay woken, when it changed any (the
+    /// statement committed its event); false when the guard matched
+    /// nothing and nothing was written.
+    pub async fn run_guarded(
+        &self,
+        query: sqlx::query::QueryScalar<'_, sqlx::Any, i64, sqlx::any::AnyArguments>,
+        pool: &sqlx::AnyPool,
+    ) -> Result<bool, sqlx::Error> {
+        let changed = query.fetch_one(pool).await? > 0;
+        if changed {
+            self.committed();
+        }
+        Ok(changed)
+    }
 }
 
 #[cfg(test)]

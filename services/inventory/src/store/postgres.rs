@@ -93,12 +93,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        match query.fetch_one(&self.db.write).await {
-            Ok(0) => Ok(None),
-            Ok(_) => {
-                self.events.committed();
-                Ok(Some(reservation))
-            }
+        match self.events.run_guarded(query, &self.db.write).await {
+            Ok(changed) => Ok(changed.then_some(reservation)),
             Err(e) if db::is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -160,11 +156,8 @@ impl Store {
         let Ok(query) = outbox::bind_insert(query, &events::reservation_event(&self.events, &moved)) else {
             return Ok(None);
         };
-        if query.fetch_one(&self.db.write).await? == 0 {
-            return Ok(None);
-        }
-        self.events.committed();
-        Ok(Some(moved))
+        let changed = self.events.run_guarded(query, &self.db.write).await?;
+        Ok(changed.then_some(moved))
     }
 }
 

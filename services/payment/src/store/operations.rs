@@ -287,12 +287,8 @@ impl Store {
         let Ok(query) = outbox::bind_insert(query, &event_of(&self.events, op.into(), &moved)) else {
             return Ok(None);
         };
-        match query.fetch_one(&self.db.write).await {
-            Ok(0) => Ok(None),
-            Ok(_) => {
-                self.events.committed();
-                Ok(Some(moved))
-            }
+        match self.events.run_guarded(query, &self.db.write).await {
+            Ok(changed) => Ok(changed.then_some(moved)),
             Err(e) if db::is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }

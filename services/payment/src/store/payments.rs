@@ -348,12 +348,8 @@ impl Store {
         let Ok(query) = outbox::bind_insert(query, &event) else {
             return Ok(None);
         };
-        let held = query.fetch_one(&self.db.write).await?;
-        if held == 0 {
-            return Ok(None);
-        }
-        self.events.committed();
-        Ok(Some(payment))
+        let held = self.events.run_guarded(query, &self.db.write).await?;
+        Ok(held.then_some(payment))
     }
 
     /// Makes sure nothing is held under an authorization key: voids the
