@@ -312,4 +312,60 @@ async fn replicas_relays_elect_one_publisher_and_take_over_from_it() {
     );
 }
 
+/// Sessions PostgreSQL has counted for the pool's database (a session is
+/// counted by the backend that served it; every ended one is in).
+async fn sessions(pool: &AnyPool) -> i64 {
+    sqlx::query_scalar("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_database")
+}
+
+/// A follower woken by a stream of its process's commits tries the lock at
+/// most once per poll, on pooled connections: the database serves the
+/// burst without a new session (before, every wake-up tried the lock on a
+/// connection of its own and closed it: a backend process per few commits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_woken_by_many_commits_opens_no_sessions() {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let Some((pool, _dir)) = outbox_database(Backend::Postgres, "follower sessions").await else {
+        return;
+    };
+    let bus = Bus::connect(&nats.url(), BusSettings::default())
+        .await
+        .expect("bus");
+    bus.ensure_streams().await.expect("streams");
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(5),
+        service: "inventory".into(),
+        ..RelayConfig::default()
+    };
+    let leader = Relay::spawn(pool.clone(), bus.clone(), config.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !leader.leads() {
+        assert!(tokio::time::Instant::now() < deadline, "no relay took the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let follower = Relay::spawn(pool.clone(), bus.clone(), config);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!follower.leads(), "the second relay follows");
+    let before = sessions(&pool).await;
+    for n in 0..40 {
+        commit_one(&pool, &adjusted(&format!("BURST-{n}"))).await;
+        follower.notifier().notify();
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    until_stored(&nats, "INVENTORY", 40, Duration::from_secs(10)).await;
+    let opened = sessions(&pool).await - before;
+    assert!(
+        opened <= 5,
+        "{opened} sessions ended during 40 of the follower's wake-ups"
+    );
+    assert!(!follower.leads(), "the follower published nothing itself");
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
+
 both_backends!(a_lost_ack_retried_after_the_duplicate_window_is_stored_once);

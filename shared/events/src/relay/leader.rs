@@ -12,6 +12,12 @@
 //!   frees it at once, and a follower, which tries the lock every
 //!   `poll_interval`, takes over within that interval. A leader checks its
 //!   lock connection as often, and stops publishing when it broke.
+//! - **A follower's tries are cheap**: at most one per `poll_interval`,
+//!   however often its commits wake it, each on a pooled connection that
+//!   goes back to the pool when the lock is taken elsewhere (only the
+//!   winner's connection leaves the pool to hold the lock). A try per
+//!   wake-up on a connection of its own cost PostgreSQL a new session (a
+//!   backend process) every few commits.
 //! - **Followers' commits**: a follower's own commits would wait for the
 //!   leader's slow poll; instead the follower forwards each wake-up (at most
 //!   one per `min_round_interval`) as `NOTIFY`, and the leader `LISTEN`s.
@@ -31,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::time::Instant;
 
 /// Whether this relay may publish, and how it learns of followers' commits.
@@ -52,6 +58,8 @@ struct Election {
     lock: Option<AnyConnection>,
     /// When the lock connection was last seen alive.
     checked: Instant,
+    /// When a follower last tried the lock.
+    tried: Option<Instant>,
     /// The leader's LISTEN for followers' wake-ups.
     listener: Option<PgListener>,
 }
@@ -70,6 +78,7 @@ impl Leadership {
                 channel: format!("ordermesh_outbox_{key:x}"),
                 lock: None,
                 checked: Instant::now(),
+                tried: None,
                 listener: None,
             }
         });
@@ -94,9 +103,9 @@ impl Leadership {
     }
 
     /// Whether this relay leads now: a follower tries to take the lock, a
-    /// leader checks its lock connection when it was last seen alive longer
-    /// than `check` ago. A database error counts as not leading (tried again
-    /// at the next call).
+    /// leader checks its lock connection, each when it last did longer than
+    /// `check` ago. A database error counts as not leading (tried again
+    /// `check` later).
     pub(crate) async fn lead(&mut self, check: Duration) -> bool {
         let Some(election) = &mut self.postgres else {
             return true;
@@ -162,6 +171,10 @@ impl Election {
             self.listener = None;
             return false;
         }
+        if self.tried.is_some_and(|at| at.elapsed() < check) {
+            return false;
+        }
+        self.tried = Some(Instant::now());
         match self.try_lock().await {
             Ok(true) => {
                 tracing::info!(service = %self.service, "outbox relay leads: it publishes this database's events");
@@ -175,19 +188,19 @@ impl Election {
         }
     }
 
-    /// Tries the lock on a connection of its own (kept while it holds the
-    /// lock), and listens for followers once it has it.
+    /// Tries the lock on a pooled connection, which leaves the pool to hold
+    /// the lock when it was taken (a failed try holds nothing, and the
+    /// connection goes back), and listens for followers once it has it.
     async fn try_lock(&mut self) -> Result<bool, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?.detach();
+        let mut conn = self.pool.acquire().await?;
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(self.key)
-            .fetch_one(&mut conn)
+            .fetch_one(&mut *conn)
             .await?;
         if !taken {
-            let _ = conn.close().await;
             return Ok(false);
         }
-        self.lock = Some(conn);
+        self.lock = Some(conn.detach());
         self.checked = Instant::now();
         self.listen().await;
         Ok(true)
