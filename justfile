@@ -71,6 +71,10 @@ chaos-soak seed="1": tools
 mutants *files: tools
     bash .ci/mutants.sh {{files}}
 
+# Every mutant of every target CI mutates (the saga's plan, the breaker, the JWT checks), about 40 minutes.
+mutants-full: tools
+    bash .ci/mutants.sh services/order/src/saga/plan.rs shared/mesh/src/breaker.rs 'gateway/src/auth/*.rs'
+
 # Every mutant of the JWT verification (gateway/src/auth/), about 17 minutes.
 mutants-auth: tools
     bash .ci/mutants.sh 'gateway/src/auth/*.rs'
@@ -92,6 +96,6 @@ docker tag="ordermesh:0.1.0":
 helm-lint: tools
     bash .ci/helm.sh
 
-# The cargo fuzz targets of fuzz/ (docs/security.md), FUZZ_SECONDS each (20 by default); e.g. `FUZZ_SECONDS=600 just fuzz jwt`.
+# The cargo fuzz targets of fuzz/ (docs/security.md), FUZZ_SECONDS each (20 by default); e.g. `FUZZ_PROFILE=release FUZZ_SECONDS=600 just fuzz jwt`.
 fuzz *targets: tools
     bash .ci/fuzz.sh {{targets}}

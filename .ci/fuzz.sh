@@ -7,6 +7,9 @@
 # turn it into a test once fixed).
 #
 #   FUZZ_SECONDS   seconds per target (20 by default; `just fuzz 600` for longer)
+#   FUZZ_PROFILE   dev (default: unoptimised, a build minutes shorter than
+#                  release's for a 20 s run) or release (faster executions
+#                  for long runs)
 #   FUZZ_SANITIZER none (default: the targets are safe Rust, whose faults are
 #                  panics, and CI's build stays short) or address
 #   arguments      the targets to run (every target by default)
@@ -17,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
 SANITIZER="${FUZZ_SANITIZER:-none}"
+PROFILE="${FUZZ_PROFILE:-dev}"
 export PATH="$PWD/target/tools/bin:$PATH"
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz.sh: no cargo-fuzz in target/tools/bin (run .ci/tools.sh)" >&2
@@ -24,9 +28,14 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 FUZZ=(cargo +nightly fuzz)
 COMMON=(--fuzz-dir fuzz --target-dir target/fuzz --sanitizer "$SANITIZER")
+case "$PROFILE" in
+  dev) COMMON+=(--dev) ;;
+  release) ;;
+  *) echo "fuzz.sh: FUZZ_PROFILE is dev or release, not $PROFILE" >&2; exit 2 ;;
+esac
 mapfile -t ALL < <("${FUZZ[@]}" list --fuzz-dir fuzz)
 TARGETS=("${@:-${ALL[@]}}")
-echo "fuzz.sh: building ${#ALL[@]} targets (sanitizer: $SANITIZER)"
+echo "fuzz.sh: building ${#ALL[@]} targets (profile: $PROFILE, sanitizer: $SANITIZER)"
 "${FUZZ[@]}" build "${COMMON[@]}"
 failed=()
 for target in "${TARGETS[@]}"; do

@@ -19,7 +19,8 @@ MUTANTS=target/tools/bin/cargo-mutants
 # package : file(s) : test arguments (unit tests of the crate suffice and keep it fast) : scope
 targets=(
   "ordermesh-order:services/order/src/saga/plan.rs:--lib:all"
-  "ordermesh-mesh:shared/mesh/src/breaker.rs:--lib:all"
+  # The breaker: about 130 mutants, 8 minutes in full (`just mutants-full`).
+  "ordermesh-mesh:shared/mesh/src/breaker.rs:--lib:diff"
   # JWT verification: about 145 mutants, 25 minutes in full on two cores.
   "ordermesh-gateway:gateway/src/auth/*.rs:--lib:diff"
 )

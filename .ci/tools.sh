@@ -106,15 +106,16 @@ fi
 # cargo-mutants (crates.io): which decisions the tests do not pin. CI mutates
 # the saga's plan, the circuit breaker and the token verifier whole
 # (`.ci/mutants.sh`). Built once into target/tools (its own target dir, so it
-# does not disturb the workspace's).
+# does not disturb the workspace's), unoptimised (`--debug`): it spends its
+# time waiting on cargo, and the build is minutes shorter.
 if [ ! -x "$TOOLS/bin/cargo-mutants" ]; then
-  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --root "$TOOLS" cargo-mutants
+  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --debug --root "$TOOLS" cargo-mutants
   rm -rf "$TOOLS/build"
 fi
 
 # cargo-fuzz (crates.io) drives the libFuzzer targets of fuzz/ on the
 # nightly toolchain (`.ci/fuzz.sh`); built like cargo-mutants.
 if [ ! -x "$TOOLS/bin/cargo-fuzz" ]; then
-  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --root "$TOOLS" cargo-fuzz
+  CARGO_TARGET_DIR="$TOOLS/build" cargo install --quiet --locked --debug --root "$TOOLS" cargo-fuzz
   rm -rf "$TOOLS/build"
 fi
