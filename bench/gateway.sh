@@ -137,9 +137,12 @@ run_case() { # CASE ROUND
     gateway-rest) target=$GATEWAY; scenario=rest-get-order ;;
     nginx-grpc) target=$NGINX ;;
   esac
+  # The orders read are alice's, the token's subject (the services let a
+  # customer's token read only that customer's orders), of the cheapest SKU
+  # so her balance pays for every case's and round's 20.
   "$BIN" bench --target "http://127.0.0.1:$target" \
     --inventory-url "http://127.0.0.1:$INVENTORY" --payment-url "http://127.0.0.1:$PAYMENT" \
-    --scenario "$scenario" --token "$TOKEN" "${MEASURE[@]}" \
+    --scenario "$scenario" --token "$TOKEN" --customer alice --sku CB-004 "${MEASURE[@]}" \
     --concurrency "$CONCURRENCY" --duration "$DURATION" --warmup "$WARMUP" \
     --label "$1 round $2" --json "$OUT/$1-r$2.json"
 }

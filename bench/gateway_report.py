@@ -21,6 +21,30 @@ CASES = [
 ]
 
 
+# Why a target is missed, from a perf profile of the gateway process under
+# the gRPC pass-through load (`perf record -p <gateway>` during a c=16 run);
+# shown only for a target the run misses. Keep them true when causes change.
+WHY = {
+    "grpc_pass_through_at_least_as_fast_as_nginx":
+        "gRPC pass-through: about 31 % of the gateway's CPU is in the kernel, most of it the scheduler's "
+        "switch path and interrupt exits (`finish_task_switch`, `irqentry_exit_to_user_mode`, "
+        "`_raw_spin_unlock_irqrestore`): a proxied call goes from the task serving the caller's connection "
+        "to the task driving the upstream connection and back (hyper's client hands each request to its "
+        "connection's task over a channel), and tokio's workers sleep and are woken around each hand-off. "
+        "13 % is libc (frame copies in `memmove`, malloc and free). The gateway's own code is flat: HTTP/2 "
+        "header coding (hpack), axum's middleware, the mesh client stack (deadline, retry, balancer), "
+        "tracing's span bookkeeping and the token check, none above 1 %. nginx makes the same hop inside "
+        "one event loop per worker, without a hand-off between threads. What would close it: driving the "
+        "upstream connection from the task that serves the caller's (no cross-task hand-off per call), "
+        "which neither hyper nor tonic offers as a setting.",
+    "rest_at_most_2x_direct_server_cpu":
+        "REST: a REST call through the gateway costs little more than a gRPC call through it (the table: "
+        "the JSON transcoding through prost-reflect's dynamic messages and the HTTP/1.1 server add a few "
+        "hundredths of a millisecond per request); the miss is the hop itself, which gRPC pass-through "
+        "pays as well (above).",
+}
+
+
 def figures(run, proxy):
     cpu = run["cpu"]["process_ms_per_request"]
     up = cpu.get("up", 0.0)
@@ -110,7 +134,7 @@ def main():
     }
     targets = {
         "grpc_pass_through_at_least_as_fast_as_nginx": ratios["gateway_grpc_vs_nginx"]["throughput"] >= 1.0,
-        "rest_at_most_3x_direct_server_cpu": ratios["gateway_rest_vs_direct"]["server_cpu"] <= 3.0,
+        "rest_at_most_2x_direct_server_cpu": ratios["gateway_rest_vs_direct"]["server_cpu"] <= 2.0,
     }
     (out / "summary.json").write_text(json.dumps(
         {"cases": summary, "ratios": ratios, "targets": targets}, indent=2) + "\n")
@@ -166,10 +190,17 @@ def main():
         f"{x(ratios['gateway_grpc_vs_nginx']['throughput'])}, p99 {x(ratios['gateway_grpc_vs_nginx']['p99'])}, "
         f"proxy CPU per request {x(ratios['gateway_grpc_vs_nginx']['proxy_cpu'])}: "
         f"**{'met' if targets['grpc_pass_through_at_least_as_fast_as_nginx'] else 'not met'}**.",
-        f"- REST at most 3x the server-side CPU per request of a direct gRPC call: "
+        f"- REST at most 2x the server-side CPU per request of a direct gRPC call: "
         f"{x(ratios['gateway_rest_vs_direct']['server_cpu'])}: "
-        f"**{'met' if targets['rest_at_most_3x_direct_server_cpu'] else 'not met'}**.",
+        f"**{'met' if targets['rest_at_most_2x_direct_server_cpu'] else 'not met'}**.",
         "",
+    ]
+    misses = [why for key, why in WHY.items() if not targets[key]]
+    if misses:
+        md += ["Why the misses (perf of the gateway process under this load):", ""]
+        md += [f"- {why}" for why in misses]
+        md += [""]
+    md += [
         "Per round (req/s; server-side CPU ms/req):",
         "",
     ]

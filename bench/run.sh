@@ -2,7 +2,8 @@
 # The comparison set in one go: builds the release binary, runs
 # `ordermesh bench` for every figure (create-order on `up`/SQLite and on three
 # `serve` processes on PostgreSQL at c=1, 8, 32, 64, and at c=32 with every
-# order on one SKU and one account; open loop at 100 orders/s;
+# order on one SKU and one account, and with two order service processes;
+# open loop at 100 orders/s;
 # the echo floor with the mesh client stack against a bare channel; 1,000
 # WatchOrder watchers; idle RSS and start-to-healthy of every start; RSS over a
 # longer run), then writes BENCHMARKS.md and bench/benchmarks.png.
@@ -81,6 +82,8 @@ done
 # The hot-row worst case: every order on one stock row and one balance.
 HOT=(--sku CB-004 --accounts 1)
 pair "serve-hot-c32" --start serve --scenario create-order --concurrency 32 "${HOT[@]}"
+# Scale-out: a second order service process on the same database.
+pair "serve-2x-c32" --start serve --order-replicas 2 --scenario create-order --concurrency 32
 for c in 1 8 32 64; do
   pair "up-c$c" --start up --scenario create-order --concurrency "$c" --db-counts-from "$OUT/serve-c$c-@SUFFIX@.json"
 done

@@ -72,6 +72,11 @@ pub struct BenchArgs {
     /// comparing with CI's throwaway clusters).
     #[arg(long)]
     pub pg_fsync_off: bool,
+    /// --start serve: how many order service processes share the order
+    /// database (the workers' connections alternate between them); e.g. 2
+    /// against 1 for what a second replica adds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=super::target::MAX_ORDER_REPLICAS as i64))]
+    pub order_replicas: u8,
     /// The binary a started mesh runs (default: this one); e.g. a build of
     /// an older commit for before/after figures.
     #[arg(long)]

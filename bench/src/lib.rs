@@ -84,7 +84,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Open { .. } => CONNECTIONS,
     };
     let bearer = scenarios::Bearer::new(args.token.as_deref())?;
-    let order_channels = scenarios::connections(&mesh.order_url, connections, &bearer).await?;
+    let order_channels = scenarios::connections(&mesh.order_urls, connections, &bearer).await?;
     let mut inventory = InventoryServiceClient::new(scenarios::connect(&mesh.inventory_url, &bearer).await?);
     let mut payment = PaymentServiceClient::new(scenarios::connect(&mesh.payment_url, &bearer).await?);
 
@@ -297,6 +297,7 @@ async fn start(args: &BenchArgs) -> anyhow::Result<Mesh> {
                 args.postgres_url.as_deref(),
                 !args.pg_fsync_off,
                 args.server_policy.as_deref(),
+                args.order_replicas.into(),
             )
             .await
         }
@@ -375,7 +376,7 @@ async fn calibrate(mesh: &Mesh, bearer: &scenarios::Bearer) -> anyhow::Result<li
         server,
         at: [(0, 0); 2],
     };
-    let channels = scenarios::connections(&mesh.order_url, 4, bearer).await?;
+    let channels = scenarios::connections(&mesh.order_urls, 4, bearer).await?;
     let clients: Vec<_> = channels.into_iter().map(HealthClient::new).collect();
     let plan = Plan {
         mode: Mode::Closed { concurrency: 8 },
@@ -456,7 +457,7 @@ async fn watch_order(
     };
     let mut admin = MeshAdminServiceClient::new(channels[0].clone());
     let flag_before = watch::hold_orders(&mut admin, args.watch_hold).await?;
-    let watcher_channels = scenarios::connections(&mesh.order_url, 16, bearer).await?;
+    let watcher_channels = scenarios::connections(&mesh.order_urls, 16, bearer).await?;
     let (newest_tx, newest_rx) = tokio::sync::watch::channel(String::new());
     let mut window = watch::WatchWindow::new(
         mesh,

@@ -102,10 +102,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_vm_rss(&text)
 }
 
+/// The anonymous part of a process's RSS (heap, stacks: what it holds of
+/// its own), apart from the file-backed pages of its binary and libraries
+/// that every process started from the same file shares.
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&text, "RssAnon:")
+}
+
 pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    status_kib(status, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -467,6 +480,13 @@ mod tests {
         tree.sort_unstable();
         assert_eq!(tree, [5, 6, 7, 9]);
         assert_eq!(parse_vm_rss("Name:\tx\nVmRSS:\t   12345 kB\n"), Some(12345));
+        assert_eq!(
+            status_kib(
+                "VmRSS:\t 20 kB\nRssAnon:\t    3460 kB\nRssFile:\t 16 kB\n",
+                "RssAnon:"
+            ),
+            Some(3460)
+        );
         assert_eq!(
             parse_machine_ticks("cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 1 2 3 4\n"),
             Some((160, 1000))

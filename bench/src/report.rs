@@ -136,8 +136,10 @@ pub fn build(inputs: Inputs<'_>) -> Value {
         "target": {
             "kind": mesh.kind,
             "backend": mesh.backend,
+            "order_replicas": mesh.order_urls.len(),
             "start_to_healthy_ms": mesh.start_to_healthy_ms,
             "idle_rss_kib": mesh.idle_rss_kib.iter().cloned().collect::<BTreeMap<_, _>>(),
+            "idle_rss_anon_kib": mesh.idle_rss_anon_kib.iter().cloned().collect::<BTreeMap<_, _>>(),
             "processes": mesh.processes.iter().map(|(n, p)| (n.clone(), *p)).collect::<BTreeMap<_, _>>(),
         },
         "machine": {

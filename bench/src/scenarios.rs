@@ -72,11 +72,12 @@ pub async fn connect(url: &str, bearer: &Bearer) -> anyhow::Result<Conn> {
     Ok(InterceptedService::new(channel, bearer.clone()))
 }
 
-/// `n` connections to `url` (workers take them round-robin, as several
-/// clients would).
-pub async fn connections(url: &str, n: usize, bearer: &Bearer) -> anyhow::Result<Vec<Conn>> {
+/// `n` connections, to each of `urls` in turn (workers take them
+/// round-robin, as several clients would; with several replicas a worker's
+/// calls, its order's create and watch, all go to one of them).
+pub async fn connections(urls: &[String], n: usize, bearer: &Bearer) -> anyhow::Result<Vec<Conn>> {
     let mut out = Vec::new();
-    for _ in 0..n.max(1) {
+    for url in urls.iter().cycle().take(n.max(urls.len())) {
         out.push(connect(url, bearer).await?);
     }
     Ok(out)

@@ -32,6 +32,9 @@ pub struct Mesh {
     pub kind: &'static str,
     pub backend: &'static str,
     pub order_url: String,
+    /// Every order service process's address (`order_url` first): the
+    /// workers' connections spread over them (`--order-replicas`).
+    pub order_urls: Vec<String>,
     pub inventory_url: String,
     pub payment_url: String,
     /// (name, pid) of every ordermesh process.
@@ -41,6 +44,8 @@ pub struct Mesh {
     pub database: Option<Database>,
     pub start_to_healthy_ms: Option<f64>,
     pub idle_rss_kib: Vec<(String, u64)>,
+    /// Of which anonymous (heap, stacks), per process.
+    pub idle_rss_anon_kib: Vec<(String, u64)>,
     /// Scratch space for the SQLite calibration and the servers' logs.
     pub dir: tempfile::TempDir,
     children: Vec<Child>,
@@ -143,6 +148,7 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
         kind: "up",
         backend: "sqlite",
         order_url: urls[0].clone(),
+        order_urls: vec![urls[0].clone()],
         inventory_url: urls[1].clone(),
         payment_url: urls[2].clone(),
         processes: vec![("up".into(), pid)],
@@ -150,22 +156,34 @@ pub async fn start_up(bin: &Path, policy: Option<&Path>) -> anyhow::Result<Mesh>
         database: None,
         start_to_healthy_ms: Some(healthy.as_secs_f64() * 1000.0),
         idle_rss_kib: Vec::new(),
+        idle_rss_anon_kib: Vec::new(),
         dir,
         children,
         _cluster: None,
     };
-    mesh.idle_rss_kib = idle_rss(&mesh.processes).await;
+    (mesh.idle_rss_kib, mesh.idle_rss_anon_kib) = idle_rss(&mesh.processes).await;
     Ok(mesh)
 }
 
+/// The most order service processes a started `serve` mesh runs.
+pub const MAX_ORDER_REPLICAS: usize = 6;
+
 /// Three `ordermesh serve` processes, each on its own fresh database on the
-/// PostgreSQL server at `postgres_url`, or on a cluster the bench starts.
+/// PostgreSQL server at `postgres_url`, or on a cluster the bench starts;
+/// with `order_replicas` > 1, that many order service processes on the one
+/// order database (replicas as a Deployment scales them: their relays elect
+/// one publisher, each drives the sagas of the orders it accepted).
 pub async fn start_serve(
     bin: &Path,
     postgres_url: Option<&str>,
     fsync: bool,
     policy: Option<&Path>,
+    order_replicas: usize,
 ) -> anyhow::Result<Mesh> {
+    anyhow::ensure!(
+        (1..=MAX_ORDER_REPLICAS).contains(&order_replicas),
+        "--order-replicas is 1 to {MAX_ORDER_REPLICAS}, not {order_replicas}"
+    );
     let dir = tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?;
     let (cluster, admin_url) = match postgres_url {
         Some(url) => (None, url.to_owned()),
@@ -188,20 +206,31 @@ pub async fn start_serve(
         statements &= postgres::create_database(&admin_url, &db).await?;
         databases.push(db);
     }
-    let ports = ordermesh_runtime::net::free_ports::<3>()?;
+    // inventory, payment, then each order replica.
+    let ports = ordermesh_runtime::net::free_ports::<{ 2 + MAX_ORDER_REPLICAS }>()?;
+    let ports = &ports[..2 + order_replicas];
     let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let process_names: Vec<String> = names[..2]
+        .iter()
+        .map(|n| (*n).to_owned())
+        .chain((1..=order_replicas).map(|r| match r {
+            1 => "order".to_owned(),
+            r => format!("order-{r}"),
+        }))
+        .collect();
     let began = Instant::now();
     let mut children = Vec::new();
-    for (i, name) in names.iter().enumerate() {
+    for (i, process) in process_names.iter().enumerate() {
+        let name = names[i.min(2)];
         let mut args: Vec<String> = vec![
             "serve".into(),
-            (*name).into(),
+            name.into(),
             "--listen".into(),
             format!("127.0.0.1:{}", ports[i]),
             "--database-url".into(),
-            postgres::database_url(&admin_url, &databases[i]),
+            postgres::database_url(&admin_url, &databases[i.min(2)]),
         ];
-        match *name {
+        match name {
             "order" => args.extend([
                 "--inventory-url".into(),
                 urls[0].clone(),
@@ -211,20 +240,21 @@ pub async fn start_serve(
             _ => args.push("--seed-demo".into()),
         }
         let args = with_policy(args, policy);
-        children.push(spawn(bin, &args, &dir.path().join(format!("{name}.log")))?);
+        children.push(spawn(bin, &args, &dir.path().join(format!("{process}.log")))?);
     }
     wait_serving(&urls, &mut children, Duration::from_secs(60)).await?;
     let healthy = began.elapsed();
-    let processes_list: Vec<(String, u32)> = names
-        .iter()
+    let processes_list: Vec<(String, u32)> = process_names
+        .into_iter()
         .zip(&children)
-        .map(|(n, c)| ((*n).to_owned(), c.id()))
+        .map(|(n, c)| (n, c.id()))
         .collect();
     let order_pid = children.get(2).map(Child::id);
     let mut mesh = Mesh {
         kind: "serve",
         backend: "postgres",
         order_url: urls[2].clone(),
+        order_urls: urls[2..].to_vec(),
         inventory_url: urls[0].clone(),
         payment_url: urls[1].clone(),
         processes: processes_list,
@@ -238,21 +268,26 @@ pub async fn start_serve(
         }),
         start_to_healthy_ms: Some(healthy.as_secs_f64() * 1000.0),
         idle_rss_kib: Vec::new(),
+        idle_rss_anon_kib: Vec::new(),
         dir,
         children,
         _cluster: cluster,
     };
-    mesh.idle_rss_kib = idle_rss(&mesh.processes).await;
+    (mesh.idle_rss_kib, mesh.idle_rss_anon_kib) = idle_rss(&mesh.processes).await;
     Ok(mesh)
 }
 
-/// RSS once start-up work has settled (half a second after healthy).
-async fn idle_rss(processes: &[(String, u32)]) -> Vec<(String, u64)> {
+/// RSS, and its anonymous part, once start-up work has settled (half a
+/// second after healthy).
+async fn idle_rss(processes: &[(String, u32)]) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    processes
-        .iter()
-        .filter_map(|(name, pid)| Some((name.clone(), procstat::rss_kib(*pid)?)))
-        .collect()
+    let of = |read: fn(u32) -> Option<u64>| {
+        processes
+            .iter()
+            .filter_map(|(name, pid)| Some((name.clone(), read(*pid)?)))
+            .collect()
+    };
+    (of(procstat::rss_kib), of(procstat::rss_anon_kib))
 }
 
 fn port_of(url: &str) -> Option<u16> {
@@ -331,6 +366,7 @@ pub async fn existing(
             "unknown"
         },
         order_url: order_url.to_owned(),
+        order_urls: vec![order_url.to_owned()],
         inventory_url: inventory_url.to_owned(),
         payment_url: payment_url.to_owned(),
         processes,
@@ -338,6 +374,7 @@ pub async fn existing(
         database,
         start_to_healthy_ms: None,
         idle_rss_kib: Vec::new(),
+        idle_rss_anon_kib: Vec::new(),
         dir: tempfile::Builder::new().prefix("ordermesh-bench").tempdir()?,
         children: Vec::new(),
         _cluster: None,

@@ -148,7 +148,7 @@ fn open_loop_and_watchers_on_up_report_their_own_figures() {
 }
 
 #[test]
-fn create_order_on_postgres_counts_statements_and_commits_per_order() {
+fn create_order_on_postgres_with_two_order_processes_counts_statements_and_commits_per_order() {
     // The bench's own cluster needs PostgreSQL's server binaries (initdb).
     let has_postgres = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
@@ -169,6 +169,10 @@ fn create_order_on_postgres_counts_statements_and_commits_per_order() {
         &[
             "--start",
             "serve",
+            "--order-replicas",
+            "2",
+            "--concurrency",
+            "4",
             "--scenario",
             "create-order",
             "--duration",
@@ -180,16 +184,26 @@ fn create_order_on_postgres_counts_statements_and_commits_per_order() {
         &dir.path().join("serve.json"),
     );
     assert_eq!(json["target"]["backend"], "postgres");
+    assert_eq!(json["target"]["order_replicas"], 2);
     assert!(number(&json, &["requests", "ok"]) > 0.0);
-    for process in ["order", "inventory", "payment"] {
+    // The workers alternate between the two order processes, so both
+    // drive sagas: neither is an idle bystander.
+    let order = number(&json, &["cpu", "process_ms_per_request", "order"]);
+    let second = number(&json, &["cpu", "process_ms_per_request", "order-2"]);
+    assert!(
+        second > order * 0.3 && order > second * 0.3,
+        "order {order} ms, order-2 {second} ms per order"
+    );
+    for process in ["order", "order-2", "inventory", "payment"] {
         assert!(
             number(&json, &["cpu", "process_ms_per_request", process]) > 0.0,
             "{process}"
         );
-        assert!(
-            number(&json, &["target", "idle_rss_kib", process]) > 1000.0,
-            "{process}"
-        );
+        let rss = number(&json, &["target", "idle_rss_kib", process]);
+        assert!(rss > 1000.0, "{process}");
+        // Its own memory is a part of it: the binary's pages are the rest.
+        let anon = number(&json, &["target", "idle_rss_anon_kib", process]);
+        assert!(anon > 100.0 && anon < rss, "{process}: {anon} of {rss} KiB");
     }
     assert!(
         number(&json, &["cpu", "database_ms_per_request"]) > 0.0,
