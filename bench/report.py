@@ -240,8 +240,7 @@ WHY = [
      "commits (see its statements and write transactions), and under load each costs more than alone in "
      "a loop: ordermesh's side per statement and "
      "per RPC (sqlx's row conversion, h2 framing, task wake-ups, spread thin in the profile) and "
-     "PostgreSQL's, whose backends wait on and wake each other over the same hot rows (see the two CPU "
-     "rows)."),
+     "PostgreSQL's, a backend woken and put to sleep for every statement (see the two CPU rows)."),
     ("p99 to CONFIRMED at c=32", "Little's law: in a closed loop of 32 orders in flight, the time to "
      "CONFIRMED is 32 divided by the throughput on average, whatever the code (32 / 250 orders/s = 128 ms); "
      "a p99 under 100 ms at c=32 first needs over 320 orders/s, so it is held by what holds throughput (the "
