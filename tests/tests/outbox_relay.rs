@@ -240,6 +240,55 @@ async fn until_stored(nats: &NatsServer, stream: &str, n: u64, within: Duration)
     }
 }
 
+/// Two replicas' relays on one PostgreSQL database, the first leading, the
+/// second following (checked), with the NATS server they publish to.
+struct Replicas {
+    nats: NatsServer,
+    pool: AnyPool,
+    _dir: tempfile::TempDir,
+    leader: Relay,
+    follower: Relay,
+}
+
+/// Starts [`Replicas`]: the second relay starts once the first leads; its
+/// first try of the lock fails at once. `None` where PostgreSQL or NATS is
+/// missing outside CI.
+async fn replicas(label: &str, poll_interval: Duration) -> Option<Replicas> {
+    let nats = NatsServer::start().await?;
+    let (pool, dir) = outbox_database(Backend::Postgres, label).await?;
+    let bus = Bus::connect(&nats.url(), BusSettings::default())
+        .await
+        .expect("bus");
+    bus.ensure_streams().await.expect("streams");
+    let config = RelayConfig {
+        poll_interval,
+        service: "inventory".into(),
+        ..RelayConfig::default()
+    };
+    let leader = Relay::spawn(pool.clone(), bus.clone(), config.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !leader.leads() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first relay never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let follower = Relay::spawn(pool.clone(), bus, config);
+    // An absence cannot be waited for: a window for the follower's first
+    // try, then both roles are checked.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(leader.leads(), "the first relay keeps the lock");
+    assert!(!follower.leads(), "the second follows");
+    Some(Replicas {
+        nats,
+        pool,
+        _dir: dir,
+        leader,
+        follower,
+    })
+}
+
 /// Two relays on one PostgreSQL database, as two replicas of a service run
 /// them: one leads (publishes), the other follows. Rows committed through
 /// the follower's process (its notifier poked) are published at once, not
@@ -249,36 +298,16 @@ async fn until_stored(nats: &NatsServer, stream: &str, n: u64, within: Duration)
 /// and publishes what was committed meanwhile.
 #[tokio::test]
 async fn replicas_relays_elect_one_publisher_and_take_over_from_it() {
-    let Some(nats) = NatsServer::start().await else {
+    let Some(Replicas {
+        nats,
+        pool,
+        _dir,
+        leader: a,
+        follower: b,
+    }) = replicas("relay election", Duration::from_secs(3)).await
+    else {
         return;
     };
-    let Some((pool, _dir)) = outbox_database(Backend::Postgres, "relay election").await else {
-        return;
-    };
-    let bus = Bus::connect(&nats.url(), BusSettings::default())
-        .await
-        .expect("bus");
-    bus.ensure_streams().await.expect("streams");
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(3),
-        service: "inventory".into(),
-        ..RelayConfig::default()
-    };
-    let a = Relay::spawn(pool.clone(), bus.clone(), config.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !a.leads() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first relay never took the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let b = Relay::spawn(pool.clone(), bus.clone(), config.clone());
-    // The follower's first try of the lock fails at once; it stays a
-    // follower while the leader lives (checked again below, after rows).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(a.leads(), "the first relay keeps the lock");
-    assert!(!b.leads(), "the second follows");
 
     // Committed by the follower's process: published well before the poll.
     for n in 0..5 {
@@ -327,30 +356,16 @@ async fn sessions(pool: &AnyPool) -> i64 {
 /// connection of its own and closed it: a backend process per few commits).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_woken_by_many_commits_opens_no_sessions() {
-    let Some(nats) = NatsServer::start().await else {
+    let Some(Replicas {
+        nats,
+        pool,
+        _dir,
+        leader,
+        follower,
+    }) = replicas("follower sessions", Duration::from_secs(5)).await
+    else {
         return;
     };
-    let Some((pool, _dir)) = outbox_database(Backend::Postgres, "follower sessions").await else {
-        return;
-    };
-    let bus = Bus::connect(&nats.url(), BusSettings::default())
-        .await
-        .expect("bus");
-    bus.ensure_streams().await.expect("streams");
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(5),
-        service: "inventory".into(),
-        ..RelayConfig::default()
-    };
-    let leader = Relay::spawn(pool.clone(), bus.clone(), config.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !leader.leads() {
-        assert!(tokio::time::Instant::now() < deadline, "no relay took the lock");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let follower = Relay::spawn(pool.clone(), bus.clone(), config);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!follower.leads(), "the second relay follows");
     let before = sessions(&pool).await;
     for n in 0..40 {
         commit_one(&pool, &adjusted(&format!("BURST-{n}"))).await;
